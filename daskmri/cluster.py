@@ -1,0 +1,118 @@
+"""Where the work runs: turn the ``client=``/``scheduler=`` arguments into an
+executor, and run a list of chunk tasks on it with an optional progress bar."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import dask
+
+from .errors import DaskmriError
+
+__all__ = ["SCHEDULERS", "resolve_client", "run_tasks"]
+
+logger = logging.getLogger(__name__)
+
+SCHEDULERS = ("sync", "threads", "processes")
+
+# How long to wait for a scheduler given by address before giving up with a
+# clear error instead of hanging.
+CONNECT_TIMEOUT = "30s"
+
+
+def resolve_client(client: Any = None):
+    """Return the ``distributed.Client`` to use, or None for a local scheduler.
+
+    Parameters
+    ----------
+    client : None, distributed.Client or str
+        A client is used as is. A string is a scheduler address
+        (``"tcp://10.0.0.5:8786"``) to connect to. None picks, in order, the
+        current default client if one exists, then the ``scheduler-address`` of
+        the Dask config (``DASK_SCHEDULER_ADDRESS``), else None (local).
+
+    Raises
+    ------
+    DaskmriError
+        If the address cannot be reached within the timeout.
+    TypeError
+        If ``client`` is of another type.
+
+    Examples
+    --------
+    >>> resolve_client(None) is None  # no cluster running here
+    True
+    """
+    if client is None:
+        try:
+            from distributed import default_client
+
+            return default_client()
+        except (ImportError, ValueError):
+            pass
+        address = dask.config.get("scheduler-address", None)
+        if not address:
+            return None
+        client = address
+    if isinstance(client, str):
+        from distributed import Client
+
+        try:
+            return Client(client, timeout=CONNECT_TIMEOUT)
+        except OSError as exc:
+            raise DaskmriError(
+                f"cannot reach a Dask scheduler at {client!r} within {CONNECT_TIMEOUT} ({exc}). "
+                "Is `dask scheduler` running there, and is the address right?"
+            ) from None
+    if type(client).__name__ == "Client":
+        return client
+    raise TypeError(
+        f"client must be None, a distributed.Client or a scheduler address string, "
+        f"got {type(client).__name__}"
+    )
+
+
+def check_scheduler(scheduler: str | None) -> None:
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise ValueError(
+            f"scheduler must be one of {SCHEDULERS} or None, got {scheduler!r}; "
+            "for a cluster pass client=<Client or address> instead"
+        )
+
+
+def run_tasks(
+    tasks: Sequence[Any],
+    *,
+    client: Any = None,
+    scheduler: str | None = None,
+    progress: bool = False,
+) -> list[Any]:
+    """Run dask ``tasks`` (Delayed objects).
+
+    With a client the results stay on the cluster: a list of futures is
+    returned. Otherwise the tasks run on the local ``scheduler`` and their values
+    are returned. ``scheduler=None`` means ``"processes"`` (pydicom parsing is pure
+    Python and holds the GIL, so threads do not run it in parallel), or
+    ``"sync"`` when there is a single task and a process pool would only add its
+    start-up time.
+    """
+    if client is not None:
+        futures = client.compute(list(tasks))
+        if progress:
+            from distributed import progress as show_progress
+
+            show_progress(futures, notebook=False)
+            print()
+        return futures
+    check_scheduler(scheduler)
+    if scheduler is None:
+        scheduler = "processes" if len(tasks) > 1 else "sync"
+    logger.debug("running %d tasks on the %r scheduler", len(tasks), scheduler)
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            return list(dask.compute(*tasks, scheduler=scheduler))
+    return list(dask.compute(*tasks, scheduler=scheduler))

@@ -1,0 +1,237 @@
+"""Read one hand-drawn contour (a polygon text file) and rasterise it to a mask.
+
+A contour file holds one ``x y`` pair per line, in pixel units (x = column,
+y = row), tracing a closed polygon. :func:`polygon_mask` follows the dataset's
+mask rule: pixel ``(r, c)`` is inside when the point ``(x=c, y=r)`` lies inside
+the polygon by the even-odd rule.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .errors import ContourError
+from .limits import DEFAULT_LIMITS, Limits
+
+__all__ = ["polygon_mask", "read_contour"]
+
+# Points may sit this far (in pixels) outside the image: hand-drawn outlines
+# often touch the border, but anything further out is a wrong file or wrong image.
+_EDGE_MARGIN = 1.0
+
+
+def read_contour(
+    path: str | os.PathLike[str],
+    *,
+    shape: tuple[int, int] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> np.ndarray:
+    """Read a contour file into an ``(N, 2)`` float64 array of ``(x, y)`` points.
+
+    Blank lines, surrounding whitespace, tabs, CRLF line endings and a UTF-8 BOM
+    are accepted. Every other line must hold exactly two finite numbers.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The contour file.
+    shape : (rows, columns), optional
+        The image the contour belongs to. When given, every point must lie within
+        one pixel of the image.
+    limits : Limits
+        ``max_file_bytes`` and ``max_contour_points`` bound what is read.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, 2)`` float64, column 0 is x (column), column 1 is y (row).
+
+    Raises
+    ------
+    ContourError
+        If the file is missing, too large, not UTF-8 text, has a line that is not
+        two numbers, has fewer than 3 points or too many, or has non-finite or
+        out-of-image coordinates. The message names the file and the line.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.txt"
+    >>> _ = p.write_text("1.5 2\\n4 2\\n4 6\\n")
+    >>> read_contour(p)
+    array([[1.5, 2. ],
+           [4. , 2. ],
+           [4. , 6. ]])
+    """
+    path = os.fspath(path)
+    try:
+        size = os.stat(path).st_size
+        if size > limits.max_file_bytes:
+            raise ContourError(
+                path,
+                f"contour file is {size} bytes, over Limits.max_file_bytes="
+                f"{limits.max_file_bytes}",
+            )
+        with open(path, "rb") as fh:
+            raw = fh.read(limits.max_file_bytes + 1)
+    except IsADirectoryError:
+        raise ContourError(path, "is a directory, expected a contour text file") from None
+    except FileNotFoundError:
+        raise ContourError(path, "contour file does not exist") from None
+    except OSError as exc:
+        raise ContourError(path, f"cannot read contour file: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ContourError(
+            path, f"not UTF-8 text (bad byte at offset {exc.start}); expected 'x y' lines"
+        ) from None
+    return parse_contour(text, path=path, shape=shape, limits=limits)
+
+
+def parse_contour(
+    text: str,
+    *,
+    path: str = "<string>",
+    shape: tuple[int, int] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> np.ndarray:
+    """Parse contour text; see :func:`read_contour` for the rules.
+
+    Examples
+    --------
+    >>> parse_contour("0 0\\r\\n\\t3 0\\n\\n3 3\\n").shape
+    (3, 2)
+    """
+    rows = [line.split() for line in text.splitlines()]
+    rows = [row for row in rows if row]
+    if len(rows) > limits.max_contour_points:
+        raise ContourError(
+            path,
+            f"{len(rows)} points, over Limits.max_contour_points={limits.max_contour_points}",
+        )
+    if any(len(row) != 2 for row in rows):
+        _raise_bad_line(text, path)
+    try:
+        points = np.array(rows, dtype=np.float64).reshape(-1, 2)
+    except ValueError:
+        _raise_bad_line(text, path)
+    if len(points) < 3:
+        raise ContourError(
+            path, f"only {len(points)} point(s); a polygon needs at least 3 'x y' lines"
+        )
+    finite = np.isfinite(points).all(axis=1)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise ContourError(
+            path, f"non-finite coordinate {rows[bad][0]} {rows[bad][1]} (point {bad + 1})"
+        )
+    if shape is not None:
+        height, width = shape
+        lo = -_EDGE_MARGIN
+        outside = (
+            (points[:, 0] < lo)
+            | (points[:, 0] > width - 1 + _EDGE_MARGIN)
+            | (points[:, 1] < lo)
+            | (points[:, 1] > height - 1 + _EDGE_MARGIN)
+        )
+        if outside.any():
+            bad = int(np.argmax(outside))
+            x, y = points[bad]
+            raise ContourError(
+                path,
+                f"point {bad + 1} (x={x:g}, y={y:g}) lies outside the {height}x{width} image: "
+                "is this contour linked to the right DICOM?",
+            )
+    return points
+
+
+def _raise_bad_line(text: str, path: str) -> None:
+    # Slow path, only on failure: find the first offending line to name it.
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            if len(fields) != 2:
+                raise ValueError
+            float(fields[0]), float(fields[1])
+        except ValueError:
+            shown = line.strip()
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise ContourError(
+                path, f"line {number} is {shown!r}, expected two numbers 'x y'"
+            ) from None
+    raise ContourError(path, "cannot parse contour lines as 'x y' numbers")  # pragma: no cover
+
+
+def polygon_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Rasterise a closed polygon by the even-odd rule at integer pixel positions.
+
+    Pixel ``(r, c)`` is True when the point ``(x=c, y=r)`` lies inside the polygon.
+    The polygon closes itself (last point back to the first). The work is a
+    scanline fill: crossings of every edge with every row are computed at once,
+    then a cumulative sum over columns gives each pixel's crossing parity, so the
+    cost is ``O(rows * (edges + columns))`` with no Python loop over pixels.
+
+    Parameters
+    ----------
+    points : array_like, shape (N, 2)
+        Polygon vertices as ``(x, y)`` = (column, row).
+    shape : (rows, columns)
+        Shape of the output mask.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask of ``shape``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> square = np.array([[0.5, 0.5], [2.5, 0.5], [2.5, 2.5], [0.5, 2.5]])
+    >>> polygon_mask(square, (4, 4)).astype(int)
+    array([[0, 0, 0, 0],
+           [0, 1, 1, 0],
+           [0, 1, 1, 0],
+           [0, 0, 0, 0]])
+    """
+    height, width = (int(n) for n in shape)
+    mask = np.zeros((height, width), dtype=bool)
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(pts) < 3 or height == 0 or width == 0:
+        return mask
+    x0, y0 = pts[:, 0], pts[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    # Pixels left of ceil(min x) or right of ceil(max x) are outside, so the work is
+    # confined to the polygon's bounding box (a heart is a small part of the image).
+    c0, c1 = np.clip(np.ceil([x0.min(), x0.max()]), 0, width).astype(np.intp)
+    box = c1 - c0
+    if box == 0:
+        return mask
+    # PNPOLY's half-open rule: an edge crosses row r when exactly one end is above r,
+    # so a vertex on a scanline counts once. For integer r that is ceil(low) <= r <
+    # ceil(high): enumerate only those rows per edge instead of testing every row.
+    first = np.clip(np.ceil(np.minimum(y0, y1)), 0, height).astype(np.intp)
+    stop = np.clip(np.ceil(np.maximum(y0, y1)), 0, height).astype(np.intp)
+    spans = stop - first
+    edge = np.repeat(np.arange(len(pts)), spans)
+    if edge.size == 0:
+        return mask
+    r0 = int(first.min())
+    r1 = int(stop.max())
+    row = first[edge] - r0 + (np.arange(edge.size) - (np.cumsum(spans) - spans)[edge])
+    xa, xb, ya, yb = x0[edge], x1[edge], y0[edge], y1[edge]
+    x_cross = xa + (xb - xa) * (row + r0 - ya) / (yb - ya)
+    # A crossing toggles pixel c when c < x_cross, i.e. for c < ceil(x_cross).
+    col_stop = np.clip(np.ceil(x_cross), c0, c1).astype(np.intp) - c0
+    toggles = np.bincount(row * (box + 1) + col_stop, minlength=(r1 - r0) * (box + 1))
+    # Pixel parity = parity of crossings with col_stop <= c, because every row of a
+    # closed polygon has an even number of crossings. For the same reason the running
+    # sum carried over from earlier rows is even, so one flat (fast, contiguous)
+    # cumsum serves all rows at once.
+    parity = np.cumsum(toggles).reshape(r1 - r0, box + 1)[:, :box]
+    mask[r0:r1, c0:c1] = (parity & 1).astype(bool)
+    return mask
