@@ -153,9 +153,7 @@ def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64) -> ChunkPlan:
                 row.ocontour_path,
             )
         )
-    chunks = tuple(
-        tuple(records[i : i + chunk_size]) for i in range(0, len(records), chunk_size)
-    )
+    chunks = tuple(tuple(records[i : i + chunk_size]) for i in range(0, len(records), chunk_size))
     return ChunkPlan(chunks=chunks, dropped=tuple(dropped_rows))
 
 
@@ -407,9 +405,7 @@ def load_dataset(
         for name, parts in pieces.items()
     }
     ds = xr.Dataset(
-        {
-            name: (("record", "y", "x"), array) for name, array in arrays.items()
-        }
+        {name: (("record", "y", "x"), array) for name, array in arrays.items()}
         | {
             "has_icontour": ("record", np.concatenate(has_i) if has_i else np.zeros(0, bool)),
             "has_ocontour": ("record", np.concatenate(has_o) if has_o else np.zeros(0, bool)),
@@ -483,5 +479,3 @@ def dropped(ds: xr.Dataset) -> pd.DataFrame:
     table = pd.DataFrame.from_records(rows, columns=DROPPED_COLUMNS)
     table["instance"] = table["instance"].astype("Int64")
     return table
-
-

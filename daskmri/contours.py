@@ -71,11 +71,11 @@ def read_contour(
         if size > limits.max_file_bytes:
             raise ContourError(
                 path,
-                f"contour file is {size} bytes, over Limits.max_file_bytes="
-                f"{limits.max_file_bytes}",
+                f"contour file is {size} bytes, over Limits.max_file_bytes={limits.max_file_bytes}",
             )
         with open(path, "rb") as fh:
-            raw = fh.read(limits.max_file_bytes + 1)
+            # Sized by the stat above: read(n) would allocate n bytes up front.
+            raw = fh.read(size + 1)
     except IsADirectoryError:
         raise ContourError(path, "is a directory, expected a contour text file") from None
     except FileNotFoundError:

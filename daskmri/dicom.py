@@ -67,7 +67,8 @@ def _read_bytes(path: str, limits: Limits) -> bytes:
                 path, f"file is {size} bytes, over Limits.max_file_bytes={limits.max_file_bytes}"
             )
         with open(path, "rb") as fh:
-            raw = fh.read(limits.max_file_bytes + 1)
+            # Sized by the stat above: read(n) would allocate n bytes up front.
+            raw = fh.read(size + 1)
     except IsADirectoryError:
         raise DicomError(path, "is a directory, expected a DICOM file") from None
     except FileNotFoundError:
@@ -113,7 +114,9 @@ def _geometry(path: str, ds: pydicom.Dataset, limits: Limits) -> tuple[int, int,
     return rows, cols, bits
 
 
-def read_dicom_shape(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) -> tuple[int, int]:
+def read_dicom_shape(
+    path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS
+) -> tuple[int, int]:
     """Return ``(Rows, Columns)`` of a DICOM file without decoding its pixels.
 
     Raises
@@ -204,18 +207,19 @@ def _native_pixels(
     dtype = np.dtype(f"{order}{'i' if signed else 'u'}{bits // 8}")
     data = ds.PixelData
     expected = rows * cols * dtype.itemsize
-    # An odd-length value is padded to even length, so one extra byte is legal.
     if len(data) < expected:
         raise DicomError(
             path,
             f"truncated or mis-sized: PixelData holds {len(data)} bytes but "
             f"{rows}x{cols}x{bits}-bit needs {expected}",
         )
-    if len(data) > expected + 1:
+    # Trailing padding shorter than a frame is ignored, as pydicom does; room for a
+    # whole second frame means the declared size is wrong for this single slice.
+    if len(data) >= 2 * expected:
         raise DicomError(
             path,
             f"Rows/Columns disagree with the pixel bytes: PixelData holds {len(data)} bytes, "
-            f"{rows}x{cols}x{bits}-bit is {expected}",
+            f"at least two {rows}x{cols}x{bits}-bit images",
         )
     pixels = np.frombuffer(data, dtype=dtype, count=rows * cols).reshape(rows, cols)
     stored = int(ds.get("BitsStored", bits) or bits)
@@ -234,7 +238,8 @@ def _decoded_pixels(path: str, ds: pydicom.Dataset, syntax: object) -> np.ndarra
         if "plugin" in text or "decod" in text or "missing" in text:
             name = getattr(syntax, "name", str(syntax))
             raise DicomError(
-                path, f"pixel data is compressed ({name}) and no decoder is available; {_CODECS_HINT}"
+                path,
+                f"pixel data is compressed ({name}) and no decoder is available; {_CODECS_HINT}",
             ) from None
         raise DicomError(path, f"cannot decode pixel data: {text}") from None
     except Exception as exc:

@@ -141,7 +141,7 @@ def _inside(path: str, root_real: str) -> bool:
     return real == root_real or real.startswith(root_real + os.sep)
 
 
-def _find(root: str, root_real: str, pattern: str, problems: list[dict]) -> list[str]:
+def _find(root: str, root_real: str, pattern: str, problems: list[dict], ids: dict) -> list[str]:
     """Paths under ``root`` matching a relative glob, never leaving ``root``.
 
     Directories are resolved once each; a file is resolved only when it is a
@@ -159,7 +159,9 @@ def _find(root: str, root_real: str, pattern: str, problems: list[dict]) -> list
         for directory in dirs:
             if not _inside(directory, root_real):
                 problems.append(
-                    _problem(directory, "folder is a link that leaves the root; not followed")
+                    _problem(
+                        directory, "folder is a link that leaves the root; not followed", **ids
+                    )
                 )
                 continue
             if literal:
@@ -177,7 +179,11 @@ def _find(root: str, root_real: str, pattern: str, problems: list[dict]) -> list
                 if last:
                     if entry.is_symlink() and not _inside(entry.path, root_real):
                         problems.append(
-                            _problem(entry.path, "file is a link that leaves the root; not followed")
+                            _problem(
+                                entry.path,
+                                "file is a link that leaves the root; not followed",
+                                **ids,
+                            )
                         )
                         continue
                     found.append(entry.path)
@@ -188,7 +194,14 @@ def _find(root: str, root_real: str, pattern: str, problems: list[dict]) -> list
 
 
 def _problem(path: str, reason: str, **ids: object) -> dict:
-    return {"patient_id": None, "original_id": None, "instance": None, **ids, "path": path, "reason": reason}
+    return {
+        "patient_id": None,
+        "original_id": None,
+        "instance": None,
+        **ids,
+        "path": path,
+        "reason": reason,
+    }
 
 
 def _read_link(root: str, layout: Layout) -> list[tuple[int, dict[str, str]]]:
@@ -228,7 +241,9 @@ def _instances(
     for path in paths:
         match = regex.fullmatch(os.path.basename(path))
         if match is None:
-            problems.append(_problem(path, f"{kind} file name does not match the layout's pattern", **ids))
+            problems.append(
+                _problem(path, f"{kind} file name does not match the layout's pattern", **ids)
+            )
             continue
         instance = int(match["instance"])
         if instance in by_instance:
@@ -328,16 +343,25 @@ def scan(
         ids = {"patient_id": patient_id, "original_id": original_id}
         fill = {"patient_id": glob.escape(patient_id), "original_id": glob.escape(original_id)}
         dicoms = _instances(
-            _find(root, root_real, layout.dicom_glob.format(**fill), problems),
-            dicom_re, "DICOM", ids, problems,
+            _find(root, root_real, layout.dicom_glob.format(**fill), problems, ids),
+            dicom_re,
+            "DICOM",
+            ids,
+            problems,
         )
         inner = _instances(
-            _find(root, root_real, layout.icontour_glob.format(**fill), problems),
-            i_re, "i-contour", ids, problems,
+            _find(root, root_real, layout.icontour_glob.format(**fill), problems, ids),
+            i_re,
+            "i-contour",
+            ids,
+            problems,
         )
         outer = _instances(
-            _find(root, root_real, layout.ocontour_glob.format(**fill), problems),
-            o_re, "o-contour", ids, problems,
+            _find(root, root_real, layout.ocontour_glob.format(**fill), problems, ids),
+            o_re,
+            "o-contour",
+            ids,
+            problems,
         )
         if not dicoms:
             problems.append(

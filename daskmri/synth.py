@@ -30,9 +30,9 @@ __all__ = [
     "slice_pixels",
 ]
 
-# Contour vertices lie on a quarter-pixel grid: exactly representable in binary
-# and in the files' two-decimal text, so what is written is what is read back.
-_GRID = 4
+# Contour vertices lie on a 1/64-pixel grid: exactly representable in binary and
+# in six-decimal text, so what is written is exactly what is read back.
+_GRID = 64
 _VERTICES = 48
 
 
@@ -68,8 +68,8 @@ def _on_grid_polygon(cx, cy, rx, ry, phase) -> np.ndarray:
     so that the even-odd mask has one unambiguous answer."""
     theta = phase + np.linspace(0, 2 * np.pi, _VERTICES, endpoint=False)
     for nudge in range(_GRID * 4):
-        x = np.round((cx + nudge / (4 * _GRID) + rx * np.cos(theta)) * _GRID).astype(np.int64)
-        y = np.round((cy + ry * np.sin(theta)) * _GRID).astype(np.int64)
+        x = np.round((cx + nudge / 7 + rx * np.cos(theta)) * _GRID).astype(np.int64)
+        y = np.round((cy + nudge / 11 + ry * np.sin(theta)) * _GRID).astype(np.int64)
         if not _integer_point_on_edge(x, y):
             return np.column_stack([x, y]).astype(np.float64) / _GRID
     raise AssertionError("could not place a polygon off the pixel grid")  # pragma: no cover
@@ -131,7 +131,9 @@ def slice_pixels(*, seed: int, patient: int, instance: int, shape: tuple[int, in
     return np.clip(image, -32768, 32767).astype(np.int16)
 
 
-def _write_dicom(path: Path, pixels: np.ndarray, *, patient_id: str, instance: int, uid_seed: list[str], rescale) -> None:
+def _write_dicom(
+    path: Path, pixels: np.ndarray, *, patient_id: str, instance: int, uid_seed: list[str], rescale
+) -> None:
     sop_uid = generate_uid(entropy_srcs=[*uid_seed, str(instance)])
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
@@ -165,7 +167,7 @@ def _write_dicom(path: Path, pixels: np.ndarray, *, patient_id: str, instance: i
 
 
 def _write_contour(path: Path, points: np.ndarray) -> None:
-    path.write_text("".join(f"{x:.2f} {y:.2f}\n" for x, y in points))
+    path.write_text("".join(f"{x:.6f} {y:.6f}\n" for x, y in points))
 
 
 def make_dataset(
@@ -232,7 +234,9 @@ def make_dataset(
                 uid_seed=[str(seed), patient_id],
                 rescale=patient_rescale(patient),
             )
-            inner, outer = slice_contours(seed=seed, patient=patient, instance=instance, shape=shape)
+            inner, outer = slice_contours(
+                seed=seed, patient=patient, instance=instance, shape=shape
+            )
             stem = f"IM-0001-{instance:04d}"
             if inner is not None:
                 _write_contour(contour_dir / "i-contours" / f"{stem}-icontour-manual.txt", inner)

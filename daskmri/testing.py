@@ -1,0 +1,115 @@
+"""Helpers for testing code that uses daskmri (and for daskmri's own tests).
+
+:func:`eager_load` is the plain reference: one record at a time, pydicom's own
+``pixel_array`` and the contour rasteriser, no Dask. Chunked and distributed
+results are compared against it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import dask
+import numpy as np
+import pydicom
+import xarray as xr
+from pydicom.pixels import apply_modality_lut
+
+from .contours import polygon_mask, read_contour
+from .layout import Layout, scan
+
+__all__ = ["assert_records_equal", "eager_load", "raise_if_dask_computes"]
+
+
+def eager_load(
+    root: str | os.PathLike[str], *, layout: Layout | None = None, labels: str = "any"
+) -> xr.Dataset:
+    """Load a dataset with a plain loop (no Dask), skipping records that fail.
+
+    Returns numpy-backed variables with the same names, dims and coordinates as
+    :func:`daskmri.load_dataset`.
+    """
+    table = scan(root, layout=layout, labels=labels)
+    images, inner, outer, has_i, has_o, ids = [], [], [], [], [], []
+    for row in table.itertuples():
+        if row.problem is not None:
+            continue
+        try:
+            ds = pydicom.dcmread(row.dicom_path)
+            image = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+            masks = []
+            for path in (row.icontour_path, row.ocontour_path):
+                if path is None:
+                    masks.append(None)
+                else:
+                    points = read_contour(path, shape=image.shape)
+                    masks.append(polygon_mask(points, image.shape))
+        except Exception:
+            continue
+        if images and image.shape != images[0].shape:
+            continue
+        images.append(image)
+        inner.append(masks[0] if masks[0] is not None else np.zeros(image.shape, bool))
+        outer.append(masks[1] if masks[1] is not None else np.zeros(image.shape, bool))
+        has_i.append(masks[0] is not None)
+        has_o.append(masks[1] is not None)
+        ids.append((row.patient_id, row.original_id, row.instance))
+    shape = images[0].shape if images else (0, 0)
+    dims = ("record", "y", "x")
+    return xr.Dataset(
+        {
+            "image": (dims, np.stack(images) if images else np.zeros((0, *shape), np.float32)),
+            "icontour": (dims, np.stack(inner) if inner else np.zeros((0, *shape), bool)),
+            "ocontour": (dims, np.stack(outer) if outer else np.zeros((0, *shape), bool)),
+            "has_icontour": ("record", np.array(has_i, dtype=bool)),
+            "has_ocontour": ("record", np.array(has_o, dtype=bool)),
+        },
+        coords={
+            "patient_id": ("record", np.array([i[0] for i in ids], dtype=str)),
+            "original_id": ("record", np.array([i[1] for i in ids], dtype=str)),
+            "instance": ("record", np.array([i[2] for i in ids], dtype=np.int64)),
+        },
+    )
+
+
+def assert_records_equal(actual: xr.Dataset, expected: xr.Dataset) -> None:
+    """Assert two daskmri datasets hold the same records, pixels and masks.
+
+    Dask-backed data is computed under the synchronous scheduler, so a failure
+    points at the data rather than at a scheduler. Attributes are not compared.
+    """
+    with dask.config.set(scheduler="sync"):
+        xr.testing.assert_equal(actual.compute(), expected.compute())
+
+
+class _ComputeCounter:
+    def __init__(self, max_computes: int) -> None:
+        self.max_computes = max_computes
+        self.total = 0
+
+    def __call__(self, dsk, keys, **kwargs):
+        self.total += 1
+        if self.total > self.max_computes:
+            raise RuntimeError(
+                f"Too many computes. Total: {self.total} > max: {self.max_computes}."
+            )
+        return dask.get(dsk, keys, **kwargs)
+
+
+@contextlib.contextmanager
+def raise_if_dask_computes(max_computes: int = 0) -> Iterator[_ComputeCounter]:
+    """Fail when code inside computes a dask collection more than ``max_computes`` times.
+
+    Proves that an operation stays lazy (the same idea as xarray's test helper).
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> with raise_if_dask_computes():
+    ...     x = da.ones(3) + 1  # building a graph is fine
+    """
+    counter = _ComputeCounter(max_computes)
+    with dask.config.set(scheduler=counter):
+        yield counter

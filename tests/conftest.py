@@ -1,0 +1,64 @@
+"""Shared fixtures: synthetic datasets written once per session, the real sample
+(skipped when absent), and a LocalCluster."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from daskmri import synth
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sunnybrook"
+
+# Non-square, so that any x/y or row/column swap shows up.
+SHAPE = (48, 64)
+PATIENTS = 2
+SLICES = 12
+
+
+@pytest.fixture(scope="session")
+def real_root() -> Path:
+    if not (REAL_DATA / "link.csv").is_file():
+        pytest.skip(
+            f"the real Sunnybrook sample is not at {REAL_DATA} "
+            "(it lives beside the checkout in ../shared/data/sunnybrook)"
+        )
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A read-only synthetic dataset shared by the session; copy it before damaging it."""
+    root = tmp_path_factory.mktemp("synth") / "data"
+    return synth.make_dataset(root, patients=PATIENTS, slices=SLICES, shape=SHAPE, seed=7)
+
+
+@pytest.fixture
+def damaged_root(synth_root, tmp_path) -> Path:
+    """A private copy of the synthetic dataset that a test may break."""
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def local_cluster():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def client(local_cluster):
+    from distributed import Client
+
+    with Client(local_cluster, timeout="30s") as c:
+        yield c

@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+import tracemalloc
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+from daskmri import DicomError, Limits, read_dicom, synth
+from daskmri.dicom import read_dicom_shape
+
+
+def pydicom_pixels(path) -> np.ndarray:
+    ds = pydicom.dcmread(path)
+    return apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+
+
+@pytest.fixture
+def slice_path(synth_root):
+    # Patient 2 carries a rescale slope and intercept.
+    return synth_root / "dicoms" / "SYN0002" / "5.dcm"
+
+
+def rewrite(src, dst, **changes):
+    ds = pydicom.dcmread(src)
+    for key, value in changes.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    ds.save_as(dst, enforce_file_format=True)
+    return dst
+
+
+class TestPixels:
+    def test_synthetic_pixels_are_exactly_the_ground_truth(self, synth_root):
+        from .conftest import SHAPE
+
+        for patient, (patient_id, _) in enumerate(synth.patient_ids(2), start=1):
+            stored = synth.slice_pixels(seed=7, patient=patient, instance=5, shape=SHAPE)
+            rescale = synth.patient_rescale(patient)
+            expected = stored.astype(np.float64)
+            if rescale is not None:
+                expected = expected * rescale[0] + rescale[1]
+            image = read_dicom(synth_root / "dicoms" / patient_id / "5.dcm")
+            assert image.dtype == np.float32 and image.shape == SHAPE
+            np.testing.assert_array_equal(image, expected.astype(np.float32))
+
+    def test_equals_pydicom_on_every_real_file(self, real_root):
+        paths = sorted((real_root / "dicoms").glob("*/*.dcm"))
+        assert len(paths) == 700
+        for path in paths:
+            np.testing.assert_array_equal(read_dicom(path), pydicom_pixels(path), err_msg=str(path))
+
+    def test_real_files_raise_no_warnings(self, real_root):
+        paths = sorted((real_root / "dicoms").glob("*/*.dcm"))[:50]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for path in paths:
+                read_dicom(path)
+        assert [str(w.message) for w in caught] == []
+
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "MR_small.dcm",
+            "MR_small_implicit.dcm",
+            "MR_small_bigendian.dcm",
+            "MR_small_expb.dcm",
+            "MR_small_RLE.dcm",
+            "MR_small_padded.dcm",
+        ],
+    )
+    def test_pydicom_samples_decode_to_the_same_pixels(self, name):
+        path = get_testdata_file(name)
+        reference = pydicom_pixels(get_testdata_file("MR_small.dcm"))
+        np.testing.assert_array_equal(read_dicom(path), pydicom_pixels(path))
+        np.testing.assert_array_equal(read_dicom(path), reference)
+
+    @pytest.mark.parametrize(
+        "syntax", [ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian]
+    )
+    def test_other_transfer_syntaxes_of_a_synthetic_slice(self, slice_path, tmp_path, syntax):
+        ds = pydicom.dcmread(slice_path)
+        stored = ds.pixel_array
+        ds.file_meta.TransferSyntaxUID = syntax
+        if syntax == ExplicitVRBigEndian:
+            # pydicom writes PixelData bytes as given: swap them for big endian.
+            ds.PixelData = stored.astype(">i2").tobytes()
+            pydicom.dcmwrite(
+                tmp_path / "x.dcm",
+                ds,
+                implicit_vr=False,
+                little_endian=False,
+                force_encoding=True,
+            )
+        else:
+            ds.save_as(tmp_path / "x.dcm", enforce_file_format=True)
+        assert pydicom.dcmread(tmp_path / "x.dcm").file_meta.TransferSyntaxUID == syntax
+        expected = pydicom_pixels(slice_path)
+        np.testing.assert_array_equal(pydicom_pixels(tmp_path / "x.dcm"), expected)
+        np.testing.assert_array_equal(read_dicom(tmp_path / "x.dcm"), expected)
+
+    @pytest.mark.parametrize(
+        ("bits", "stored", "signed"), [(16, 12, 1), (16, 12, 0), (8, 8, 0), (32, 32, 1)]
+    )
+    def test_bit_depths_match_pydicom(self, slice_path, tmp_path, bits, stored, signed):
+        rng = np.random.default_rng(0)
+        dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+        info = np.iinfo(dtype)
+        # Random high bits too: the unused ones must be ignored, as pydicom does.
+        raw = rng.integers(info.min, info.max, size=(48, 64), dtype=dtype, endpoint=True)
+        out = rewrite(
+            slice_path,
+            tmp_path / "x.dcm",
+            BitsAllocated=bits,
+            BitsStored=stored,
+            HighBit=stored - 1,
+            PixelRepresentation=signed,
+            PixelData=raw.tobytes(),
+        )
+        np.testing.assert_array_equal(read_dicom(out), pydicom_pixels(out))
+
+    def test_rescale_rounds_like_pydicom(self, slice_path, tmp_path):
+        out = rewrite(slice_path, tmp_path / "x.dcm", RescaleSlope=0.1, RescaleIntercept=-0.3)
+        np.testing.assert_array_equal(read_dicom(out), pydicom_pixels(out))
+
+    def test_shape_without_pixels(self, slice_path):
+        assert read_dicom_shape(slice_path) == (48, 64)
+
+
+class TestFailures:
+    def test_truncated(self, slice_path, tmp_path):
+        data = slice_path.read_bytes()
+        (tmp_path / "t.dcm").write_bytes(data[: len(data) - 1000])
+        with pytest.raises(DicomError, match="truncated"):
+            read_dicom(tmp_path / "t.dcm")
+        (tmp_path / "t2.dcm").write_bytes(data[:200])
+        with pytest.raises(DicomError, match="truncated|no pixel description"):
+            read_dicom(tmp_path / "t2.dcm")
+
+    def test_empty(self, tmp_path):
+        (tmp_path / "e.dcm").write_bytes(b"")
+        with pytest.raises(DicomError, match="empty file"):
+            read_dicom(tmp_path / "e.dcm")
+
+    def test_not_dicom(self, tmp_path):
+        (tmp_path / "n.dcm").write_text("patient_id,original_id\n" * 20)
+        with pytest.raises(DicomError, match="not a DICOM file"):
+            read_dicom(tmp_path / "n.dcm")
+
+    def test_no_pixel_data(self, slice_path, tmp_path):
+        out = rewrite(slice_path, tmp_path / "x.dcm", PixelData=None)
+        with pytest.raises(DicomError, match="no PixelData"):
+            read_dicom(out)
+
+    def test_rows_columns_disagree_with_the_bytes(self, slice_path, tmp_path):
+        bigger = rewrite(slice_path, tmp_path / "big.dcm", Rows=96)
+        with pytest.raises(DicomError, match="PixelData holds 6144 bytes but 96x64x16-bit needs"):
+            read_dicom(bigger)
+        smaller = rewrite(slice_path, tmp_path / "small.dcm", Rows=24)
+        with pytest.raises(DicomError, match="Rows/Columns disagree"):
+            read_dicom(smaller)
+
+    def test_huge_declared_size_is_refused_before_allocation(self, slice_path, tmp_path):
+        out = rewrite(slice_path, tmp_path / "x.dcm", Rows=65535, Columns=65535)
+        tracemalloc.start()
+        try:
+            with pytest.raises(DicomError, match=r"65535x65535 = 4294836225 pixels is over"):
+                read_dicom(out)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 5 * 2**20  # 65535**2 float32 would be 16 GiB
+
+    def test_file_size_limit(self, slice_path):
+        with pytest.raises(DicomError, match="over Limits.max_file_bytes=1000"):
+            read_dicom(slice_path, limits=Limits(max_file_bytes=1000))
+
+    def test_directory_and_missing(self, tmp_path):
+        (tmp_path / "d.dcm").mkdir()
+        with pytest.raises(DicomError, match="is a directory"):
+            read_dicom(tmp_path / "d.dcm")
+        with pytest.raises(DicomError, match="does not exist"):
+            read_dicom(tmp_path / "missing.dcm")
+
+    def test_colour_and_multiframe_are_refused(self, slice_path, tmp_path):
+        out = rewrite(slice_path, tmp_path / "c.dcm", SamplesPerPixel=3)
+        with pytest.raises(DicomError, match="colour image"):
+            read_dicom(out)
+        out = rewrite(slice_path, tmp_path / "m.dcm", NumberOfFrames=2)
+        with pytest.raises(DicomError, match="multi-frame"):
+            read_dicom(out)
+
+    def test_compressed_without_a_decoder_names_the_extra(self):
+        path = get_testdata_file("MR_small_jpeg_ls_lossless.dcm")
+        try:
+            read_dicom(path)
+        except DicomError as exc:
+            assert "pip install 'daskmri[codecs]'" in exc.reason
+            assert "JPEG-LS" in exc.reason
+        else:
+            pytest.skip("a JPEG-LS decoder is installed here, so the no-decoder path cannot run")
