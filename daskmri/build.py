@@ -56,7 +56,9 @@ class Record:
     ocontour_path: str | None = None
 
 
-def read_record(record: Record, *, limits: Limits = DEFAULT_LIMITS) -> Parsed:
+def read_record(
+    record: Record, *, limits: Limits = DEFAULT_LIMITS, shape: tuple[int, int] | None = None
+) -> Parsed:
     """The default reader: one record's pixels and masks, read from its files.
 
     Parameters
@@ -65,6 +67,9 @@ def read_record(record: Record, *, limits: Limits = DEFAULT_LIMITS) -> Parsed:
         The files of one slice.
     limits : Limits
         Bounds on what may be read and allocated.
+    shape : (rows, columns), optional
+        The dataset's image size: an image of another size fails before its
+        contours are read (so the reason names the size, not a contour).
 
     Returns
     -------
@@ -89,6 +94,8 @@ def read_record(record: Record, *, limits: Limits = DEFAULT_LIMITS) -> Parsed:
     if record.dicom_path is None:
         raise RecordError("", f"instance {record.instance} has contours but no DICOM")
     image = read_dicom(record.dicom_path, limits=limits)
+    if shape is not None and image.shape != shape:
+        raise _shape_error(record.dicom_path, image.shape, shape)
     masks = []
     for path in (record.icontour_path, record.ocontour_path):
         if path is None:
@@ -177,6 +184,14 @@ class ChunkResult:
         )
 
 
+def _shape_error(path: str | None, got: tuple[int, ...], want: tuple[int, int]) -> RecordError:
+    return RecordError(
+        path or "",
+        f"image is {'x'.join(map(str, got))} but this dataset's images are "
+        f"{want[0]}x{want[1]}; build differently sized series separately or pass shape=",
+    )
+
+
 def _drop(record: Record, exc: BaseException) -> dict:
     if isinstance(exc, RecordError):
         path, reason = exc.path or record.dicom_path, exc.reason
@@ -208,7 +223,7 @@ def parse_chunk(
     >>> plan = plan_chunks(daskmri.scan(root))
     >>> result = parse_chunk(plan.chunks[0], shape=(32, 32), reader=read_record)
     >>> result.image.shape, result.dropped
-    ((2, 32, 32), [])
+    ((3, 32, 32), [])
     """
     n = len(records)
     # np.empty: pages are only touched as records fill them.
@@ -223,12 +238,7 @@ def parse_chunk(
         try:
             pixels, inner, outer = reader(record)
             if pixels.shape != shape:
-                raise RecordError(
-                    record.dicom_path,
-                    f"image is {pixels.shape[0]}x{pixels.shape[1]} but this dataset's images "
-                    f"are {shape[0]}x{shape[1]}; build differently sized series separately "
-                    "or pass shape=",
-                )
+                raise _shape_error(record.dicom_path, pixels.shape, shape)
             for mask, name in ((inner, "icontour"), (outer, "ocontour")):
                 if mask is not None and mask.shape != shape:
                     raise RecordError(
@@ -307,7 +317,8 @@ def load_dataset(
     client : None, distributed.Client or str
         Where to run. A client or a scheduler address runs on that cluster and the
         pixels stay there (the result is persisted on the workers). None uses the
-        current default client if there is one, else a local scheduler.
+        current default client if there is one (unless ``scheduler`` is given), else
+        a local scheduler.
     scheduler : {"sync", "threads", "processes"}, optional
         Local scheduler when there is no client. The default, ``"processes"``,
         is the fast one: parsing is pure-Python pydicom work that holds the GIL,
@@ -362,15 +373,21 @@ def load_dataset(
     layout = Layout() if layout is None else layout
     table = scan(root, layout=layout, labels=labels)
     plan = plan_chunks(table, chunk_size=chunk_size)
-    if reader is None:
-        reader = functools.partial(read_record, limits=limits)
     if plan.n_records and shape is None:
         shape = _infer_shape(plan, limits)
     shape = (0, 0) if shape is None else (int(shape[0]), int(shape[1]))
-    client = resolve_client(client)
+    if reader is None:
+        reader = functools.partial(read_record, limits=limits, shape=shape)
+    if client is not None and scheduler is not None:
+        raise ValueError("pass either client= (a cluster) or scheduler= (local), not both")
+    # An explicit local scheduler wins over a default client that happens to exist.
+    client = resolve_client(client) if scheduler is None else None
 
     bag = db.from_sequence([r for chunk in plan.chunks for r in chunk], partition_size=chunk_size)
-    tasks = bag.map_partitions(_parse_partition, shape, reader).to_delayed() if plan.chunks else []
+    # Unoptimised: the bag's partitions stay literal data, so each chunk is exactly one
+    # task. Fusing would add an alias task per chunk for nothing.
+    parsed = bag.map_partitions(_parse_partition, shape, reader)
+    tasks = parsed.to_delayed(optimize_graph=False) if plan.chunks else []
     results = run_tasks(tasks, client=client, scheduler=scheduler, progress=progress)
     if client is not None:
         summaries = client.gather(client.map(_first_summary, results))
@@ -382,7 +399,7 @@ def load_dataset(
     meta: dict[str, list] = {k: [] for k in ("patient_id", "original_id", "instance")}
     has_i, has_o = [], []
     dropped_rows = list(plan.dropped)
-    for chunk, summary, result in zip(plan.chunks, summaries, results):
+    for chunk, summary, result in zip(plan.chunks, summaries, results, strict=True):
         dropped_rows.extend(summary.dropped)
         n = len(summary.kept)
         for k in summary.kept:
@@ -430,7 +447,12 @@ def load_dataset(
     ds["icontour"].attrs.update(long_name="inside the inner (i) contour")
     ds["ocontour"].attrs.update(long_name="inside the outer (o) contour")
     if client is not None:
+        from distributed import futures_of, wait
+
+        # Persist the per-variable pieces, then drop the whole-chunk results: each
+        # chunk's pixels are then held once, on the worker that parsed them.
         ds = client.persist(ds)
+        wait(futures_of(ds))
         del results
     logger.info(
         "loaded %d records (%d dropped) from %s in %.2f s",

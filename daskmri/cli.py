@@ -28,7 +28,7 @@ def _where(value: str | None) -> dict:
     """``--scheduler`` is a local scheduler name or a cluster address."""
     if value is None:
         return {}
-    if "://" in value or value.count(":") == 1 and value.split(":")[1].isdigit():
+    if "://" in value or (value.count(":") == 1 and value.split(":")[1].isdigit()):
         return {"client": value}
     return {"scheduler": value}
 

@@ -29,7 +29,8 @@ def resolve_client(client: Any = None):
     ----------
     client : None, distributed.Client or str
         A client is used as is. A string is a scheduler address
-        (``"tcp://10.0.0.5:8786"``) to connect to. None picks, in order, the
+        (``"tcp://10.0.0.5:8786"``) to connect to; like ``Client(address)`` the new
+        client becomes the default one. None picks, in order, the
         current default client if one exists, then the ``scheduler-address`` of
         the Dask config (``DASK_SCHEDULER_ADDRESS``), else None (local).
 
@@ -60,6 +61,8 @@ def resolve_client(client: Any = None):
         from distributed import Client
 
         try:
+            # As Client(address) does, this becomes the default client: the returned
+            # dataset's data live on that cluster and .compute() must find it.
             return Client(client, timeout=CONNECT_TIMEOUT)
         except OSError as exc:
             raise DaskmriError(

@@ -166,7 +166,7 @@ def _find(root: str, root_real: str, pattern: str, problems: list[dict], ids: di
                 continue
             if literal:
                 candidate = os.path.join(directory, part)
-                if last and os.path.lexists(candidate) or not last and os.path.isdir(candidate):
+                if (last and os.path.lexists(candidate)) or (not last and os.path.isdir(candidate)):
                     found.append(candidate)
                 continue
             try:

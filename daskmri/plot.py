@@ -44,8 +44,8 @@ def overlay(
     >>> import numpy as np
     >>> mask = np.zeros((5, 5), bool); mask[1:4, 1:4] = True
     >>> rgb = overlay(np.arange(25.0).reshape(5, 5), icontour=mask)
-    >>> rgb.shape, tuple(rgb[1, 1]), bool(rgb[2, 2, 0] == rgb[2, 2, 1])
-    ((5, 5, 3), (255, 64, 64), True)
+    >>> rgb.shape, rgb[1, 1].tolist(), bool(rgb[2, 2, 0] == rgb[2, 2, 1])
+    ((5, 5, 3), [255, 64, 64], True)
     """
     image = np.asarray(image, dtype=np.float64)
     lo, hi = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)

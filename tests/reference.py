@@ -28,12 +28,23 @@ def pnpoly_exact(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def matplotlib_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Pixel-centre reference from matplotlib's Path.contains_points."""
+def matplotlib_mask(
+    points: np.ndarray, shape: tuple[int, int], *, tie_break: bool = True
+) -> np.ndarray:
+    """Pixel-centre reference from matplotlib's Path.contains_points.
+
+    Real contours trace pixel edges, so many pixel centres lie exactly on the
+    polygon, where "inside" is a convention. DESIGN.md's rule (even-odd,
+    half-open) puts such a point inside exactly when a point nudged right by a
+    tiny dx and down by a far tinier dy is inside; ``tie_break`` applies that
+    nudge, so matplotlib decides only points that are unambiguous.
+    """
     from matplotlib.path import Path
 
     rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
-    centres = np.column_stack([cols.ravel(), rows.ravel()])
+    centres = np.column_stack([cols.ravel(), rows.ravel()]).astype(np.float64)
+    if tie_break:
+        centres += (1e-6, 1e-11)
     return Path(points).contains_points(centres).reshape(shape)
 
 

@@ -80,9 +80,9 @@ class TestReadContour:
 
     def test_limits(self, tmp_path):
         path = write(tmp_path, "1 1\n" * 50)
-        with pytest.raises(ContourError, match="over Limits.max_contour_points=10"):
+        with pytest.raises(ContourError, match=r"over Limits\.max_contour_points=10"):
             read_contour(path, limits=Limits(max_contour_points=10))
-        with pytest.raises(ContourError, match="over Limits.max_file_bytes=16"):
+        with pytest.raises(ContourError, match=r"over Limits\.max_file_bytes=16"):
             read_contour(path, limits=Limits(max_file_bytes=16))
 
 
@@ -152,7 +152,7 @@ class TestPolygonMask:
         # Points on or within float noise of an edge may go either way in matplotlib;
         # everywhere else the two must agree exactly.
         rows, cols = np.nonzero(ours != theirs)
-        for r, c in zip(rows, cols):
+        for r, c in zip(rows, cols, strict=True):
             assert _distance_to_boundary(points, c, r) < 1e-6
 
 

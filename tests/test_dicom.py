@@ -140,7 +140,7 @@ class TestFailures:
         with pytest.raises(DicomError, match="truncated"):
             read_dicom(tmp_path / "t.dcm")
         (tmp_path / "t2.dcm").write_bytes(data[:200])
-        with pytest.raises(DicomError, match="truncated|no pixel description"):
+        with pytest.raises(DicomError, match=r"truncated|no pixel description"):
             read_dicom(tmp_path / "t2.dcm")
 
     def test_empty(self, tmp_path):
@@ -178,7 +178,7 @@ class TestFailures:
         assert peak < 5 * 2**20  # 65535**2 float32 would be 16 GiB
 
     def test_file_size_limit(self, slice_path):
-        with pytest.raises(DicomError, match="over Limits.max_file_bytes=1000"):
+        with pytest.raises(DicomError, match=r"over Limits\.max_file_bytes=1000"):
             read_dicom(slice_path, limits=Limits(max_file_bytes=1000))
 
     def test_directory_and_missing(self, tmp_path):

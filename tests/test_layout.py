@@ -191,7 +191,7 @@ def test_second_preset_gives_the_same_dataset(synth_root, tmp_path):
 
 
 def test_layout_is_validated():
-    with pytest.raises(LayoutError, match="must contain '{patient_id}'"):
+    with pytest.raises(LayoutError, match=r"must contain '\{patient_id\}'"):
         Layout(dicom_glob="dicoms/*.dcm")
     with pytest.raises(LayoutError, match="needs a named group"):
         Layout(dicom_regex=r"\d+\.dcm")
