@@ -1,11 +1,11 @@
 """daskmri: MRI slices (DICOM) and their contours as a chunked xarray Dataset, built with Dask.
 
-Examples
---------
->>> import daskmri  # doctest: +SKIP
->>> table = daskmri.scan("final_data")  # doctest: +SKIP
->>> ds = daskmri.load_dataset("final_data")  # doctest: +SKIP
->>> daskmri.dropped(ds)  # doctest: +SKIP
+A typical session::
+
+    import daskmri
+    table = daskmri.scan("final_data")        # every record, no pixel I/O
+    ds = daskmri.load_dataset("final_data")   # image, icontour, ocontour along record
+    daskmri.dropped(ds)                        # what was left out, and why
 """
 
 from __future__ import annotations
@@ -17,14 +17,47 @@ __version__ = "0.1.0"
 # Library logging stays silent unless the application configures it.
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-from . import synth  # noqa: E402
-from .build import Record, dropped, load_dataset, read_record  # noqa: E402
-from .contours import polygon_mask, read_contour  # noqa: E402
-from .dicom import read_dicom  # noqa: E402
-from .errors import ContourError, DaskmriError, DicomError, LayoutError, RecordError  # noqa: E402
-from .layout import SERIES, SUNNYBROOK, Layout, scan  # noqa: E402
-from .limits import Limits  # noqa: E402
-from .versions import show_versions  # noqa: E402
+# Names resolve lazily (PEP 562): a worker process that unpickles a parse task
+# imports daskmri.parse (numpy, pydicom) without paying for xarray and pandas.
+_EXPORTS = {
+    "synth": "daskmri.synth",
+    "dropped": "daskmri.build",
+    "load_dataset": "daskmri.build",
+    "Record": "daskmri.parse",
+    "read_record": "daskmri.parse",
+    "polygon_mask": "daskmri.contours",
+    "read_contour": "daskmri.contours",
+    "read_dicom": "daskmri.dicom",
+    "ContourError": "daskmri.errors",
+    "DaskmriError": "daskmri.errors",
+    "DicomError": "daskmri.errors",
+    "LayoutError": "daskmri.errors",
+    "RecordError": "daskmri.errors",
+    "SERIES": "daskmri.layout",
+    "SUNNYBROOK": "daskmri.layout",
+    "Layout": "daskmri.layout",
+    "scan": "daskmri.layout",
+    "Limits": "daskmri.limits",
+    "show_versions": "daskmri.versions",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'daskmri' has no attribute {name!r}")
+    import importlib
+
+    value = importlib.import_module(module)
+    if name != "synth":
+        value = getattr(value, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "SERIES",

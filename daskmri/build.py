@@ -15,7 +15,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dask
@@ -27,83 +28,17 @@ import xarray as xr
 
 from . import __version__
 from .cluster import check_scheduler, resolve_client, run_tasks
-from .contours import polygon_mask, read_contour
-from .dicom import read_dicom, read_dicom_shape
+from .dicom import read_dicom_shape
 from .errors import DaskmriError, RecordError
 from .layout import Layout, scan
 from .limits import DEFAULT_LIMITS, Limits
+from .parse import ChunkResult, Parsed, Record, Slots, parse_chunk, read_record
 
-__all__ = ["Record", "dropped", "load_dataset", "parse_chunk", "plan_chunks", "read_record"]
+__all__ = ["ChunkPlan", "dropped", "load_dataset", "plan_chunks"]
 
 logger = logging.getLogger(__name__)
 
 DROPPED_COLUMNS = ["patient_id", "original_id", "instance", "path", "reason"]
-
-#: What a reader returns: float32 image and the inner/outer masks (None when the
-#: record has no such contour).
-Parsed = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One image slice and its contour files: a row of :func:`daskmri.scan`."""
-
-    patient_id: str
-    original_id: str
-    instance: int
-    dicom_path: str | None
-    icontour_path: str | None = None
-    ocontour_path: str | None = None
-
-
-def read_record(
-    record: Record, *, limits: Limits = DEFAULT_LIMITS, shape: tuple[int, int] | None = None
-) -> Parsed:
-    """The default reader: one record's pixels and masks, read from its files.
-
-    Parameters
-    ----------
-    record : Record
-        The files of one slice.
-    limits : Limits
-        Bounds on what may be read and allocated.
-    shape : (rows, columns), optional
-        The dataset's image size: an image of another size fails before its
-        contours are read (so the reason names the size, not a contour).
-
-    Returns
-    -------
-    (image, icontour, ocontour)
-        float32 image after the modality rescale; a boolean mask per contour, or
-        None where the record has no such contour.
-
-    Raises
-    ------
-    RecordError
-        For any bad file; the build drops the record and reports the message.
-
-    Examples
-    --------
-    Wrap it to observe or alter parsing, then pass ``reader=`` to
-    :func:`load_dataset`:
-
-    >>> def noisy_reader(record):
-    ...     print("parsing", record.instance)
-    ...     return read_record(record)
-    """
-    if record.dicom_path is None:
-        raise RecordError("", f"instance {record.instance} has contours but no DICOM")
-    image = read_dicom(record.dicom_path, limits=limits)
-    if shape is not None and image.shape != shape:
-        raise _shape_error(record.dicom_path, image.shape, shape)
-    masks = []
-    for path in (record.icontour_path, record.ocontour_path):
-        if path is None:
-            masks.append(None)
-            continue
-        points = read_contour(path, shape=image.shape, limits=limits)
-        masks.append(polygon_mask(points, image.shape))
-    return image, masks[0], masks[1]
 
 
 @dataclass(frozen=True)
@@ -164,102 +99,12 @@ def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64) -> ChunkPlan:
     return ChunkPlan(chunks=chunks, dropped=tuple(dropped_rows))
 
 
-@dataclass
-class ChunkResult:
-    """What one chunk task returns: the survivors stacked, and why the rest failed."""
-
-    image: np.ndarray
-    icontour: np.ndarray
-    ocontour: np.ndarray
-    kept: np.ndarray
-    has_icontour: np.ndarray
-    has_ocontour: np.ndarray
-    dropped: list[dict]
-
-    def summary(self) -> ChunkResult:
-        """The same result without pixels: what travels to the client."""
-        empty = np.empty((0, 0, 0), dtype=np.float32)
-        return ChunkResult(
-            empty, empty, empty, self.kept, self.has_icontour, self.has_ocontour, self.dropped
-        )
-
-
-def _shape_error(path: str | None, got: tuple[int, ...], want: tuple[int, int]) -> RecordError:
-    return RecordError(
-        path or "",
-        f"image is {'x'.join(map(str, got))} but this dataset's images are "
-        f"{want[0]}x{want[1]}; build differently sized series separately or pass shape=",
-    )
-
-
-def _drop(record: Record, exc: BaseException) -> dict:
-    if isinstance(exc, RecordError):
-        path, reason = exc.path or record.dicom_path, exc.reason
-    else:
-        # A custom reader raised something else: keep the type so it can be found.
-        path, reason = record.dicom_path, f"{type(exc).__name__}: {exc}"
-    return {
-        "patient_id": record.patient_id,
-        "original_id": record.original_id,
-        "instance": record.instance,
-        "path": path,
-        "reason": reason,
-    }
-
-
-def parse_chunk(
-    records: Sequence[Record],
-    *,
-    shape: tuple[int, int],
-    reader: Callable[[Record], Parsed],
-) -> ChunkResult:
-    """Parse one chunk of records; a record that fails is dropped, never raised.
-
-    Examples
-    --------
-    >>> import tempfile, daskmri
-    >>> from daskmri import synth
-    >>> root = synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=4, shape=(32, 32))
-    >>> plan = plan_chunks(daskmri.scan(root))
-    >>> result = parse_chunk(plan.chunks[0], shape=(32, 32), reader=read_record)
-    >>> result.image.shape, result.dropped
-    ((3, 32, 32), [])
-    """
-    n = len(records)
-    # np.empty: pages are only touched as records fill them.
-    image = np.empty((n, *shape), dtype=np.float32)
-    icontour = np.zeros((n, *shape), dtype=bool)
-    ocontour = np.zeros((n, *shape), dtype=bool)
-    has_i = np.zeros(n, dtype=bool)
-    has_o = np.zeros(n, dtype=bool)
-    ok = np.zeros(n, dtype=bool)
-    failures: list[dict] = []
-    for k, record in enumerate(records):
-        try:
-            pixels, inner, outer = reader(record)
-            if pixels.shape != shape:
-                raise _shape_error(record.dicom_path, pixels.shape, shape)
-            for mask, name in ((inner, "icontour"), (outer, "ocontour")):
-                if mask is not None and mask.shape != shape:
-                    raise RecordError(
-                        record.dicom_path, f"reader returned a {name} mask of shape {mask.shape}"
-                    )
-            image[k] = pixels
-            if inner is not None:
-                icontour[k], has_i[k] = inner, True
-            if outer is not None:
-                ocontour[k], has_o[k] = outer, True
-            ok[k] = True
-        except Exception as exc:  # one bad record must never fail the chunk
-            failures.append(_drop(record, exc))
-    kept = np.flatnonzero(ok)
-    if len(kept) < n:
-        image, icontour, ocontour = image[kept], icontour[kept], ocontour[kept]
-    return ChunkResult(image, icontour, ocontour, kept, has_i[kept], has_o[kept], failures)
-
-
-def _parse_partition(records: list[Record], shape, reader) -> list[ChunkResult]:
-    return [parse_chunk(records, shape=shape, reader=reader)]
+def _parse_partition(
+    items: list[tuple[int, Record]], shape, reader, slots: Slots | None
+) -> list[ChunkResult]:
+    # Items are (slot, record): a bag partition does not otherwise know where it starts.
+    records = [record for _, record in items]
+    return [parse_chunk(records, shape=shape, reader=reader, slots=slots, start=items[0][0])]
 
 
 def _infer_shape(plan: ChunkPlan, limits: Limits, tries: int = 50) -> tuple[int, int]:
@@ -277,6 +122,15 @@ def _infer_shape(plan: ChunkPlan, limits: Limits, tries: int = 50) -> tuple[int,
     raise DaskmriError(
         f"could not read the image size from any of the first {len(errors)} DICOM files "
         f"(first error: {errors[0] if errors else 'no records'}); pass shape=(rows, columns)"
+    )
+
+
+def _wrap(array: np.ndarray) -> da.Array:
+    """A one-chunk dask array over ``array`` itself. ``da.from_array`` would copy the
+    array (a second full copy of the dataset) and hashing it for a name costs as much."""
+    name = f"daskmri-chunk-{uuid.uuid4().hex}"
+    return da.Array(
+        {(name, 0, 0, 0): array}, name, chunks=tuple((n,) for n in array.shape), dtype=array.dtype
     )
 
 
@@ -383,23 +237,34 @@ def load_dataset(
     # An explicit local scheduler wins over a default client that happens to exist.
     client = resolve_client(client) if scheduler is None else None
 
-    bag = db.from_sequence([r for chunk in plan.chunks for r in chunk], partition_size=chunk_size)
-    # Unoptimised: the bag's partitions stay literal data, so each chunk is exactly one
-    # task. Fusing would add an alias task per chunk for nothing.
-    parsed = bag.map_partitions(_parse_partition, shape, reader)
-    tasks = parsed.to_delayed(optimize_graph=False) if plan.chunks else []
-    results = run_tasks(tasks, client=client, scheduler=scheduler, progress=progress)
-    if client is not None:
-        summaries = client.gather(client.map(_first_summary, results))
-    else:
-        summaries = [r[0] for r in results]
+    # Local schedulers write pixels straight into shared slots, so worker processes
+    # send back only summaries; a cluster keeps them on its workers instead.
+    slots = Slots.create(plan.n_records, shape) if client is None else None
+    try:
+        records = [r for chunk in plan.chunks for r in chunk]
+        bag = db.from_sequence(list(enumerate(records)), partition_size=chunk_size)
+        # Unoptimised: the bag's partitions stay literal data, so each chunk is exactly
+        # one task. Fusing would add an alias task per chunk for nothing.
+        parsed = bag.map_partitions(_parse_partition, shape, reader, slots)
+        tasks = parsed.to_delayed(optimize_graph=False) if plan.chunks else []
+        results = run_tasks(tasks, client=client, scheduler=scheduler, progress=progress)
+        if client is not None:
+            summaries = client.gather(client.map(_first_summary, results))
+        else:
+            summaries = [r[0] for r in results]
+        views = slots.map() if slots is not None else None
+    finally:
+        if slots is not None:
+            slots.unlink()
 
     pieces: dict[str, list] = {"image": [], "icontour": [], "ocontour": []}
     dtypes = {"image": np.float32, "icontour": bool, "ocontour": bool}
     meta: dict[str, list] = {k: [] for k in ("patient_id", "original_id", "instance")}
     has_i, has_o = [], []
     dropped_rows = list(plan.dropped)
+    start = 0
     for chunk, summary, result in zip(plan.chunks, summaries, results, strict=True):
+        first, start = start, start + len(chunk)
         dropped_rows.extend(summary.dropped)
         n = len(summary.kept)
         for k in summary.kept:
@@ -414,9 +279,12 @@ def load_dataset(
             if client is not None:
                 value = dask.delayed(_field)(result, name)
                 pieces[name].append(da.from_delayed(value, (n, *shape), dtypes[name]))
+            elif views is not None:
+                view = views[("image", "icontour", "ocontour").index(name)][first:start]
+                # Slots of dropped records are skipped by a copy; otherwise no copy at all.
+                pieces[name].append(_wrap(view if n == len(chunk) else view[summary.kept]))
             else:
-                array = getattr(summary, name)
-                pieces[name].append(da.from_array(array, chunks=array.shape, name=False))
+                pieces[name].append(_wrap(getattr(result[0], name)))
     arrays = {
         name: da.concatenate(parts) if parts else da.zeros((0, *shape), dtypes[name], chunks=-1)
         for name, parts in pieces.items()

@@ -14,12 +14,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__, synth
-from .build import dropped, load_dataset
+from . import __version__
 from .cluster import SCHEDULERS
 from .errors import DaskmriError
-from .layout import LABELS, scan
-from .plot import overlay_grid, write_png
+from .layout import LABELS
+
+# Commands import what they use when they run: the "processes" scheduler starts
+# fresh interpreters that re-import this module, and they need none of it.
 
 __all__ = ["main"]
 
@@ -50,6 +51,8 @@ def _shape(value: str) -> tuple[int, int]:
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
+    from .layout import scan
+
     table = scan(args.root, labels=args.labels)
     problems = table.attrs["problems"] + [
         {"path": r.dicom_path or r.icontour_path or r.ocontour_path, "reason": r.problem}
@@ -70,6 +73,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    from . import synth
+
     root = synth.make_dataset(
         args.out, patients=args.patients, slices=args.slices, shape=args.shape, seed=args.seed
     )
@@ -78,6 +83,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import synth
+    from .build import dropped, load_dataset
+    from .plot import overlay_grid, write_png
+
     with tempfile.TemporaryDirectory(prefix="daskmri-demo-") as tmp:
         root = args.root
         if root is None:

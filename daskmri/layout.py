@@ -11,10 +11,12 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from .errors import LayoutError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["LABELS", "SERIES", "SUNNYBROOK", "Layout", "scan"]
 
@@ -306,6 +308,8 @@ def scan(
     >>> table[["patient_id", "instance"]].values.tolist()
     [['SYN0001', 2], ['SYN0001', 3], ['SYN0001', 4], ['SYN0001', 6]]
     """
+    import pandas as pd  # here, not at the top: worker processes import this module
+
     if labels not in LABELS:
         raise ValueError(f"labels must be one of {LABELS}, got {labels!r}")
     layout = SUNNYBROOK if layout is None else layout

@@ -1,0 +1,68 @@
+"""Shared pieces of the benchmark scripts: the real sample replicated with hard links,
+peak-memory reading, and machine facts."""
+
+from __future__ import annotations
+
+import csv
+import os
+import resource
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import daskmri
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sunnybrook"
+
+
+def require_data(path: Path) -> Path:
+    if not (path / "link.csv").is_file():
+        sys.exit(
+            f"no dataset at {path}: pass --data ROOT (the real sample lives in ../shared/data)"
+        )
+    return path
+
+
+def replicate(source: Path, records: int, workdir: Path | None = None) -> Path:
+    """Hard-link copies of every patient of ``source`` until ``records`` labelled records.
+
+    Files are linked, not copied, so 2,000 records cost no disk; each copy gets new ids
+    (``<id>-rNN``) in a new ``link.csv``.
+    """
+    base = daskmri.scan(source)
+    copies = max(1, -(-records // len(base)))
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="daskmri-bench-"))
+    root = workdir / f"replicated-{copies}x"
+    if (root / "link.csv").is_file():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    with open(source / "link.csv", encoding="utf-8-sig", newline="") as fh:
+        pairs = [(r["patient_id"].strip(), r["original_id"].strip()) for r in csv.DictReader(fh)]
+    rows = []
+    for k in range(copies):
+        for patient_id, original_id in pairs:
+            new_p, new_o = f"{patient_id}-r{k:02d}", f"{original_id}-r{k:02d}"
+            rows.append((new_p, new_o))
+            _link_tree(source / "dicoms" / patient_id, root / "dicoms" / new_p)
+            _link_tree(source / "contourfiles" / original_id, root / "contourfiles" / new_o)
+    with open(root / "link.csv", "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["patient_id", "original_id"])
+        writer.writerows(rows)
+    return root
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    for path in src.rglob("*"):
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
