@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import mmap
 import warnings
 
 import dask
@@ -297,3 +298,44 @@ def test_processes_result_is_plain_in_memory_dask(synth_root):
     with raise_if_dask_computes(max_computes=1):
         ds.image.sum().compute()
     assert dask.is_dask_collection(ds.image.data)
+
+
+def slot_files() -> set[str]:
+    import glob
+
+    return set(glob.glob("/dev/shm/daskmri-*.slots"))
+
+
+def test_local_build_writes_shared_slots_and_leaves_no_files(synth_root):
+    before = slot_files()
+    ds = daskmri.load_dataset(synth_root, chunk_size=5, scheduler="processes")
+    assert slot_files() == before
+    # The pixels live in the shared mapping, not in per-chunk arrays.
+    chunks = [getattr(v, "value", v) for v in dict(ds.image.data.dask).values()]
+    chunks = [c for c in chunks if isinstance(c, np.ndarray)]
+    assert len(chunks) == len(ds.image.chunks[0])
+    for chunk in chunks:
+        base = chunk
+        while isinstance(base, np.ndarray) and base.base is not None:
+            base = base.base
+        assert isinstance(getattr(base, "obj", base), mmap.mmap)
+
+
+class Interrupting:
+    def __call__(self, record):
+        raise SystemExit("stop")
+
+
+def test_interrupted_build_leaves_no_files(synth_root):
+    before = slot_files()
+    with pytest.raises(SystemExit):
+        daskmri.load_dataset(synth_root, reader=Interrupting(), scheduler="sync")
+    assert slot_files() == before
+
+
+def test_without_room_for_shared_slots_results_come_back_in_memory(synth_root, monkeypatch):
+    from daskmri.parse import Slots
+
+    monkeypatch.setattr(Slots, "create", classmethod(lambda cls, *args, **kwargs: None))
+    ds = daskmri.load_dataset(synth_root, chunk_size=5, scheduler="threads")
+    assert_records_equal(ds, eager_load(synth_root))
