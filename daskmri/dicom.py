@@ -12,19 +12,23 @@ from __future__ import annotations
 import io
 import logging
 import os
+import struct
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
 
 from .errors import DicomError
 from .limits import DEFAULT_LIMITS, Limits
+
+if TYPE_CHECKING:
+    import pydicom
+
+# pydicom is imported only when a file needs it: worker processes that read plain
+# uncompressed slices then start without it. Transfer syntax UIDs, as in PS3.5:
+ImplicitVRLittleEndian = "1.2.840.10008.1.2"
+ExplicitVRLittleEndian = "1.2.840.10008.1.2.1"
+DeflatedExplicitVRLittleEndian = "1.2.840.10008.1.2.1.99"
+ExplicitVRBigEndian = "1.2.840.10008.1.2.2"
 
 __all__ = ["read_dicom", "read_dicom_shape"]
 
@@ -59,6 +63,185 @@ _PIXEL_TAGS = [
 _CODECS_HINT = "install a decoder with: pip install 'daskmri[codecs]'"
 
 
+# -- The header walk ----------------------------------------------------------------
+# pydicom's reader builds an element object for each of the ~100 elements of a file
+# even when only a dozen tags are kept; that is most of the time of a read. For the
+# common case (uncompressed little endian) this walk jumps from element header to
+# element header and keeps the raw bytes of the few tags needed. Anything it does
+# not fully understand returns None, and pydicom reads the file instead, so errors
+# and unusual files keep pydicom's exact behaviour.
+
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_SHORT_VRS = frozenset(
+    {
+        b"AE",
+        b"AS",
+        b"AT",
+        b"CS",
+        b"DA",
+        b"DS",
+        b"DT",
+        b"FL",
+        b"FD",
+        b"IS",
+        b"LO",
+        b"LT",
+        b"PN",
+        b"SH",
+        b"SL",
+        b"SS",
+        b"ST",
+        b"TM",
+        b"UI",
+        b"UL",
+        b"US",
+    }
+)
+# The VR each wanted tag must carry in an explicit-VR file; any other is pydicom's call.
+_WANTED_VR = {"NumberOfFrames": b"IS", "RescaleIntercept": b"DS", "RescaleSlope": b"DS"}
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_PIXEL_DATA = 0x7FE00010
+_WANTED = {
+    0x00280002: "SamplesPerPixel",
+    0x00280008: "NumberOfFrames",
+    0x00280010: "Rows",
+    0x00280011: "Columns",
+    0x00280100: "BitsAllocated",
+    0x00280101: "BitsStored",
+    0x00280103: "PixelRepresentation",
+    0x00281052: "RescaleIntercept",
+    0x00281053: "RescaleSlope",
+    0x00283000: "ModalityLUTSequence",
+    0x7FE00008: "FloatPixelData",
+    0x7FE00009: "DoubleFloatPixelData",
+    0x7FE00010: "PixelData",
+}
+_US = frozenset(
+    {"SamplesPerPixel", "Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation"}
+)
+_unpack_tag_len = struct.Struct("<HHI").unpack_from
+_unpack_tag_vr_short = struct.Struct("<HH2sH").unpack_from
+
+
+class _Header(dict):
+    """The decoded wanted tags, readable like the pydicom Dataset they stand for."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class _Fallback(Exception):
+    """The walk met something it leaves to pydicom."""
+
+
+def _element(raw: bytes, pos: int, explicit: bool) -> tuple[int, bytes | None, int, int]:
+    """(tag, VR or None, value length, value start) of the element at ``pos``."""
+    if pos + 8 > len(raw):
+        raise _Fallback
+    group, elem, vr, short = _unpack_tag_vr_short(raw, pos)
+    tag = group << 16 | elem
+    if group == 0xFFFE:  # item and delimiter tags carry no VR, even in explicit VR
+        return tag, None, _unpack_tag_len(raw, pos)[2], pos + 8
+    if not explicit:
+        return tag, None, _unpack_tag_len(raw, pos)[2], pos + 8
+    if vr in _LONG_VRS:
+        if pos + 12 > len(raw):
+            raise _Fallback
+        return tag, vr, struct.unpack_from("<I", raw, pos + 8)[0], pos + 12
+    if vr not in _SHORT_VRS:
+        raise _Fallback
+    return tag, vr, short, pos + 8
+
+
+def _skip_sequence(raw: bytes, pos: int, explicit: bool) -> int:
+    """Position after a sequence of undefined length whose items start at ``pos``."""
+    while True:
+        tag, _, length, start = _element(raw, pos, explicit)
+        if tag == _SEQUENCE_END:
+            return start
+        if tag != _ITEM:
+            raise _Fallback
+        pos = _walk(raw, start, explicit, None) if length == _UNDEFINED else start + length
+
+
+def _walk(raw: bytes, pos: int, explicit: bool, found: dict | None) -> int:
+    """Walk a dataset from ``pos``; collect wanted top-level tags into ``found``.
+
+    ``found`` is None inside a nested item, which ends at its delimiter.
+    """
+    end = len(raw)
+    while pos < end:
+        tag, vr, length, start = _element(raw, pos, explicit)
+        if found is None and tag == _ITEM_END:
+            return start
+        if length == _UNDEFINED:
+            # Encapsulated pixel data, or UN holding implicit VR: pydicom's job.
+            if tag == _PIXEL_DATA or vr == b"UN":
+                raise _Fallback
+            pos = _skip_sequence(raw, start, explicit)
+            continue
+        if start + length > end:
+            raise _Fallback  # truncated: let pydicom read and describe it
+        if found is not None and tag in _WANTED:
+            name = _WANTED[tag]
+            if (
+                vr is not None
+                and vr != _WANTED_VR.get(name, b"US")
+                and name in _US | set(_WANTED_VR)
+            ):
+                raise _Fallback
+            found[name] = memoryview(raw)[start : start + length]
+            if tag == _PIXEL_DATA:
+                return start + length
+        pos = start + length
+    if found is None:
+        raise _Fallback
+    return pos
+
+
+def _fast_header(raw: bytes) -> tuple[_Header, str] | None:
+    """Wanted tags and the transfer syntax of a little-endian uncompressed file, or None."""
+    try:
+        if len(raw) < 132 or raw[128:132] != b"DICM":
+            return None
+        pos, syntax = 132, None
+        while pos + 8 <= len(raw) and raw[pos : pos + 2] == b"\x02\x00":  # group 0002
+            tag, _, length, start = _element(raw, pos, True)
+            if length == _UNDEFINED:
+                return None
+            if tag == 0x00020010:
+                syntax = bytes(raw[start : start + length]).rstrip(b"\0 ").decode("ascii")
+            pos = start + length
+        if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            return None
+        found: dict = {}
+        _walk(raw, pos, syntax == ExplicitVRLittleEndian, found)
+        header = _Header()
+        for name, value in found.items():
+            if name == "PixelData" or name.endswith("FloatPixelData"):
+                header[name] = value
+            elif name == "ModalityLUTSequence":
+                return None
+            elif name in _US:
+                if len(value) != 2:
+                    return None
+                header[name] = struct.unpack("<H", value)[0]
+            else:  # IS and DS: one number as text
+                text = bytes(value).decode("ascii").strip(" \0")
+                if not text or "\\" in text:
+                    return None
+                header[name] = int(text) if name == "NumberOfFrames" else float(text)
+        return header, syntax
+    except (_Fallback, struct.error, UnicodeDecodeError, ValueError):
+        return None
+
+
 def _read_bytes(path: str, limits: Limits) -> bytes:
     try:
         size = os.stat(path).st_size
@@ -81,6 +264,9 @@ def _read_bytes(path: str, limits: Limits) -> bytes:
 
 
 def _parse(path: str, raw: bytes, specific_tags: list[str] | None) -> pydicom.Dataset:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
         return pydicom.dcmread(io.BytesIO(raw), specific_tags=specific_tags)
     except InvalidDicomError:
@@ -91,6 +277,33 @@ def _parse(path: str, raw: bytes, specific_tags: list[str] | None) -> pydicom.Da
         raise DicomError(
             path, f"damaged or truncated DICOM ({type(exc).__name__}: {exc})"
         ) from None
+
+
+def _header(path: str, raw: bytes) -> tuple[_Header, str]:
+    """The pixel-describing tags and transfer syntax: by the fast walk, else pydicom."""
+    fast = _fast_header(raw)
+    if fast is not None:
+        return fast
+    parsed = _parse(path, raw, _PIXEL_TAGS)
+    return _header_of(path, parsed), parsed.file_meta.get("TransferSyntaxUID")
+
+
+def _header_of(path: str, ds: pydicom.Dataset) -> _Header:
+    """The wanted tags of a pydicom Dataset, converted now: pydicom converts values
+    lazily, and a damaged value would otherwise raise its own error types later."""
+    header = _Header()
+    try:
+        for name in _WANTED.values():
+            if name in ds:
+                header[name] = True if name == "ModalityLUTSequence" else ds[name].value
+    except Exception as exc:
+        raise DicomError(path, f"damaged DICOM header ({type(exc).__name__}: {exc})") from None
+    from pydicom.multival import MultiValue
+
+    for name in (*_US, *_WANTED_VR):
+        if isinstance(header.get(name), (list, tuple, MultiValue)):
+            raise DicomError(path, f"damaged DICOM header: {name} holds several values")
+    return header
 
 
 def _geometry(path: str, ds: pydicom.Dataset, limits: Limits) -> tuple[int, int, int]:
@@ -133,7 +346,7 @@ def read_dicom_shape(
     (32, 48)
     """
     path = os.fspath(path)
-    ds = _parse(path, _read_bytes(path, limits), _PIXEL_TAGS)
+    ds, _ = _header(path, _read_bytes(path, limits))
     rows, cols, _ = _geometry(path, ds, limits)
     return rows, cols
 
@@ -174,17 +387,18 @@ def read_dicom(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS)
     """
     path = os.fspath(path)
     raw = _read_bytes(path, limits)
-    ds = _parse(path, raw, _PIXEL_TAGS)
+    ds, syntax = _header(path, raw)
     rows, cols, bits = _geometry(path, ds, limits)
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise DicomError(path, "float pixel data is not supported, only integer PixelData")
         raise DicomError(path, "no PixelData element: the file holds no image")
-    syntax = ds.file_meta.get("TransferSyntaxUID")
     order = _NATIVE.get(syntax)
     if "ModalityLUTSequence" in ds:
         full = _parse(path, raw, None)
-        lut = pydicom.pixels.apply_modality_lut(_decoded_pixels(path, full, syntax), full)
+        from pydicom.pixels import apply_modality_lut
+
+        lut = apply_modality_lut(_decoded_pixels(path, full, syntax), full)
         return lut.astype(np.float32)
     if order is not None and bits in (8, 16, 32):
         pixels = _native_pixels(path, ds, rows, cols, bits, order)
@@ -192,10 +406,16 @@ def read_dicom(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS)
         pixels = _decoded_pixels(path, _parse(path, raw, None), syntax)
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
     if slope is not None and intercept is not None:
+        try:
+            slope, intercept = float(slope), float(intercept)
+        except (TypeError, ValueError):
+            raise DicomError(
+                path, f"RescaleSlope {slope!r} or RescaleIntercept {intercept!r} is not a number"
+            ) from None
         # float64 first, as pydicom's apply_modality_lut does, so the float32 result
         # is bit-identical to it even where float32 arithmetic would round differently.
-        scaled = pixels.astype(np.float64) * float(slope)
-        scaled += float(intercept)
+        scaled = pixels.astype(np.float64) * slope
+        scaled += intercept
         return scaled.astype(np.float32)
     return pixels.astype(np.float32)
 

@@ -205,3 +205,74 @@ class TestFailures:
             assert "JPEG-LS" in exc.reason
         else:
             pytest.skip("a JPEG-LS decoder is installed here, so the no-decoder path cannot run")
+
+
+class TestHeaderWalk:
+    """The fast header walk must agree with pydicom, or step aside for it."""
+
+    def test_real_files_take_the_fast_path(self, real_root):
+        from daskmri.dicom import _fast_header
+
+        for path in sorted((real_root / "dicoms").glob("*/*.dcm"))[::7]:
+            header, syntax = _fast_header(path.read_bytes())
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            assert syntax == ds.file_meta.TransferSyntaxUID
+            for key in ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation"):
+                assert header[key] == ds[key].value, (path, key)
+
+    @pytest.mark.parametrize(
+        ("name", "fast"),
+        [
+            ("MR_small.dcm", True),
+            ("MR_small_implicit.dcm", True),
+            ("MR_small_padded.dcm", True),
+            ("MR_small_bigendian.dcm", False),
+            ("MR_small_RLE.dcm", False),
+            ("MR_truncated.dcm", False),
+        ],
+    )
+    def test_which_files_it_takes(self, name, fast):
+        from daskmri.dicom import _fast_header
+
+        with open(get_testdata_file(name), "rb") as fh:
+            assert (_fast_header(fh.read()) is not None) is fast
+
+    def test_rescale_values_are_read(self, slice_path):
+        from daskmri.dicom import _fast_header
+
+        header, _ = _fast_header(slice_path.read_bytes())
+        assert (header.RescaleSlope, header.RescaleIntercept) == (0.5, -1024.0)
+
+    @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's, on the damaged files
+    def test_damaged_files_give_the_same_outcome_as_pydicom(
+        self, slice_path, tmp_path, monkeypatch
+    ):
+        """Differential fuzz: truncations and byte flips, fast walk vs pydicom alone."""
+        import daskmri.dicom as dicom
+
+        original = slice_path.read_bytes()
+        rng = np.random.default_rng(1)
+        variants = [original[:cut] for cut in rng.integers(0, len(original), 40)]
+        for _ in range(260):
+            data = bytearray(original)
+            for _ in range(int(rng.integers(1, 4))):
+                # Mostly the header, where a flip changes lengths, tags, VRs and values.
+                where = int(rng.integers(0, 1200 if rng.random() < 0.9 else len(data)))
+                data[where] = int(rng.integers(0, 256))
+            variants.append(bytes(data))
+
+        def outcome(path):
+            try:
+                return ("ok", read_dicom(path).tobytes())
+            except DicomError as exc:
+                return ("error", exc.reason)
+
+        fast_header = dicom._fast_header
+        for k, data in enumerate(variants):
+            path = tmp_path / f"{k}.dcm"
+            path.write_bytes(data)
+            fast = outcome(path)
+            monkeypatch.setattr(dicom, "_fast_header", lambda raw: None)
+            slow = outcome(path)
+            monkeypatch.setattr(dicom, "_fast_header", fast_header)
+            assert fast == slow, (k, fast[0], slow[0], fast[1][:200], slow[1][:200])
