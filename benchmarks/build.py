@@ -43,6 +43,7 @@ def checksum(ds) -> tuple:
 
 
 def run_plain(root):
+
     return eager_load(root)
 
 

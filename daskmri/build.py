@@ -27,12 +27,12 @@ import pandas as pd
 import xarray as xr
 
 from . import __version__
-from .cluster import check_scheduler, resolve_client, run_tasks
+from .cluster import check_scheduler, local_scheduler, resolve_client, run_tasks
 from .dicom import read_dicom_shape
 from .errors import DaskmriError, RecordError
 from .layout import Layout, scan
 from .limits import DEFAULT_LIMITS, Limits
-from .parse import ChunkResult, Parsed, Record, Slots, parse_chunk, read_record
+from .parse import ChunkResult, Parsed, Record, Slots, parse_partition, read_record
 
 __all__ = ["ChunkPlan", "dropped", "load_dataset", "plan_chunks"]
 
@@ -97,14 +97,6 @@ def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64) -> ChunkPlan:
         )
     chunks = tuple(tuple(records[i : i + chunk_size]) for i in range(0, len(records), chunk_size))
     return ChunkPlan(chunks=chunks, dropped=tuple(dropped_rows))
-
-
-def _parse_partition(
-    items: list[tuple[int, Record]], shape, reader, slots: Slots | None
-) -> list[ChunkResult]:
-    # Items are (slot, record): a bag partition does not otherwise know where it starts.
-    records = [record for _, record in items]
-    return [parse_chunk(records, shape=shape, reader=reader, slots=slots, start=items[0][0])]
 
 
 def _infer_shape(plan: ChunkPlan, limits: Limits, tries: int = 50) -> tuple[int, int]:
@@ -237,15 +229,18 @@ def load_dataset(
     # An explicit local scheduler wins over a default client that happens to exist.
     client = resolve_client(client) if scheduler is None else None
 
-    # Local schedulers write pixels straight into shared slots, so worker processes
-    # send back only summaries; a cluster keeps them on its workers instead.
-    slots = Slots.create(plan.n_records, shape) if client is None else None
+    # Local worker processes write pixels straight into shared slots and send back only
+    # summaries; in-process schedulers return arrays as they are (no copy either way);
+    # a cluster keeps the pixels on its workers.
+    slots = None
+    if client is None and local_scheduler(scheduler, len(plan.chunks)) == "processes":
+        slots = Slots.create(plan.n_records, shape)
     try:
         records = [r for chunk in plan.chunks for r in chunk]
         bag = db.from_sequence(list(enumerate(records)), partition_size=chunk_size)
         # Unoptimised: the bag's partitions stay literal data, so each chunk is exactly
         # one task. Fusing would add an alias task per chunk for nothing.
-        parsed = bag.map_partitions(_parse_partition, shape, reader, slots)
+        parsed = bag.map_partitions(parse_partition, shape, reader, slots)
         tasks = parsed.to_delayed(optimize_graph=False) if plan.chunks else []
         results = run_tasks(tasks, client=client, scheduler=scheduler, progress=progress)
         if client is not None:

@@ -85,6 +85,14 @@ def check_scheduler(scheduler: str | None) -> None:
         )
 
 
+def local_scheduler(scheduler: str | None, n_tasks: int) -> str:
+    """The local scheduler to use: ``scheduler``, or the default for ``n_tasks``."""
+    check_scheduler(scheduler)
+    if scheduler is not None:
+        return scheduler
+    return "processes" if n_tasks > 1 else "sync"
+
+
 def run_tasks(
     tasks: Sequence[Any],
     *,
@@ -109,9 +117,7 @@ def run_tasks(
             show_progress(futures, notebook=False)
             print()
         return futures
-    check_scheduler(scheduler)
-    if scheduler is None:
-        scheduler = "processes" if len(tasks) > 1 else "sync"
+    scheduler = local_scheduler(scheduler, len(tasks))
     logger.debug("running %d tasks on the %r scheduler", len(tasks), scheduler)
     if progress:
         from dask.diagnostics import ProgressBar

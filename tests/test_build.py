@@ -337,5 +337,5 @@ def test_without_room_for_shared_slots_results_come_back_in_memory(synth_root, m
     from daskmri.parse import Slots
 
     monkeypatch.setattr(Slots, "create", classmethod(lambda cls, *args, **kwargs: None))
-    ds = daskmri.load_dataset(synth_root, chunk_size=5, scheduler="threads")
+    ds = daskmri.load_dataset(synth_root, chunk_size=5, scheduler="processes")
     assert_records_equal(ds, eager_load(synth_root))
