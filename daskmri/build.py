@@ -1,16 +1,17 @@
 """Parse records in chunks with Dask and assemble the chunked ``xarray.Dataset``.
 
 The plan (:func:`plan_chunks`) is pure: it splits the scan into chunks of
-records. Running it is one Dask task per chunk (:func:`parse_chunk`), which
-parses every record of its chunk, drops the ones that fail and returns the
-survivors stacked, with the reasons for the rest. Only those small summaries
-travel to the client; with a distributed client the pixels stay on the workers.
+records. Running it is one Dask task per chunk (:func:`daskmri.parse.parse_chunk`),
+which parses every record of its chunk, drops the ones that fail and reports why.
+Only those small summaries travel to the client: a distributed cluster keeps the
+pixels on its workers, and local worker processes write them into shared slots.
 """
 
 from __future__ import annotations
 
 import datetime
 import functools
+import itertools
 import json
 import logging
 import os
@@ -101,16 +102,12 @@ def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64) -> ChunkPlan:
 
 def _infer_shape(plan: ChunkPlan, limits: Limits, tries: int = 50) -> tuple[int, int]:
     errors = []
-    for chunk in plan.chunks:
-        for record in chunk:
-            try:
-                return read_dicom_shape(record.dicom_path, limits=limits)
-            except RecordError as exc:
-                errors.append(str(exc))
-            if len(errors) >= tries:
-                break
-        if len(errors) >= tries:
-            break
+    records = (record for chunk in plan.chunks for record in chunk)
+    for record in itertools.islice(records, tries):
+        try:
+            return read_dicom_shape(record.dicom_path, limits=limits)
+        except RecordError as exc:
+            errors.append(str(exc))
     raise DaskmriError(
         f"could not read the image size from any of the first {len(errors)} DICOM files "
         f"(first error: {errors[0] if errors else 'no records'}); pass shape=(rows, columns)"
