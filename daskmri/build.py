@@ -114,6 +114,21 @@ def _infer_shape(plan: ChunkPlan, limits: Limits, tries: int = 50) -> tuple[int,
     )
 
 
+def _bag(records: list[Record], chunk_size: int) -> db.Bag:
+    """A bag of ``(slot, record)`` items, one partition per chunk.
+
+    Built from its graph directly: ``db.from_sequence`` would hash every record on
+    the client to name the bag (0.14 s per 2,000 records, growing with the dataset).
+    """
+    name = f"daskmri-records-{uuid.uuid4().hex}"
+    items = list(enumerate(records))
+    graph = {
+        (name, k): items[start : start + chunk_size]
+        for k, start in enumerate(range(0, len(items), chunk_size))
+    }
+    return db.Bag(graph, name, len(graph))
+
+
 def _wrap(array: np.ndarray) -> da.Array:
     """A one-chunk dask array over ``array`` itself. ``da.from_array`` would copy the
     array (a second full copy of the dataset) and hashing it for a name costs as much."""
@@ -234,7 +249,7 @@ def load_dataset(
         slots = Slots.create(plan.n_records, shape)
     try:
         records = [r for chunk in plan.chunks for r in chunk]
-        bag = db.from_sequence(list(enumerate(records)), partition_size=chunk_size)
+        bag = _bag(records, chunk_size)
         # Unoptimised: the bag's partitions stay literal data, so each chunk is exactly
         # one task. Fusing would add an alias task per chunk for nothing.
         parsed = bag.map_partitions(parse_partition, shape, reader, slots)
