@@ -9,6 +9,7 @@ pixels on its workers, and local worker processes write them into shared slots.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import itertools
@@ -30,12 +31,12 @@ import xarray as xr
 from . import __version__
 from .cluster import check_scheduler, local_scheduler, resolve_client, run_tasks
 from .dicom import read_dicom_shape
-from .errors import DaskmriError, RecordError
+from .errors import DaskmriError, RecordError, StaleStoreError
 from .layout import Layout, scan
 from .limits import DEFAULT_LIMITS, Limits
 from .parse import ChunkResult, Parsed, Record, Slots, parse_partition, read_record
 
-__all__ = ["ChunkPlan", "dropped", "load_dataset", "plan_chunks"]
+__all__ = ["BuildReport", "ChunkPlan", "build", "dropped", "load_dataset", "plan_chunks"]
 
 logger = logging.getLogger(__name__)
 
@@ -372,7 +373,328 @@ def dropped(ds: xr.Dataset) -> pd.DataFrame:
             "this dataset has no 'dropped' attribute: was it made by daskmri.load_dataset? "
             "(xarray operations with keep_attrs=False drop it)"
         )
-    rows = json.loads(ds.attrs["dropped"])
+    return dropped_table(json.loads(ds.attrs["dropped"]))
+
+
+def dropped_table(rows: list[dict]) -> pd.DataFrame:
     table = pd.DataFrame.from_records(rows, columns=DROPPED_COLUMNS)
     table["instance"] = table["instance"].astype("Int64")
     return table
+
+
+# -- building a Zarr store ------------------------------------------------------
+
+MODES = ("resume", "update", "overwrite")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A scan turned into a plan, with the fingerprints a store keeps."""
+
+    root: str
+    layout: Layout
+    labels: str
+    plan: ChunkPlan
+    records: tuple[Record, ...]
+    keys: tuple[tuple[str, int], ...]
+    fingerprints: np.ndarray
+    fingerprint: str
+
+
+def _plan_inputs(root, *, layout: Layout, labels: str, chunk_size: int) -> Inputs:
+    from .store import _stat, input_fingerprint, record_fingerprints
+
+    root = os.path.abspath(os.fspath(root))
+    table = scan(root, layout=layout, labels=labels)
+    plan = plan_chunks(table, chunk_size=chunk_size)
+    records = tuple(r for chunk in plan.chunks for r in chunk)
+    keys = tuple((r.patient_id, r.instance) for r in records)
+    fingerprints = record_fingerprints(records, root)
+    fingerprint = input_fingerprint(
+        keys=keys,
+        fingerprints=fingerprints,
+        settings={"layout": layout.to_dict(), "labels": labels},
+        problems=plan.dropped,
+        link_stat=_stat(os.path.join(root, layout.link_file), root),
+    )
+    return Inputs(root, layout, labels, plan, records, keys, fingerprints, fingerprint)
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What :func:`build` did. ``parsed_chunks`` ran in this call;
+    ``reused_chunks`` were already complete in the store and were not parsed again."""
+
+    store: str
+    records: int
+    dropped: int
+    parsed_chunks: int
+    reused_chunks: int
+    parsed_records: int
+    retired: int
+    seconds: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.records} records in {self.store} ({self.dropped} dropped); parsed "
+            f"{self.parsed_chunks} chunk(s) ({self.parsed_records} records), reused "
+            f"{self.reused_chunks}, in {self.seconds:.1f} s"
+        )
+
+
+def _check_settings(attrs: dict, *, chunk_size, labels, layout: Layout, shape, url) -> None:
+    wanted = {
+        "chunk_size": chunk_size,
+        "labels": labels,
+        "layout": json.dumps(layout.to_dict()),
+    }
+    if shape is not None:
+        wanted["shape"] = [int(shape[0]), int(shape[1])]
+    for key, value in wanted.items():
+        if attrs.get(key) != value:
+            raise DaskmriError(
+                f"{url!r} was built with {key}={attrs.get(key)!r}, not {value!r}; pass the "
+                "same value to add to it, or mode='overwrite' to rebuild it"
+            )
+
+
+def build(
+    root: str | os.PathLike[str],
+    store: str | os.PathLike[str],
+    *,
+    layout: Layout | None = None,
+    client=None,
+    scheduler: str | None = None,
+    chunk_size: int = 64,
+    labels: str = "any",
+    mode: str = "resume",
+    reader: Callable[[Record], Parsed] | None = None,
+    limits: Limits | None = None,
+    shape: tuple[int, int] | None = None,
+    compressor: str | None = None,
+    storage_options: dict | None = None,
+    progress: bool = False,
+) -> BuildReport:
+    """Parse a dataset folder into a Zarr store, written by the workers chunk by chunk.
+
+    Each chunk task parses ``chunk_size`` records and writes them straight into
+    their own region of the store (pixels never pass through the client), then a
+    marker that the chunk is done. A build that is killed can be run again with
+    the same arguments: chunks already done are not parsed again. The store is
+    marked complete only at the very end; :func:`daskmri.open_dataset` refuses an
+    unfinished one.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        Dataset folder.
+    store : str or os.PathLike
+        Local path or fsspec URL (``"s3://bucket/ds.zarr"``) of the Zarr store. On
+        a cluster, every worker must be able to write there.
+    layout, client, scheduler, chunk_size, labels, reader, limits, shape, progress
+        As for :func:`daskmri.load_dataset`.
+    mode : {"resume", "update", "overwrite"}
+        ``"resume"`` (the default) creates the store, or finishes an unfinished
+        build of the same inputs, or does nothing if it is complete and up to
+        date; it refuses a store whose inputs changed (:class:`StaleStoreError`).
+        ``"update"`` brings such a store up to date, parsing only the records
+        whose files changed or appeared; their new versions are appended (see
+        the README on record order). ``"overwrite"`` deletes the store and
+        builds it again.
+    compressor : {"zstd", "lz4", "none"}, optional
+        For a new store; chosen by ``benchmarks/scale.py`` (``"zstd"``).
+    storage_options : dict, optional
+        fsspec options for a URL.
+
+    Returns
+    -------
+    BuildReport
+        Counts of records, drops and of chunks parsed and reused, and the time.
+
+    Raises
+    ------
+    StaleStoreError
+        ``mode="resume"`` on a store whose input files changed.
+    StoreError
+        If ``store`` holds something that is not a daskmri store.
+    DaskmriError
+        If the store was built with another ``chunk_size``, ``labels``, ``layout``
+        or ``shape``.
+
+    Examples
+    --------
+    >>> import tempfile, daskmri
+    >>> root = daskmri.synth.make_dataset(tempfile.mkdtemp(), patients=2, slices=8, shape=(16, 16))
+    >>> store = tempfile.mkdtemp() + "/ds.zarr"
+    >>> print(daskmri.build(root, store, chunk_size=4, scheduler="sync"))  # doctest: +ELLIPSIS
+    10 records in ... (0 dropped); parsed 3 chunk(s) (10 records), reused 0, in ... s
+    >>> daskmri.build(root, store, chunk_size=4, scheduler="sync").parsed_chunks  # nothing to do
+    0
+    """
+    from . import store as zstore
+
+    started = time.perf_counter()
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_scheduler(scheduler)
+    if client is not None and scheduler is not None:
+        raise ValueError("pass either client= (a cluster) or scheduler= (local), not both")
+    limits = DEFAULT_LIMITS if limits is None else limits
+    layout = Layout() if layout is None else layout
+    inputs = _plan_inputs(root, layout=layout, labels=labels, chunk_size=chunk_size)
+    spec = zstore.StoreSpec.of(store, storage_options)
+    if mode == "overwrite":
+        spec.remove()
+
+    if not spec.exists():
+        if inputs.records and shape is None:
+            shape = _infer_shape(inputs.plan, limits)
+        shape = (0, 0) if shape is None else (int(shape[0]), int(shape[1]))
+        zstore.create(
+            spec,
+            n_slots=len(inputs.records),
+            chunk_size=chunk_size,
+            shape=shape,
+            compressor=zstore.DEFAULT_COMPRESSOR if compressor is None else compressor,
+            attrs={
+                "title": "MRI slices and contour masks",
+                "source": inputs.root,
+                "layout": json.dumps(layout.to_dict()),
+                "labels": labels,
+                "chunk_size": chunk_size,
+                "shape": list(shape),
+                "compressor": zstore.DEFAULT_COMPRESSOR if compressor is None else compressor,
+                "created_by": f"daskmri {__version__}",
+                "created": _now(),
+                "input_fingerprint": inputs.fingerprint,
+                "scan_dropped": json.dumps(list(inputs.plan.dropped)),
+            },
+        )
+        zstore.write_slots(spec, 0, inputs.records, inputs.fingerprints)
+    state = zstore.read_state(spec)
+    attrs = state.attrs
+    _check_settings(
+        attrs, chunk_size=chunk_size, labels=labels, layout=layout, shape=shape, url=spec.url
+    )
+    shape = (int(attrs["shape"][0]), int(attrs["shape"][1]))
+    diff = zstore.reconcile(state, inputs.keys, inputs.fingerprints)
+    changed = not diff.unchanged or inputs.fingerprint != attrs.get("input_fingerprint")
+    if changed and mode == "resume":
+        raise StaleStoreError(
+            f"{zstore.check(spec.url, inputs.root, storage_options=storage_options)} "
+            "(or mode='overwrite' to rebuild it all)"
+        )
+    if not changed and attrs.get("complete"):
+        return BuildReport(
+            spec.url, int((state.status == zstore.OK).sum()), len(json.loads(attrs["dropped"])),
+            0, len(state.markers), 0, 0, time.perf_counter() - started,
+        )  # fmt: skip
+
+    # From here the store is being changed: it must not look complete until the end.
+    spec.group("r+").attrs.update({"complete": False})
+    n_slots = state.n_slots
+    slot_record: dict[int, Record] = {
+        int(slot): inputs.records[i] for i, slot in enumerate(diff.reuse.tolist()) if slot >= 0
+    }
+    new = [inputs.records[i] for i in np.flatnonzero(diff.reuse < 0)]
+    pad_start = n_slots
+    if new:
+        first = -(-n_slots // chunk_size) * chunk_size
+        _grow(spec, first + len(new), chunk_size)
+        zstore.write_slots(spec, first, new, inputs.fingerprints[np.flatnonzero(diff.reuse < 0)])
+        slot_record |= {first + k: record for k, record in enumerate(new)}
+        n_slots = first + len(new)
+    chunks_to_run = sorted(
+        set(diff.rerun.tolist()) | {s // chunk_size for s in slot_record if s >= pad_start}
+    )
+    items = []
+    for k in chunks_to_run:
+        lo, hi = k * chunk_size, min((k + 1) * chunk_size, n_slots)
+        # Slots no record wants any more still get a placeholder, so that the chunk's
+        # region is written whole; they are retired below.
+        items.append([(s, slot_record.get(s) or _placeholder(state, s)) for s in range(lo, hi)])
+    if reader is None:
+        reader = functools.partial(read_record, limits=limits, shape=shape)
+    client = resolve_client(client) if scheduler is None else None
+    name = f"daskmri-store-{uuid.uuid4().hex}"
+    bag = db.Bag({(name, j): part for j, part in enumerate(items)}, name, len(items))
+    written = bag.map_partitions(zstore.write_partition, shape, reader, spec, chunk_size)
+    tasks = written.to_delayed(optimize_graph=False) if items else []
+    results = run_tasks(tasks, client=client, scheduler=scheduler, progress=progress)
+    if client is not None:
+        results = client.gather(results)
+    parsed_records = sum(len(part) for part in items)
+
+    state = zstore.read_state(spec)
+    status = state.status.copy()
+    status[diff.retire] = zstore.RETIRED
+    status[pad_start:n_slots][state.patient_id[pad_start:n_slots] == ""] = zstore.RETIRED
+    missing = [
+        k
+        for k in range(-(-n_slots // chunk_size))
+        if k not in state.markers
+        and (status[k * chunk_size : (k + 1) * chunk_size] != zstore.RETIRED).any()
+    ]
+    if missing:
+        raise DaskmriError(
+            f"chunks {missing[:10]} of {spec.url!r} were not written; run the build again"
+        )
+    spec.array("status")[:] = status
+    spec.array("has_icontour")[:] = state.has_icontour
+    spec.array("has_ocontour")[:] = state.has_ocontour
+    state = dataclasses.replace(state, status=status)
+    rows = zstore.dropped_rows(
+        dataclasses.replace(
+            state, attrs=state.attrs | {"scan_dropped": json.dumps(list(inputs.plan.dropped))}
+        )
+    )
+    # Last: everything above is in place.
+    spec.group("r+").attrs.update(
+        {
+            "scan_dropped": json.dumps(list(inputs.plan.dropped)),
+            "dropped": json.dumps(rows),
+            "input_fingerprint": inputs.fingerprint,
+            "updated": _now(),
+            "complete": True,
+        }
+    )
+    report = BuildReport(
+        spec.url,
+        int((status == zstore.OK).sum()),
+        len(rows),
+        len(chunks_to_run),
+        len(state.markers) - len(chunks_to_run),
+        parsed_records,
+        len(diff.retire),
+        time.perf_counter() - started,
+    )
+    logger.info("%s", report)
+    return report
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _placeholder(state, slot: int) -> Record:
+    return Record(
+        str(state.patient_id[slot]), str(state.original_id[slot]), int(state.instance[slot]), None
+    )
+
+
+def _grow(spec, n_slots: int, chunk_size: int) -> None:
+    group = spec.group("r+")
+    for name in ("image", "icontour", "ocontour"):
+        array = group[name]
+        array.resize((n_slots, *array.shape[1:]))
+    for name in (
+        "status",
+        "has_icontour",
+        "has_ocontour",
+        "instance",
+        "fingerprint",
+        "patient_id",
+        "original_id",
+    ):
+        group[name].resize((n_slots,))
+    group["done"].resize((-(-n_slots // chunk_size),))

@@ -20,6 +20,9 @@ __all__ = [
     "LayoutError",
     "MissingExtraError",
     "RecordError",
+    "StaleStoreError",
+    "StaleStoreWarning",
+    "StoreError",
 ]
 
 
@@ -66,3 +69,17 @@ class DicomError(RecordError):
 
 class ContourError(RecordError):
     """A contour file is unreadable: bad line, too few points, non-finite, outside the image."""
+
+
+class StoreError(DaskmriError):
+    """A Zarr store cannot be used as asked: not a daskmri store, unfinished, or built
+    differently; the message says which and what to run."""
+
+
+class StaleStoreError(StoreError):
+    """The inputs changed since the store was built, and the call would mix the two;
+    rebuild with ``mode="update"`` (re-parses only what changed) or ``mode="overwrite"``."""
+
+
+class StaleStoreWarning(UserWarning):
+    """The store no longer matches the files it was built from."""

@@ -249,6 +249,7 @@ def parse_chunk(
     reader: Callable[[Record], Parsed],
     slots: Slots | None = None,
     start: int = 0,
+    compact: bool = True,
 ) -> ChunkResult:
     """Parse one chunk of records; a record that fails is dropped, never raised.
 
@@ -265,6 +266,10 @@ def parse_chunk(
         instead of returning them (slots of dropped records are left as they are).
     start : int
         First slot of this chunk.
+    compact : bool
+        Return only the kept records' pixels (the default). With False the arrays
+        keep one entry per record, zeros where a record was dropped, as a store
+        region with one slot per planned record needs.
 
     Examples
     --------
@@ -320,7 +325,7 @@ def parse_chunk(
     kept = np.flatnonzero(ok)
     if slots is not None:
         return ChunkResult(None, None, None, kept, has_i[kept], has_o[kept], failures)
-    if len(kept) < n:
+    if compact and len(kept) < n:
         image, icontour, ocontour = image[kept], icontour[kept], ocontour[kept]
     return ChunkResult(image, icontour, ocontour, kept, has_i[kept], has_o[kept], failures)
 
