@@ -21,10 +21,10 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 # imports daskmri.parse (numpy, pydicom) without paying for xarray and pandas.
 _EXPORTS = {
     "synth": "daskmri.synth",
-    "dropped": "daskmri.build",
-    "load_dataset": "daskmri.build",
-    "build": "daskmri.build",
-    "BuildReport": "daskmri.build",
+    "dropped": "daskmri.dataset",
+    "load_dataset": "daskmri.dataset",
+    "build": "daskmri.dataset",
+    "BuildReport": "daskmri.dataset",
     "open_dataset": "daskmri.store",
     "check": "daskmri.store",
     "Freshness": "daskmri.store",

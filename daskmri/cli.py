@@ -1,4 +1,4 @@
-"""The ``daskmri`` command line: ``scan``, ``demo`` and ``synth``.
+"""The ``daskmri`` command line: ``scan``, ``demo``, ``build``, ``check`` and ``synth``.
 
 Run ``daskmri --help`` or ``daskmri COMMAND --help``. :func:`main` takes
 ``argv`` so that it can be tested in-process.
@@ -84,7 +84,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import synth
-    from .build import dropped, load_dataset
+    from .dataset import dropped, load_dataset
     from .plot import overlay_grid, write_png
 
     with tempfile.TemporaryDirectory(prefix="daskmri-demo-") as tmp:
@@ -119,6 +119,51 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dropped_csv(store: str, given: str | None) -> Path:
+    if given is not None:
+        return Path(given)
+    if "://" in store and not store.startswith("file://"):
+        return Path("dropped.csv")
+    # Beside the store, named after it: out.zarr -> out.dropped.csv
+    local = Path(store.removeprefix("file://"))
+    return local.with_name(local.name.removesuffix(".zarr") + ".dropped.csv")
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .dataset import build
+    from .store import read_dropped
+
+    report = build(
+        args.root,
+        args.out,
+        chunk_size=args.chunk_size,
+        labels=args.labels,
+        mode=args.mode,
+        progress=True,
+        **_where(args.scheduler),
+    )
+    lost = read_dropped(args.out)
+    csv = _dropped_csv(args.out, args.dropped)
+    lost.to_csv(csv, index=False)
+    print(f"store:       {report.store}")
+    print(f"records:     {report.records}")
+    print(f"dropped:     {report.dropped} (listed in {csv.resolve()})")
+    print(
+        f"parsed:      {report.parsed_records} records in {report.parsed_chunks} chunks "
+        f"({report.reused_chunks} chunks already complete, reused)"
+    )
+    print(f"time:        {report.seconds:.2f} s")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .store import check
+
+    freshness = check(args.store, args.root)
+    print(freshness)
+    return 0 if freshness.fresh else 1
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="daskmri",
@@ -148,6 +193,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", choices=LABELS, default="any")
     p.add_argument("--max-problems", type=int, default=10, help="dropped records to print")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "build", help="parse a dataset folder into a Zarr store (resumes an unfinished build)"
+    )
+    p.add_argument("root", help="dataset folder (Sunnybrook layout)")
+    p.add_argument("--out", required=True, help="Zarr store: a path or an fsspec URL")
+    p.add_argument(
+        "--scheduler",
+        type=_scheduler_choice,
+        help=f"one of {', '.join(SCHEDULERS)} or a scheduler address tcp://host:port",
+    )
+    p.add_argument("--chunk-size", type=int, default=64)
+    p.add_argument("--labels", choices=LABELS, default="any")
+    p.add_argument(
+        "--mode",
+        choices=("resume", "update", "overwrite"),
+        default="resume",
+        help="resume (default): create or finish; update: re-parse what changed; "
+        "overwrite: rebuild",
+    )
+    p.add_argument("--dropped", help="CSV of dropped records (default: beside the store)")
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser(
+        "check", help="say whether a store is complete and up to date (exit 1 if stale)"
+    )
+    p.add_argument("store", help="Zarr store made by `daskmri build`")
+    p.add_argument("root", nargs="?", help="dataset folder (default: the one it was built from)")
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("synth", help="write a synthetic dataset in the Sunnybrook layout")
     p.add_argument("out", help="folder to write")

@@ -450,17 +450,27 @@ def _native_pixels(
     return pixels
 
 
+def _decoder_available(syntax: object) -> bool:
+    from pydicom.pixels import get_decoder
+
+    try:
+        return bool(get_decoder(syntax).is_available)
+    except (NotImplementedError, ValueError, TypeError):
+        return False
+
+
 def _decoded_pixels(path: str, ds: pydicom.Dataset, syntax: object) -> np.ndarray:
     try:
         pixels = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
-        text = str(exc)
-        if "plugin" in text or "decod" in text or "missing" in text:
+        if not _decoder_available(syntax):
             name = getattr(syntax, "name", str(syntax))
             raise DicomError(
                 path,
                 f"pixel data is compressed ({name}) and no decoder is available; {_CODECS_HINT}",
             ) from None
+        # A decoder is installed and failed: the data is damaged, not the install.
+        text = " ".join(str(exc).split())
         raise DicomError(path, f"cannot decode pixel data: {text}") from None
     except Exception as exc:
         raise DicomError(path, f"cannot decode pixel data ({type(exc).__name__}: {exc})") from None

@@ -275,7 +275,7 @@ def parse_chunk(
     --------
     >>> import tempfile, daskmri
     >>> from daskmri import synth
-    >>> from daskmri.build import plan_chunks
+    >>> from daskmri.dataset import plan_chunks
     >>> root = synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=4, shape=(32, 32))
     >>> plan = plan_chunks(daskmri.scan(root))
     >>> result = parse_chunk(plan.chunks[0], shape=(32, 32), reader=read_record)

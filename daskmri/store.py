@@ -73,13 +73,12 @@ class StoreSpec:
     @classmethod
     def of(cls, store: str | os.PathLike[str], storage_options: dict | None = None) -> StoreSpec:
         url = os.fspath(store)
+        # A file:// URL is a local path; zarr's local store creates folders as needed,
+        # where fsspec's local filesystem would not.
+        url = url.removeprefix("file://")
         if "://" not in url:
             url = os.path.abspath(url)
         return cls(url, tuple(sorted((storage_options or {}).items())))
-
-    @property
-    def is_local(self) -> bool:
-        return "://" not in self.url or self.url.startswith("file://")
 
     def _options(self) -> dict:
         # zarr only accepts storage_options for URLs.
@@ -155,8 +154,8 @@ def record_fingerprints(records: Sequence[Record], root: str | os.PathLike[str])
     Examples
     --------
     >>> import tempfile, daskmri
-    >>> from daskmri.build import plan_chunks
-    >>> root = daskmri.synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=3, shape=(8, 8))
+    >>> from daskmri.dataset import plan_chunks
+    >>> root = daskmri.synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=3, shape=(16, 16))
     >>> records = plan_chunks(daskmri.scan(root)).chunks[0]
     >>> fingerprints = record_fingerprints(records, root)
     >>> fingerprints.dtype, len(set(fingerprints)) == len(records)
@@ -601,7 +600,7 @@ def check(
     >>> daskmri.check(store).changed
     (('SYN0001', 2),)
     """
-    from .build import _plan_inputs
+    from .dataset import _plan_inputs
     from .layout import Layout
 
     spec = StoreSpec.of(store, storage_options)
@@ -703,7 +702,7 @@ def read_dropped(
     store: str | os.PathLike[str], *, storage_options: dict | None = None
 ) -> pd.DataFrame:
     """:func:`daskmri.dropped` of a store, without opening its dataset."""
-    from .build import dropped_table
+    from .dataset import dropped_table
 
     attrs = StoreSpec.of(store, storage_options).group("r").attrs
     return dropped_table(json.loads(attrs.get("dropped", "[]")))

@@ -1,0 +1,39 @@
+"""Reader hooks for tests, in a module of their own so that worker processes and
+subprocesses can import (unpickle) them."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from daskmri.parse import Record, read_record
+
+
+class LoggingReader:
+    """The default reader, plus one line per parsed record appended to ``log``
+    (``patient_id/instance``), and an optional pause per record so that a test
+    can kill a build partway through."""
+
+    def __init__(self, log: str | os.PathLike[str], delay: float = 0.0) -> None:
+        self.log = os.fspath(log)
+        self.delay = delay
+
+    def __call__(self, record: Record):
+        # O_APPEND: one write per line, so lines from several processes never interleave.
+        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{record.patient_id}/{record.instance}\n".encode())
+        finally:
+            os.close(fd)
+        if self.delay:
+            time.sleep(self.delay)
+        return read_record(record)
+
+
+def parsed(log: str | os.PathLike[str]) -> list[str]:
+    """The records a :class:`LoggingReader` parsed, in order."""
+    try:
+        with open(log) as fh:
+            return fh.read().split()
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,322 @@
+"""The Zarr store: round trip, resume after SIGKILL, freshness and update."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import xarray as xr
+import zarr
+
+import daskmri
+from daskmri import StaleStoreError, StaleStoreWarning, StoreError, cli
+from daskmri.dataset import plan_chunks
+from daskmri.store import OK, RETIRED, StoreSpec, read_state, write_partition
+from daskmri.testing import assert_records_equal, eager_load, raise_if_dask_computes
+
+from .readers import LoggingReader, parsed
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def assert_same_dataset(actual: xr.Dataset, expected: xr.Dataset) -> None:
+    """Same records in the same order, same pixels, same chunks, same drops."""
+    assert actual.image.chunks == expected.image.chunks
+    assert_records_equal(actual, expected)
+    pd_actual, pd_expected = daskmri.dropped(actual), daskmri.dropped(expected)
+    key = ["patient_id", "instance", "path"]
+    assert (
+        pd_actual.sort_values(key).values.tolist() == pd_expected.sort_values(key).values.tolist()
+    )
+
+
+class TestRoundTrip:
+    @pytest.mark.parametrize("scheduler", ["sync", "threads", "processes"])
+    def test_equals_load_dataset_and_eager_loop(self, damaged_root, tmp_path, scheduler):
+        (damaged_root / "dicoms" / "SYN0001" / "4.dcm").write_bytes(b"broken")
+        store = tmp_path / "ds.zarr"
+        report = daskmri.build(damaged_root, store, chunk_size=3, scheduler=scheduler)
+        ds = daskmri.open_dataset(store)
+        expected = daskmri.load_dataset(damaged_root, chunk_size=3, scheduler="sync")
+        assert_same_dataset(ds, expected)
+        assert_records_equal(ds, eager_load(damaged_root))
+        assert report.records == ds.sizes["record"] == expected.sizes["record"]
+        assert report.dropped == 1 and report.parsed_chunks == len(ds.image.chunks[0])
+        lost = daskmri.dropped(ds)
+        assert lost.instance.tolist() == [4] and "DICM" in lost.reason.iloc[0]
+
+    def test_distributed_workers_write_the_store(self, synth_root, tmp_path, client):
+        store = tmp_path / "ds.zarr"
+        daskmri.build(synth_root, store, chunk_size=5, client=client)
+        ds = daskmri.open_dataset(store)
+        assert_same_dataset(ds, daskmri.load_dataset(synth_root, chunk_size=5, scheduler="sync"))
+
+    def test_real_sample(self, real_root, tmp_path):
+        store = tmp_path / "real.zarr"
+        daskmri.build(real_root, store, chunk_size=32)
+        ds = daskmri.open_dataset(store)
+        assert_same_dataset(ds, daskmri.load_dataset(real_root, chunk_size=32, scheduler="sync"))
+        assert ds.sizes["record"] == 56
+
+    def test_open_is_lazy_and_chunks_align_with_the_store(self, damaged_root, tmp_path):
+        for instance in (2, 3):  # two of the first chunk's three records
+            (damaged_root / "dicoms" / "SYN0001" / f"{instance}.dcm").write_bytes(b"")
+        store = tmp_path / "ds.zarr"
+        daskmri.build(damaged_root, store, chunk_size=3, scheduler="sync")
+        with raise_if_dask_computes():
+            ds = daskmri.open_dataset(store)
+        on_disk = zarr.open_array(str(store / "image"), mode="r")
+        assert on_disk.chunks == (3, *on_disk.shape[1:])
+        # One dask chunk per store chunk: the first lost the two broken records.
+        assert ds.image.chunks[0][0] == 1
+        assert sum(ds.image.chunks[0]) == on_disk.shape[0] - 2
+        assert len(ds.image.chunks[0]) == -(-on_disk.shape[0] // 3)
+        assert ds.attrs["created_by"].startswith("daskmri ")
+        for key in ("source", "layout", "input_fingerprint", "created", "chunk_size"):
+            assert ds.attrs[key]
+
+    def test_store_attributes_say_what_built_it(self, synth_root, tmp_path):
+        store = tmp_path / "ds.zarr"
+        daskmri.build(synth_root, store, scheduler="sync")
+        attrs = dict(zarr.open_group(str(store), mode="r").attrs)
+        assert attrs["created_by"] == f"daskmri {daskmri.__version__}"
+        assert attrs["source"] == str(synth_root.resolve())
+        assert json.loads(attrs["layout"])["name"] == "sunnybrook"
+        assert len(attrs["input_fingerprint"]) == 32 and attrs["complete"] is True
+
+    def test_file_url(self, synth_root, tmp_path):
+        url = "file://" + str(tmp_path / "url.zarr")
+        daskmri.build(synth_root, url, chunk_size=4, scheduler="processes")
+        assert_same_dataset(
+            daskmri.open_dataset(url),
+            daskmri.load_dataset(synth_root, chunk_size=4, scheduler="sync"),
+        )
+
+    def test_fsspec_url(self, synth_root):
+        # fsspec's in-memory filesystem lives in this process: threads can share it.
+        url = "memory://daskmri-test/ds.zarr"
+        try:
+            daskmri.build(synth_root, url, chunk_size=4, scheduler="threads")
+            assert_same_dataset(
+                daskmri.open_dataset(url),
+                daskmri.load_dataset(synth_root, chunk_size=4, scheduler="sync"),
+            )
+            assert daskmri.check(url, synth_root).fresh
+        finally:
+            StoreSpec.of(url).remove()
+
+    def test_empty_dataset(self, damaged_root, tmp_path):
+        for path in (damaged_root / "contourfiles").glob("*/o-contours/*.txt"):
+            path.unlink()
+        store = tmp_path / "ds.zarr"
+        daskmri.build(damaged_root, store, labels="o", scheduler="sync")
+        assert daskmri.open_dataset(store).sizes["record"] == 0
+
+    def test_a_retried_task_rewrites_the_same_region(self, synth_root, tmp_path):
+        store = tmp_path / "ds.zarr"
+        daskmri.build(synth_root, store, chunk_size=4, scheduler="sync")
+        before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+        records = plan_chunks(daskmri.scan(synth_root), chunk_size=4).chunks[1]
+        spec = StoreSpec.of(store)
+        for _ in range(2):  # as a retry would
+            write_partition(
+                [(4 + k, r) for k, r in enumerate(records)],
+                (48, 64),
+                daskmri.read_record,
+                spec,
+                4,
+            )
+        after = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+        assert after == before
+
+    def test_not_a_daskmri_store(self, synth_root, tmp_path):
+        zarr.open_group(str(tmp_path / "other.zarr"), mode="w").attrs["x"] = 1
+        with pytest.raises(StoreError, match="not a daskmri store"):
+            daskmri.open_dataset(tmp_path / "other.zarr")
+        with pytest.raises(StoreError, match="mode='overwrite'"):
+            daskmri.build(synth_root, tmp_path / "other.zarr", scheduler="sync")
+        with pytest.raises(StoreError, match="no Zarr store"):
+            daskmri.open_dataset(tmp_path / "missing.zarr")
+
+    def test_settings_must_match_the_store(self, synth_root, tmp_path):
+        store = tmp_path / "ds.zarr"
+        daskmri.build(synth_root, store, chunk_size=4, scheduler="sync")
+        with pytest.raises(daskmri.DaskmriError, match="chunk_size=4"):
+            daskmri.build(synth_root, store, chunk_size=8, scheduler="sync")
+        report = daskmri.build(synth_root, store, chunk_size=8, mode="overwrite", scheduler="sync")
+        assert report.parsed_chunks == 2
+        assert daskmri.open_dataset(store).image.chunks[0] == (8, 8)
+
+    def test_bad_mode(self, synth_root, tmp_path):
+        with pytest.raises(ValueError, match="mode must be one of"):
+            daskmri.build(synth_root, tmp_path / "ds.zarr", mode="append")
+
+
+class TestResume:
+    def test_an_unfinished_store_is_never_taken_for_complete(self, synth_root, tmp_path):
+        store = tmp_path / "ds.zarr"
+        daskmri.build(synth_root, store, scheduler="sync")
+        zarr.open_group(str(store), mode="r+").attrs["complete"] = False
+        with pytest.raises(StoreError, match="never finished"):
+            daskmri.open_dataset(store)
+        assert not daskmri.check(store).fresh
+
+    def test_sigkill_then_rerun_parses_only_the_rest(self, synth_root, tmp_path):
+        store, first_log, second_log = tmp_path / "ds.zarr", tmp_path / "1.log", tmp_path / "2.log"
+        chunk_size, n_records = 2, 16
+        script = (
+            "import sys; sys.path.insert(0, sys.argv[1])\n"
+            "import daskmri\n"
+            "from tests.readers import LoggingReader\n"
+            "daskmri.build(sys.argv[2], sys.argv[3], chunk_size=2, scheduler='sync',\n"
+            "              reader=LoggingReader(sys.argv[4], delay=0.15))\n"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, str(REPO), str(synth_root), str(store), str(first_log)]
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while len(parsed(first_log)) < 6:
+                assert proc.poll() is None, "the build ended before it could be killed"
+                assert time.monotonic() < deadline, "the build never got going"
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+        with pytest.raises(StoreError, match="never finished"):
+            daskmri.open_dataset(store)
+        done = len(read_state(StoreSpec.of(store)).markers)
+        n_chunks = n_records // chunk_size
+        assert 2 <= done < n_chunks
+
+        report = daskmri.build(
+            synth_root,
+            store,
+            chunk_size=chunk_size,
+            scheduler="sync",
+            reader=LoggingReader(second_log),
+        )
+        # Exactly the records of the chunks that had no marker, each once.
+        again = parsed(second_log)
+        assert len(again) == len(set(again)) == (n_chunks - done) * chunk_size
+        assert report.parsed_chunks == n_chunks - done and report.reused_chunks == done
+        assert not set(again) & set(parsed(first_log)[: done * chunk_size])
+
+        clean = tmp_path / "clean.zarr"
+        daskmri.build(synth_root, clean, chunk_size=chunk_size, scheduler="sync")
+        assert_same_dataset(daskmri.open_dataset(store), daskmri.open_dataset(clean))
+        xr.testing.assert_identical(
+            daskmri.open_dataset(store).drop_attrs().compute(),
+            daskmri.open_dataset(clean).drop_attrs().compute(),
+        )
+
+    def test_complete_and_fresh_store_is_not_parsed_again(self, synth_root, tmp_path):
+        store, log = tmp_path / "ds.zarr", tmp_path / "log"
+        daskmri.build(synth_root, store, scheduler="sync")
+        report = daskmri.build(synth_root, store, scheduler="sync", reader=LoggingReader(log))
+        assert parsed(log) == [] and report.parsed_chunks == 0
+
+
+class TestFreshness:
+    def test_touch_add_and_remove_are_detected_and_update_fixes_them(self, damaged_root, tmp_path):
+        store, log = tmp_path / "ds.zarr", tmp_path / "log"
+        daskmri.build(damaged_root, store, chunk_size=3, scheduler="sync")
+        assert daskmri.check(store, damaged_root).fresh
+
+        dicoms = damaged_root / "dicoms" / "SYN0001"
+        os.utime(dicoms / "6.dcm", ns=(0, 10**18))  # touched
+        shutil.copy(dicoms / "6.dcm", dicoms / "99.dcm")  # a new slice with a contour
+        contours = next((damaged_root / "contourfiles").glob("*/i-contours"))
+        shutil.copy(
+            contours / "IM-0001-0006-icontour-manual.txt",
+            contours / "IM-0001-0099-icontour-manual.txt",
+        )
+        (damaged_root / "dicoms" / "SYN0002" / "9.dcm").unlink()  # gone (its contour stays)
+
+        freshness = daskmri.check(store, damaged_root)
+        assert not freshness.fresh
+        assert freshness.changed == (("SYN0001", 6),)
+        assert freshness.added == (("SYN0001", 99),)
+        assert freshness.removed == (("SYN0002", 9),)
+        assert "mode='update'" in str(freshness)
+        assert cli.main(["check", str(store), str(damaged_root)]) == 1
+        with pytest.warns(StaleStoreWarning, match="changed"):
+            daskmri.open_dataset(store, root=damaged_root)
+        with pytest.raises(StaleStoreError, match="mode='update'"):
+            daskmri.build(damaged_root, store, chunk_size=3, scheduler="sync")
+
+        report = daskmri.build(
+            damaged_root,
+            store,
+            chunk_size=3,
+            scheduler="sync",
+            mode="update",
+            reader=LoggingReader(log),
+        )
+        # Only the touched and the new record were parsed.
+        assert sorted(parsed(log)) == ["SYN0001/6", "SYN0001/99"]
+        assert report.retired == 2  # the old SYN0001/6 and the removed SYN0002/9
+        assert daskmri.check(store, damaged_root).fresh
+        assert cli.main(["check", str(store), str(damaged_root)]) == 0
+
+        # The same records as a fresh build; the re-parsed ones now sit at the end.
+        ds = daskmri.open_dataset(store)
+        assert ds.patient_id.values[-2:].tolist() == ["SYN0001", "SYN0001"]
+        assert ds.instance.values[-2:].tolist() == [6, 99]
+        fresh = daskmri.load_dataset(damaged_root, chunk_size=3, scheduler="sync")
+        by_key = ["patient_id", "instance"]
+        assert_records_equal(ds.sortby(by_key), fresh.sortby(by_key))
+        lost = daskmri.dropped(ds)
+        assert lost.values.tolist() == daskmri.dropped(fresh).values.tolist()
+        assert lost.instance.tolist() == [9]  # the orphaned contour, found by the scan
+
+        # The old slots are kept, retired, never shown.
+        state = read_state(StoreSpec.of(store))
+        assert (state.status == RETIRED).sum() >= 2 and (state.status == OK).sum() == len(ds.record)
+
+    def test_update_that_changes_nothing_parses_nothing(self, synth_root, tmp_path):
+        store, log = tmp_path / "ds.zarr", tmp_path / "log"
+        daskmri.build(synth_root, store, scheduler="sync")
+        report = daskmri.build(
+            synth_root, store, scheduler="sync", mode="update", reader=LoggingReader(log)
+        )
+        assert report.parsed_chunks == 0 and parsed(log) == []
+
+    def test_a_changed_link_file_is_stale(self, damaged_root, tmp_path):
+        store = tmp_path / "ds.zarr"
+        daskmri.build(damaged_root, store, scheduler="sync")
+        link = damaged_root / "link.csv"
+        link.write_text(link.read_text() + "\n")
+        freshness = daskmri.check(store)
+        assert freshness.other and not freshness.fresh
+        daskmri.build(damaged_root, store, scheduler="sync", mode="update")
+        assert daskmri.check(store).fresh
+
+
+class TestCli:
+    def test_build_prints_a_summary_and_writes_dropped_csv(self, damaged_root, tmp_path, capsys):
+        (damaged_root / "dicoms" / "SYN0002" / "3.dcm").write_bytes(b"\0" * 200)
+        store = tmp_path / "out.zarr"
+        argv = ["build", str(damaged_root), "--out", str(store), "--scheduler", "sync"]
+        assert cli.main([*argv, "--chunk-size", "5"]) == 0
+        out = capsys.readouterr().out
+        csv = tmp_path / "out.dropped.csv"
+        assert f"(listed in {csv})" in out and "records:     15" in out
+        import pandas as pd
+
+        table = pd.read_csv(csv)
+        assert table.instance.tolist() == [3] and table.patient_id.tolist() == ["SYN0002"]
+        assert cli.main([*argv, "--chunk-size", "5"]) == 0
+        assert "0 records in 0 chunks (4 chunks already complete" in capsys.readouterr().out
+        assert cli.main(["check", str(store)]) == 0
+        assert "up to date" in capsys.readouterr().out
