@@ -4,6 +4,8 @@ executor, and run a list of chunk tasks on it with an optional progress bar."""
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +13,7 @@ import dask
 
 from .errors import DaskmriError
 
-__all__ = ["SCHEDULERS", "resolve_client", "run_tasks"]
+__all__ = ["SCHEDULERS", "Progress", "resolve_client", "run_tasks"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +95,66 @@ def local_scheduler(scheduler: str | None, n_tasks: int) -> str:
     return "processes" if n_tasks > 1 else "sync"
 
 
+class Progress:
+    """A one-line progress bar on stderr over work that runs in several batches of
+    tasks (one Dask bar per batch would print a bar per batch).
+
+    Examples
+    --------
+    >>> import io
+    >>> out = io.StringIO()
+    >>> bar = Progress(4, file=out, interval=0)
+    >>> bar.advance(); bar.advance(3); bar.close()
+    >>> out.getvalue().splitlines()[-1].split("|")[1].strip()
+    '4/4 chunks'
+    """
+
+    def __init__(
+        self,
+        total: int,
+        *,
+        label: str = "chunks",
+        file: Any = None,
+        width: int = 30,
+        interval: float = 0.2,
+    ) -> None:
+        self.total, self.label, self.width, self.interval = total, label, width, interval
+        self.file = sys.stderr if file is None else file
+        self.done = 0
+        self._started = time.perf_counter()
+        self._shown = -float("inf")
+        self._show(force=True)
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        self._show()
+
+    def _show(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self._shown < self.interval and self.done < self.total:
+            return
+        self._shown = now
+        share = self.done / self.total if self.total else 1.0
+        bar = "#" * round(share * self.width)
+        self.file.write(
+            f"\r[{bar:<{self.width}}] {share:4.0%} | {self.done}/{self.total} {self.label} "
+            f"| {now - self._started:.1f} s"
+        )
+        self.file.flush()
+
+    def close(self) -> None:
+        self._show(force=True)
+        self.file.write("\n")
+        self.file.flush()
+
+
 def run_tasks(
     tasks: Sequence[Any],
     *,
     client: Any = None,
     scheduler: str | None = None,
-    progress: bool = False,
+    progress: bool | Progress = False,
+    pool: Any = None,
 ) -> list[Any]:
     """Run dask ``tasks`` (Delayed objects).
 
@@ -108,10 +164,19 @@ def run_tasks(
     Python and holds the GIL, so threads do not run it in parallel), or
     ``"sync"`` when there is a single task and a process pool would only add its
     start-up time.
+
+    ``progress`` is True for a Dask progress bar, or a :class:`Progress` to advance
+    by one per finished task. ``pool`` is an executor for the ``"processes"``
+    scheduler to reuse across calls (Dask starts a new one per call otherwise).
     """
     if client is not None:
         futures = client.compute(list(tasks))
-        if progress:
+        if isinstance(progress, Progress):
+            from distributed import as_completed
+
+            for _ in as_completed(futures):
+                progress.advance()
+        elif progress:
             from distributed import progress as show_progress
 
             show_progress(futures, notebook=False)
@@ -119,9 +184,35 @@ def run_tasks(
         return futures
     scheduler = local_scheduler(scheduler, len(tasks))
     logger.debug("running %d tasks on the %r scheduler", len(tasks), scheduler)
+    options: dict[str, Any] = {}
+    if scheduler == "processes":
+        # One task per batch: a task is already a whole chunk, and Dask's default
+        # batches of 6 left one worker idle while the other finished its batch.
+        options["chunksize"] = 1
+        if pool is not None:
+            options["pool"] = pool
+    if isinstance(progress, Progress):
+        from dask.callbacks import Callback
+
+        def advance(key, result, dsk, state, worker_id) -> None:
+            progress.advance()
+
+        with Callback(posttask=advance):
+            return list(dask.compute(*tasks, scheduler=scheduler, **options))
     if progress:
         from dask.diagnostics import ProgressBar
 
         with ProgressBar():
-            return list(dask.compute(*tasks, scheduler=scheduler))
-    return list(dask.compute(*tasks, scheduler=scheduler))
+            return list(dask.compute(*tasks, scheduler=scheduler, **options))
+    return list(dask.compute(*tasks, scheduler=scheduler, **options))
+
+
+def process_pool(max_workers: int | None = None):
+    """A process pool like the one Dask's ``"processes"`` scheduler makes (same start
+    method), to be reused across several ``run_tasks`` calls and shut down after."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context(dask.config.get("multiprocessing.context", "spawn"))
+    return ProcessPoolExecutor(max_workers or os.cpu_count() or 1, mp_context=context)

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import dask
@@ -29,10 +29,17 @@ import pandas as pd
 import xarray as xr
 
 from . import __version__
-from .cluster import check_scheduler, local_scheduler, resolve_client, run_tasks
+from .cluster import (
+    Progress,
+    check_scheduler,
+    local_scheduler,
+    process_pool,
+    resolve_client,
+    run_tasks,
+)
 from .dicom import read_dicom_shape
 from .errors import DaskmriError, RecordError, StaleStoreError
-from .layout import Layout, scan
+from .layout import Layout, iter_records, scan
 from .limits import DEFAULT_LIMITS, Limits
 from .parse import ChunkResult, Parsed, Record, Slots, parse_partition, read_record
 
@@ -101,9 +108,8 @@ def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64) -> ChunkPlan:
     return ChunkPlan(chunks=chunks, dropped=tuple(dropped_rows))
 
 
-def _infer_shape(plan: ChunkPlan, limits: Limits, tries: int = 50) -> tuple[int, int]:
+def _infer_shape(records: Iterable[Record], limits: Limits, tries: int = 50) -> tuple[int, int]:
     errors = []
-    records = (record for chunk in plan.chunks for record in chunk)
     for record in itertools.islice(records, tries):
         try:
             return read_dicom_shape(record.dicom_path, limits=limits)
@@ -233,7 +239,7 @@ def load_dataset(
     table = scan(root, layout=layout, labels=labels)
     plan = plan_chunks(table, chunk_size=chunk_size)
     if plan.n_records and shape is None:
-        shape = _infer_shape(plan, limits)
+        shape = _infer_shape((r for chunk in plan.chunks for r in chunk), limits)
     shape = (0, 0) if shape is None else (int(shape[0]), int(shape[1]))
     if reader is None:
         reader = functools.partial(read_record, limits=limits, shape=shape)
@@ -387,37 +393,97 @@ def dropped_table(rows: list[dict]) -> pd.DataFrame:
 MODES = ("resume", "update", "overwrite")
 
 
+def iter_plan(
+    root: str | os.PathLike[str],
+    *,
+    layout: Layout | None = None,
+    labels: str = "any",
+    problems: list[dict],
+) -> Iterator[Record]:
+    """The records to parse, in scan order, one at a time. Everything the scan found
+    unbuildable goes to ``problems`` as :func:`dropped` rows."""
+    for row in iter_records(root, layout=layout, labels=labels, problems=problems):
+        if row["problem"] is not None:
+            problems.append(
+                {
+                    "patient_id": row["patient_id"],
+                    "original_id": row["original_id"],
+                    "instance": int(row["instance"]),
+                    "path": row["icontour_path"] or row["ocontour_path"] or row["dicom_path"],
+                    "reason": row["problem"],
+                }
+            )
+            continue
+        yield Record(
+            row["patient_id"],
+            row["original_id"],
+            int(row["instance"]),
+            row["dicom_path"],
+            row["icontour_path"],
+            row["ocontour_path"],
+        )
+
+
 @dataclass(frozen=True)
 class Inputs:
-    """A scan turned into a plan, with the fingerprints a store keeps."""
+    """One streaming pass over a folder: a fingerprint per planned record, and one
+    for everything. Compact (16 bytes a record) so that a million records fit."""
 
     root: str
-    layout: Layout
-    labels: str
-    plan: ChunkPlan
-    records: tuple[Record, ...]
-    keys: tuple[tuple[str, int], ...]
+    keys: np.ndarray
     fingerprints: np.ndarray
     fingerprint: str
+    scan_dropped: tuple[dict, ...]
+    names: tuple[tuple[str, int], ...] | None = None
 
 
-def _plan_inputs(root, *, layout: Layout, labels: str, chunk_size: int) -> Inputs:
-    from .store import _stat, input_fingerprint, record_fingerprints
+def _plan_inputs(
+    root,
+    *,
+    layout: Layout,
+    labels: str,
+    names: bool = False,
+    sink: Callable[[list[Record], list[int]], None] | None = None,
+    batch: int = 1 << 16,
+) -> Inputs:
+    """Scan ``root`` once, fingerprinting each record; ``sink`` gets the records in
+    batches (to write their identities into a new store as the scan goes)."""
+    from array import array
+
+    from .store import InputHash, _stat, record_fingerprint, record_key
 
     root = os.path.abspath(os.fspath(root))
-    table = scan(root, layout=layout, labels=labels)
-    plan = plan_chunks(table, chunk_size=chunk_size)
-    records = tuple(r for chunk in plan.chunks for r in chunk)
-    keys = tuple((r.patient_id, r.instance) for r in records)
-    fingerprints = record_fingerprints(records, root)
-    fingerprint = input_fingerprint(
-        keys=keys,
-        fingerprints=fingerprints,
-        settings={"layout": layout.to_dict(), "labels": labels},
-        problems=plan.dropped,
-        link_stat=_stat(os.path.join(root, layout.link_file), root),
+    problems: list[dict] = []
+    keys, fingerprints = array("Q"), array("Q")
+    digest = InputHash()
+    found: list[tuple[str, int]] = []
+    records: list[Record] = []
+    for record in iter_plan(root, layout=layout, labels=labels, problems=problems):
+        fingerprint = record_fingerprint(record, root)
+        keys.append(record_key(record.patient_id, record.instance))
+        fingerprints.append(fingerprint)
+        digest.add(fingerprint)
+        if names:
+            found.append((record.patient_id, record.instance))
+        if sink is not None:
+            records.append(record)
+            if len(records) == batch:
+                sink(records, fingerprints[-len(records) :].tolist())
+                records = []
+    if sink is not None and records:
+        sink(records, fingerprints[-len(records) :].tolist())
+    return Inputs(
+        root=root,
+        keys=np.array(keys, dtype=np.uint64),
+        fingerprints=np.array(fingerprints, dtype=np.uint64),
+        fingerprint=digest.hexdigest(
+            settings={"layout": layout.to_dict(), "labels": labels},
+            problems=problems,
+            link_stat=_stat(os.path.join(root, layout.link_file), root),
+        ),
+        scan_dropped=tuple(problems),
+        names=tuple(found) if names else None,
     )
-    return Inputs(root, layout, labels, plan, records, keys, fingerprints, fingerprint)
 
 
 @dataclass(frozen=True)
@@ -458,6 +524,13 @@ def _check_settings(attrs: dict, *, chunk_size, labels, layout: Layout, shape, u
             )
 
 
+def _changed_during_build(root) -> DaskmriError:
+    return DaskmriError(
+        f"the files under {root} changed while the build was running; run it again "
+        "(chunks already written are kept)"
+    )
+
+
 def build(
     root: str | os.PathLike[str],
     store: str | os.PathLike[str],
@@ -484,6 +557,10 @@ def build(
     marked complete only at the very end; :func:`daskmri.open_dataset` refuses an
     unfinished one.
 
+    The client streams the folder twice (a plan, then the tasks, in waves of a few
+    dozen chunks) and keeps about 16 bytes per record, so its memory does not
+    follow the dataset's size.
+
     Parameters
     ----------
     root : str or os.PathLike
@@ -491,7 +568,7 @@ def build(
     store : str or os.PathLike
         Local path or fsspec URL (``"s3://bucket/ds.zarr"``) of the Zarr store. On
         a cluster, every worker must be able to write there.
-    layout, client, scheduler, chunk_size, labels, reader, limits, shape, progress
+    layout, client, scheduler, chunk_size, labels, reader, limits, shape
         As for :func:`daskmri.load_dataset`.
     mode : {"resume", "update", "overwrite"}
         ``"resume"`` (the default) creates the store, or finishes an unfinished
@@ -501,10 +578,13 @@ def build(
         whose files changed or appeared; their new versions are appended (see
         the README on record order). ``"overwrite"`` deletes the store and
         builds it again.
-    compressor : {"zstd", "lz4", "none"}, optional
-        For a new store; chosen by ``benchmarks/scale.py`` (``"zstd"``).
+    compressor : {"blosc-zstd", "blosc-lz4", "zstd", "none"}, optional
+        For a new store; ``"blosc-zstd"`` by default, chosen by measurement
+        (``benchmarks/scale.py``).
     storage_options : dict, optional
         fsspec options for a URL.
+    progress : bool
+        Show a progress bar (chunks done) on stderr.
 
     Returns
     -------
@@ -519,7 +599,7 @@ def build(
         If ``store`` holds something that is not a daskmri store.
     DaskmriError
         If the store was built with another ``chunk_size``, ``labels``, ``layout``
-        or ``shape``.
+        or ``shape``, or the files changed while the build ran.
 
     Examples
     --------
@@ -539,131 +619,197 @@ def build(
     check_scheduler(scheduler)
     if client is not None and scheduler is not None:
         raise ValueError("pass either client= (a cluster) or scheduler= (local), not both")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    compressor = zstore.DEFAULT_COMPRESSOR if compressor is None else compressor
+    if compressor not in zstore.COMPRESSORS:
+        raise ValueError(f"compressor must be one of {zstore.COMPRESSORS}, got {compressor!r}")
     limits = DEFAULT_LIMITS if limits is None else limits
     layout = Layout() if layout is None else layout
-    inputs = _plan_inputs(root, layout=layout, labels=labels, chunk_size=chunk_size)
     spec = zstore.StoreSpec.of(store, storage_options)
     if mode == "overwrite":
         spec.remove()
-
-    if not spec.exists():
-        if inputs.records and shape is None:
-            shape = _infer_shape(inputs.plan, limits)
-        shape = (0, 0) if shape is None else (int(shape[0]), int(shape[1]))
-        zstore.create(
-            spec,
-            n_slots=len(inputs.records),
-            chunk_size=chunk_size,
-            shape=shape,
-            compressor=zstore.DEFAULT_COMPRESSOR if compressor is None else compressor,
-            attrs={
-                "title": "MRI slices and contour masks",
-                "source": inputs.root,
-                "layout": json.dumps(layout.to_dict()),
-                "labels": labels,
-                "chunk_size": chunk_size,
-                "shape": list(shape),
-                "compressor": zstore.DEFAULT_COMPRESSOR if compressor is None else compressor,
-                "created_by": f"daskmri {__version__}",
-                "created": _now(),
-                "input_fingerprint": inputs.fingerprint,
-                "scan_dropped": json.dumps(list(inputs.plan.dropped)),
-            },
+    attrs = zstore.read_attrs(spec) if spec.exists() else None
+    if attrs is not None and not attrs.get("planned"):
+        # Killed while planning, before anything was parsed: start again.
+        spec.remove()
+        attrs = None
+    if attrs is not None:
+        _check_settings(
+            attrs, chunk_size=chunk_size, labels=labels, layout=layout, shape=shape, url=spec.url
         )
-        zstore.write_slots(spec, 0, inputs.records, inputs.fingerprints)
+
+    # Pass 1: fingerprint every record; a new store gets its slots as the scan goes.
+    new_store: dict = {}
+
+    def create(records: list[Record], fingerprints: list[int]) -> None:
+        if not new_store:
+            if shape is not None:
+                size = shape
+            else:
+                size = _infer_shape(records, limits) if records else (0, 0)
+            new_store["shape"] = (int(size[0]), int(size[1]))
+            new_store["n"] = 0
+            zstore.create(
+                spec,
+                chunk_size=chunk_size,
+                shape=new_store["shape"],
+                compressor=compressor,
+                attrs={
+                    "title": "MRI slices and contour masks",
+                    "source": os.path.abspath(os.fspath(root)),
+                    "layout": json.dumps(layout.to_dict()),
+                    "labels": labels,
+                    "chunk_size": chunk_size,
+                    "shape": list(new_store["shape"]),
+                    "compressor": compressor,
+                    "created_by": f"daskmri {__version__}",
+                    "created": _now(),
+                },
+            )
+        n = new_store["n"]
+        zstore.resize(spec, n + len(records))
+        zstore.write_slots(spec, n, records, fingerprints)
+        new_store["n"] = n + len(records)
+
+    fresh = attrs is None
+    inputs = _plan_inputs(root, layout=layout, labels=labels, sink=create if fresh else None)
+    if fresh:
+        if not new_store:  # no records at all
+            create([], [])
+        spec.group("r+").attrs.update(
+            {
+                "input_fingerprint": inputs.fingerprint,
+                "scan_dropped": json.dumps(list(inputs.scan_dropped)),
+                "planned": True,
+            }
+        )
     state = zstore.read_state(spec)
     attrs = state.attrs
-    _check_settings(
-        attrs, chunk_size=chunk_size, labels=labels, layout=layout, shape=shape, url=spec.url
-    )
     shape = (int(attrs["shape"][0]), int(attrs["shape"][1]))
-    diff = zstore.reconcile(state, inputs.keys, inputs.fingerprints)
-    changed = not diff.unchanged or inputs.fingerprint != attrs.get("input_fingerprint")
-    if changed and mode == "resume":
+    reused = int(state.done.sum())
+    same_inputs = inputs.fingerprint == attrs.get("input_fingerprint")
+    if not same_inputs and mode == "resume":
         raise StaleStoreError(
             f"{zstore.check(spec.url, inputs.root, storage_options=storage_options)} "
             "(or mode='overwrite' to rebuild it all)"
         )
-    if not changed and attrs.get("complete"):
+    if same_inputs and attrs.get("complete"):
         return BuildReport(
             spec.url, int((state.status == zstore.OK).sum()), len(json.loads(attrs["dropped"])),
-            0, len(state.markers), 0, 0, time.perf_counter() - started,
+            0, reused, 0, 0, time.perf_counter() - started,
         )  # fmt: skip
 
     # From here the store is being changed: it must not look complete until the end.
     spec.group("r+").attrs.update({"complete": False})
-    n_slots = state.n_slots
-    slot_record: dict[int, Record] = {
-        int(slot): inputs.records[i] for i, slot in enumerate(diff.reuse.tolist()) if slot >= 0
-    }
-    new = [inputs.records[i] for i in np.flatnonzero(diff.reuse < 0)]
-    pad_start = n_slots
-    if new:
-        first = -(-n_slots // chunk_size) * chunk_size
-        _grow(spec, first + len(new), chunk_size)
-        zstore.write_slots(spec, first, new, inputs.fingerprints[np.flatnonzero(diff.reuse < 0)])
-        slot_record |= {first + k: record for k, record in enumerate(new)}
-        n_slots = first + len(new)
-    chunks_to_run = sorted(
-        set(diff.rerun.tolist()) | {s // chunk_size for s in slot_record if s >= pad_start}
-    )
-    items = []
-    for k in chunks_to_run:
-        lo, hi = k * chunk_size, min((k + 1) * chunk_size, n_slots)
-        # Slots no record wants any more still get a placeholder, so that the chunk's
-        # region is written whole; they are retired below.
-        items.append([(s, slot_record.get(s) or _placeholder(state, s)) for s in range(lo, hi)])
+    diff = zstore.reconcile(state, inputs.fingerprints)
+    added = np.flatnonzero(diff.reuse < 0)
+    first_new = -(-state.n_slots // chunk_size) * chunk_size if len(added) else state.n_slots
+    n_slots = first_new + len(added)
+    if n_slots > state.n_slots:
+        zstore.resize(spec, n_slots)
+    target = diff.reuse.copy()
+    target[added] = first_new + np.arange(len(added))
+    rerun = np.zeros(-(-n_slots // chunk_size), dtype=bool)
+    rerun[diff.rerun] = True
+    if len(added):
+        rerun[first_new // chunk_size :] = True
+    parse = rerun[target // chunk_size] if len(target) else np.zeros(0, dtype=bool)
+    need = np.bincount(target[parse] // chunk_size, minlength=len(rerun))
+    n_chunks = int((need > 0).sum())
+
+    # Pass 2: stream the records again and run their chunks in waves.
     if reader is None:
         reader = functools.partial(read_record, limits=limits, shape=shape)
     client = resolve_client(client) if scheduler is None else None
-    name = f"daskmri-store-{uuid.uuid4().hex}"
-    bag = db.Bag({(name, j): part for j, part in enumerate(items)}, name, len(items))
-    written = bag.map_partitions(zstore.write_partition, shape, reader, spec, chunk_size)
-    tasks = written.to_delayed(optimize_graph=False) if items else []
-    results = run_tasks(tasks, client=client, scheduler=scheduler, progress=progress)
+    local = None if client is not None else local_scheduler(scheduler, n_chunks)
+    pool = process_pool() if local == "processes" else None
     if client is not None:
-        results = client.gather(results)
-    parsed_records = sum(len(part) for part in items)
+        wave_size = max(WAVE_CHUNKS, 4 * sum(client.nthreads().values()))
+    else:
+        wave_size = max(WAVE_CHUNKS, 4 * (os.cpu_count() or 1))
+    bar = Progress(n_chunks) if progress else False
+    wave: list[list[tuple[int, Record]]] = []
+    new_rows: list[tuple[int, Record, int]] = []
+    parsed_records = 0
 
+    def run_wave() -> None:
+        nonlocal parsed_records
+        if not wave:
+            return
+        # The identities of new slots go in before their pixels.
+        for start, records, fingerprints in _runs(new_rows):
+            zstore.write_slots(spec, start, records, fingerprints)
+        new_rows.clear()
+        name = f"daskmri-store-{uuid.uuid4().hex}"
+        bag = db.Bag({(name, j): part for j, part in enumerate(wave)}, name, len(wave))
+        written = bag.map_partitions(zstore.write_partition, shape, reader, spec, chunk_size)
+        tasks = written.to_delayed(optimize_graph=False)
+        results = run_tasks(tasks, client=client, scheduler=local, progress=bar, pool=pool)
+        if client is not None:
+            client.gather(results)
+        parsed_records += sum(len(part) for part in wave)
+        wave.clear()
+
+    buffers: dict[int, dict[int, Record]] = {}
+    try:
+        seen = 0
+        for record in iter_plan(root, layout=layout, labels=labels, problems=[]):
+            i, seen = seen, seen + 1
+            key = zstore.record_key(record.patient_id, record.instance)
+            if i >= len(target) or key != int(inputs.keys[i]):
+                raise _changed_during_build(inputs.root)
+            if not parse[i]:
+                continue
+            slot = int(target[i])
+            k = slot // chunk_size
+            if slot >= first_new and len(added):
+                new_rows.append((slot, record, int(inputs.fingerprints[i])))
+            chunk = buffers.setdefault(k, {})
+            chunk[slot] = record
+            if len(chunk) == need[k]:
+                wave.append(_chunk_items(spec, k, buffers.pop(k), n_slots, chunk_size))
+                if len(wave) >= wave_size:
+                    run_wave()
+        if buffers or seen != len(target):
+            raise _changed_during_build(inputs.root)
+        run_wave()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        if bar:
+            bar.close()
+
+    # Fold the markers in, retire what no record wants, then mark the store complete.
     state = zstore.read_state(spec)
     status = state.status.copy()
     status[diff.retire] = zstore.RETIRED
-    status[pad_start:n_slots][state.patient_id[pad_start:n_slots] == ""] = zstore.RETIRED
-    missing = [
-        k
-        for k in range(-(-n_slots // chunk_size))
-        if k not in state.markers
-        and (status[k * chunk_size : (k + 1) * chunk_size] != zstore.RETIRED).any()
-    ]
-    if missing:
+    status[state.fingerprint == 0] = zstore.RETIRED  # padding: slots that never had a record
+    missing = np.flatnonzero((need > 0) & ~state.done)
+    if len(missing):
         raise DaskmriError(
-            f"chunks {missing[:10]} of {spec.url!r} were not written; run the build again"
+            f"chunks {missing[:10].tolist()} of {spec.url!r} were not written; run the build again"
         )
     spec.array("status")[:] = status
     spec.array("has_icontour")[:] = state.has_icontour
     spec.array("has_ocontour")[:] = state.has_ocontour
     state = dataclasses.replace(state, status=status)
-    rows = zstore.dropped_rows(
-        dataclasses.replace(
-            state, attrs=state.attrs | {"scan_dropped": json.dumps(list(inputs.plan.dropped))}
-        )
-    )
-    # Last: everything above is in place.
+    rows = zstore.dropped_rows(state, inputs.scan_dropped)
     spec.group("r+").attrs.update(
         {
-            "scan_dropped": json.dumps(list(inputs.plan.dropped)),
+            "scan_dropped": json.dumps(list(inputs.scan_dropped)),
             "dropped": json.dumps(rows),
             "input_fingerprint": inputs.fingerprint,
             "updated": _now(),
-            "complete": True,
+            "complete": True,  # last: everything above is in place
         }
     )
     report = BuildReport(
         spec.url,
         int((status == zstore.OK).sum()),
         len(rows),
-        len(chunks_to_run),
-        len(state.markers) - len(chunks_to_run),
+        n_chunks,
+        reused,
         parsed_records,
         len(diff.retire),
         time.perf_counter() - started,
@@ -672,29 +818,35 @@ def build(
     return report
 
 
+#: Chunks per wave of tasks (at least; more on a larger cluster): enough to keep the
+#: workers busy, few enough that the client holds a few thousand records at a time.
+WAVE_CHUNKS = 64
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _placeholder(state, slot: int) -> Record:
-    return Record(
-        str(state.patient_id[slot]), str(state.original_id[slot]), int(state.instance[slot]), None
-    )
+def _runs(rows: list[tuple[int, Record, int]]):
+    """Contiguous runs of ``(slot, record, fingerprint)`` as ``(start, records, fps)``."""
+    rows = sorted(rows, key=lambda row: row[0])
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or rows[end][0] != rows[end - 1][0] + 1:
+            part = rows[start:end]
+            yield part[0][0], [r for _, r, _ in part], [f for _, _, f in part]
+            start = end
 
 
-def _grow(spec, n_slots: int, chunk_size: int) -> None:
-    group = spec.group("r+")
-    for name in ("image", "icontour", "ocontour"):
-        array = group[name]
-        array.resize((n_slots, *array.shape[1:]))
-    for name in (
-        "status",
-        "has_icontour",
-        "has_ocontour",
-        "instance",
-        "fingerprint",
-        "patient_id",
-        "original_id",
-    ):
-        group[name].resize((n_slots,))
-    group["done"].resize((-(-n_slots // chunk_size),))
+def _chunk_items(spec, k: int, records: dict[int, Record], n_slots: int, chunk_size: int):
+    """A chunk's ``(slot, record)`` items over its whole region. Slots no record
+    wants any more (an update) get a placeholder, retired afterwards, so that the
+    region is written whole."""
+    lo, hi = k * chunk_size, min((k + 1) * chunk_size, n_slots)
+    if len(records) < hi - lo:
+        ids = [spec.array(name)[lo:hi] for name in ("patient_id", "original_id", "instance")]
+        for slot in range(lo, hi):
+            if slot not in records:
+                j = slot - lo
+                records[slot] = Record(str(ids[0][j]), str(ids[1][j]), int(ids[2][j]), None)
+    return [(slot, records[slot]) for slot in range(lo, hi)]

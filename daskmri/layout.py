@@ -10,6 +10,7 @@ import glob
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from .errors import LayoutError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["LABELS", "SERIES", "SUNNYBROOK", "Layout", "scan"]
+__all__ = ["LABELS", "SERIES", "SUNNYBROOK", "Layout", "iter_records", "scan"]
 
 logger = logging.getLogger(__name__)
 
@@ -263,53 +264,25 @@ def _instances(
     return by_instance
 
 
-def scan(
-    root: str | os.PathLike[str], layout: Layout | None = None, labels: str = "any"
-) -> pd.DataFrame:
-    """List every record (one image slice with its contours) under ``root``.
-
-    Reads the link file and directory listings only, never pixel data, and never
-    anything outside ``root``: link-file ids that would leave it and symlinks that
-    point out of it are reported, not followed.
-
-    Parameters
-    ----------
-    root : str or os.PathLike
-        The dataset folder.
-    layout : Layout, optional
-        File names and patterns; default :data:`SUNNYBROOK`.
-    labels : {"any", "i", "o", "all"}
-        ``"any"`` keeps slices with at least one contour, ``"i"``/``"o"`` slices
-        with that contour, ``"all"`` every slice.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per record sorted by ``(patient_id, instance)``, with columns
-        ``patient_id``, ``original_id``, ``instance``, ``dicom_path``,
-        ``icontour_path``, ``ocontour_path`` (None when absent) and ``problem``
-        (None, or why the record cannot be built, e.g. a contour without its
-        DICOM). ``attrs["problems"]`` lists what was found wrong outside any
-        record (bad link rows, links leaving the root, unmatched file names).
-
-    Raises
-    ------
-    LayoutError
-        If there is no link file or it lacks the layout's columns.
-    ValueError
-        If ``labels`` is not one of the choices.
+def iter_records(
+    root: str | os.PathLike[str],
+    *,
+    layout: Layout | None = None,
+    labels: str = "any",
+    problems: list[dict],
+) -> Iterator[dict]:
+    """The rows of :func:`scan`, one dict at a time, in the same order, holding only
+    one patient's file listing at a time; what is wrong outside any record is
+    appended to ``problems`` as it is found.
 
     Examples
     --------
     >>> import tempfile
     >>> from daskmri import synth
-    >>> root = synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=6, shape=(32, 32))
-    >>> table = scan(root)
-    >>> table[["patient_id", "instance"]].values.tolist()
-    [['SYN0001', 2], ['SYN0001', 3], ['SYN0001', 4], ['SYN0001', 6]]
+    >>> root = synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=3, shape=(32, 32))
+    >>> [row["instance"] for row in iter_records(root, problems=[])]
+    [2, 3]
     """
-    import pandas as pd  # here, not at the top: worker processes import this module
-
     if labels not in LABELS:
         raise ValueError(f"labels must be one of {LABELS}, got {labels!r}")
     layout = SUNNYBROOK if layout is None else layout
@@ -317,12 +290,15 @@ def scan(
     if not os.path.isdir(root):
         raise LayoutError(f"dataset root {root!r} is not a folder")
     root_real = os.path.realpath(root)
-    problems: list[dict] = []
-    records: list[dict] = []
     dicom_re = re.compile(layout.dicom_regex)
     i_re, o_re = re.compile(layout.icontour_regex), re.compile(layout.ocontour_regex)
     seen: set[str] = set()
-    for line, row in _read_link(root, layout):
+    # Patients in id order, instances in order within each: records come out sorted
+    # by (patient_id, instance) without holding them all to sort them.
+    rows = sorted(
+        _read_link(root, layout), key=lambda r: (r[1].get(layout.patient_column) or "").strip()
+    )
+    for line, row in rows:
         patient_id = (row.get(layout.patient_column) or "").strip()
         original_id = (row.get(layout.original_column) or "").strip()
         where = f"{layout.link_file} line {line}"
@@ -393,18 +369,68 @@ def scan(
                     f"contour {contour} has no DICOM: no file for instance {instance} "
                     f"of patient {patient_id} matches {layout.dicom_glob!r}"
                 )
-            records.append(
-                {
-                    **ids,
-                    "instance": instance,
-                    "dicom_path": dicom_path,
-                    "icontour_path": i_path,
-                    "ocontour_path": o_path,
-                    "problem": problem,
-                }
-            )
+            yield {
+                **ids,
+                "instance": instance,
+                "dicom_path": dicom_path,
+                "icontour_path": i_path,
+                "ocontour_path": o_path,
+                "problem": problem,
+            }
+
+
+def scan(
+    root: str | os.PathLike[str], layout: Layout | None = None, labels: str = "any"
+) -> pd.DataFrame:
+    """List every record (one image slice with its contours) under ``root``.
+
+    Reads the link file and directory listings only, never pixel data, and never
+    anything outside ``root``: link-file ids that would leave it and symlinks that
+    point out of it are reported, not followed.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        The dataset folder.
+    layout : Layout, optional
+        File names and patterns; default :data:`SUNNYBROOK`.
+    labels : {"any", "i", "o", "all"}
+        ``"any"`` keeps slices with at least one contour, ``"i"``/``"o"`` slices
+        with that contour, ``"all"`` every slice.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per record sorted by ``(patient_id, instance)``, with columns
+        ``patient_id``, ``original_id``, ``instance``, ``dicom_path``,
+        ``icontour_path``, ``ocontour_path`` (None when absent) and ``problem``
+        (None, or why the record cannot be built, e.g. a contour without its
+        DICOM). ``attrs["problems"]`` lists what was found wrong outside any
+        record (bad link rows, links leaving the root, unmatched file names).
+
+    Raises
+    ------
+    LayoutError
+        If there is no link file or it lacks the layout's columns.
+    ValueError
+        If ``labels`` is not one of the choices.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from daskmri import synth
+    >>> root = synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=6, shape=(32, 32))
+    >>> table = scan(root)
+    >>> table[["patient_id", "instance"]].values.tolist()
+    [['SYN0001', 2], ['SYN0001', 3], ['SYN0001', 4], ['SYN0001', 6]]
+    """
+    import pandas as pd  # here, not at the top: worker processes import this module
+
+    root = os.path.abspath(os.fspath(root))
+    layout = SUNNYBROOK if layout is None else layout
+    problems: list[dict] = []
+    records = list(iter_records(root, layout=layout, labels=labels, problems=problems))
     table = pd.DataFrame.from_records(records, columns=COLUMNS)
-    table = table.sort_values(["patient_id", "instance"], kind="stable", ignore_index=True)
     table["instance"] = table["instance"].astype("int64")
     for column in ("dicom_path", "icontour_path", "ocontour_path", "problem"):
         table[column] = table[column].astype(object).where(table[column].notna(), None)
