@@ -200,10 +200,12 @@ def main() -> None:
         return
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     n = np.array([r["records"] for r in rows])
-    axes[0].loglog(n, [r["seconds"] for r in rows], "o-", label="measured")
-    axes[0].loglog(n, n * rows[0]["seconds"] / n[0], "--", color="grey", label="linear")
-    axes[0].set(xlabel="records", ylabel="build wall time (s)", title="Time")
-    axes[0].legend()
+    per_k = [1000 * r["seconds"] / r["records"] for r in rows]
+    axes[0].semilogx(n, per_k, "o-")
+    for x, y, r in zip(n, per_k, rows, strict=True):
+        axes[0].annotate(f"{r['seconds']:.1f} s", (x, y), textcoords="offset points", xytext=(0, 6))
+    axes[0].set(xlabel="records", ylabel="seconds per 1,000 records", title="Time per record")
+    axes[0].set_ylim(0, max(per_k) * 1.25)
     axes[1].semilogx(n, [r["client_peak_rss_mib"] for r in rows], "o-")
     axes[1].set(xlabel="records", ylabel="client peak RSS (MiB)", title="Client memory")
     axes[1].set_ylim(bottom=0)
@@ -212,6 +214,7 @@ def main() -> None:
     for k, r in enumerate(codecs):
         axes[2].text(k, r["ratio"], f"{r['read_mib_per_s']:.0f} MiB/s", ha="center", va="bottom")
     axes[2].set(ylabel="compression ratio", title=f"Compressors ({label})")
+    axes[2].set_ylim(0, max(r["ratio"] for r in codecs) * 1.2)
     fig.tight_layout()
     fig.savefig(args.out / "scale.png", dpi=120)
     print(f"wrote {args.out / 'scale.json'} and {args.out / 'scale.png'}")

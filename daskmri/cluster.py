@@ -3,10 +3,11 @@ executor, and run a list of chunk tasks on it with an optional progress bar."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dask
@@ -77,6 +78,27 @@ def resolve_client(client: Any = None):
         f"client must be None, a distributed.Client or a scheduler address string, "
         f"got {type(client).__name__}"
     )
+
+
+@contextlib.contextmanager
+def connect(client: Any = None) -> Iterator[Any]:
+    """:func:`resolve_client` for work whose results are not left on the cluster:
+    a client made here from an address is closed on exit; a client that already
+    existed is left as it was."""
+    existing = client
+    if client is None:
+        try:
+            from distributed import default_client
+
+            existing = default_client()
+        except (ImportError, ValueError):
+            existing = None
+    resolved = resolve_client(client)
+    try:
+        yield resolved
+    finally:
+        if resolved is not None and resolved is not existing:
+            resolved.close()
 
 
 def check_scheduler(scheduler: str | None) -> None:

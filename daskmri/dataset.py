@@ -9,6 +9,7 @@ pixels on its workers, and local worker processes write them into shared slots.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -32,6 +33,7 @@ from . import __version__
 from .cluster import (
     Progress,
     check_scheduler,
+    connect,
     local_scheduler,
     process_pool,
     resolve_client,
@@ -444,7 +446,7 @@ def _plan_inputs(
     labels: str,
     names: bool = False,
     sink: Callable[[list[Record], list[int]], None] | None = None,
-    batch: int = 1 << 16,
+    batch: int = 1 << 14,
 ) -> Inputs:
     """Scan ``root`` once, fingerprinting each record; ``sink`` gets the records in
     batches (to write their identities into a new store as the scan goes)."""
@@ -721,7 +723,10 @@ def build(
     # Pass 2: stream the records again and run their chunks in waves.
     if reader is None:
         reader = functools.partial(read_record, limits=limits, shape=shape)
-    client = resolve_client(client) if scheduler is None else None
+    # A client made here from an address is closed when the build ends: nothing of
+    # the result stays on the cluster.
+    session = contextlib.ExitStack()
+    client = session.enter_context(connect(client)) if scheduler is None else None
     local = None if client is not None else local_scheduler(scheduler, n_chunks)
     pool = process_pool() if local == "processes" else None
     if client is not None:
@@ -779,6 +784,7 @@ def build(
             pool.shutdown(cancel_futures=True)
         if bar:
             bar.close()
+        session.close()
 
     # Fold the markers in, retire what no record wants, then mark the store complete.
     state = zstore.read_state(spec)

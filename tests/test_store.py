@@ -119,6 +119,24 @@ class TestRoundTrip:
         daskmri.build(damaged_root, store, labels="o", scheduler="sync")
         assert daskmri.open_dataset(store).sizes["record"] == 0
 
+    def test_many_waves(self, damaged_root, tmp_path, monkeypatch):
+        """A build runs its chunks in waves; small waves must give the same store, and an
+        update that appends across several waves too."""
+        monkeypatch.setattr(daskmri.dataset, "WAVE_CHUNKS", 1)  # waves of 4 x cores chunks
+        store = tmp_path / "ds.zarr"
+        report = daskmri.build(damaged_root, store, chunk_size=1, scheduler="threads")
+        assert report.parsed_chunks == 16
+        expected = daskmri.load_dataset(damaged_root, chunk_size=1, scheduler="sync")
+        assert_same_dataset(daskmri.open_dataset(store), expected)
+        for path in (damaged_root / "dicoms").glob("*/*.dcm"):
+            os.utime(path, ns=(0, 10**18))  # every record changed
+        report = daskmri.build(damaged_root, store, chunk_size=1, scheduler="sync", mode="update")
+        assert report.parsed_records == 16 and report.retired == 16
+        by_key = ["patient_id", "instance"]
+        ds = daskmri.open_dataset(store)
+        assert_records_equal(ds.sortby(by_key), expected.sortby(by_key))
+        assert daskmri.check(store).fresh
+
     def test_a_retried_task_rewrites_the_same_region(self, synth_root, tmp_path):
         store = tmp_path / "ds.zarr"
         daskmri.build(synth_root, store, chunk_size=4, scheduler="sync")
@@ -304,6 +322,23 @@ class TestFreshness:
 
 
 class TestCli:
+    def test_build_on_a_cluster_by_address(self, synth_root, tmp_path, local_cluster, capsys):
+        from distributed import default_client
+
+        store = tmp_path / "out.zarr"
+        argv = ["build", str(synth_root), "--out", str(store), "--chunk-size", "5"]
+        assert cli.main([*argv, "--scheduler", local_cluster.scheduler_address]) == 0
+        captured = capsys.readouterr()
+        assert "records:     16" in captured.out
+        assert "4/4 chunks" in captured.err  # the progress bar
+        assert_same_dataset(
+            daskmri.open_dataset(store),
+            daskmri.load_dataset(synth_root, chunk_size=5, scheduler="sync"),
+        )
+        # The client made for the address was closed: nothing is left of the build.
+        with pytest.raises(ValueError, match="No clients found"):
+            default_client()
+
     def test_build_prints_a_summary_and_writes_dropped_csv(self, damaged_root, tmp_path, capsys):
         (damaged_root / "dicoms" / "SYN0002" / "3.dcm").write_bytes(b"\0" * 200)
         store = tmp_path / "out.zarr"
