@@ -119,6 +119,15 @@ class TestRoundTrip:
         daskmri.build(damaged_root, store, labels="o", scheduler="sync")
         assert daskmri.open_dataset(store).sizes["record"] == 0
 
+    def test_one_task_per_chunk(self, synth_root, tmp_path):
+        from dask.callbacks import Callback
+
+        keys = []
+        with Callback(pretask=lambda key, dsk, state: keys.append(key)):
+            report = daskmri.build(synth_root, tmp_path / "ds.zarr", chunk_size=3, scheduler="sync")
+        assert report.parsed_chunks == 6
+        assert len(keys) == len(set(keys)) == 6  # one task per chunk, each run once
+
     def test_many_waves(self, damaged_root, tmp_path, monkeypatch):
         """A build runs its chunks in waves; small waves must give the same store, and an
         update that appends across several waves too."""
