@@ -354,7 +354,7 @@ def dropped(ds: xr.Dataset) -> pd.DataFrame:
     Parameters
     ----------
     ds : xarray.Dataset
-        A dataset from :func:`load_dataset`.
+        A dataset from :func:`load_dataset` or :func:`daskmri.open_dataset`.
 
     Returns
     -------
@@ -378,7 +378,8 @@ def dropped(ds: xr.Dataset) -> pd.DataFrame:
     """
     if "dropped" not in ds.attrs:
         raise ValueError(
-            "this dataset has no 'dropped' attribute: was it made by daskmri.load_dataset? "
+            "this dataset has no 'dropped' attribute: was it made by daskmri.load_dataset "
+            "or daskmri.open_dataset? "
             "(xarray operations with keep_attrs=False drop it)"
         )
     return dropped_table(json.loads(ds.attrs["dropped"]))
