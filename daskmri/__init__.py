@@ -21,6 +21,8 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 # imports daskmri.parse (numpy, pydicom) without paying for xarray and pandas.
 _EXPORTS = {
     "synth": "daskmri.synth",
+    "BatchIterator": "daskmri.batches",
+    "BatchSchema": "daskmri.batches",
     "dropped": "daskmri.dataset",
     "load_dataset": "daskmri.dataset",
     "build": "daskmri.dataset",
@@ -70,6 +72,8 @@ def __dir__() -> list[str]:
 __all__ = [
     "SERIES",
     "SUNNYBROOK",
+    "BatchIterator",
+    "BatchSchema",
     "BuildReport",
     "ContourError",
     "DaskmriError",

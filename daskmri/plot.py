@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["overlay", "overlay_grid", "write_png"]
+__all__ = ["overlay", "overlay_grid", "show", "write_png"]
 
 INNER_RGB = (255, 64, 64)
 OUTER_RGB = (64, 255, 96)
@@ -131,3 +131,72 @@ def write_png(path: str | os.PathLike[str], rgb: np.ndarray) -> None:
         fh.write(chunk(b"IHDR", header))
         fh.write(chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)))
         fh.write(chunk(b"IEND", b""))
+
+
+def show(data, records=None, *, columns: int = 4, size: float = 2.5):
+    """Overlays for a notebook: image, i-contour (red) and o-contour (green) outlines.
+
+    Parameters
+    ----------
+    data : xarray.Dataset or dict
+        A daskmri dataset, or a batch from :class:`daskmri.BatchIterator`.
+    records : sequence of int, optional
+        Which records (positions); default the first 8.
+    columns : int
+        Pictures per row.
+    size : float
+        Inches per picture.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    MissingExtraError
+        Without matplotlib (``pip install 'daskmri[plot]'``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> batch = {"image": np.zeros((2, 8, 8), np.float32), "icontour": np.ones((2, 8, 8), bool),
+    ...          "ocontour": np.zeros((2, 8, 8), bool), "patient_id": np.array(["P", "P"]),
+    ...          "instance": np.array([1, 2])}
+    >>> fig = show(batch)  # doctest: +SKIP
+    """
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from .errors import MissingExtraError
+
+        raise MissingExtraError("matplotlib", "plot", "daskmri.plot.show") from None
+    if isinstance(data, dict):
+        n = len(data["image"])
+        get = {k: np.asarray(v) for k, v in data.items()}
+    else:
+        n = data.sizes["record"]
+        get = None
+    records = list(range(min(8, n)) if records is None else records)
+    if not records:
+        raise ValueError("no records to draw")
+    if get is None:
+        sub = data[["image", "icontour", "ocontour", "has_icontour", "has_ocontour"]]
+        sub = sub.isel(record=records).compute()
+        get = {name: sub[name].values for name in sub.variables}
+        rows_of = range(len(records))
+    else:
+        rows_of = records
+    columns = max(1, min(columns, len(records)))
+    nrows = -(-len(records) // columns)
+    fig, axes = plt.subplots(nrows, columns, figsize=(size * columns, size * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, k in zip(axes.flat, rows_of, strict=False):
+        inner, outer = get["icontour"][k], get["ocontour"][k]
+        if "has_icontour" in get:
+            inner = inner if get["has_icontour"][k] else None
+            outer = outer if get["has_ocontour"][k] else None
+        ax.imshow(overlay(get["image"][k], inner, outer))
+        ax.set_title(f"{get['patient_id'][k]} / {get['instance'][k]}", fontsize=8)
+    fig.tight_layout()
+    return fig

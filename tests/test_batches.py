@@ -1,0 +1,358 @@
+"""BatchIterator: exactly once, deterministic, resumable, bounded, and nothing left behind."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import tracemalloc
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+import daskmri
+from daskmri import BatchIterator, BatchSchema, DaskmriError
+
+from .conftest import SHAPE
+
+N_RECORDS = 16  # in the session's synthetic dataset (labels="any")
+
+
+def keys(batch) -> list[tuple[str, int]]:
+    """(patient_id, instance) of each record of a batch (or of a dataset)."""
+    patients, instances = np.asarray(batch["patient_id"]), np.asarray(batch["instance"])
+    return list(zip(patients.tolist(), instances.tolist(), strict=True))
+
+
+def prefetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("daskmri-prefetch")]
+
+
+@pytest.fixture(scope="module")
+def reference(synth_root):
+    """The dataset in memory (numpy), the truth every batch is compared with."""
+    return daskmri.load_dataset(synth_root, chunk_size=3, scheduler="sync").compute()
+
+
+@pytest.fixture(scope="module")
+def zarr_ds(synth_root, tmp_path_factory):
+    store = tmp_path_factory.mktemp("batches") / "ds.zarr"
+    daskmri.build(synth_root, store, chunk_size=3, scheduler="sync")
+    return daskmri.open_dataset(store)
+
+
+@pytest.fixture(params=["memory", "dask", "zarr"])
+def ds(request, reference, synth_root, zarr_ds):
+    if request.param == "memory":
+        return reference
+    if request.param == "dask":
+        return daskmri.load_dataset(synth_root, chunk_size=3, scheduler="sync")
+    return zarr_ds
+
+
+def assert_batch_is_true(batch, reference) -> None:
+    """Every array of the batch equals the dataset at the batch's records."""
+    index = {k: i for i, k in enumerate(keys(reference))}
+    rows = [index[k] for k in keys(batch)]
+    for name in ("image", "icontour", "ocontour"):
+        np.testing.assert_array_equal(batch[name], reference[name].values[rows])
+    assert batch["image"].dtype == np.float32 and batch["icontour"].dtype == bool
+
+
+class TestEpoch:
+    def test_exactly_once_and_true(self, ds, reference):
+        with BatchIterator(ds, batch_size=5, seed=1) as it:
+            batches = list(it)
+        assert len(batches) == len(it) == 4  # 16 records: 5 + 5 + 5 + 1
+        assert [len(b["instance"]) for b in batches] == [5, 5, 5, 1]
+        served = [k for b in batches for k in keys(b)]
+        assert sorted(served) == sorted(keys(reference))
+        for batch in batches:
+            assert_batch_is_true(batch, reference)
+
+    def test_drop_last(self, reference):
+        it = BatchIterator(reference, batch_size=5, seed=1, drop_last=True)
+        batches = list(it)
+        assert len(batches) == len(it) == 3
+        served = [k for b in batches for k in keys(b)]
+        assert len(served) == len(set(served)) == 15
+
+    def test_same_seed_same_order_and_epochs_differ(self, ds):
+        first = [keys(b) for b in BatchIterator(ds, batch_size=4, seed=7)]
+        again = [keys(b) for b in BatchIterator(ds, batch_size=4, seed=7)]
+        assert first == again
+        it = BatchIterator(ds, batch_size=4, seed=7)
+        epoch0, epoch1 = [keys(b) for b in it], [keys(b) for b in it]
+        assert it.epoch == 2
+        assert epoch0 == first and epoch1 != epoch0
+        assert sorted(k for b in epoch1 for k in b) == sorted(k for b in epoch0 for k in b)
+        assert [keys(b) for b in BatchIterator(ds, batch_size=4, seed=8)] != first
+
+    def test_epoch_can_be_set(self, reference):
+        it = BatchIterator(reference, batch_size=4, seed=7)
+        list(it)
+        second = [keys(b) for b in it]
+        it.epoch = 1
+        assert [keys(b) for b in it] == second
+
+    def test_no_shuffle_is_dataset_order(self, reference):
+        batches = list(BatchIterator(reference, batch_size=6, shuffle=False))
+        assert [k for b in batches for k in keys(b)] == keys(reference)
+
+    def test_variables(self, reference):
+        (batch, *_) = BatchIterator(reference, batch_size=4, variables=["image", "has_icontour"])
+        assert sorted(batch) == ["has_icontour", "image", "instance", "patient_id"]
+        with pytest.raises(ValueError, match="no \\['nope'\\]"):
+            BatchIterator(reference, variables=["nope"])
+
+    def test_a_batch_mixes_chunks(self, reference):
+        """Statistic: the share of a batch taken by its most common chunk, averaged over
+        batches. Batches of 3 drawn from a window of 4 chunks of 3 records: all three from
+        one chunk has probability 4/220, all from different chunks 108/220, so the share
+        averages 0.51 (a little more here, where the last window of each epoch is smaller);
+        batches of one chunk each score 1.0, and shuffle_chunks=1 nearly does (window =
+        chunk = batch, except after the dataset's one short chunk shifts the alignment).
+        Threshold 0.7, averaged over 20 epochs (about 120 batches)."""
+
+        def mean_max_share(shuffle_chunks: int) -> float:
+            chunk_of = {k: i // 3 for i, k in enumerate(keys(reference))}
+            it = BatchIterator(reference, batch_size=3, seed=3, shuffle_chunks=shuffle_chunks)
+            shares = []
+            for _ in range(20):
+                for batch in it:
+                    counts = np.bincount([chunk_of[k] for k in keys(batch)])
+                    shares.append(counts.max() / len(batch["instance"]))
+            return float(np.mean(shares))
+
+        assert mean_max_share(4) < 0.7
+        assert mean_max_share(1) >= 0.85
+
+
+class TestResume:
+    @pytest.mark.parametrize("stop_after", [0, 1, 2, 3, 4])
+    def test_resume_mid_epoch_gives_the_rest(self, ds, stop_after):
+        full = BatchIterator(ds, batch_size=3, seed=11, shuffle_chunks=2)
+        list(full)  # epoch 0
+        expected = list(full)  # epoch 1, uninterrupted
+        it = BatchIterator(ds, batch_size=3, seed=11, shuffle_chunks=2)
+        list(it)
+        epoch = iter(it)
+        for _ in range(stop_after):
+            next(epoch)
+        state = it.state_dict()
+        it.close()
+
+        resumed = BatchIterator(ds, batch_size=3, seed=999, shuffle_chunks=2)
+        resumed.load_state_dict(state)
+        rest = list(resumed)
+        assert len(rest) == len(expected) - stop_after
+        for got, want in zip(rest, expected[stop_after:], strict=True):
+            assert keys(got) == keys(want)
+            for name in ("image", "icontour", "ocontour"):
+                np.testing.assert_array_equal(got[name], want[name])
+        assert resumed.epoch == 2 and resumed.state_dict()["batch"] == 0
+
+    def test_state_from_other_settings_is_refused(self, reference):
+        state = BatchIterator(reference, batch_size=3).state_dict()
+        with pytest.raises(ValueError, match="batch_size=3"):
+            BatchIterator(reference, batch_size=4).load_state_dict(state)
+
+
+class TestSchema:
+    def test_plan_covers_every_record_once_for_many_shapes(self):
+        for chunks in [(1,), (5, 5, 2), (64,) * 7 + (3,), (0, 4, 0, 4)]:
+            for bs in (1, 3, 8):
+                for window in (1, 2, 4):
+                    schema = BatchSchema(
+                        chunks=chunks, batch_size=bs, seed=2, shuffle_chunks=window
+                    )
+                    batches = list(schema.batches(epoch=5))
+                    assert len(batches) == len(schema)
+                    flat = np.concatenate(batches)
+                    assert sorted(flat.tolist()) == list(range(sum(chunks)))
+
+    def test_bad_arguments(self):
+        with pytest.raises(ValueError, match="batch_size"):
+            BatchSchema(chunks=(3,), batch_size=0)
+        with pytest.raises(ValueError, match="shuffle_chunks"):
+            BatchSchema(chunks=(3,), shuffle_chunks=0)
+
+
+def lazy_dataset(n: int, chunk: int = 64, size: int = 64) -> xr.Dataset:
+    """A dask-backed daskmri-like dataset computed on demand, nothing in memory: record
+    k's image is all k, its masks true where k is even or a multiple of 3."""
+    index = da.arange(n, chunks=chunk, dtype=np.float32)[:, None, None]
+    image = index * da.ones((1, size, size), dtype=np.float32, chunks=(1, size, size))
+    return xr.Dataset(
+        {"image": (("record", "y", "x"), image),
+         "icontour": (("record", "y", "x"), image % 2 == 0),
+         "ocontour": (("record", "y", "x"), image % 3 == 0)},
+        coords={"patient_id": ("record", np.array(["P"] * n)),
+                "instance": ("record", np.arange(n))},
+    )  # fmt: skip
+
+
+def test_memory_is_bounded_by_the_window_not_the_dataset():
+    def peak(n: int) -> int:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            for batch in BatchIterator(lazy_dataset(n), batch_size=8, seed=0):
+                # The pixels are right, so the lazy dataset really was computed.
+                assert (batch["image"][:, 0, 0] == batch["instance"]).all()
+                del batch
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(2_000), peak(20_000)
+    # (shuffle_chunks + prefetch) chunks of 64 x 64 x 64 x 6 bytes, ~9 MB, either way;
+    # what grows with the dataset is its task graph (~1 KB a chunk, no pixels).
+    assert large < 1.2 * small, (small, large)
+
+
+class Flaky:
+    """Fails the first ``failures`` calls (counted in a file, so retries are visible)."""
+
+    def __init__(self, path, failures: int, delay: float = 0.0) -> None:
+        self.path, self.failures, self.delay = path, failures, delay
+
+    def __call__(self, block):
+        with open(self.path, "a") as fh:
+            fh.write("x")
+        time.sleep(self.delay)
+        if len(self.path.read_text()) <= self.failures:
+            raise OSError("stub read failure")
+        return block
+
+
+class TestFailures:
+    def _ds(self, fn):
+        ds = lazy_dataset(128, chunk=64, size=8)
+        # A copy of the image graph that goes through fn, block by block.
+        return ds.assign(image=ds.image.copy(data=ds.image.data.map_blocks(fn, dtype=np.float32)))
+
+    def test_a_failed_fetch_is_retried(self, tmp_path):
+        ds = self._ds(Flaky(tmp_path / "calls", failures=1))
+        batches = list(BatchIterator(ds, batch_size=8, seed=0, prefetch=0))
+        assert sum(len(b["instance"]) for b in batches) == 128
+
+    def test_a_fetch_that_keeps_failing_is_raised_clearly(self, tmp_path):
+        ds = self._ds(Flaky(tmp_path / "calls", failures=10**6))
+        it = BatchIterator(ds, batch_size=8, seed=0, retries=2)
+        with pytest.raises(DaskmriError, match="after 3 tries: OSError: stub read failure"):
+            list(it)
+        assert not prefetch_threads()
+
+    def test_a_fetch_that_hangs_times_out(self, tmp_path):
+        ds = self._ds(Flaky(tmp_path / "calls", failures=0, delay=1.5))
+        it = BatchIterator(ds, batch_size=8, seed=0, timeout=0.2)
+        started = time.monotonic()
+        with pytest.raises(DaskmriError, match=r"did not arrive within 0\.2 s"):
+            list(it)
+        assert time.monotonic() - started < 30
+
+
+class TestRelease:
+    def test_break_exception_and_close_leave_no_threads(self, zarr_ds):
+        it = BatchIterator(zarr_ds, batch_size=2, seed=0)
+        for _ in it:
+            assert prefetch_threads()
+            break
+        gc.collect()
+        assert not prefetch_threads()
+
+        def train():
+            for _ in it:
+                raise RuntimeError("training failed")
+
+        with pytest.raises(RuntimeError):
+            train()
+        gc.collect()
+        assert not prefetch_threads()
+
+        with BatchIterator(zarr_ds, batch_size=2, seed=0) as it:
+            epoch = iter(it)
+            next(epoch)
+            assert prefetch_threads()
+        assert not prefetch_threads()
+        with pytest.raises(DaskmriError, match="closed"):
+            iter(it)
+
+
+def scheduler_tasks(client) -> int:
+    return client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+
+
+def wait_for(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+class TestCluster:
+    @pytest.fixture(params=["persisted", "zarr"])
+    def cluster_ds(self, request, client, synth_root, zarr_ds):
+        if request.param == "persisted":
+            return daskmri.load_dataset(synth_root, chunk_size=3, client=client)
+        return zarr_ds
+
+    def test_epoch_resume_and_truth_through_a_local_cluster(self, cluster_ds, client, reference):
+        it = BatchIterator(cluster_ds, batch_size=5, seed=4, client=client)
+        assert it.client is client
+        batches = list(it)
+        assert sorted(k for b in batches for k in keys(b)) == sorted(keys(reference))
+        for batch in batches:
+            assert_batch_is_true(batch, reference)
+        local = [keys(b) for b in BatchIterator(reference, batch_size=5, seed=4)]
+        assert [keys(b) for b in batches] == local  # same plan, wherever it runs
+
+        epoch = iter(it)
+        next(epoch)
+        state = it.state_dict()
+        it.close()
+        resumed = BatchIterator(cluster_ds, batch_size=5, seed=0, client=client)
+        resumed.load_state_dict(state)
+        full = BatchIterator(reference, batch_size=5, seed=4)
+        list(full)  # epoch 0; the state above was taken one batch into epoch 1
+        expected = [keys(b) for b in full]
+        assert [keys(b) for b in resumed] == expected[1:]
+
+    def test_early_break_releases_every_future(self, cluster_ds, client):
+        before = scheduler_tasks(client)
+        it = BatchIterator(cluster_ds, batch_size=2, seed=0, client=client, prefetch=3)
+        for _ in it:
+            break
+        gc.collect()
+        assert wait_for(lambda: scheduler_tasks(client) == before), (
+            scheduler_tasks(client),
+            before,
+        )
+
+        def train():
+            for _ in BatchIterator(cluster_ds, batch_size=2, seed=0, client=client):
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            train()
+        gc.collect()
+        assert wait_for(lambda: scheduler_tasks(client) == before)
+
+        with BatchIterator(cluster_ds, batch_size=2, seed=0, client=client) as it:
+            next(iter(it))
+        assert wait_for(lambda: scheduler_tasks(client) == before)
+
+    def test_persisted_dataset_uses_its_cluster_by_default(self, synth_root, client):
+        ds = daskmri.load_dataset(synth_root, chunk_size=3, client=client)
+        assert BatchIterator(ds).client is client
+
+
+def test_shape_of_batches(reference):
+    (batch, *_) = BatchIterator(reference, batch_size=4, seed=0)
+    assert batch["image"].shape == (4, *SHAPE)
+    assert batch["patient_id"].dtype.kind == "U" and batch["instance"].dtype == np.int64
