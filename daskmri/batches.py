@@ -1,17 +1,20 @@
 """Random batches for a training loop: :class:`BatchSchema` plans an epoch,
 :class:`BatchIterator` loads it, chunk by chunk, with futures fetched ahead.
 
-The plan is pure (xbatcher's split): for epoch ``e`` the chunks are visited in a
-random order seeded by ``(seed, e)``; consecutive groups of ``shuffle_chunks``
-chunks form a *window*, whose records are shuffled together (seeded by
-``(seed, e, window)``), and the epoch's record stream is the windows one after
-the other, cut into batches. Every record appears exactly once per epoch, and a
-batch position always maps to the same records, which is what makes resuming
-mid-epoch exact.
+The plan is pure (xbatcher's split). For epoch ``e`` the chunks are visited in a
+random order seeded by ``(seed, e)``. Each chunk's records are shuffled and dealt
+out in ``shuffle_chunks`` parts over as many consecutive *steps*; a step serves
+one part of each of the ``shuffle_chunks`` chunks it overlaps, shuffled together,
+and the epoch's record stream is the steps one after the other, cut into batches.
+So a batch mixes records from several chunks, every record appears exactly once
+per epoch, and a batch position always maps to the same records, which is what
+makes resuming mid-epoch exact.
 
-The iterator holds the current window and at most ``prefetch`` chunks fetched
+Each step needs one new chunk and finishes one old one, so the iterator holds
+``shuffle_chunks`` chunks being served plus at most ``prefetch`` chunks fetched
 ahead: memory is bounded by ``shuffle_chunks + prefetch`` chunks, whatever the
-size of the dataset.
+size of the dataset, and every new chunk is asked for ``prefetch`` steps before
+it is needed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
+import queue
+import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -50,11 +55,11 @@ class BatchSchema:
     batch_size : int
         Records per batch.
     shuffle : bool
-        Visit chunks in a random order and shuffle records within windows.
+        Visit chunks in a random order and shuffle records across chunks.
     seed : int
         Seed of every random choice; epoch ``e`` uses ``(seed, e)``.
     shuffle_chunks : int
-        Chunks per window: records are shuffled across this many chunks.
+        Chunks mixed at each step: records are shuffled across this many chunks.
     drop_last : bool
         Leave out the last batch of an epoch when it is short.
 
@@ -97,29 +102,68 @@ class BatchSchema:
         n, b = self.n_records, self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
-    def windows(self, epoch: int) -> list[np.ndarray]:
-        """The chunk indices of each window of ``epoch``, in visiting order."""
+    @property
+    def span(self) -> int:
+        """Chunks mixed at each step (1 when not shuffling)."""
+        return self.shuffle_chunks if self.shuffle else 1
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The chunks in visiting order (empty chunks hold nothing and are skipped)."""
         order = np.arange(len(self.chunks))
         if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(order)
-        order = order[np.asarray(self.chunks)[order] > 0]  # empty chunks hold nothing
-        step = self.shuffle_chunks
-        return [order[i : i + step] for i in range(0, len(order), step)]
+            order = np.random.default_rng([self.seed, epoch, 0]).permutation(order)
+        return order[np.asarray(self.chunks, dtype=np.int64)[order] > 0]
 
-    def window_records(self, epoch: int, window: int, chunks: np.ndarray) -> np.ndarray:
-        """The records of a window in the order they are served (global indices)."""
-        starts = self.starts
-        records = np.concatenate(
-            [np.arange(starts[c], starts[c] + self.chunks[c]) for c in chunks]
-        ).astype(np.int64)
+    def n_steps(self, epoch: int) -> int:
+        k = len(self.order(epoch))
+        return k + self.span - 1 if k else 0
+
+    def _part_sizes(self, size: int) -> np.ndarray:
+        span = self.span
+        return np.full(span, size // span) + (np.arange(span) < size % span)
+
+    def step_sizes(self, epoch: int) -> np.ndarray:
+        """Records served at each step, known without loading anything."""
+        order, span = self.order(epoch), self.span
+        sizes = np.zeros(self.n_steps(epoch), dtype=np.int64)
+        for k, chunk in enumerate(order):
+            sizes[k : k + span] += self._part_sizes(self.chunks[chunk])
+        return sizes
+
+    def step(self, epoch: int, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """The records of step ``t``, in serving order: for each, the position of its
+        chunk in :meth:`order` and its row within that chunk.
+
+        Chunk ``order[k]`` is shuffled once (seeded by its position) and dealt out
+        in ``span`` parts over steps ``k .. k + span - 1``; step ``t`` serves part
+        ``t - k`` of each of the ``span`` chunks it overlaps, shuffled together.
+        So each step needs one new chunk, and a chunk is done ``span`` steps later.
+        """
+        order, span = self.order(epoch), self.span
+        positions, rows = [], []
+        for k in range(max(0, t - span + 1), min(t, len(order) - 1) + 1):
+            size = self.chunks[order[k]]
+            chunk_rows = np.arange(size)
+            if self.shuffle:
+                chunk_rows = np.random.default_rng([self.seed, epoch, 1, k]).permutation(size)
+            ends = np.cumsum(self._part_sizes(size))
+            part = t - k
+            chunk_rows = chunk_rows[ends[part] - self._part_sizes(size)[part] : ends[part]]
+            positions.append(np.full(len(chunk_rows), k, dtype=np.int64))
+            rows.append(chunk_rows.astype(np.int64))
+        positions = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         if self.shuffle:
-            records = np.random.default_rng([self.seed, epoch, window]).permutation(records)
-        return records
+            mix = np.random.default_rng([self.seed, epoch, 2, t]).permutation(len(rows))
+            positions, rows = positions[mix], rows[mix]
+        return positions, rows
 
     def batches(self, epoch: int) -> Iterator[np.ndarray]:
         """The records of each batch of ``epoch`` (global indices)."""
+        order, starts = self.order(epoch), self.starts
         stream = [
-            self.window_records(epoch, w, chunks) for w, chunks in enumerate(self.windows(epoch))
+            starts[order[positions]] + rows
+            for positions, rows in (self.step(epoch, t) for t in range(self.n_steps(epoch)))
         ]
         records = np.concatenate(stream) if stream else np.zeros(0, np.int64)
         for k in range(len(self)):
@@ -218,7 +262,7 @@ class BatchIterator:
     batch_size : int
         Records per batch.
     shuffle : bool
-        Random chunk order and shuffling within windows; False serves records in
+        Random chunk order and shuffling across chunks; False serves records in
         dataset order.
     seed : int, optional
         Seed of the whole sequence of epochs; random when None (and then kept in
@@ -226,7 +270,7 @@ class BatchIterator:
     prefetch : int
         Chunks fetched ahead, as futures.
     shuffle_chunks : int
-        Chunks per shuffling window: a batch mixes records from this many chunks.
+        Chunks mixed at each step: a batch draws from this many chunks.
     drop_last : bool
         Leave out the last, short, batch of each epoch.
     variables : sequence of str, optional
@@ -393,140 +437,199 @@ class BatchIterator:
 
 
 class _Epoch:
-    """One pass over the data: an iterator that owns its futures and threads."""
+    """One pass over the data. A background thread assembles the batches (a copy of
+    each record, which numpy does without holding the GIL) into a small queue while
+    the training step runs, so ``next()`` only takes a batch that is ready."""
 
     def __init__(self, owner: BatchIterator, epoch: int, position: int) -> None:
         self.owner = owner
         self.epoch = epoch
-        self.schema = owner.schema
-        self._gen = self._run(position)
+        self.position = position
+        self._queue: queue.Queue = queue.Queue(maxsize=READY_BATCHES)
+        self._stop = threading.Event()
+        # The thread holds the generator, not this object: dropping the epoch (a
+        # `break`) lets __del__ stop the thread.
+        self._thread = threading.Thread(
+            target=_produce,
+            args=(_batches(owner, epoch, position), self._queue, self._stop),
+            name="daskmri-prefetch-batches",
+            daemon=True,
+        )
+        self._started = False
+        self._finished = False
 
     def __iter__(self) -> _Epoch:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        return next(self._gen)
+        if self._finished:
+            raise StopIteration
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        while True:
+            try:
+                kind, value = self._queue.get(timeout=POLL)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    self._finished = True
+                    raise DaskmriError("the batch thread stopped unexpectedly") from None
+        if kind == "batch":
+            self.position += 1
+            self.owner._position = self.position
+            return value
+        self._finished = True
+        self._join()
+        if kind == "error":
+            raise value
+        self.owner.epoch = self.epoch + 1
+        self.owner._position = 0
+        raise StopIteration
 
     def close(self) -> None:
-        self._gen.close()
+        self._finished = True
+        self._stop.set()
+        self._join()
+
+    def _join(self) -> None:
+        if self._started and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.owner.timeout + 10)
 
     def __del__(self) -> None:
-        self._gen.close()
+        with contextlib.suppress(Exception):
+            self.close()
 
-    def _run(self, position: int) -> Iterator[dict[str, np.ndarray]]:
-        owner, schema = self.owner, self.schema
-        batch_size = schema.batch_size
-        windows = schema.windows(self.epoch)
-        sizes = [int(sum(schema.chunks[c] for c in w)) for w in windows]
-        ends = np.cumsum(sizes)
-        skip = position * batch_size  # records already served this epoch
-        first = int(np.searchsorted(ends, skip, side="right")) if len(ends) else 0
-        skip -= int(ends[first - 1]) if first else 0
-        order = [int(c) for w in windows[first:] for c in w]
-        needed_by = np.cumsum([len(w) for w in windows[first:]])
-        starts = schema.starts
-        fetcher = _Fetcher(owner.ds, owner.variables, owner.client, max(1, owner.prefetch))
-        pending: collections.deque = collections.deque()  # (chunk, future), in order
-        submitted = 0
 
-        def submit_until(count: int) -> None:
-            nonlocal submitted
-            while submitted < min(count, len(order)):
-                c = order[submitted]
-                pending.append((c, fetcher.submit(c, starts[c], starts[c] + schema.chunks[c])))
-                submitted += 1
+#: Batches assembled ahead of the training loop, and how often waits look up.
+READY_BATCHES = 2
+POLL = 0.1
 
-        carry: dict[str, np.ndarray] | None = None
-        served = position
-        try:
-            for w, window in enumerate(windows[first:], start=first):
-                # This window, plus `prefetch` chunks of what follows.
-                submit_until(int(needed_by[w - first]) + owner.prefetch)
-                loaded = [self._take(fetcher, pending, starts) for _ in window]
-                records = schema.window_records(self.epoch, w, window)
-                offsets = np.concatenate([[0], np.cumsum([schema.chunks[c] for c in window])])
-                rows = _local_positions(records, window, starts, offsets)[skip:]
-                skip = 0
-                part = np.searchsorted(offsets, rows, side="right") - 1
-                local = rows - offsets[part]
-                n, i = len(rows), 0
-                if carry is not None:
-                    # A batch that straddles two windows.
-                    i = min(batch_size - len(carry["instance"]), n)
-                    head = _assemble(loaded, part[:i], local[:i])
-                    carry = {name: np.concatenate([carry[name], head[name]]) for name in head}
-                    if len(carry["instance"]) < batch_size:
-                        continue
-                    served += 1
-                    owner._position = served
-                    yield carry
-                    carry = None
-                while i + batch_size <= n:
-                    batch = _assemble(loaded, part[i : i + batch_size], local[i : i + batch_size])
-                    served += 1
-                    owner._position = served
-                    yield batch
-                    i += batch_size
-                if i < n:
-                    carry = _assemble(loaded, part[i:], local[i:])
-                del loaded
-            if carry is not None and not schema.drop_last:
-                served += 1
-                owner._position = served
-                yield carry
-            owner.epoch = self.epoch + 1
-            owner._position = 0
-        finally:
-            for _, future in pending:
-                fetcher.release(future)
-            pending.clear()
-            fetcher.close()
 
-    def _take(self, fetcher: _Fetcher, pending: collections.deque, starts) -> dict:
-        owner = self.owner
-        chunk, future = pending.popleft()
-        start, stop = int(starts[chunk]), int(starts[chunk] + self.schema.chunks[chunk])
-        for attempt in range(owner.retries + 1):
+def _produce(batches: Iterator[dict], ready: queue.Queue, stop: threading.Event) -> None:
+    """The batch thread: run the epoch's generator into ``ready`` until it ends, fails
+    or is told to stop; closing the generator releases its futures and threads."""
+
+    def put(item) -> bool:
+        while not stop.is_set():
             try:
-                values = fetcher.result(future, start, stop, owner.timeout)
-                fetcher.release(future)
-                return values
-            except concurrent.futures.TimeoutError:
-                fetcher.release(future)
+                ready.put(item, timeout=POLL)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        for batch in batches:
+            if not put(("batch", batch)):
+                return
+        put(("end", None))
+    except BaseException as exc:  # handed to the consumer, raised there
+        put(("error", exc))
+    finally:
+        batches.close()
+
+
+def _batches(owner: BatchIterator, epoch: int, position: int) -> Iterator[dict[str, np.ndarray]]:
+    """The batches of ``epoch`` from batch ``position`` on: the plan, loaded."""
+    schema = owner.schema
+    batch_size, span = schema.batch_size, schema.span
+    order, starts = schema.order(epoch), schema.starts
+    ends = np.cumsum(schema.step_sizes(epoch))
+    skip = position * batch_size  # records already served this epoch
+    first = int(np.searchsorted(ends, skip, side="right")) if len(ends) else 0
+    skip -= int(ends[first - 1]) if first else 0
+    fetcher = _Fetcher(owner.ds, owner.variables, owner.client, max(1, owner.prefetch))
+    pending: collections.deque = collections.deque()  # (position in order, future)
+    loaded: dict[int, dict[str, np.ndarray]] = {}
+    submitted = max(0, first - span + 1)  # the chunks the first step needs, onward
+
+    def submit_until(k_last: int) -> None:
+        nonlocal submitted
+        while submitted <= min(k_last, len(order) - 1):
+            c = int(order[submitted])
+            future = fetcher.submit(c, starts[c], starts[c] + schema.chunks[c])
+            pending.append((submitted, future))
+            submitted += 1
+
+    carry: dict[str, np.ndarray] | None = None
+    try:
+        for t in range(first, len(ends)):
+            # This step's new chunk, plus `prefetch` chunks after it.
+            submit_until(t + owner.prefetch)
+            while pending and pending[0][0] <= t:
+                k, future = pending.popleft()
+                loaded[k] = _take(owner, fetcher, int(order[k]), future)
+            positions, rows = schema.step(epoch, t)
+            positions, rows = positions[skip:], rows[skip:]
+            skip = 0
+            n, i = len(rows), 0
+            if carry is not None:
+                # A batch that straddles two steps.
+                i = min(batch_size - len(carry["instance"]), n)
+                head = _assemble(loaded, positions[:i], rows[:i])
+                carry = {name: np.concatenate([carry[name], head[name]]) for name in head}
+                if len(carry["instance"]) < batch_size:
+                    loaded.pop(t - span + 1, None)
+                    continue
+                yield carry
+                carry = None
+            while i + batch_size <= n:
+                yield _assemble(loaded, positions[i : i + batch_size], rows[i : i + batch_size])
+                i += batch_size
+            if i < n:
+                carry = _assemble(loaded, positions[i:], rows[i:])
+            # Chunk t - span + 1 has served its last part.
+            loaded.pop(t - span + 1, None)
+        if carry is not None and not schema.drop_last:
+            yield carry
+    finally:
+        for _, future in pending:
+            fetcher.release(future)
+        pending.clear()
+        loaded.clear()
+        fetcher.close()
+
+
+def _take(owner: BatchIterator, fetcher: _Fetcher, chunk: int, future) -> dict:
+    """Chunk ``chunk``'s arrays from its future: retried, and bounded in time."""
+    start = int(owner.schema.starts[chunk])
+    stop = start + int(owner.schema.chunks[chunk])
+    for attempt in range(owner.retries + 1):
+        try:
+            values = fetcher.result(future, start, stop, owner.timeout)
+            fetcher.release(future)
+            return values
+        except concurrent.futures.TimeoutError:
+            fetcher.release(future)
+            raise DaskmriError(
+                f"records {start}:{stop} (chunk {chunk}) did not arrive within "
+                f"{owner.timeout:g} s; is the cluster alive? (BatchIterator(timeout=...))"
+            ) from None
+        except Exception as exc:
+            fetcher.release(future)
+            if attempt == owner.retries:
                 raise DaskmriError(
-                    f"records {start}:{stop} (chunk {chunk}) did not arrive within "
-                    f"{owner.timeout:g} s; is the cluster alive? (BatchIterator(timeout=...))"
-                ) from None
-            except Exception as exc:
-                fetcher.release(future)
-                if attempt == owner.retries:
-                    raise DaskmriError(
-                        f"could not load records {start}:{stop} (chunk {chunk}) after "
-                        f"{owner.retries + 1} tries: {type(exc).__name__}: {exc}"
-                    ) from exc
-                logger.warning("fetching chunk %d failed (%s); trying again", chunk, exc)
-                future = fetcher.submit(chunk, start, stop)
-        raise AssertionError("unreachable")  # pragma: no cover
+                    f"could not load records {start}:{stop} (chunk {chunk}) after "
+                    f"{owner.retries + 1} tries: {type(exc).__name__}: {exc}"
+                ) from exc
+            logger.warning("fetching chunk %d failed (%s); trying again", chunk, exc)
+            future = fetcher.submit(chunk, start, stop)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _local_positions(records, window, starts, offsets) -> np.ndarray:
-    """Map global record indices of a window to rows of the window's concatenated data."""
-    positions = np.empty(len(records), dtype=np.int64)
-    for j, c in enumerate(window):
-        lo, hi = starts[c], starts[c] + (offsets[j + 1] - offsets[j])
-        inside = (records >= lo) & (records < hi)
-        positions[inside] = records[inside] - lo + offsets[j]
-    return positions
-
-
-def _assemble(loaded: list[dict], part: np.ndarray, local: np.ndarray) -> dict[str, np.ndarray]:
-    """A batch: record ``local[k]`` of chunk ``part[k]``, for each k, copied once into
-    fresh arrays that the caller may keep."""
-    out = {}
-    for name, first in loaded[0].items():
-        out[name] = np.empty((len(part), *first.shape[1:]), dtype=first.dtype)
-    for k, (j, r) in enumerate(zip(part.tolist(), local.tolist(), strict=True)):
-        chunk = loaded[j]
+def _assemble(
+    loaded: dict[int, dict], positions: np.ndarray, rows: np.ndarray
+) -> dict[str, np.ndarray]:
+    """A batch: row ``rows[j]`` of loaded chunk ``positions[j]``, for each j, copied once
+    into fresh arrays that the caller may keep."""
+    first = next(iter(loaded.values()))
+    out = {
+        name: np.empty((len(rows), *values.shape[1:]), dtype=values.dtype)
+        for name, values in first.items()
+    }
+    for j, (k, r) in enumerate(zip(positions.tolist(), rows.tolist(), strict=True)):
+        chunk = loaded[k]
         for name, values in out.items():
-            values[k] = chunk[name][r]
+            values[j] = chunk[name][r]
     return out

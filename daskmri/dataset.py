@@ -336,7 +336,10 @@ def load_dataset(
         # Persist the per-variable pieces, then drop the whole-chunk results: each
         # chunk's pixels are then held once, on the worker that parsed them.
         ds = client.persist(ds)
-        wait(futures_of(ds))
+        # As the current client: wait() would otherwise look for a default one, and
+        # the caller's client need not be the default.
+        with client.as_current():
+            wait(futures_of(ds))
         del results
     logger.info(
         "loaded %d records (%d dropped) from %s in %.2f s",
@@ -633,10 +636,13 @@ def build(
     if mode == "overwrite":
         spec.remove()
     attrs = zstore.read_attrs(spec) if spec.exists() else None
-    if attrs is not None and not attrs.get("planned"):
-        # Killed while planning, before anything was parsed: start again.
+    if attrs is not None and (not attrs.get("planned") or attrs.get("shape") == [0, 0]):
+        # Killed while planning, before anything was parsed, or built from a folder with
+        # no records (so with no image size): nothing to keep, start again.
         spec.remove()
         attrs = None
+    if attrs is not None:
+        zstore.repair(spec)
     if attrs is not None:
         _check_settings(
             attrs, chunk_size=chunk_size, labels=labels, layout=layout, shape=shape, url=spec.url
@@ -808,6 +814,7 @@ def build(
             "dropped": json.dumps(rows),
             "input_fingerprint": inputs.fingerprint,
             "updated": _now(),
+            "build_id": uuid.uuid4().hex,
             "complete": True,  # last: everything above is in place
         }
     )

@@ -24,6 +24,7 @@ and pandas are imported only inside the functions that need them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -46,8 +47,9 @@ __all__ = ["Freshness", "StoreSpec", "check", "open_dataset"]
 
 logger = logging.getLogger(__name__)
 
-#: Bumped when the layout of a store changes incompatibly.
-FORMAT = 1
+#: Bumped when the layout of a store changes incompatibly. 2: original_id in the
+#: record fingerprints, the ``planned`` and ``build_id`` attributes.
+FORMAT = 2
 
 PENDING, OK, DROPPED, RETIRED = 0, 1, 2, 3
 STATUS_NAMES = {PENDING: "pending", OK: "ok", DROPPED: "dropped", RETIRED: "retired"}
@@ -118,8 +120,13 @@ class StoreSpec:
         import fsspec
 
         fs, path = fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
+        if not fs.exists(path):
+            return
+        # First say it is incomplete: a deletion cut short must not leave arrays whose
+        # chunks are gone under a group that still claims to be complete.
+        with contextlib.suppress(Exception):
+            self.group("r+").attrs.update({"complete": False})
+        fs.rm(path, recursive=True)
 
 
 def _codecs(compressor: str) -> dict:
@@ -169,9 +176,10 @@ def record_key(patient_id: str, instance: int) -> int:
 
 
 def record_fingerprint(record: Record, root: str) -> int:
-    """A record's identity and the path (relative to ``root``), size and modification
-    time of each of its files, as one 64-bit number. A touched, replaced or removed
-    file changes it; moving the whole root does not.
+    """A record's identity (both ids and the instance) and the path (relative to
+    ``root``), size and modification time of each of its files, as one 64-bit
+    number. A touched, replaced or removed file, or a new pairing in the link file,
+    changes it; moving the whole root does not.
 
     Examples
     --------
@@ -188,7 +196,8 @@ def record_fingerprint(record: Record, root: str) -> int:
         _stat(path, root)
         for path in (record.dicom_path, record.icontour_path, record.ocontour_path)
     )
-    return _hash64(f"{record.patient_id}\0{record.instance}\0{files}")
+    ids = f"{record.patient_id}\0{record.original_id}\0{record.instance}"
+    return _hash64(f"{ids}\0{files}")
 
 
 class InputHash:
@@ -236,6 +245,9 @@ def create(
 
     codecs = _codecs(compressor)
     group = zarr.open_group(spec.url, mode="w", zarr_format=3, **spec._options())
+    # Attributes first: a build killed from here on finds a daskmri store that is not
+    # `planned` yet, and starts again.
+    group.attrs.update(attrs | {"complete": False, "planned": False, "format": FORMAT})
     rows, columns = max(1, shape[0]), max(1, shape[1])
     for name, dtype, fill in (
         ("image", "float32", 0.0),
@@ -265,7 +277,6 @@ def create(
     group.create_array(
         "done", shape=(0,), chunks=(1,), dtype=str, fill_value="", dimension_names=("chunk",)
     )
-    group.attrs.update(attrs | {"complete": False, "format": FORMAT})
 
 
 def resize(spec: StoreSpec, n_slots: int) -> None:
@@ -367,12 +378,29 @@ class StoreState:
 
 def read_attrs(spec: StoreSpec) -> dict:
     attrs = dict(spec.group("r").attrs)
-    if attrs.get("format") != FORMAT or "chunk_size" not in attrs:
+    if "chunk_size" not in attrs or not isinstance(attrs.get("format"), int):
         raise StoreError(
-            f"{spec.url!r} is not a daskmri store (format {attrs.get('format')!r}); "
-            "build one with daskmri.build(root, store), or pass mode='overwrite' to replace it"
+            f"{spec.url!r} is not a daskmri store; build one with daskmri.build(root, store), "
+            "or pass mode='overwrite' to replace what is there"
+        )
+    if attrs["format"] != FORMAT:
+        raise StoreError(
+            f"{spec.url!r} was made by another version of daskmri (store format "
+            f"{attrs['format']}, this version reads {FORMAT}); rebuild it with "
+            "daskmri.build(..., mode='overwrite')"
         )
     return attrs
+
+
+def repair(spec: StoreSpec) -> None:
+    """Give every per-slot array the same length: a build killed while growing them
+    leaves some longer than others. The extra slots have no identity, so the next
+    build retires them."""
+    group = spec.group("r")
+    lengths = {name: group[name].shape[0] for name in (*PIXELS, *(n for n, _, _ in PER_SLOT))}
+    if len(set(lengths.values())) > 1:
+        logger.warning("per-slot arrays of %s have lengths %s; evening them", spec.url, lengths)
+        resize(spec, max(lengths.values()))
 
 
 def read_state(spec: StoreSpec, *, markers: bool = True, names: bool = False) -> StoreState:
@@ -512,6 +540,7 @@ def open_dataset(
     """
     import dask.array as da
     import xarray as xr
+    from dask.base import tokenize
 
     spec = StoreSpec.of(store, storage_options)
     state = read_state(spec, markers=False, names=True)
@@ -528,7 +557,16 @@ def open_dataset(
     keep_per_block = [np.flatnonzero(ok[s : s + chunk_size]) for s in starts]
     group = spec.group("r")
     arrays = {
-        name: _select(da.from_zarr(group[name], chunks=group[name].chunks), keep_per_block)
+        # Named by the build, not only by the path: a store rebuilt in place must not
+        # hit data a cluster still holds from before.
+        name: _select(
+            da.from_zarr(
+                group[name],
+                chunks=group[name].chunks,
+                name=f"daskmri-{name}-{attrs.get('build_id', '')}-{tokenize(spec.url)}",
+            ),
+            keep_per_block,
+        )
         for name in PIXELS
     }
     ds = xr.Dataset(

@@ -109,12 +109,12 @@ class TestEpoch:
 
     def test_a_batch_mixes_chunks(self, reference):
         """Statistic: the share of a batch taken by its most common chunk, averaged over
-        batches. Batches of 3 drawn from a window of 4 chunks of 3 records: all three from
-        one chunk has probability 4/220, all from different chunks 108/220, so the share
-        averages 0.51 (a little more here, where the last window of each epoch is smaller);
-        batches of one chunk each score 1.0, and shuffle_chunks=1 nearly does (window =
-        chunk = batch, except after the dataset's one short chunk shifts the alignment).
-        Threshold 0.7, averaged over 20 epochs (about 120 batches)."""
+        batches (1.0: every batch from one chunk; 1/3: three chunks per batch of 3). With
+        shuffle_chunks=4 every step deals one record from each of three chunks (chunks of 3
+        in 4 parts: 1, 1, 1, 0), so a batch of 3 mostly spans three chunks, or two where it
+        straddles steps: 0.57 with this seed. With shuffle_chunks=1 a batch is one chunk
+        except where the dataset's one short chunk shifts the alignment: 0.86. Threshold
+        0.7 between the two, averaged over 20 epochs (about 120 batches)."""
 
         def mean_max_share(shuffle_chunks: int) -> float:
             chunk_of = {k: i // 3 for i, k in enumerate(keys(reference))}
@@ -164,10 +164,8 @@ class TestSchema:
     def test_plan_covers_every_record_once_for_many_shapes(self):
         for chunks in [(1,), (5, 5, 2), (64,) * 7 + (3,), (0, 4, 0, 4)]:
             for bs in (1, 3, 8):
-                for window in (1, 2, 4):
-                    schema = BatchSchema(
-                        chunks=chunks, batch_size=bs, seed=2, shuffle_chunks=window
-                    )
+                for span in (1, 2, 4):
+                    schema = BatchSchema(chunks=chunks, batch_size=bs, seed=2, shuffle_chunks=span)
                     batches = list(schema.batches(epoch=5))
                     assert len(batches) == len(schema)
                     flat = np.concatenate(batches)
@@ -194,7 +192,7 @@ def lazy_dataset(n: int, chunk: int = 64, size: int = 64) -> xr.Dataset:
     )  # fmt: skip
 
 
-def test_memory_is_bounded_by_the_window_not_the_dataset():
+def test_memory_is_bounded_by_the_chunks_in_play_not_the_dataset():
     def peak(n: int) -> int:
         gc.collect()
         tracemalloc.start()
@@ -346,6 +344,16 @@ class TestCluster:
         with BatchIterator(cluster_ds, batch_size=2, seed=0, client=client) as it:
             next(iter(it))
         assert wait_for(lambda: scheduler_tasks(client) == before)
+
+    def test_a_client_that_is_not_the_default(self, synth_root, local_cluster, reference):
+        from distributed import Client
+
+        with Client(local_cluster, set_as_default=False, timeout="30s") as other:
+            ds = daskmri.load_dataset(synth_root, chunk_size=3, client=other)
+            it = BatchIterator(ds, batch_size=5, seed=1)
+            assert it.client is other
+            batches = list(it)
+        assert sorted(k for b in batches for k in keys(b)) == sorted(keys(reference))
 
     def test_persisted_dataset_uses_its_cluster_by_default(self, synth_root, client):
         ds = daskmri.load_dataset(synth_root, chunk_size=3, client=client)

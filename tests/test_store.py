@@ -21,6 +21,7 @@ from daskmri.dataset import plan_chunks
 from daskmri.store import OK, RETIRED, StoreSpec, read_state, write_partition
 from daskmri.testing import assert_records_equal, eager_load, raise_if_dask_computes
 
+from .conftest import SHAPE
 from .readers import LoggingReader, parsed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -364,3 +365,78 @@ class TestCli:
         assert "0 records in 0 chunks (4 chunks already complete" in capsys.readouterr().out
         assert cli.main(["check", str(store)]) == 0
         assert "up to date" in capsys.readouterr().out
+
+
+class TestReviewFindings:
+    """Cases a review found broken; each fails without its fix."""
+
+    def test_a_store_built_empty_takes_its_size_from_the_first_records(
+        self, damaged_root, tmp_path
+    ):
+        contours = damaged_root / "contourfiles"
+        contours.rename(tmp_path / "aside")
+        store = tmp_path / "ds.zarr"
+        assert daskmri.build(damaged_root, store, scheduler="sync").records == 0
+        (tmp_path / "aside").rename(contours)
+        report = daskmri.build(damaged_root, store, scheduler="sync", mode="update")
+        assert report.records == 16 and report.dropped == 0
+        assert daskmri.open_dataset(store).image.shape == (16, *SHAPE)
+
+    def test_a_new_pairing_in_the_link_file_is_stale_and_updated(self, damaged_root, tmp_path):
+        store = tmp_path / "ds.zarr"
+        daskmri.build(damaged_root, store, labels="all", scheduler="sync")
+        (damaged_root / "contourfiles" / "SYN-C-1").rename(
+            damaged_root / "contourfiles" / "NEW-C-1"
+        )
+        link = damaged_root / "link.csv"
+        link.write_text(link.read_text().replace("SYN-C-1", "NEW-C-1"))
+        assert not daskmri.check(store).fresh
+        daskmri.build(damaged_root, store, labels="all", scheduler="sync", mode="update")
+        ds = daskmri.open_dataset(store)
+        ids = set(ds.original_id.values[ds.patient_id.values == "SYN0001"].tolist())
+        assert ids == {"NEW-C-1"}
+        assert daskmri.check(store).fresh
+
+    def test_a_rebuilt_store_does_not_reuse_data_held_under_old_names(self, tmp_path):
+        store = tmp_path / "ds.zarr"
+        first = daskmri.synth.make_dataset(tmp_path / "a", patients=1, slices=6, shape=(16, 16))
+        second = daskmri.synth.make_dataset(
+            tmp_path / "b", patients=1, slices=6, shape=(16, 16), seed=99
+        )
+        daskmri.build(first, store, scheduler="sync")
+        before = daskmri.open_dataset(store)
+        daskmri.build(second, store, scheduler="sync", mode="overwrite")
+        after = daskmri.open_dataset(store)
+        assert before.image.data.name != after.image.data.name
+
+    def test_a_kill_while_growing_the_arrays_is_repaired(self, synth_root, tmp_path):
+        store = tmp_path / "ds.zarr"
+        daskmri.build(synth_root, store, chunk_size=4, scheduler="sync")
+        group = zarr.open_group(str(store), mode="r+")
+        group.attrs["complete"] = False
+        for name in ("image", "status", "has_icontour"):  # as a kill mid-resize leaves it
+            group[name].resize((20, *group[name].shape[1:]))
+        report = daskmri.build(synth_root, store, chunk_size=4, scheduler="sync")
+        assert report.records == 16
+        assert_same_dataset(
+            daskmri.open_dataset(store),
+            daskmri.load_dataset(synth_root, chunk_size=4, scheduler="sync"),
+        )
+
+    def test_a_store_of_another_format_is_not_deleted(self, synth_root, tmp_path):
+        store = tmp_path / "ds.zarr"
+        daskmri.build(synth_root, store, scheduler="sync")
+        zarr.open_group(str(store), mode="r+").attrs["format"] = 1
+        with pytest.raises(StoreError, match="another version of daskmri"):
+            daskmri.build(synth_root, store, scheduler="sync", mode="update")
+        assert (store / "image").is_dir()
+        with pytest.raises(StoreError, match="mode='overwrite'"):
+            daskmri.open_dataset(store)
+
+    def test_a_build_killed_while_creating_the_store_starts_again(self, synth_root, tmp_path):
+        store = tmp_path / "ds.zarr"
+        group = zarr.open_group(str(store), mode="w", zarr_format=3)
+        # What create() has written when a kill comes right after its first step.
+        group.attrs.update({"format": 2, "chunk_size": 64, "planned": False, "complete": False})
+        report = daskmri.build(synth_root, store, scheduler="sync")
+        assert report.records == 16 and daskmri.check(store).fresh

@@ -1,0 +1,231 @@
+"""Epochs of random batches through ``BatchIterator``, against a plain parsing loop.
+
+All in one run, on the real Sunnybrook sample replicated (hard links) to about
+2,000 labelled records::
+
+    python benchmarks/iterate.py [--data ROOT] [--records 2000] [--repeat 3]
+
+For each source of a built dataset (in local memory from ``load_dataset``,
+persisted on a ``LocalCluster``, and a Zarr store read locally and through the
+cluster) it reports records per second for a full epoch in batches of 8, and the
+stall fraction: the share of the time a simulated 10 ms training step spends
+waiting for its next batch. Every epoch must serve each record exactly once with
+the plain loop's pixels (a checksum) before its speed is shown. It also measures
+the iterator's peak memory (tracemalloc) on the Zarr store and on one 4x larger.
+Writes ``iterate.json`` and ``iterate.png`` in ``benchmarks/results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import statistics
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+from common import REAL_DATA, replicate, require_data
+
+import daskmri
+from daskmri.testing import eager_load
+from daskmri.versions import versions
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STEP = 0.010  # the simulated training step, seconds
+
+
+def checksum(records: list[tuple[str, int]], image_sum: float) -> tuple:
+    return (tuple(sorted(records)), round(image_sum, 1))
+
+
+def epoch(it) -> tuple[float, tuple]:
+    """Seconds for one epoch, and what it served."""
+    keys, total = [], 0.0
+    started = time.perf_counter()
+    for batch in it:
+        keys.extend(zip(batch["patient_id"].tolist(), batch["instance"].tolist(), strict=True))
+        total += float(batch["image"].sum(dtype=np.float64))
+    return time.perf_counter() - started, checksum(keys, total)
+
+
+def stall(it) -> tuple[float, float]:
+    """Share of an epoch spent waiting for batches with a 10 ms step after each, and
+    the wait for the first batch (seconds)."""
+    waited, first = 0.0, None
+    started = time.perf_counter()
+    batches = iter(it)
+    while True:
+        t = time.perf_counter()
+        try:
+            next(batches)
+        except StopIteration:
+            break
+        wait = time.perf_counter() - t
+        first = wait if first is None else first
+        waited += wait
+        time.sleep(STEP)
+    return waited / (time.perf_counter() - started), first or 0.0
+
+
+def iterator_peak(ds) -> float:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for batch in daskmri.BatchIterator(ds, batch_size=8, seed=0):
+            del batch
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=REAL_DATA)
+    parser.add_argument("--records", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="daskmri-iterate-"))
+    root = replicate(require_data(args.data), args.records, work)
+
+    # The plain loop: parse DICOM, contours and masks per item, every epoch.
+    started = time.perf_counter()
+    plain = eager_load(root)
+    plain_s = time.perf_counter() - started
+    n = plain.sizes["record"]
+    truth = checksum(
+        list(zip(plain.patient_id.values.tolist(), plain.instance.values.tolist(), strict=True)),
+        float(plain.image.values.sum(dtype=np.float64)),
+    )
+    rows = [{"source": "plain loop (parse every item, every epoch)", "samples": [plain_s]}]
+    print(f"plain loop: {n} records in {plain_s:.2f} s ({n / plain_s:.0f} records/s)", flush=True)
+
+    from distributed import Client, LocalCluster
+
+    store = work / "ds.zarr"
+    daskmri.build(root, store)
+    sources = [
+        # scheduler= explicitly: the cluster below becomes the default client.
+        ("load_dataset, in local memory",
+         lambda: daskmri.load_dataset(root, scheduler="processes"), None),
+        ("Zarr store, local threads", lambda: daskmri.open_dataset(store), None),
+    ]  # fmt: skip
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
+    )
+    client = Client(cluster, set_as_default=False)
+    sources += [
+        ("load_dataset, persisted on a LocalCluster 2x1",
+         lambda: daskmri.load_dataset(root, client=client), client),
+        ("Zarr store, through a LocalCluster 2x1", lambda: daskmri.open_dataset(store), client),
+    ]  # fmt: skip
+    try:
+        for name, make, where in sources:
+            ds = make()
+            it = daskmri.BatchIterator(ds, batch_size=8, seed=0, client=where)
+            row = {"source": name}
+            try:
+                epoch(it)  # warm-up
+                samples = []
+                for _ in range(args.repeat):
+                    seconds, served = epoch(it)
+                    if served != truth:
+                        raise AssertionError("the epoch did not serve the plain loop's records")
+                    samples.append(seconds)
+                row["samples"] = samples
+                row["stall"], row["first_batch_s"] = stall(it)
+            except Exception as exc:  # a failed configuration is shown, not left out
+                row["error"] = f"{type(exc).__name__}: {exc}"
+            finally:
+                it.close()
+            rows.append(row)
+            print(row, flush=True)
+    finally:
+        client.close()
+        cluster.close()
+
+    # Peak memory of the iterator: the store, and a store 4x larger.
+    big_root = replicate(args.data, 4 * args.records, work / "big")
+    big_store = work / "big.zarr"
+    daskmri.build(big_root, big_store)
+    memory = {
+        "records": [n, daskmri.open_dataset(big_store).sizes["record"]],
+        "peak_mib": [
+            iterator_peak(daskmri.open_dataset(store)),
+            iterator_peak(daskmri.open_dataset(big_store)),
+        ],
+    }
+
+    plain_rate = n / plain_s
+    print(f"\n## Epochs in batches of 8 ({n:,} real records, one run)\n")
+    print("| source | median s | min s | max s | records/s | x plain loop | stall at 10 ms step "
+          "| first batch s |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        if "error" in row:
+            print(f"| {row['source']} | failed: {row['error']} | | | | | | |")
+            continue
+        med = statistics.median(row["samples"])
+        stall_text = f"{row['stall']:.1%}" if "stall" in row else "-"
+        first = f"{row['first_batch_s']:.3f}" if "first_batch_s" in row else "-"
+        print(
+            f"| {row['source']} | {med:.3f} | {min(row['samples']):.3f} | "
+            f"{max(row['samples']):.3f} | {n / med:,.0f} | {n / med / plain_rate:.1f}x | "
+            f"{stall_text} | {first} |"
+        )
+    print(
+        f"\niterator peak memory (tracemalloc): {memory['peak_mib'][0]:.0f} MiB for "
+        f"{memory['records'][0]:,} records, {memory['peak_mib'][1]:.0f} MiB for "
+        f"{memory['records'][1]:,}"
+    )
+    (args.out / "iterate.json").write_text(
+        json.dumps(
+            {
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "machine": versions(),
+                "records": n,
+                "rows": rows,
+                "memory": memory,
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"wrote {args.out / 'iterate.json'} (no plot: matplotlib is not installed)")
+        return
+    ok = [r for r in rows if "samples" in r]
+    rates = [n / statistics.median(r["samples"]) for r in ok]
+    low = [n / max(r["samples"]) for r in ok]
+    high = [n / min(r["samples"]) for r in ok]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    y = np.arange(len(ok))
+    ax.barh(
+        y,
+        rates,
+        xerr=[np.subtract(rates, low), np.subtract(high, rates)],
+        color=["grey"] + ["tab:blue"] * (len(ok) - 1),
+    )
+    ax.set_yticks(y, [r["source"] for r in ok], fontsize=8)
+    ax.set_xscale("log")
+    ax.axvline(25 * plain_rate, color="tab:red", linestyle="--", label="goal: 25x plain loop")
+    ax.set_xlabel("records per second (log)")
+    ax.set_title(f"Epochs in batches of 8, {n:,} real records")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(args.out / "iterate.png", dpi=120)
+    print(f"wrote {args.out / 'iterate.json'} and {args.out / 'iterate.png'}")
+
+
+if __name__ == "__main__":
+    main()
