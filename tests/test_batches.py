@@ -344,6 +344,7 @@ class TestCluster:
         with BatchIterator(cluster_ds, batch_size=2, seed=0, client=client) as it:
             next(iter(it))
         assert wait_for(lambda: scheduler_tasks(client) == before)
+        assert not prefetch_threads()
 
     def test_a_client_that_is_not_the_default(self, synth_root, local_cluster, reference):
         from distributed import Client
