@@ -237,4 +237,6 @@ def process_pool(max_workers: int | None = None):
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context(dask.config.get("multiprocessing.context", "spawn"))
-    return ProcessPoolExecutor(max_workers or os.cpu_count() or 1, mp_context=context)
+    # As Dask's own pool: dask.config's num_workers, else one per core.
+    workers = max_workers or dask.config.get("num_workers", None) or os.cpu_count() or 1
+    return ProcessPoolExecutor(workers, mp_context=context)
