@@ -116,6 +116,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             picks = (both + rest)[:8]
             write_png(args.out, overlay_grid(ds, picks))
             print(f"overlay:     {Path(args.out).resolve()} (red: i-contour, green: o-contour)")
+            from .batches import BatchIterator
+
+            # What a training loop sees: one epoch of random batches of 8.
+            with BatchIterator(ds, batch_size=8, seed=0) as it:
+                started = time.perf_counter()
+                served = sum(len(batch["instance"]) for batch in it)
+                seconds = time.perf_counter() - started
+            print(
+                f"epoch:       {len(it)} random batches of 8, {served} records in "
+                f"{seconds:.3f} s ({served / seconds:,.0f} records/s)"
+            )
     return 0
 
 

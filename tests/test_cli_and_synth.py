@@ -100,6 +100,7 @@ class TestCli:
         assert "records:     15 (2 patients)" in out
         assert "dropped:     1" in out and "empty file" in out
         assert "records/s" in out
+        assert "epoch:       2 random batches of 8, 15 records" in out
         picture = read_png(png)
         # 8 tiles of 48x64 in a 4-wide grid with 2-pixel gaps.
         assert picture.shape == (2 * 48 + 2, 4 * 64 + 3 * 2, 3)
