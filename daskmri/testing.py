@@ -84,9 +84,12 @@ def assert_records_equal(actual: xr.Dataset, expected: xr.Dataset) -> None:
     from distributed import futures_of
 
     def compute(ds: xr.Dataset) -> xr.Dataset:
-        # Data persisted on a cluster can only be fetched through its client.
-        if futures_of(ds):
-            return ds.compute()
+        # Data persisted on a cluster can only be fetched through its client, which
+        # need not be the default one.
+        futures = futures_of(ds)
+        if futures:
+            with futures[0].client.as_current():
+                return ds.compute()
         with dask.config.set(scheduler="sync"):
             return ds.compute()
 

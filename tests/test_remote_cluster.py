@@ -1,0 +1,173 @@
+"""A real cluster, started with the ``dask scheduler`` and ``dask worker`` command-line
+tools on 127.0.0.1 and reached by address; and workers killed partway through a build."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import xarray as xr
+
+import daskmri
+from daskmri.testing import assert_records_equal
+
+from .readers import LoggingReader, parsed
+
+REPO = Path(__file__).resolve().parents[1]
+WAIT = 60  # seconds: every wait below is bounded by this
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for proc in processes:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + WAIT
+    for proc in processes:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=WAIT)
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory):
+    """``dask scheduler`` and two ``dask worker`` processes; yields (address, workers)."""
+    folder = tmp_path_factory.mktemp("cluster")
+    scheduler_file = folder / "scheduler.json"
+    env = os.environ | {"PYTHONPATH": str(REPO)}  # workers import tests.readers
+    common = {"cwd": str(folder), "env": env, "stdout": subprocess.DEVNULL,
+              "stderr": subprocess.DEVNULL}  # fmt: skip
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+             "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+            **common,
+        )
+    ]  # fmt: skip
+    try:
+        deadline = time.monotonic() + WAIT
+        while not scheduler_file.exists():
+            assert processes[0].poll() is None, "dask scheduler exited"
+            assert time.monotonic() < deadline, "dask scheduler did not start"
+            time.sleep(0.1)
+        import json
+
+        address = json.loads(scheduler_file.read_text())["address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        for k in range(2):
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1",
+                     "--nthreads", "1", "--no-dashboard", "--name", f"w{k}",
+                     "--local-directory", str(folder / f"w{k}")],
+                    **common,
+                )
+            )  # fmt: skip
+        from distributed import Client
+
+        with Client(address, timeout="30s", set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=WAIT)
+        yield address, processes[1:]
+    finally:
+        _stop(processes)
+
+
+def worker_pids(client) -> list[int]:
+    return list(client.run(os.getpid).values())
+
+
+def test_scan_load_build_and_iterate_by_address_equal_the_local_run(remote, synth_root, tmp_path):
+    from distributed import Client
+
+    address, _ = remote
+    local = daskmri.load_dataset(synth_root, chunk_size=5, scheduler="sync")
+    with Client(address, timeout="30s", set_as_default=False) as client:
+        ds = daskmri.load_dataset(synth_root, chunk_size=5, client=client)
+        assert_records_equal(ds, local)
+        store = tmp_path / "ds.zarr"
+        daskmri.build(synth_root, store, chunk_size=5, client=client)
+        assert_records_equal(daskmri.open_dataset(store), local)
+        served = [
+            (p, i)
+            for batch in daskmri.BatchIterator(ds, batch_size=4, seed=0, client=client)
+            for p, i in zip(batch["patient_id"].tolist(), batch["instance"].tolist(), strict=True)
+        ]
+        assert sorted(served) == sorted(
+            zip(local.patient_id.values.tolist(), local.instance.values.tolist(), strict=True)
+        )
+    # An address string works as well as a client.
+    store = tmp_path / "by-address.zarr"
+    daskmri.build(synth_root, store, chunk_size=5, client=address)
+    assert_records_equal(daskmri.open_dataset(store), local)
+
+
+def _kill_a_worker_when(client, log: Path, count: int) -> int:
+    deadline = time.monotonic() + WAIT
+    while len(parsed(log)) < count:
+        assert time.monotonic() < deadline, "the build never got going"
+        time.sleep(0.02)
+    pid = worker_pids(client)[0]
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_a_worker_killed_during_build_loses_nothing(remote, synth_root, tmp_path):
+    """SIGKILL one worker process partway: its tasks run again elsewhere (each rewrites
+    its own region), and the store equals a clean build."""
+    import threading
+
+    from distributed import Client
+
+    address, _ = remote
+    log, store = tmp_path / "log", tmp_path / "ds.zarr"
+    with Client(address, timeout="30s", set_as_default=False) as client:
+        killer = threading.Thread(target=lambda: killed.append(_kill_a_worker_when(client, log, 4)))
+        killed: list[int] = []
+        killer.start()
+        report = daskmri.build(
+            synth_root, store, chunk_size=2, client=client, reader=LoggingReader(log, delay=0.1)
+        )
+        killer.join(timeout=WAIT)
+        assert killed, "no worker was killed"
+        assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == "zombie"
+        client.wait_for_workers(2, timeout=WAIT)  # the nanny starts a new one
+    assert report.records == 16
+    clean = tmp_path / "clean.zarr"
+    daskmri.build(synth_root, clean, chunk_size=2, scheduler="sync")
+    xr.testing.assert_identical(
+        daskmri.open_dataset(store).drop_attrs().compute(),
+        daskmri.open_dataset(clean).drop_attrs().compute(),
+    )
+
+
+def test_a_worker_killed_during_load_dataset_loses_nothing(remote, synth_root, tmp_path):
+    from distributed import Client
+
+    address, _ = remote
+    log = tmp_path / "log"
+    import threading
+
+    with Client(address, timeout="30s", set_as_default=False) as client:
+        killed: list[int] = []
+        killer = threading.Thread(target=lambda: killed.append(_kill_a_worker_when(client, log, 4)))
+        killer.start()
+        ds = daskmri.load_dataset(
+            synth_root, chunk_size=2, client=client, reader=LoggingReader(log, delay=0.1)
+        )
+        killer.join(timeout=WAIT)
+        assert killed, "no worker was killed"
+        local = daskmri.load_dataset(synth_root, chunk_size=2, scheduler="sync")
+        assert_records_equal(ds, local)
+        keys = list(zip(ds.patient_id.values.tolist(), ds.instance.values.tolist(), strict=True))
+        assert len(keys) == len(set(keys)) == 16
+        with client.as_current():
+            assert np.array_equal(ds.image.values, local.image.values)
+        client.wait_for_workers(2, timeout=WAIT)
