@@ -265,6 +265,19 @@ def load_dataset(
         tasks = parsed.to_delayed(optimize_graph=False) if plan.chunks else []
         results = run_tasks(tasks, client=client, scheduler=scheduler, progress=progress)
         if client is not None:
+            parts = [
+                list(enumerate(records))[i : i + chunk_size]
+                for i in range(0, len(records), chunk_size)
+            ]
+
+            def again(part, skipping):
+                name = f"daskmri-records-again-{uuid.uuid4().hex}"
+                one = db.Bag({(name, 0): part}, name, 1)
+                return one.map_partitions(parse_partition, shape, skipping, None).to_delayed(
+                    optimize_graph=False
+                )[0]
+
+            results = _isolate_crashes(client, results, parts, reader, again)
             summaries = client.gather(client.map(_first_summary, results))
         else:
             summaries = [r[0] for r in results]
@@ -759,7 +772,16 @@ def build(
         tasks = written.to_delayed(optimize_graph=False)
         results = run_tasks(tasks, client=client, scheduler=local, progress=bar, pool=pool)
         if client is not None:
-            client.gather(results)
+
+            def again(part, skipping):
+                again_name = f"{name}-again-{uuid.uuid4().hex}"
+                one = db.Bag({(again_name, 0): part}, again_name, 1)
+                task = one.map_partitions(
+                    zstore.write_partition, shape, skipping, spec, chunk_size
+                ).to_delayed(optimize_graph=False)[0]
+                return task
+
+            _isolate_crashes(client, results, wave, reader, again)
         parsed_records += sum(len(part) for part in wave)
         wave.clear()
 
@@ -830,6 +852,53 @@ def build(
     )
     logger.info("%s", report)
     return report
+
+
+def _isolate_crashes(client, futures: list, parts: list, reader, again) -> list:
+    """Wait for chunk ``futures``; a chunk whose task kept killing workers
+    (``KilledWorker``) has its records parsed one task each, to find the ones that kill,
+    and runs again without them (they are dropped with a reason saying so). Other
+    errors are raised. Returns the futures, the rerun ones replaced."""
+    from distributed import wait
+    from distributed.scheduler import KilledWorker
+
+    from .parse import Skipping, probe
+
+    with client.as_current():  # wait() looks for a default client otherwise
+        wait(futures)
+    for j, future in enumerate(futures):
+        if future.status != "error":
+            continue
+        error = future.exception()
+        if not isinstance(error, KilledWorker):
+            raise error
+        started = time.perf_counter()
+        records = [record for _, record in parts[j]]
+        # One probe at a time: the scheduler suspects every task that was on a worker
+        # when it died, so probes side by side would frame the poison's neighbours.
+        poisoned = set()
+        for record in records:
+            check = client.submit(probe, record, reader=reader, pure=False)
+            with client.as_current():
+                wait(check)
+            if check.status == "error":
+                poisoned.add((record.patient_id, record.instance))
+        poisoned = frozenset(poisoned)
+        futures[j] = client.compute(again(parts[j], Skipping(reader, poisoned)))
+        with client.as_current():
+            wait(futures[j])
+        if futures[j].status == "error":
+            raise DaskmriError(
+                f"a chunk of {len(records)} records kept killing workers even without the "
+                f"records that killed them alone ({sorted(poisoned)}): {futures[j].exception()}"
+            )
+        logger.warning(
+            "isolated %d record(s) that killed workers (%s) in %.1f s",
+            len(poisoned),
+            ", ".join(f"{p}/{i}" for p, i in sorted(poisoned)),
+            time.perf_counter() - started,
+        )
+    return futures
 
 
 #: Chunks per wave of tasks (at least; more on a larger cluster): enough to keep the

@@ -27,7 +27,7 @@ from .dicom import read_dicom
 from .errors import RecordError
 from .limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["ChunkResult", "Record", "Slots", "parse_chunk", "read_record"]
+__all__ = ["ChunkResult", "Record", "Skipping", "Slots", "parse_chunk", "read_record"]
 
 #: What a reader returns: float32 image and the inner/outer masks (None when the
 #: record has no such contour).
@@ -338,3 +338,32 @@ def parse_partition(
     unpickling it import only this module's light dependencies."""
     records = [record for _, record in items]
     return [parse_chunk(records, shape=shape, reader=reader, slots=slots, start=items[0][0])]
+
+
+#: The reason given for a record whose parsing killed the worker process.
+POISON_REASON = (
+    "the worker process died while parsing this record (a crash in a decoder, or out of "
+    "memory); it was isolated by parsing its chunk's records one at a time"
+)
+
+
+@dataclass(frozen=True)
+class Skipping:
+    """A reader that drops the records in ``skip`` (``(patient_id, instance)`` keys)
+    without reading them, and reads the rest with ``reader``."""
+
+    reader: Callable[[Record], Parsed]
+    skip: frozenset
+
+    def __call__(self, record: Record) -> Parsed:
+        if (record.patient_id, record.instance) in self.skip:
+            raise RecordError(record.dicom_path or "", POISON_REASON)
+        return self.reader(record)
+
+
+def probe(record: Record, reader: Callable[[Record], Parsed]) -> bool:
+    """Parse one record and keep nothing: a task that only tells whether parsing it
+    kills the process. Failures that raise are the chunk's business, not a crash."""
+    with contextlib.suppress(Exception):
+        reader(record)
+    return True

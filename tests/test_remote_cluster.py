@@ -18,7 +18,7 @@ import xarray as xr
 import daskmri
 from daskmri.testing import assert_records_equal
 
-from .readers import LoggingReader, parsed
+from .readers import LoggingReader, PoisonReader, parsed
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT = 60  # seconds: every wait below is bounded by this
@@ -42,7 +42,12 @@ def remote(tmp_path_factory):
     """``dask scheduler`` and two ``dask worker`` processes; yields (address, workers)."""
     folder = tmp_path_factory.mktemp("cluster")
     scheduler_file = folder / "scheduler.json"
-    env = os.environ | {"PYTHONPATH": str(REPO)}  # workers import tests.readers
+    # Workers import tests.readers. A task is given up (KilledWorker) after its second
+    # worker dies, so that a poison record is found in seconds (the default is 3 retries).
+    env = os.environ | {
+        "PYTHONPATH": str(REPO),
+        "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1",
+    }
     common = {"cwd": str(folder), "env": env, "stdout": subprocess.DEVNULL,
               "stderr": subprocess.DEVNULL}  # fmt: skip
     processes = [
@@ -170,4 +175,47 @@ def test_a_worker_killed_during_load_dataset_loses_nothing(remote, synth_root, t
         assert len(keys) == len(set(keys)) == 16
         with client.as_current():
             assert np.array_equal(ds.image.values, local.image.values)
+        client.wait_for_workers(2, timeout=WAIT)
+
+
+def test_a_record_that_kills_its_worker_is_dropped_alone(remote, synth_root, tmp_path):
+    """The reader kills its process on one record, as a crashing decoder would. The build
+    finishes; only that record is dropped, with a reason saying the worker died; its
+    chunk's other records are there."""
+    from distributed import Client
+
+    address, _ = remote
+    store = tmp_path / "ds.zarr"
+    with Client(address, timeout="30s", set_as_default=False) as client:
+        started = time.monotonic()
+        report = daskmri.build(
+            synth_root, store, chunk_size=4, client=client, reader=PoisonReader("SYN0001", 6)
+        )
+        seconds = time.monotonic() - started
+        client.wait_for_workers(2, timeout=WAIT)
+    assert seconds < 120
+    assert report.records == 15 and report.dropped == 1
+    ds = daskmri.open_dataset(store)
+    lost = daskmri.dropped(ds)
+    assert lost[["patient_id", "instance"]].values.tolist() == [["SYN0001", 6]]
+    assert "worker process died while parsing this record" in lost.reason.iloc[0]
+    local = daskmri.load_dataset(synth_root, chunk_size=4, scheduler="sync")
+    keep = ~((local.patient_id == "SYN0001") & (local.instance == 6))
+    assert_records_equal(ds, local.isel(record=np.flatnonzero(keep.values)))
+
+
+def test_load_dataset_drops_a_record_that_kills_its_worker(remote, synth_root):
+    from distributed import Client
+
+    address, _ = remote
+    with Client(address, timeout="30s", set_as_default=False) as client:
+        ds = daskmri.load_dataset(
+            synth_root, chunk_size=4, client=client, reader=PoisonReader("SYN0002", 9)
+        )
+        lost = daskmri.dropped(ds)
+        assert lost[["patient_id", "instance"]].values.tolist() == [["SYN0002", 9]]
+        assert "worker process died" in lost.reason.iloc[0]
+        local = daskmri.load_dataset(synth_root, chunk_size=4, scheduler="sync")
+        keep = ~((local.patient_id == "SYN0002") & (local.instance == 9))
+        assert_records_equal(ds, local.isel(record=np.flatnonzero(keep.values)))
         client.wait_for_workers(2, timeout=WAIT)
