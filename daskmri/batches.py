@@ -284,6 +284,8 @@ class BatchIterator:
         Times a failed chunk fetch is tried again before it is raised.
     timeout : float
         Seconds to wait for one chunk before giving up with an error.
+    security : distributed.Security, optional
+        TLS settings when ``client`` is a ``tls://`` address.
 
     Examples
     --------
@@ -312,6 +314,7 @@ class BatchIterator:
         client: Any = None,
         retries: int = 2,
         timeout: float = 300.0,
+        security: Any = None,
     ) -> None:
         variables = tuple(VARIABLES if variables is None else variables)
         missing = [v for v in (*variables, *COORDS) if v not in ds.variables]
@@ -337,17 +340,17 @@ class BatchIterator:
             shuffle_chunks=shuffle_chunks,
             drop_last=drop_last,
         )
-        self.client = self._client(client)
+        self.client = self._client(client, security)
         self.epoch = 0
         self._position = 0  # batches of the current epoch already served
         self._live: weakref.WeakSet = weakref.WeakSet()
         self._closed = False
 
-    def _client(self, client):
+    def _client(self, client, security=None):
         if client is not None:
             from .cluster import resolve_client
 
-            return resolve_client(client)
+            return resolve_client(client, security=security)
         try:
             from distributed import futures_of
         except ImportError:  # pragma: no cover - distributed is a core dependency

@@ -25,7 +25,7 @@ SCHEDULERS = ("sync", "threads", "processes")
 CONNECT_TIMEOUT = "30s"
 
 
-def resolve_client(client: Any = None):
+def resolve_client(client: Any = None, *, security: Any = None):
     """Return the ``distributed.Client`` to use, or None for a local scheduler.
 
     Parameters
@@ -66,7 +66,7 @@ def resolve_client(client: Any = None):
         try:
             # As Client(address) does, this becomes the default client: the returned
             # dataset's data live on that cluster and .compute() must find it.
-            return Client(client, timeout=CONNECT_TIMEOUT)
+            return Client(client, timeout=CONNECT_TIMEOUT, security=security)
         except OSError as exc:
             raise DaskmriError(
                 f"cannot reach a Dask scheduler at {client!r} within {CONNECT_TIMEOUT} ({exc}). "
@@ -81,7 +81,7 @@ def resolve_client(client: Any = None):
 
 
 @contextlib.contextmanager
-def connect(client: Any = None) -> Iterator[Any]:
+def connect(client: Any = None, *, security: Any = None) -> Iterator[Any]:
     """:func:`resolve_client` for work whose results are not left on the cluster:
     a client made here from an address is closed on exit; a client that already
     existed is left as it was."""
@@ -93,7 +93,7 @@ def connect(client: Any = None) -> Iterator[Any]:
             existing = default_client()
         except (ImportError, ValueError):
             existing = None
-    resolved = resolve_client(client)
+    resolved = resolve_client(client, security=security)
     try:
         yield resolved
     finally:

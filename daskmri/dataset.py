@@ -167,6 +167,7 @@ def load_dataset(
     limits: Limits | None = None,
     shape: tuple[int, int] | None = None,
     progress: bool = False,
+    security=None,
 ) -> xr.Dataset:
     """Parse a dataset folder into a chunked ``xarray.Dataset`` of images and masks.
 
@@ -206,6 +207,8 @@ def load_dataset(
         Slices of another size are dropped.
     progress : bool
         Show a progress bar while parsing.
+    security : distributed.Security, optional
+        TLS settings when ``client`` is a ``tls://`` address.
 
     Returns
     -------
@@ -248,7 +251,7 @@ def load_dataset(
     if client is not None and scheduler is not None:
         raise ValueError("pass either client= (a cluster) or scheduler= (local), not both")
     # An explicit local scheduler wins over a default client that happens to exist.
-    client = resolve_client(client) if scheduler is None else None
+    client = resolve_client(client, security=security) if scheduler is None else None
 
     # Local worker processes write pixels straight into shared slots and send back only
     # summaries; in-process schedulers return arrays as they are (no copy either way);
@@ -566,6 +569,7 @@ def build(
     compressor: str | None = None,
     storage_options: dict | None = None,
     progress: bool = False,
+    security=None,
 ) -> BuildReport:
     """Parse a dataset folder into a Zarr store, written by the workers chunk by chunk.
 
@@ -604,6 +608,8 @@ def build(
         fsspec options for a URL.
     progress : bool
         Show a progress bar (chunks done) on stderr.
+    security : distributed.Security, optional
+        TLS settings when ``client`` is a ``tls://`` address.
 
     Returns
     -------
@@ -746,7 +752,9 @@ def build(
     # A client made here from an address is closed when the build ends: nothing of
     # the result stays on the cluster.
     session = contextlib.ExitStack()
-    client = session.enter_context(connect(client)) if scheduler is None else None
+    client = (
+        session.enter_context(connect(client, security=security)) if scheduler is None else None
+    )
     local = None if client is not None else local_scheduler(scheduler, n_chunks)
     pool = process_pool() if local == "processes" else None
     if client is not None:
@@ -854,44 +862,52 @@ def build(
     return report
 
 
-def _isolate_crashes(client, futures: list, parts: list, reader, again) -> list:
+def _isolate_crashes(client, futures: list, parts: list, reader, again, rounds: int = 5) -> list:
     """Wait for chunk ``futures``; a chunk whose task kept killing workers
     (``KilledWorker``) has its records parsed one task each, to find the ones that kill,
     and runs again without them (they are dropped with a reason saying so). Other
-    errors are raised. Returns the futures, the rerun ones replaced."""
+    errors are raised. Returns the futures, the rerun ones replaced.
+
+    It goes round again until nothing fails: while the poison is being found, workers
+    die with innocent chunks' results on them, and their recomputation can be
+    suspected too; reruns never parse a known poison record again.
+    """
     from distributed import wait
     from distributed.scheduler import KilledWorker
 
     from .parse import Skipping, probe
 
-    with client.as_current():  # wait() looks for a default client otherwise
-        wait(futures)
-    for j, future in enumerate(futures):
-        if future.status != "error":
-            continue
-        error = future.exception()
-        if not isinstance(error, KilledWorker):
-            raise error
-        started = time.perf_counter()
-        records = [record for _, record in parts[j]]
-        # One probe at a time: the scheduler suspects every task that was on a worker
-        # when it died, so probes side by side would frame the poison's neighbours.
-        poisoned = set()
-        for record in records:
-            check = client.submit(probe, record, reader=reader, pure=False)
-            with client.as_current():
-                wait(check)
-            if check.status == "error":
-                poisoned.add((record.patient_id, record.instance))
-        poisoned = frozenset(poisoned)
-        futures[j] = client.compute(again(parts[j], Skipping(reader, poisoned)))
-        with client.as_current():
-            wait(futures[j])
-        if futures[j].status == "error":
-            raise DaskmriError(
-                f"a chunk of {len(records)} records kept killing workers even without the "
-                f"records that killed them alone ({sorted(poisoned)}): {futures[j].exception()}"
-            )
+    poisoned: set[tuple[str, int]] = set()
+    started = time.perf_counter()
+    for _ in range(rounds):
+        with client.as_current():  # wait() looks for a default client otherwise
+            wait(futures)
+        failed = [j for j, future in enumerate(futures) if future.status == "error"]
+        if not failed:
+            break
+        for j in failed:
+            error = futures[j].exception()
+            if not isinstance(error, KilledWorker):
+                raise error
+            records = [record for _, record in parts[j]]
+            # One probe at a time: the scheduler suspects every task that was on a worker
+            # when it died, so probes side by side would frame the poison's neighbours.
+            for record in records:
+                key = (record.patient_id, record.instance)
+                if key in poisoned:
+                    continue
+                check = client.submit(probe, record, reader=reader, pure=False)
+                with client.as_current():
+                    wait(check)
+                if check.status == "error":
+                    poisoned.add(key)
+            futures[j] = client.compute(again(parts[j], Skipping(reader, frozenset(poisoned))))
+    else:
+        raise DaskmriError(
+            f"chunks kept killing workers after {rounds} rounds of isolating the records "
+            f"that kill them alone ({sorted(poisoned)}); is the cluster healthy?"
+        )
+    if poisoned:
         logger.warning(
             "isolated %d record(s) that killed workers (%s) in %.1f s",
             len(poisoned),

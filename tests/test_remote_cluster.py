@@ -219,3 +219,39 @@ def test_load_dataset_drops_a_record_that_kills_its_worker(remote, synth_root):
         keep = ~((local.patient_id == "SYN0002") & (local.instance == 9))
         assert_records_equal(ds, local.isel(record=np.flatnonzero(keep.values)))
         client.wait_for_workers(2, timeout=WAIT)
+
+
+def test_a_tls_cluster_by_address_with_security(synth_root, tmp_path):
+    """A LocalCluster of worker processes that speaks only TLS, with throwaway
+    certificates; daskmri connects by its tls:// address with security=."""
+    pytest.importorskip("cryptography", reason="Security.temporary() needs cryptography")
+    from distributed import LocalCluster
+    from distributed.security import Security
+
+    security = Security.temporary()
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        protocol="tls://",
+        security=security,
+        dashboard_address=None,
+    ) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://127.0.0.1:")
+        local = daskmri.load_dataset(synth_root, chunk_size=5, scheduler="sync")
+        store = tmp_path / "tls.zarr"
+        daskmri.build(synth_root, store, chunk_size=5, client=address, security=security)
+        assert_records_equal(daskmri.open_dataset(store), local)
+        ds = daskmri.load_dataset(synth_root, chunk_size=5, client=address, security=security)
+        from distributed import futures_of
+
+        made = futures_of(ds)[0].client  # load_dataset connected it, as Client(address) would
+        try:
+            assert made.scheduler.address.startswith("tls://")
+            assert_records_equal(ds, local)
+            served = sum(len(b["instance"]) for b in daskmri.BatchIterator(ds, batch_size=4))
+            assert served == 16
+        finally:
+            made.close()
