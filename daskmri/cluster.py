@@ -101,6 +101,41 @@ def connect(client: Any = None, *, security: Any = None) -> Iterator[Any]:
             resolved.close()
 
 
+def _worker_facts(root: str | None) -> dict:
+    import os
+
+    from . import __version__
+
+    return {"version": __version__, "sees_root": root is None or os.path.isdir(root)}
+
+
+def check_workers(client, root: str | None = None) -> None:
+    """Fail in one line, before any work, when the cluster's workers cannot import
+    daskmri or cannot see the data folder (rather than with a deep traceback from
+    the first task, or a hang).
+
+    Raises
+    ------
+    DaskmriError
+        Naming the workers and the fix.
+    """
+    facts = client.run(_worker_facts, root, on_error="return")
+    broken = {w: f for w, f in facts.items() if isinstance(f, BaseException)}
+    if broken:
+        worker, error = next(iter(broken.items()))
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        raise DaskmriError(
+            f"{len(broken)} of {len(facts)} workers cannot run daskmri (e.g. {worker}: "
+            f"{reason}); install the same environment as the client on every worker"
+        )
+    blind = [w for w, f in facts.items() if not f["sees_root"]]
+    if blind:
+        raise DaskmriError(
+            f"{len(blind)} of {len(facts)} workers cannot see the data folder {root} "
+            f"(e.g. {blind[0]}); put it on a filesystem mounted at the same path on every worker"
+        )
+
+
 def check_scheduler(scheduler: str | None) -> None:
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise ValueError(

@@ -33,6 +33,7 @@ from . import __version__
 from .cluster import (
     Progress,
     check_scheduler,
+    check_workers,
     connect,
     local_scheduler,
     process_pool,
@@ -252,6 +253,8 @@ def load_dataset(
         raise ValueError("pass either client= (a cluster) or scheduler= (local), not both")
     # An explicit local scheduler wins over a default client that happens to exist.
     client = resolve_client(client, security=security) if scheduler is None else None
+    if client is not None:
+        check_workers(client, os.path.abspath(os.fspath(root)))
 
     # Local worker processes write pixels straight into shared slots and send back only
     # summaries; in-process schedulers return arrays as they are (no copy either way);
@@ -755,6 +758,12 @@ def build(
     client = (
         session.enter_context(connect(client, security=security)) if scheduler is None else None
     )
+    if client is not None:
+        try:
+            check_workers(client, inputs.root)
+        except BaseException:
+            session.close()
+            raise
     local = None if client is not None else local_scheduler(scheduler, n_chunks)
     pool = process_pool() if local == "processes" else None
     if client is not None:

@@ -205,7 +205,9 @@ def test_memory_is_bounded_by_the_chunks_in_play_not_the_dataset():
         finally:
             tracemalloc.stop()
 
-    small, large = peak(2_000), peak(20_000)
+    # The least of two runs each: tracemalloc also counts what other threads of this
+    # process allocate meanwhile (the session's cluster client), which is noise here.
+    small, large = min(peak(2_000), peak(2_000)), min(peak(20_000), peak(20_000))
     # (shuffle_chunks + prefetch) chunks of 64 x 64 x 64 x 6 bytes, ~9 MB, either way;
     # what grows with the dataset is its task graph (~1 KB a chunk, no pixels).
     assert large < 1.2 * small, (small, large)

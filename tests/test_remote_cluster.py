@@ -255,3 +255,53 @@ def test_a_tls_cluster_by_address_with_security(synth_root, tmp_path):
             assert served == 16
         finally:
             made.close()
+
+
+def test_workers_that_cannot_import_daskmri_fail_in_one_line(synth_root, tmp_path):
+    """A `dask worker` whose environment has a broken daskmri first on its path: the
+    build stops at once with a one-line error that names the fix, not a traceback from
+    the first task or a hang."""
+    from distributed import Client
+
+    broken = tmp_path / "broken" / "daskmri"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('this daskmri is broken')\n")
+    scheduler_file = tmp_path / "scheduler.json"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": str(tmp_path)}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+             "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+            **quiet,
+        )
+    ]  # fmt: skip
+    try:
+        deadline = time.monotonic() + WAIT
+        while not scheduler_file.exists():
+            assert time.monotonic() < deadline, "dask scheduler did not start"
+            time.sleep(0.1)
+        import json
+
+        address = json.loads(scheduler_file.read_text())["address"]
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1",
+                 "--nthreads", "1", "--no-dashboard"],
+                env=os.environ | {"PYTHONPATH": str(broken.parent)},
+                **quiet,
+            )
+        )  # fmt: skip
+        with Client(address, timeout="30s", set_as_default=False) as client:
+            client.wait_for_workers(1, timeout=WAIT)
+            started = time.monotonic()
+            with pytest.raises(daskmri.DaskmriError) as info:
+                daskmri.build(synth_root, tmp_path / "ds.zarr", client=client)
+            assert time.monotonic() - started < 30
+            message = str(info.value)
+            assert "1 of 1 workers cannot run daskmri" in message
+            assert "this daskmri is broken" in message
+            assert "install the same environment" in message and "\n" not in message
+            with pytest.raises(daskmri.DaskmriError, match="cannot run daskmri"):
+                daskmri.load_dataset(synth_root, client=client)
+    finally:
+        _stop(processes)
