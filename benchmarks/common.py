@@ -9,6 +9,7 @@ import resource
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import daskmri
@@ -66,3 +67,22 @@ def _link_tree(src: Path, dst: Path) -> None:
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def stall(it, step: float = 0.010) -> tuple[float, float]:
+    """Share of an epoch of ``it`` spent waiting for batches with a simulated training
+    step of ``step`` seconds after each, and the wait for the first batch (seconds)."""
+    waited, first = 0.0, None
+    started = time.perf_counter()
+    batches = iter(it)
+    while True:
+        t = time.perf_counter()
+        try:
+            next(batches)
+        except StopIteration:
+            break
+        wait = time.perf_counter() - t
+        first = wait if first is None else first
+        waited += wait
+        time.sleep(step)
+    return waited / (time.perf_counter() - started), first or 0.0

@@ -43,7 +43,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import replicate  # noqa: E402
+from common import replicate, stall  # noqa: E402
 
 RESULTS = HERE / "results"
 STEP = 0.010
@@ -179,19 +179,9 @@ def _row_epoch(source: str, root: str, store: str, repeat: int) -> dict:
         for batch in it:
             del batch
         samples.append(time.perf_counter() - started)
-    waited, started = 0.0, time.perf_counter()
-    batches = iter(it)
-    while True:
-        t = time.perf_counter()
-        try:
-            next(batches)
-        except StopIteration:
-            break
-        waited += time.perf_counter() - t
-        time.sleep(STEP)
-    stall = waited / (time.perf_counter() - started)
+    waiting, _ = stall(it, STEP)
     it.close()
-    return {"samples": samples, "checksum": served, "stall": stall, "workers_rss_mib": None}
+    return {"samples": samples, "checksum": served, "stall": waiting, "workers_rss_mib": None}
 
 
 def one(argv: list[str]) -> None:

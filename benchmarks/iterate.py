@@ -28,7 +28,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-from common import REAL_DATA, replicate, require_data
+from common import REAL_DATA, replicate, require_data, stall
 
 import daskmri
 from daskmri.testing import eager_load
@@ -57,25 +57,6 @@ def epoch(it) -> float:
     for batch in it:
         del batch
     return time.perf_counter() - started
-
-
-def stall(it) -> tuple[float, float]:
-    """Share of an epoch spent waiting for batches with a 10 ms step after each, and
-    the wait for the first batch (seconds)."""
-    waited, first = 0.0, None
-    started = time.perf_counter()
-    batches = iter(it)
-    while True:
-        t = time.perf_counter()
-        try:
-            next(batches)
-        except StopIteration:
-            break
-        wait = time.perf_counter() - t
-        first = wait if first is None else first
-        waited += wait
-        time.sleep(STEP)
-    return waited / (time.perf_counter() - started), first or 0.0
 
 
 def iterator_peak(ds) -> float:
@@ -142,7 +123,7 @@ def main() -> None:
                     raise AssertionError("the epoch did not serve the plain loop's records")
                 samples = [epoch(it) for _ in range(args.repeat)]
                 row["samples"] = samples
-                row["stall"], row["first_batch_s"] = stall(it)
+                row["stall"], row["first_batch_s"] = stall(it, STEP)
             except Exception as exc:  # a failed configuration is shown, not left out
                 row["error"] = f"{type(exc).__name__}: {exc}"
             finally:

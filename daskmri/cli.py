@@ -175,6 +175,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if freshness.fresh else 1
 
 
+def _add_scheduler(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scheduler",
+        type=_scheduler_choice,
+        help=f"one of {', '.join(SCHEDULERS)} or a scheduler address tcp://host:port",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="daskmri",
@@ -195,11 +203,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("root", nargs="?", help="dataset folder; a synthetic one when omitted")
     p.add_argument("--out", default="daskmri-demo.png", help="overlay PNG to write")
-    p.add_argument(
-        "--scheduler",
-        type=_scheduler_choice,
-        help=f"one of {', '.join(SCHEDULERS)} or a scheduler address tcp://host:port",
-    )
+    _add_scheduler(p)
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--labels", choices=LABELS, default="any")
     p.add_argument("--max-problems", type=int, default=10, help="dropped records to print")
@@ -210,11 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("root", help="dataset folder (Sunnybrook layout)")
     p.add_argument("--out", required=True, help="Zarr store: a path or an fsspec URL")
-    p.add_argument(
-        "--scheduler",
-        type=_scheduler_choice,
-        help=f"one of {', '.join(SCHEDULERS)} or a scheduler address tcp://host:port",
-    )
+    _add_scheduler(p)
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--labels", choices=LABELS, default="any")
     p.add_argument(

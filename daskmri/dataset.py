@@ -86,27 +86,9 @@ def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64) -> ChunkPlan:
     records: list[Record] = []
     dropped_rows: list[dict] = [dict(p) for p in table.attrs.get("problems", [])]
     for row in table.itertuples(index=False):
-        if row.problem is not None:
-            dropped_rows.append(
-                {
-                    "patient_id": row.patient_id,
-                    "original_id": row.original_id,
-                    "instance": int(row.instance),
-                    "path": row.icontour_path or row.ocontour_path or row.dicom_path,
-                    "reason": row.problem,
-                }
-            )
-            continue
-        records.append(
-            Record(
-                row.patient_id,
-                row.original_id,
-                int(row.instance),
-                row.dicom_path,
-                row.icontour_path,
-                row.ocontour_path,
-            )
-        )
+        record = _plan_row(row._asdict(), dropped_rows)
+        if record is not None:
+            records.append(record)
     chunks = tuple(tuple(records[i : i + chunk_size]) for i in range(0, len(records), chunk_size))
     return ChunkPlan(chunks=chunks, dropped=tuple(dropped_rows))
 
@@ -428,25 +410,33 @@ def iter_plan(
     """The records to parse, in scan order, one at a time. Everything the scan found
     unbuildable goes to ``problems`` as :func:`dropped` rows."""
     for row in iter_records(root, layout=layout, labels=labels, problems=problems):
-        if row["problem"] is not None:
-            problems.append(
-                {
-                    "patient_id": row["patient_id"],
-                    "original_id": row["original_id"],
-                    "instance": int(row["instance"]),
-                    "path": row["icontour_path"] or row["ocontour_path"] or row["dicom_path"],
-                    "reason": row["problem"],
-                }
-            )
-            continue
-        yield Record(
-            row["patient_id"],
-            row["original_id"],
-            int(row["instance"]),
-            row["dicom_path"],
-            row["icontour_path"],
-            row["ocontour_path"],
+        record = _plan_row(row, problems)
+        if record is not None:
+            yield record
+
+
+def _plan_row(row: dict, dropped: list[dict]) -> Record | None:
+    """A scan row as a record to parse, or, when the scan found it unbuildable, None
+    and a :func:`dropped` row appended to ``dropped``."""
+    if row["problem"] is not None:
+        dropped.append(
+            {
+                "patient_id": row["patient_id"],
+                "original_id": row["original_id"],
+                "instance": int(row["instance"]),
+                "path": row["icontour_path"] or row["ocontour_path"] or row["dicom_path"],
+                "reason": row["problem"],
+            }
         )
+        return None
+    return Record(
+        row["patient_id"],
+        row["original_id"],
+        int(row["instance"]),
+        row["dicom_path"],
+        row["icontour_path"],
+        row["ocontour_path"],
+    )
 
 
 @dataclass(frozen=True)

@@ -37,45 +37,50 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             proc.wait(timeout=WAIT)
 
 
+def start_scheduler(folder: Path, **popen) -> tuple[subprocess.Popen, str]:
+    """``dask scheduler`` on 127.0.0.1 at a free port; returns it and its address."""
+    import json
+
+    scheduler_file = folder / "scheduler.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+         "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+        cwd=str(folder), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen,
+    )  # fmt: skip
+    deadline = time.monotonic() + WAIT
+    while not scheduler_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop([proc])
+            raise AssertionError("dask scheduler did not start")
+        time.sleep(0.1)
+    return proc, json.loads(scheduler_file.read_text())["address"]
+
+
+def start_worker(address: str, folder: Path, name: str, **popen) -> subprocess.Popen:
+    """One ``dask worker`` process with one thread, on 127.0.0.1."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1",
+         "--nthreads", "1", "--no-dashboard", "--name", name,
+         "--local-directory", str(folder / name)],
+        cwd=str(folder), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory):
     """``dask scheduler`` and two ``dask worker`` processes; yields (address, workers)."""
     folder = tmp_path_factory.mktemp("cluster")
-    scheduler_file = folder / "scheduler.json"
     # Workers import tests.readers. A task is given up (KilledWorker) after its second
     # worker dies, so that a poison record is found in seconds (the default is 3 retries).
     env = os.environ | {
         "PYTHONPATH": str(REPO),
         "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1",
     }
-    common = {"cwd": str(folder), "env": env, "stdout": subprocess.DEVNULL,
-              "stderr": subprocess.DEVNULL}  # fmt: skip
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-             "--no-dashboard", "--scheduler-file", str(scheduler_file)],
-            **common,
-        )
-    ]  # fmt: skip
+    scheduler, address = start_scheduler(folder, env=env)
+    processes = [scheduler]
     try:
-        deadline = time.monotonic() + WAIT
-        while not scheduler_file.exists():
-            assert processes[0].poll() is None, "dask scheduler exited"
-            assert time.monotonic() < deadline, "dask scheduler did not start"
-            time.sleep(0.1)
-        import json
-
-        address = json.loads(scheduler_file.read_text())["address"]
         assert address.startswith("tcp://127.0.0.1:")
-        for k in range(2):
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1",
-                     "--nthreads", "1", "--no-dashboard", "--name", f"w{k}",
-                     "--local-directory", str(folder / f"w{k}")],
-                    **common,
-                )
-            )  # fmt: skip
+        processes += [start_worker(address, folder, f"w{k}", env=env) for k in range(2)]
         from distributed import Client
 
         with Client(address, timeout="30s", set_as_default=False) as client:
@@ -266,31 +271,11 @@ def test_workers_that_cannot_import_daskmri_fail_in_one_line(synth_root, tmp_pat
     broken = tmp_path / "broken" / "daskmri"
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text("raise ImportError('this daskmri is broken')\n")
-    scheduler_file = tmp_path / "scheduler.json"
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": str(tmp_path)}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-             "--no-dashboard", "--scheduler-file", str(scheduler_file)],
-            **quiet,
-        )
-    ]  # fmt: skip
+    scheduler, address = start_scheduler(tmp_path)
+    processes = [scheduler]
     try:
-        deadline = time.monotonic() + WAIT
-        while not scheduler_file.exists():
-            assert time.monotonic() < deadline, "dask scheduler did not start"
-            time.sleep(0.1)
-        import json
-
-        address = json.loads(scheduler_file.read_text())["address"]
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1",
-                 "--nthreads", "1", "--no-dashboard"],
-                env=os.environ | {"PYTHONPATH": str(broken.parent)},
-                **quiet,
-            )
-        )  # fmt: skip
+        env = os.environ | {"PYTHONPATH": str(broken.parent)}
+        processes.append(start_worker(address, tmp_path, "broken", env=env))
         with Client(address, timeout="30s", set_as_default=False) as client:
             client.wait_for_workers(1, timeout=WAIT)
             started = time.monotonic()
