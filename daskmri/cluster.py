@@ -7,14 +7,16 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dask
 
 from .errors import DaskmriError
+from .parse import Record, Skipping, probe
 
-__all__ = ["SCHEDULERS", "Progress", "resolve_client", "run_tasks"]
+__all__ = ["SCHEDULERS", "Isolation", "ProcessWorkers", "Progress", "resolve_client", "run_tasks"]
 
 logger = logging.getLogger(__name__)
 
@@ -275,3 +277,256 @@ def process_pool(max_workers: int | None = None):
     # As Dask's own pool: dask.config's num_workers, else one per core.
     workers = max_workers or dask.config.get("num_workers", None) or os.cpu_count() or 1
     return ProcessPoolExecutor(workers, mp_context=context)
+
+
+# -- records that kill their worker process ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """Records found to kill the process that parsed them, and the time spent finding
+    them (probing records one at a time and restarting workers)."""
+
+    records: tuple[tuple[str, int], ...] = ()
+    seconds: float = 0.0
+
+    def __add__(self, other: Isolation) -> Isolation:
+        return Isolation(
+            tuple(sorted({*self.records, *other.records})), self.seconds + other.seconds
+        )
+
+    def log(self) -> None:
+        if self.records:
+            logger.warning(
+                "isolated %d record(s) that killed their worker process (%s) in %.1f s",
+                len(self.records),
+                ", ".join(f"{p}/{i}" for p, i in self.records),
+                self.seconds,
+            )
+
+
+def _key(record: Record) -> tuple[str, int]:
+    return (record.patient_id, record.instance)
+
+
+def _call(payload: bytes) -> Any:
+    # cloudpickle, as Dask's own process scheduler uses: readers may be closures.
+    import cloudpickle
+
+    function, args, kwargs = cloudpickle.loads(payload)
+    return function(*args, **kwargs)
+
+
+class ProcessWorkers:
+    """Local worker processes that get past one of them dying.
+
+    Dask's ``"processes"`` scheduler fails a whole computation when a worker process
+    dies (``BrokenProcessPool``) and loses what the other tasks had finished. Here
+    each chunk is its own future: finished chunks are kept, the pool is restarted,
+    and the chunks that were in flight run again alone. A chunk that kills its
+    process alone has its records probed one at a time; the records that kill are
+    dropped (:data:`~daskmri.parse.POISON_REASON`) and the chunk runs once more
+    without them.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Worker processes; default Dask's ``num_workers`` config, else one per core.
+
+    Examples
+    --------
+    >>> with ProcessWorkers(1) as workers:  # doctest: +SKIP
+    ...     results, isolation = workers.run(task, parts, reader)
+    """
+
+    #: Times a chunk may kill its process while running alone, after its records
+    #: were probed, before the run gives up (the crash then is not one record's).
+    MAX_SOLO_DEATHS = 3
+
+    def __init__(self, workers: int | None = None) -> None:
+        import os
+
+        self.workers = int(workers or dask.config.get("num_workers", None) or os.cpu_count() or 1)
+        self.restarts = 0
+        self._pool: Any = None
+
+    def __enter__(self) -> ProcessWorkers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _submit(self, function: Callable, *args: Any, **kwargs: Any):
+        import cloudpickle
+
+        if self._pool is None:
+            self._pool = process_pool(self.workers)
+        return self._pool.submit(_call, cloudpickle.dumps((function, args, kwargs)))
+
+    def run(
+        self,
+        task: Callable[[list, Callable], Any],
+        parts: Sequence[list],
+        reader: Callable[[Record], Any],
+        *,
+        progress: Progress | None = None,
+    ) -> tuple[list, Isolation]:
+        """Run ``task(part, reader=reader)`` for every part (a list of ``(slot, record)``).
+
+        Returns the results in the order of ``parts`` and the :class:`Isolation`.
+        An exception a task raises (not a process death) is raised here.
+
+        Raises
+        ------
+        DaskmriError
+            If a chunk keeps killing its process once its deadly records are skipped.
+        """
+        from collections import Counter, deque
+        from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        results: list[Any] = [None] * len(parts)
+        poisoned: set[tuple[str, int]] = set()
+        cleared: set[tuple[str, int]] = set()
+        suspects: set[int] = set()  # chunks in flight when a process died: run alone
+        deaths: Counter[int] = Counter()
+        queue: deque[tuple] = deque(("chunk", j) for j in range(len(parts)))
+        flight: dict[Any, tuple] = {}
+        alone = False
+        isolating = 0.0
+
+        def reader_for(j: int):
+            skip = frozenset(_key(r) for _, r in parts[j]) & poisoned
+            return Skipping(reader, skip) if skip else reader
+
+        while queue or flight:
+            while queue and len(flight) < self.workers and not alone:
+                job = queue[0]
+                solo = job[0] == "probe" or job[1] in suspects
+                if solo and flight:
+                    break
+                queue.popleft()
+                if job[0] == "probe":
+                    future = self._submit(probe, job[2], reader=reader)
+                else:
+                    future = self._submit(task, parts[job[1]], reader=reader_for(job[1]))
+                flight[future] = (*job, time.perf_counter())
+                alone = solo
+            finished, _ = wait(flight, return_when=FIRST_COMPLETED)
+            if any(isinstance(f.exception(), BrokenProcessPool) for f in finished):
+                # A dead process breaks the pool: every future in flight fails at once.
+                wait(flight, timeout=60)
+                finished = set(flight)
+            lost = []
+            for future in finished:
+                job = flight.pop(future)
+                error = future.exception() if future.done() else BrokenProcessPool()
+                if isinstance(error, BrokenProcessPool):
+                    lost.append(job)
+                    continue
+                if error is not None:
+                    raise error
+                if job[0] == "probe":
+                    cleared.add(_key(job[2]))
+                else:
+                    results[job[1]] = future.result()
+                    if progress is not None:
+                        progress.advance()
+                if alone:
+                    isolating += time.perf_counter() - job[-1]
+            alone = False
+            if not lost:
+                continue
+            started = time.perf_counter()
+            self._pool.shutdown(wait=True)
+            self._pool = None
+            self.restarts += 1
+            if len(lost) > 1:
+                # Any of them could be the killer; each runs alone next.
+                for job in sorted(lost, reverse=True):
+                    suspects.add(job[1])
+                    queue.appendleft(job[:2])
+                isolating += time.perf_counter() - started
+                continue
+            job = lost[0]
+            isolating += time.perf_counter() - min(started, job[-1])
+            if job[0] == "probe":
+                poisoned.add(_key(job[2]))
+                continue
+            j = job[1]
+            suspects.add(j)
+            deaths[j] += 1
+            todo = [r for _, r in parts[j] if _key(r) not in poisoned | cleared]
+            if not todo and deaths[j] > self.MAX_SOLO_DEATHS:
+                raise DaskmriError(
+                    f"a chunk of {len(parts[j])} records (from {parts[j][0][1].dicom_path}) "
+                    f"killed its worker process {deaths[j]} times, although none of its "
+                    "records does alone; is the machine out of memory?"
+                )
+            # Probe each record alone, then run the chunk again without the killers.
+            queue.appendleft(("chunk", j))
+            for record in reversed(todo):
+                queue.appendleft(("probe", j, record))
+        isolation = Isolation(tuple(sorted(poisoned)), isolating)
+        isolation.log()
+        return results, isolation
+
+
+def isolate_crashes(
+    client, futures: list, parts: list, reader, again, rounds: int = 5
+) -> tuple[list, Isolation]:
+    """Wait for chunk ``futures``; a chunk whose task kept killing workers
+    (``KilledWorker``) has its records parsed one task each, to find the ones that kill,
+    and runs again without them (they are dropped with a reason saying so). Other
+    errors are raised. Returns the futures, the rerun ones replaced, and the
+    :class:`Isolation`.
+
+    It goes round again until nothing fails: while the poison is being found, workers
+    die with innocent chunks' results on them, and their recomputation can be
+    suspected too; reruns never parse a known poison record again.
+    """
+    from distributed import wait
+    from distributed.scheduler import KilledWorker
+
+    poisoned: set[tuple[str, int]] = set()
+    started = None
+    for _ in range(rounds):
+        with client.as_current():  # wait() looks for a default client otherwise
+            wait(futures)
+        failed = [j for j, future in enumerate(futures) if future.status == "error"]
+        if not failed:
+            break
+        # The time to isolate runs from the first failure, not from the start of the work.
+        started = time.perf_counter() if started is None else started
+        for j in failed:
+            error = futures[j].exception()
+            if not isinstance(error, KilledWorker):
+                raise error
+            records = [record for _, record in parts[j]]
+            # One probe at a time: the scheduler suspects every task that was on a worker
+            # when it died, so probes side by side would frame the poison's neighbours.
+            for record in records:
+                key = (record.patient_id, record.instance)
+                if key in poisoned:
+                    continue
+                check = client.submit(probe, record, reader=reader, pure=False)
+                with client.as_current():
+                    wait(check)
+                if check.status == "error":
+                    poisoned.add(key)
+            futures[j] = client.compute(again(parts[j], Skipping(reader, frozenset(poisoned))))
+    else:
+        raise DaskmriError(
+            f"chunks kept killing workers after {rounds} rounds of isolating the records "
+            f"that kill them alone ({sorted(poisoned)}); is the cluster healthy?"
+        )
+    isolation = Isolation(
+        tuple(sorted(poisoned)), 0.0 if started is None else time.perf_counter() - started
+    )
+    isolation.log()
+    return futures, isolation

@@ -122,6 +122,8 @@ def parse_contour(
             path,
             f"{len(points)} points, over Limits.max_contour_points={limits.max_contour_points}",
         )
+    if len(points) == 0:
+        raise ContourError(path, "empty contour (no 'x y' lines); a polygon needs at least 3")
     if len(points) < 3:
         raise ContourError(
             path, f"only {len(points)} point(s); a polygon needs at least 3 'x y' lines"

@@ -31,12 +31,14 @@ import xarray as xr
 
 from . import __version__
 from .cluster import (
+    Isolation,
+    ProcessWorkers,
     Progress,
     check_scheduler,
     check_workers,
     connect,
+    isolate_crashes,
     local_scheduler,
-    process_pool,
     resolve_client,
     run_tasks,
 )
@@ -106,19 +108,14 @@ def _infer_shape(records: Iterable[Record], limits: Limits, tries: int = 50) -> 
     )
 
 
-def _bag(records: list[Record], chunk_size: int) -> db.Bag:
+def _bag(parts: list[list[tuple[int, Record]]]) -> db.Bag:
     """A bag of ``(slot, record)`` items, one partition per chunk.
 
     Built from its graph directly: ``db.from_sequence`` would hash every record on
     the client to name the bag (0.14 s per 2,000 records, growing with the dataset).
     """
     name = f"daskmri-records-{uuid.uuid4().hex}"
-    items = list(enumerate(records))
-    graph = {
-        (name, k): items[start : start + chunk_size]
-        for k, start in enumerate(range(0, len(items), chunk_size))
-    }
-    return db.Bag(graph, name, len(graph))
+    return db.Bag({(name, k): part for k, part in enumerate(parts)}, name, len(parts))
 
 
 def _wrap(array: np.ndarray) -> da.Array:
@@ -242,30 +239,42 @@ def load_dataset(
     # summaries; in-process schedulers return arrays as they are (no copy either way);
     # a cluster keeps the pixels on its workers.
     slots = None
-    if client is None and local_scheduler(scheduler, len(plan.chunks)) == "processes":
+    local = None if client is not None else local_scheduler(scheduler, len(plan.chunks))
+    if local == "processes":
         slots = Slots.create(plan.n_records, shape)
+    records = [r for chunk in plan.chunks for r in chunk]
+    items = list(enumerate(records))
+    parts = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
     try:
-        records = [r for chunk in plan.chunks for r in chunk]
-        bag = _bag(records, chunk_size)
-        # Unoptimised: the bag's partitions stay literal data, so each chunk is exactly
-        # one task. Fusing would add an alias task per chunk for nothing.
-        parsed = bag.map_partitions(parse_partition, shape, reader, slots)
-        tasks = parsed.to_delayed(optimize_graph=False) if plan.chunks else []
-        results = run_tasks(tasks, client=client, scheduler=scheduler, progress=progress)
+        if local == "processes":
+            # Worker processes of our own, so that one dying drops only what killed it.
+            bar = Progress(len(parts)) if progress else None
+            try:
+                with ProcessWorkers() as workers:
+                    results, isolation = workers.run(
+                        functools.partial(parse_partition, shape=shape, slots=slots),
+                        parts,
+                        reader,
+                        progress=bar,
+                    )
+            finally:
+                if bar is not None:
+                    bar.close()
+        else:
+            bag = _bag(parts)
+            # Unoptimised: the bag's partitions stay literal data, so each chunk is
+            # exactly one task. Fusing would add an alias task per chunk for nothing.
+            parsed = bag.map_partitions(parse_partition, shape, reader, slots)
+            tasks = parsed.to_delayed(optimize_graph=False) if plan.chunks else []
+            results = run_tasks(tasks, client=client, scheduler=local, progress=progress)
+            isolation = Isolation()
         if client is not None:
-            parts = [
-                list(enumerate(records))[i : i + chunk_size]
-                for i in range(0, len(records), chunk_size)
-            ]
 
             def again(part, skipping):
-                name = f"daskmri-records-again-{uuid.uuid4().hex}"
-                one = db.Bag({(name, 0): part}, name, 1)
-                return one.map_partitions(parse_partition, shape, skipping, None).to_delayed(
-                    optimize_graph=False
-                )[0]
+                one = _bag([part]).map_partitions(parse_partition, shape, skipping, None)
+                return one.to_delayed(optimize_graph=False)[0]
 
-            results = _isolate_crashes(client, results, parts, reader, again)
+            results, isolation = isolate_crashes(client, results, parts, reader, again)
             summaries = client.gather(client.map(_first_summary, results))
         else:
             summaries = [r[0] for r in results]
@@ -343,9 +352,11 @@ def load_dataset(
             wait(futures_of(ds))
         del results
     logger.info(
-        "loaded %d records (%d dropped) from %s in %.2f s",
+        "loaded %d records (%d dropped, %d isolated as killers in %.1f s) from %s in %.2f s",
         ds.sizes["record"],
         len(dropped_rows),
+        len(isolation.records),
+        isolation.seconds,
         root,
         time.perf_counter() - started,
     )
@@ -504,7 +515,9 @@ def _plan_inputs(
 @dataclass(frozen=True)
 class BuildReport:
     """What :func:`build` did. ``parsed_chunks`` ran in this call;
-    ``reused_chunks`` were already complete in the store and were not parsed again."""
+    ``reused_chunks`` were already complete in the store and were not parsed again.
+    ``isolated`` are the records that killed the worker process parsing them (now
+    dropped), found in ``isolation_seconds``."""
 
     store: str
     records: int
@@ -514,12 +527,20 @@ class BuildReport:
     parsed_records: int
     retired: int
     seconds: float
+    isolated: tuple[tuple[str, int], ...] = ()
+    isolation_seconds: float = 0.0
 
     def __str__(self) -> str:
+        killers = (
+            f"; {len(self.isolated)} record(s) killed their worker and were isolated in "
+            f"{self.isolation_seconds:.1f} s"
+            if self.isolated
+            else ""
+        )
         return (
             f"{self.records} records in {self.store} ({self.dropped} dropped); parsed "
             f"{self.parsed_chunks} chunk(s) ({self.parsed_records} records), reused "
-            f"{self.reused_chunks}, in {self.seconds:.1f} s"
+            f"{self.reused_chunks}, in {self.seconds:.1f} s{killers}"
         )
 
 
@@ -755,7 +776,8 @@ def build(
             session.close()
             raise
     local = None if client is not None else local_scheduler(scheduler, n_chunks)
-    pool = process_pool() if local == "processes" else None
+    workers = ProcessWorkers() if local == "processes" else None
+    isolation = Isolation()
     if client is not None:
         wave_size = max(WAVE_CHUNKS, 4 * sum(client.nthreads().values()))
     else:
@@ -766,29 +788,35 @@ def build(
     parsed_records = 0
 
     def run_wave() -> None:
-        nonlocal parsed_records
+        nonlocal parsed_records, isolation
         if not wave:
             return
         # The identities of new slots go in before their pixels.
         for start, records, fingerprints in _runs(new_rows):
             zstore.write_slots(spec, start, records, fingerprints)
         new_rows.clear()
-        name = f"daskmri-store-{uuid.uuid4().hex}"
-        bag = db.Bag({(name, j): part for j, part in enumerate(wave)}, name, len(wave))
-        written = bag.map_partitions(zstore.write_partition, shape, reader, spec, chunk_size)
-        tasks = written.to_delayed(optimize_graph=False)
-        results = run_tasks(tasks, client=client, scheduler=local, progress=bar, pool=pool)
-        if client is not None:
+        if workers is not None:
+            task = functools.partial(
+                zstore.write_partition, shape=shape, spec=spec, chunk_size=chunk_size
+            )
+            _, found = workers.run(task, wave, reader, progress=bar or None)
+        else:
 
-            def again(part, skipping):
-                again_name = f"{name}-again-{uuid.uuid4().hex}"
-                one = db.Bag({(again_name, 0): part}, again_name, 1)
-                task = one.map_partitions(
-                    zstore.write_partition, shape, skipping, spec, chunk_size
-                ).to_delayed(optimize_graph=False)[0]
-                return task
+            def tasks(parts, reader):
+                written = _bag(parts).map_partitions(
+                    zstore.write_partition, shape, reader, spec, chunk_size
+                )
+                return written.to_delayed(optimize_graph=False)
 
-            _isolate_crashes(client, results, wave, reader, again)
+            results = run_tasks(tasks(wave, reader), client=client, scheduler=local, progress=bar)
+            found = Isolation()
+            if client is not None:
+
+                def again(part, skipping):
+                    return tasks([part], skipping)[0]
+
+                _, found = isolate_crashes(client, results, wave, reader, again)
+        isolation += found
         parsed_records += sum(len(part) for part in wave)
         wave.clear()
 
@@ -816,8 +844,8 @@ def build(
             raise _changed_during_build(inputs.root)
         run_wave()
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        if workers is not None:
+            workers.close()
         if bar:
             bar.close()
         session.close()
@@ -856,64 +884,11 @@ def build(
         parsed_records,
         len(diff.retire),
         time.perf_counter() - started,
+        isolation.records,
+        isolation.seconds,
     )
     logger.info("%s", report)
     return report
-
-
-def _isolate_crashes(client, futures: list, parts: list, reader, again, rounds: int = 5) -> list:
-    """Wait for chunk ``futures``; a chunk whose task kept killing workers
-    (``KilledWorker``) has its records parsed one task each, to find the ones that kill,
-    and runs again without them (they are dropped with a reason saying so). Other
-    errors are raised. Returns the futures, the rerun ones replaced.
-
-    It goes round again until nothing fails: while the poison is being found, workers
-    die with innocent chunks' results on them, and their recomputation can be
-    suspected too; reruns never parse a known poison record again.
-    """
-    from distributed import wait
-    from distributed.scheduler import KilledWorker
-
-    from .parse import Skipping, probe
-
-    poisoned: set[tuple[str, int]] = set()
-    started = time.perf_counter()
-    for _ in range(rounds):
-        with client.as_current():  # wait() looks for a default client otherwise
-            wait(futures)
-        failed = [j for j, future in enumerate(futures) if future.status == "error"]
-        if not failed:
-            break
-        for j in failed:
-            error = futures[j].exception()
-            if not isinstance(error, KilledWorker):
-                raise error
-            records = [record for _, record in parts[j]]
-            # One probe at a time: the scheduler suspects every task that was on a worker
-            # when it died, so probes side by side would frame the poison's neighbours.
-            for record in records:
-                key = (record.patient_id, record.instance)
-                if key in poisoned:
-                    continue
-                check = client.submit(probe, record, reader=reader, pure=False)
-                with client.as_current():
-                    wait(check)
-                if check.status == "error":
-                    poisoned.add(key)
-            futures[j] = client.compute(again(parts[j], Skipping(reader, frozenset(poisoned))))
-    else:
-        raise DaskmriError(
-            f"chunks kept killing workers after {rounds} rounds of isolating the records "
-            f"that kill them alone ({sorted(poisoned)}); is the cluster healthy?"
-        )
-    if poisoned:
-        logger.warning(
-            "isolated %d record(s) that killed workers (%s) in %.1f s",
-            len(poisoned),
-            ", ".join(f"{p}/{i}" for p, i in sorted(poisoned)),
-            time.perf_counter() - started,
-        )
-    return futures
 
 
 #: Chunks per wave of tasks (at least; more on a larger cluster): enough to keep the

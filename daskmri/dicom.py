@@ -51,6 +51,7 @@ _PIXEL_TAGS = [
     "BitsStored",
     "PixelRepresentation",
     "SamplesPerPixel",
+    "PhotometricInterpretation",
     "NumberOfFrames",
     "RescaleSlope",
     "RescaleIntercept",
@@ -100,12 +101,21 @@ _SHORT_VRS = frozenset(
     }
 )
 # The VR each wanted tag must carry in an explicit-VR file; any other is pydicom's call.
-_WANTED_VR = {"NumberOfFrames": b"IS", "RescaleIntercept": b"DS", "RescaleSlope": b"DS"}
+#: The PhotometricInterpretation values of a grey-level image.
+GREY_LEVELS = ("MONOCHROME2", "MONOCHROME1")
+
+_WANTED_VR = {
+    "NumberOfFrames": b"IS",
+    "RescaleIntercept": b"DS",
+    "RescaleSlope": b"DS",
+    "PhotometricInterpretation": b"CS",
+}
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
 _WANTED = {
     0x00280002: "SamplesPerPixel",
+    0x00280004: "PhotometricInterpretation",
     0x00280008: "NumberOfFrames",
     0x00280010: "Rows",
     0x00280011: "Columns",
@@ -232,11 +242,14 @@ def _fast_header(raw: bytes) -> tuple[_Header, str] | None:
                 if len(value) != 2:
                     return None
                 header[name] = struct.unpack("<H", value)[0]
-            else:  # IS and DS: one number as text
+            else:  # CS, IS and DS: one value as text
                 text = bytes(value).decode("ascii").strip(" \0")
                 if not text or "\\" in text:
                     return None
-                header[name] = int(text) if name == "NumberOfFrames" else float(text)
+                if name == "PhotometricInterpretation":
+                    header[name] = text
+                else:
+                    header[name] = int(text) if name == "NumberOfFrames" else float(text)
         return header, syntax
     except (_Fallback, struct.error, UnicodeDecodeError, ValueError):
         return None
@@ -307,10 +320,19 @@ def _header_of(path: str, ds: pydicom.Dataset) -> _Header:
 
 
 def _geometry(path: str, ds: pydicom.Dataset, limits: Limits) -> tuple[int, int, int]:
-    missing = [k for k in ("Rows", "Columns", "BitsAllocated") if ds.get(k) is None]
+    # All required (type 1) in the Image Pixel module, and pydicom refuses to decode
+    # without them: a default would invent how the bytes are meant.
+    required = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation")
+    missing = [k for k in required if ds.get(k) is None]
     if missing:
         raise DicomError(path, f"no pixel description: missing {', '.join(missing)}")
     rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+    if not 0 < int(ds.BitsStored) <= bits or int(ds.PixelRepresentation) not in (0, 1):
+        raise DicomError(
+            path,
+            f"damaged pixel description: BitsStored {ds.BitsStored} with BitsAllocated "
+            f"{bits}, PixelRepresentation {ds.PixelRepresentation}",
+        )
     if rows <= 0 or cols <= 0:
         raise DicomError(path, f"declared size {rows}x{cols} is empty")
     if rows * cols > limits.max_pixels:
@@ -321,6 +343,17 @@ def _geometry(path: str, ds: pydicom.Dataset, limits: Limits) -> tuple[int, int,
         )
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise DicomError(path, "colour image (SamplesPerPixel != 1); only grey-level MR is read")
+    # pydicom refuses to decode without it, and a damaged value would leave the grey
+    # scale's meaning unknown.
+    photometric = ds.get("PhotometricInterpretation")
+    if photometric not in GREY_LEVELS:
+        raise DicomError(
+            path,
+            "no PhotometricInterpretation"
+            if photometric is None
+            else f"PhotometricInterpretation {str(photometric)!r} is not a grey level "
+            f"({' or '.join(GREY_LEVELS)})",
+        )
     frames = ds.get("NumberOfFrames", 1)
     if int(frames or 1) != 1:
         raise DicomError(path, f"multi-frame image ({frames} frames); one slice per file expected")
@@ -442,8 +475,8 @@ def _native_pixels(
             f"at least two {rows}x{cols}x{bits}-bit images",
         )
     pixels = np.frombuffer(data, dtype=dtype, count=rows * cols).reshape(rows, cols)
-    stored = int(ds.get("BitsStored", bits) or bits)
-    if 0 < stored < bits:
+    stored = int(ds.BitsStored)
+    if stored < bits:
         # As pydicom does: drop the unused high bits (sign-extending signed data).
         shift = bits - stored
         pixels = (pixels << shift) >> shift

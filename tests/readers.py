@@ -40,13 +40,19 @@ def parsed(log: str | os.PathLike[str]) -> list[str]:
 
 
 class PoisonReader:
-    """The default reader, except that parsing ``(patient_id, instance)`` kills the
-    process at once, as a segfault in a C decoder would."""
+    """The default reader, except that parsing ``(patient_id, instance)`` (or any of
+    the ``also`` keys) kills the process at once, as a segfault in a C decoder would."""
 
-    def __init__(self, patient_id: str, instance: int) -> None:
-        self.key = (patient_id, instance)
+    def __init__(self, patient_id: str, instance: int, also: tuple = ()) -> None:
+        self.keys = {(patient_id, instance), *also}
 
     def __call__(self, record: Record):
-        if (record.patient_id, record.instance) == self.key:
+        if (record.patient_id, record.instance) in self.keys:
             os._exit(17)
         return read_record(record)
+
+
+def dies(part, reader):
+    """A chunk task that kills its process whatever its records: no one record is to
+    blame, so isolating records cannot help."""
+    os._exit(18)

@@ -191,6 +191,15 @@ class TestFailures:
         with pytest.raises(DicomError, match="does not exist"):
             read_dicom(tmp_path / "missing.dcm")
 
+    @pytest.mark.parametrize("value", ["MONCHROME2", "PALETTE COLOR", None])
+    def test_photometric_interpretation_must_be_grey(self, slice_path, tmp_path, value):
+        out = rewrite(slice_path, tmp_path / "p.dcm", PhotometricInterpretation=value)
+        with pytest.raises(DicomError, match="PhotometricInterpretation"):
+            read_dicom(out)
+        # MONOCHROME1 is a grey level too: its pixels are read as stored, as pydicom does.
+        out = rewrite(slice_path, tmp_path / "m1.dcm", PhotometricInterpretation="MONOCHROME1")
+        np.testing.assert_array_equal(read_dicom(out), pydicom_pixels(out))
+
     def test_colour_and_multiframe_are_refused(self, slice_path, tmp_path):
         out = rewrite(slice_path, tmp_path / "c.dcm", SamplesPerPixel=3)
         with pytest.raises(DicomError, match="colour image"):

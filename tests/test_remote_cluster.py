@@ -200,6 +200,8 @@ def test_a_record_that_kills_its_worker_is_dropped_alone(remote, synth_root, tmp
         client.wait_for_workers(2, timeout=WAIT)
     assert seconds < 120
     assert report.records == 15 and report.dropped == 1
+    assert report.isolated == (("SYN0001", 6),)
+    assert 0 < report.isolation_seconds < seconds
     ds = daskmri.open_dataset(store)
     lost = daskmri.dropped(ds)
     assert lost[["patient_id", "instance"]].values.tolist() == [["SYN0001", 6]]

@@ -1,0 +1,143 @@
+"""A hostile-input corpus: a synthetic dataset with one record broken in each of the
+ways real folders break, and valid but unusual variants that must be kept exactly.
+A module of its own so that the tests and a benchmark-free script can build it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
+
+from daskmri import synth
+
+# Non-square, as in conftest, so that a row/column swap shows up.
+SHAPE = (48, 64)
+PATIENTS = 3
+SLICES = 24
+SEED = 11
+
+
+def contour(root: Path, patient: int, instance: int, kind: str = "i") -> Path:
+    return (
+        root
+        / "contourfiles"
+        / f"SYN-C-{patient}"
+        / f"{kind}-contours"
+        / f"IM-0001-{instance:04d}-{kind}contour-manual.txt"
+    )
+
+
+def dicom(root: Path, patient: int, instance: int) -> Path:
+    return root / "dicoms" / f"SYN{patient:04d}" / f"{instance}.dcm"
+
+
+def _rewrite(path: Path, **changes) -> None:
+    ds = pydicom.dcmread(path)
+    for key, value in changes.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _syntax(path: Path, syntax) -> None:
+    ds = pydicom.dcmread(path)
+    if syntax == RLELossless:
+        ds.compress(RLELossless)  # pydicom's own encoder: no extra needed
+        ds.save_as(path, enforce_file_format=True)
+        return
+    stored = ds.pixel_array
+    ds.file_meta.TransferSyntaxUID = syntax
+    if syntax == ExplicitVRBigEndian:
+        ds.PixelData = stored.astype(">i2").tobytes()
+        pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=False, force_encoding=True)
+    else:
+        ds.save_as(path, enforce_file_format=True)
+
+
+def make_corpus(root: Path) -> tuple[Path, dict[tuple[str, int], tuple[Path, str]]]:
+    """Write the corpus at ``root``. Returns the root and, for every record that must
+    be dropped, ``(patient_id, instance) -> (path dropped() must name, reason fragment)``.
+    Every other record must be kept with the pixels and masks of the pristine
+    dataset that ``synth.make_dataset(..., seed=SEED)`` writes."""
+    synth.make_dataset(root, patients=PATIENTS, slices=SLICES, shape=SHAPE, seed=SEED)
+    bad: dict[tuple[str, int], tuple[Path, str]] = {}
+
+    # Patient 1: broken DICOM files.
+    def broken(instance: int, fragment: str) -> Path:
+        path = dicom(root, 1, instance)
+        bad[("SYN0001", instance)] = (path, fragment)
+        return path
+
+    path = broken(2, "truncated")
+    path.write_bytes(path.read_bytes()[:-700])
+    broken(3, "empty file").write_bytes(b"")
+    broken(4, "not a DICOM file").write_text("patient_id,original_id\n" * 40)
+    _rewrite(broken(6, "no PixelData"), PixelData=None)
+    _rewrite(broken(8, "needs"), Rows=96)  # declared 96 rows, bytes for 48
+    _rewrite(broken(9, "65535x65535"), Rows=65535, Columns=65535)
+    path = broken(10, "is a directory")
+    path.unlink()
+    path.mkdir()
+    path = broken(12, "does not exist")
+    path.unlink()
+    # Still listed (a dangling link inside the root), so the record is planned and
+    # its DICOM is found missing when parsed.
+    os.symlink(root / "dicoms" / "SYN0001" / "gone.dcm", path)
+
+    # Patient 2: broken contour files.
+    def broken_contour(instance: int, fragment: str, kind: str = "i") -> Path:
+        path = contour(root, 2, instance, kind)
+        bad[("SYN0002", instance)] = (path, fragment)
+        return path
+
+    path = broken_contour(2, "'12.5 oops'")
+    path.write_text(path.read_text().replace("\n", "\n12.5 oops\n", 1))
+    broken_contour(4, "empty contour").write_text("")
+    broken_contour(6, "only 2 point(s)").write_text("10.0 10.0\n20.0 20.0\n")
+    path = broken_contour(8, "non-finite")
+    path.write_text(path.read_text() + "nan 12.0\n")
+    path = broken_contour(9, "non-finite", kind="o")
+    path.write_text("inf 3.0\n" + path.read_text())
+    path = broken_contour(10, "lies outside the 48x64 image")
+    path.write_text(path.read_text() + "1e9 -1e9\n")
+    broken_contour(12, "UTF-8").write_bytes(b"10.0 10.0\n\xff\xfe 20.0\n30.0 5.0\n")
+    path = broken_contour(14, "has no DICOM")
+    dicom(root, 2, 14).unlink()
+
+    # Patient 3: valid variants, kept with exact pixels and masks.
+    for instance, change in ((2, b"\r\n"), (4, b"\t")):
+        path = contour(root, 3, instance)
+        text = path.read_bytes()
+        path.write_bytes(text.replace(b"\n", change if change == b"\r\n" else b"\n"))
+        if change == b"\t":
+            path.write_bytes(text.replace(b" ", b"\t"))
+    path = contour(root, 3, 6)
+    path.write_bytes(b"\n\n" + path.read_bytes().replace(b"\n", b"\n\n") + b"\n  \n")
+    for instance, syntax in (
+        (8, ImplicitVRLittleEndian),
+        (9, ExplicitVRBigEndian),
+        (10, DeflatedExplicitVRLittleEndian),
+        (12, RLELossless),
+    ):
+        _syntax(dicom(root, 3, instance), syntax)
+    # A byte-order mark and CRLF line ends in link.csv.
+    link = root / "link.csv"
+    link.write_bytes(b"\xef\xbb\xbf" + link.read_bytes().replace(b"\n", b"\r\n"))
+    return root, bad
+
+
+def pristine(root: Path) -> Path:
+    """The same dataset, unbroken."""
+    if root.exists():
+        shutil.rmtree(root)
+    return synth.make_dataset(root, patients=PATIENTS, slices=SLICES, shape=SHAPE, seed=SEED)
