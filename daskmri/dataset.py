@@ -663,6 +663,28 @@ def build(
     compressor = zstore.DEFAULT_COMPRESSOR if compressor is None else compressor
     if compressor not in zstore.COMPRESSORS:
         raise ValueError(f"compressor must be one of {zstore.COMPRESSORS}, got {compressor!r}")
+    # A client made here from an address is closed when the build ends: nothing of
+    # the result stays on the cluster. Its workers are checked before anything is
+    # written.
+    local_only = contextlib.nullcontext(None)
+    with connect(client, security=security) if scheduler is None else local_only as client:
+        if client is not None:
+            check_workers(client, os.path.abspath(os.fspath(root)))
+        return _build(
+            root, store, layout=layout, client=client, scheduler=scheduler,
+            chunk_size=chunk_size, labels=labels, mode=mode, reader=reader, limits=limits,
+            shape=shape, compressor=compressor, storage_options=storage_options,
+            progress=progress, started=started,
+        )  # fmt: skip
+
+
+def _build(
+    root, store, *, layout, client, scheduler, chunk_size, labels, mode, reader, limits, shape,
+    compressor, storage_options, progress, started,
+) -> BuildReport:  # fmt: skip
+    """:func:`build` once its arguments are checked and its client is connected."""
+    from . import store as zstore
+
     limits = DEFAULT_LIMITS if limits is None else limits
     layout = Layout() if layout is None else layout
     spec = zstore.StoreSpec.of(store, storage_options)
@@ -763,18 +785,6 @@ def build(
     # Pass 2: stream the records again and run their chunks in waves.
     if reader is None:
         reader = functools.partial(read_record, limits=limits, shape=shape)
-    # A client made here from an address is closed when the build ends: nothing of
-    # the result stays on the cluster.
-    session = contextlib.ExitStack()
-    client = (
-        session.enter_context(connect(client, security=security)) if scheduler is None else None
-    )
-    if client is not None:
-        try:
-            check_workers(client, inputs.root)
-        except BaseException:
-            session.close()
-            raise
     local = None if client is not None else local_scheduler(scheduler, n_chunks)
     workers = ProcessWorkers() if local == "processes" else None
     isolation = Isolation()
@@ -848,7 +858,6 @@ def build(
             workers.close()
         if bar:
             bar.close()
-        session.close()
 
     # Fold the markers in, retire what no record wants, then mark the store complete.
     state = zstore.read_state(spec)

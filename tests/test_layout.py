@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -84,6 +86,40 @@ def test_link_csv_with_bom_and_crlf(damaged_root):
     assert after.equals(before)
 
 
+#: Paths under watch by the audit hook, and what was opened or listed under them.
+_WATCH: dict[str, list[str]] = {}
+
+
+def _audit(event: str, args: tuple) -> None:
+    if not _WATCH or event not in ("open", "os.listdir", "os.scandir", "glob.glob"):
+        return
+    path = args[0] if args else None
+    if isinstance(path, int) or path is None:
+        return
+    try:
+        real = os.path.realpath(os.fsdecode(path))
+    except (TypeError, ValueError):
+        return
+    for prefix, hits in _WATCH.items():
+        if real == prefix or real.startswith(prefix + os.sep):
+            hits.append(f"{event} {os.fsdecode(path)}")
+
+
+@contextlib.contextmanager
+def watching(folder) -> list[str]:
+    """Record every file opened and folder listed under ``folder`` in this process
+    (through symlinks too), by a ``sys.addaudithook`` hook."""
+    if not getattr(sys, "_daskmri_audit", False):
+        sys.addaudithook(_audit)  # hooks cannot be removed: one for the session
+        sys._daskmri_audit = True
+    hits: list[str] = []
+    _WATCH[os.path.realpath(folder)] = hits
+    try:
+        yield hits
+    finally:
+        _WATCH.clear()
+
+
 def test_never_reads_outside_root(damaged_root, tmp_path):
     # A decoy study beside the root that link.csv and symlinks try to reach.
     decoy = tmp_path / "decoy"
@@ -105,25 +141,42 @@ def test_never_reads_outside_root(damaged_root, tmp_path):
     )
     target.unlink()
     os.symlink(decoy / "contourfiles" / "SYN-C-1" / "i-contours" / target.name, target)
+    # ... and a DICOM file that is one.
+    (damaged_root / "dicoms" / "SYN0001" / "8.dcm").unlink()
+    os.symlink(
+        decoy / "dicoms" / "SYN0001" / "2.dcm", damaged_root / "dicoms" / "SYN0001" / "8.dcm"
+    )
 
-    table = scan(damaged_root)
+    with watching(decoy) as hits:
+        table = scan(damaged_root)
+        ds = daskmri.load_dataset(damaged_root, scheduler="sync")
+        daskmri.build(damaged_root, tmp_path / "ds.zarr", scheduler="sync")
+        stored = daskmri.open_dataset(tmp_path / "ds.zarr", root=damaged_root).compute()
+    # Not one file of the decoy study was opened, nor its folders listed.
+    assert hits == []
+    with watching(decoy) as hits:  # and the watch itself works
+        daskmri.read_dicom(decoy / "dicoms" / "SYN0001" / "2.dcm")
+    assert len(hits) == 1
     for column in ("dicom_path", "icontour_path", "ocontour_path"):
         paths = table[column].dropna()
         assert not paths.str.contains("decoy").any()
     reasons = [p["reason"] for p in table.attrs["problems"]]
     assert sum("would leave the root folder" in r for r in reasons) == 2
     assert any("folder is a link that leaves the root" in r for r in reasons)
-    assert any("file is a link that leaves the root" in r for r in reasons)
+    assert sum("file is a link that leaves the root" in r for r in reasons) == 2
     # Patient 1 lost its instance-4 i-contour, so instance 4 is no longer a record.
     assert 4 not in table[table.patient_id == "SYN0001"].instance.tolist()
 
-    ds = daskmri.load_dataset(damaged_root, scheduler="sync")
+    assert_records_equal(stored, ds)
     # SYN0002's DICOM folder was the outside link: its records are dropped, not read.
     assert set(ds.patient_id.values) == {"SYN0001"}
     lost = daskmri.dropped(ds)
     records = lost[lost.instance.notna()]
     assert (records.patient_id == "SYN0002").sum() == len(expected_instances("any"))
-    assert lost.reason.str.contains("leave").sum() == 4
+    assert lost.reason.str.contains("leave").sum() == 5
+    # The DICOM that was a link out is not listed, so its contours have no DICOM.
+    eight = lost[(lost.patient_id == "SYN0001") & (lost.instance == 8)]
+    assert "has no DICOM" in eight.reason.iloc[0]
     decoy_images = {daskmri.read_dicom(p).tobytes() for p in decoy.glob("dicoms/*/*.dcm")}
     assert not any(image.tobytes() in decoy_images for image in ds.image.values)
 

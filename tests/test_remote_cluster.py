@@ -4,6 +4,7 @@ tools on 127.0.0.1 and reached by address; and workers killed partway through a 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,10 +57,13 @@ def start_scheduler(folder: Path, **popen) -> tuple[subprocess.Popen, str]:
     return proc, json.loads(scheduler_file.read_text())["address"]
 
 
-def start_worker(address: str, folder: Path, name: str, **popen) -> subprocess.Popen:
-    """One ``dask worker`` process with one thread, on 127.0.0.1."""
+def start_worker(
+    address: str, folder: Path, name: str, prefix: tuple[str, ...] = (), **popen
+) -> subprocess.Popen:
+    """One ``dask worker`` process with one thread, on 127.0.0.1 (its command line
+    run by ``prefix``, if given)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1",
+        [*prefix, sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1",
          "--nthreads", "1", "--no-dashboard", "--name", name,
          "--local-directory", str(folder / name)],
         cwd=str(folder), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen,
@@ -290,5 +294,52 @@ def test_workers_that_cannot_import_daskmri_fail_in_one_line(synth_root, tmp_pat
             assert "install the same environment" in message and "\n" not in message
             with pytest.raises(daskmri.DaskmriError, match="cannot run daskmri"):
                 daskmri.load_dataset(synth_root, client=client)
+    finally:
+        _stop(processes)
+
+
+def _can_hide_folders() -> bool:
+    try:
+        done = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "true"],
+            capture_output=True,
+            timeout=WAIT,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def test_workers_that_cannot_see_the_data_fail_in_one_line(synth_root, tmp_path):
+    """A `dask worker` in a mount namespace of its own where the data folder's parent
+    is an empty tmpfs: it runs daskmri fine but cannot see the data, as a worker on
+    a machine without the shared filesystem. The build and load stop in one line."""
+    if not _can_hide_folders():
+        pytest.skip("needs `unshare --mount` (util-linux, as root) to hide a folder from a worker")
+    from distributed import Client
+
+    hidden = tmp_path / "hidden"
+    root = hidden / "data"
+    shutil.copytree(synth_root, root)
+    hide = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount -t tmpfs none "$0" && exec "$@"', str(hidden))  # fmt: skip
+    scheduler, address = start_scheduler(tmp_path)
+    processes = [scheduler]
+    try:
+        processes.append(start_worker(address, tmp_path, "sees", env=os.environ))
+        processes.append(start_worker(address, tmp_path, "blind", prefix=hide, env=os.environ))
+        with Client(address, timeout="30s", set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=WAIT)
+            started = time.monotonic()
+            with pytest.raises(daskmri.DaskmriError) as info:
+                daskmri.build(root, tmp_path / "ds.zarr", client=client)
+            assert time.monotonic() - started < 30
+            message = str(info.value)
+            assert f"1 of 2 workers cannot see the data folder {root}" in message
+            assert "mounted at the same path on every worker" in message and "\n" not in message
+            with pytest.raises(daskmri.DaskmriError, match="cannot see the data folder"):
+                daskmri.load_dataset(root, client=client)
+            # Nothing was written: the store was never created.
+            assert not (tmp_path / "ds.zarr").exists()
     finally:
         _stop(processes)
