@@ -14,7 +14,7 @@ from typing import Any
 import dask
 
 from .errors import DaskmriError
-from .parse import Record, Skipping, probe
+from .parse import Record, Skipping, find_killers
 
 __all__ = ["SCHEDULERS", "Isolation", "ProcessWorkers", "Progress", "resolve_client", "run_tasks"]
 
@@ -231,10 +231,9 @@ def run_tasks(
     if client is not None:
         futures = client.compute(list(tasks))
         if isinstance(progress, Progress):
-            from distributed import as_completed
-
-            for _ in as_completed(futures):
-                progress.advance()
+            # Advanced as futures finish; the caller's wait is the one that is bounded.
+            for future in futures:
+                future.add_done_callback(lambda _: progress.advance())
         elif progress:
             from distributed import progress as show_progress
 
@@ -324,9 +323,9 @@ class ProcessWorkers:
     dies (``BrokenProcessPool``) and loses what the other tasks had finished. Here
     each chunk is its own future: finished chunks are kept, the pool is restarted,
     and the chunks that were in flight run again alone. A chunk that kills its
-    process alone has its records probed one at a time; the records that kill are
-    dropped (:data:`~daskmri.parse.POISON_REASON`) and the chunk runs once more
-    without them.
+    process alone has its records parsed one at a time in a child process
+    (:func:`~daskmri.parse.find_killers`); the records that kill are dropped
+    (:data:`~daskmri.parse.POISON_REASON`) and the chunk runs once more without them.
 
     Parameters
     ----------
@@ -339,8 +338,8 @@ class ProcessWorkers:
     ...     results, isolation = workers.run(task, parts, reader)
     """
 
-    #: Times a chunk may kill its process while running alone, after its records
-    #: were probed, before the run gives up (the crash then is not one record's).
+    #: Times a chunk may kill its process while running alone with its killers
+    #: skipped before the run gives up (the crash then is not one record's).
     MAX_SOLO_DEATHS = 3
 
     def __init__(self, workers: int | None = None) -> None:
@@ -370,7 +369,7 @@ class ProcessWorkers:
 
     def run(
         self,
-        task: Callable[[list, Callable], Any],
+        task: Callable[..., Any],
         parts: Sequence[list],
         reader: Callable[[Record], Any],
         *,
@@ -392,12 +391,10 @@ class ProcessWorkers:
 
         results: list[Any] = [None] * len(parts)
         poisoned: set[tuple[str, int]] = set()
-        cleared: set[tuple[str, int]] = set()
         suspects: set[int] = set()  # chunks in flight when a process died: run alone
         deaths: Counter[int] = Counter()
-        queue: deque[tuple] = deque(("chunk", j) for j in range(len(parts)))
-        flight: dict[Any, tuple] = {}
-        alone = False
+        queue: deque[int] = deque(range(len(parts)))
+        flight: dict[Any, int] = {}
         isolating = 0.0
 
         def reader_for(j: int):
@@ -405,18 +402,13 @@ class ProcessWorkers:
             return Skipping(reader, skip) if skip else reader
 
         while queue or flight:
-            while queue and len(flight) < self.workers and not alone:
-                job = queue[0]
-                solo = job[0] == "probe" or job[1] in suspects
-                if solo and flight:
+            # A suspect runs alone, so that if a process dies, the chunk that killed it
+            # is known.
+            while queue and len(flight) < self.workers:
+                if flight and (queue[0] in suspects or suspects & set(flight.values())):
                     break
-                queue.popleft()
-                if job[0] == "probe":
-                    future = self._submit(probe, job[2], reader=reader)
-                else:
-                    future = self._submit(task, parts[job[1]], reader=reader_for(job[1]))
-                flight[future] = (*job, time.perf_counter())
-                alone = solo
+                j = queue.popleft()
+                flight[self._submit(task, parts[j], reader=reader_for(j))] = j
             finished, _ = wait(flight, return_when=FIRST_COMPLETED)
             if any(isinstance(f.exception(), BrokenProcessPool) for f in finished):
                 # A dead process breaks the pool: every future in flight fails at once.
@@ -424,107 +416,133 @@ class ProcessWorkers:
                 finished = set(flight)
             lost = []
             for future in finished:
-                job = flight.pop(future)
+                j = flight.pop(future)
                 error = future.exception() if future.done() else BrokenProcessPool()
                 if isinstance(error, BrokenProcessPool):
-                    lost.append(job)
-                    continue
-                if error is not None:
+                    lost.append(j)
+                elif error is not None:
                     raise error
-                if job[0] == "probe":
-                    cleared.add(_key(job[2]))
                 else:
-                    results[job[1]] = future.result()
+                    results[j] = future.result()
                     if progress is not None:
                         progress.advance()
-                if alone:
-                    isolating += time.perf_counter() - job[-1]
-            alone = False
             if not lost:
                 continue
             started = time.perf_counter()
             self._pool.shutdown(wait=True)
             self._pool = None
             self.restarts += 1
-            if len(lost) > 1:
-                # Any of them could be the killer; each runs alone next.
-                for job in sorted(lost, reverse=True):
-                    suspects.add(job[1])
-                    queue.appendleft(job[:2])
-                isolating += time.perf_counter() - started
-                continue
-            job = lost[0]
-            isolating += time.perf_counter() - min(started, job[-1])
-            if job[0] == "probe":
-                poisoned.add(_key(job[2]))
-                continue
-            j = job[1]
-            suspects.add(j)
-            deaths[j] += 1
-            todo = [r for _, r in parts[j] if _key(r) not in poisoned | cleared]
-            if not todo and deaths[j] > self.MAX_SOLO_DEATHS:
-                raise DaskmriError(
-                    f"a chunk of {len(parts[j])} records (from {parts[j][0][1].dicom_path}) "
-                    f"killed its worker process {deaths[j]} times, although none of its "
-                    "records does alone; is the machine out of memory?"
-                )
-            # Probe each record alone, then run the chunk again without the killers.
-            queue.appendleft(("chunk", j))
-            for record in reversed(todo):
-                queue.appendleft(("probe", j, record))
+            if len(lost) == 1:
+                j = lost[0]
+                deaths[j] += 1
+                found = set(find_killers(parts[j], reader_for(j)))
+                poisoned |= found
+                if not found and deaths[j] > self.MAX_SOLO_DEATHS:
+                    raise DaskmriError(
+                        f"a chunk of {len(parts[j])} records (from "
+                        f"{parts[j][0][1].dicom_path}) killed its worker process {deaths[j]} "
+                        "times, although none of its records does alone; is the machine out "
+                        "of memory?"
+                    )
+            suspects.update(lost)
+            queue.extendleft(sorted(lost, reverse=True))
+            isolating += time.perf_counter() - started
         isolation = Isolation(tuple(sorted(poisoned)), isolating)
         isolation.log()
         return results, isolation
 
 
-def isolate_crashes(
-    client, futures: list, parts: list, reader, again, rounds: int = 5
-) -> tuple[list, Isolation]:
-    """Wait for chunk ``futures``; a chunk whose task kept killing workers
-    (``KilledWorker``) has its records parsed one task each, to find the ones that kill,
-    and runs again without them (they are dropped with a reason saying so). Other
-    errors are raised. Returns the futures, the rerun ones replaced, and the
-    :class:`Isolation`.
+#: How long a cluster may have no workers at all before a wait gives up with an
+#: error (rather than waiting for ever for workers that may never come back).
+NO_WORKERS_TIMEOUT = 120.0
 
-    It goes round again until nothing fails: while the poison is being found, workers
-    die with innocent chunks' results on them, and their recomputation can be
-    suspected too; reruns never parse a known poison record again.
+
+def wait_on_cluster(client, futures, *, no_workers_timeout: float = NO_WORKERS_TIMEOUT) -> None:
+    """``distributed.wait(futures)``, but an error when the cluster has had no workers
+    for ``no_workers_timeout`` seconds (all of them died and none came back).
+
+    Raises
+    ------
+    DaskmriError
+        Naming what to do.
     """
     from distributed import wait
+
+    alone_since = None
+    while True:
+        try:
+            with client.as_current():  # wait() looks for a default client otherwise
+                wait(futures, timeout=min(5.0, no_workers_timeout))
+            return
+        except TimeoutError:
+            pass
+        if client.nthreads():
+            alone_since = None
+            continue
+        alone_since = time.monotonic() if alone_since is None else alone_since
+        if time.monotonic() - alone_since >= no_workers_timeout:
+            raise DaskmriError(
+                f"the cluster at {client.scheduler.address} has had no workers for "
+                f"{no_workers_timeout:.0f} s; start workers (a build resumes where it stopped "
+                "when run again)"
+            )
+
+
+def isolate_crashes(
+    client,
+    futures: list,
+    parts: list,
+    reader,
+    again,
+    *,
+    rounds: int = 5,
+    no_workers_timeout: float = NO_WORKERS_TIMEOUT,
+) -> tuple[list, Isolation]:
+    """Wait for chunk ``futures``; a chunk whose task kept killing workers
+    (``KilledWorker``) has its records parsed one at a time in a child process of a
+    worker (:func:`~daskmri.parse.find_killers`), and runs again without the ones that
+    kill (they are dropped with a reason saying so). Other errors are raised. Returns
+    the futures, the rerun ones replaced, and the :class:`Isolation`.
+
+    It goes round again until nothing fails: while a killer is being found, workers
+    die with innocent chunks' results on them, and those chunks can be suspected too;
+    reruns never parse a known killer again.
+
+    Raises
+    ------
+    DaskmriError
+        If chunks still fail after ``rounds`` rounds, or the cluster has no workers
+        left (see :func:`wait_on_cluster`).
+    """
     from distributed.scheduler import KilledWorker
 
     poisoned: set[tuple[str, int]] = set()
     started = None
-    for _ in range(rounds):
-        with client.as_current():  # wait() looks for a default client otherwise
-            wait(futures)
+    for round_ in range(rounds + 1):
+        wait_on_cluster(client, futures, no_workers_timeout=no_workers_timeout)
         failed = [j for j, future in enumerate(futures) if future.status == "error"]
         if not failed:
             break
-        # The time to isolate runs from the first failure, not from the start of the work.
-        started = time.perf_counter() if started is None else started
         for j in failed:
             error = futures[j].exception()
             if not isinstance(error, KilledWorker):
                 raise error
-            records = [record for _, record in parts[j]]
-            # One probe at a time: the scheduler suspects every task that was on a worker
-            # when it died, so probes side by side would frame the poison's neighbours.
-            for record in records:
-                key = (record.patient_id, record.instance)
-                if key in poisoned:
-                    continue
-                check = client.submit(probe, record, reader=reader, pure=False)
-                with client.as_current():
-                    wait(check)
-                if check.status == "error":
-                    poisoned.add(key)
-            futures[j] = client.compute(again(parts[j], Skipping(reader, frozenset(poisoned))))
-    else:
-        raise DaskmriError(
-            f"chunks kept killing workers after {rounds} rounds of isolating the records "
-            f"that kill them alone ({sorted(poisoned)}); is the cluster healthy?"
-        )
+        if round_ == rounds:
+            raise DaskmriError(
+                f"chunks kept killing workers after {rounds} rounds of isolating the records "
+                f"that kill them alone ({sorted(poisoned)}); is the cluster healthy?"
+            )
+        # The time to isolate runs from the first failure, not from the start of the work.
+        started = time.perf_counter() if started is None else started
+        # Each failed chunk's records are parsed one at a time in a child process of a
+        # worker: the child dies, not the worker, so these can run side by side.
+        searches = client.map(find_killers, [parts[j] for j in failed], reader=reader, pure=False)
+        wait_on_cluster(client, searches, no_workers_timeout=no_workers_timeout)
+        for found in client.gather(searches):
+            poisoned.update(found)
+        skipping = Skipping(reader, frozenset(poisoned))
+        for j in failed:
+            futures[j] = client.compute(again(parts[j], skipping))
     isolation = Isolation(
         tuple(sorted(poisoned)), 0.0 if started is None else time.perf_counter() - started
     )

@@ -361,9 +361,86 @@ class Skipping:
         return self.reader(record)
 
 
-def probe(record: Record, reader: Callable[[Record], Parsed]) -> bool:
-    """Parse one record and keep nothing: a task that only tells whether parsing it
-    kills the process. Failures that raise are the chunk's business, not a crash."""
-    with contextlib.suppress(Exception):
-        reader(record)
-    return True
+def find_killers(
+    items: Sequence[tuple[int, Record]],
+    reader: Callable[[Record], Parsed],
+    *,
+    timeout: float = 600.0,
+) -> list[tuple[str, int]]:
+    """The ``(patient_id, instance)`` keys of the records whose parsing kills the
+    process, found by parsing the chunk's records one at a time in a child process.
+
+    The child says which record it starts before it reads it; when it dies, the
+    record it was on is a killer and a new child goes on from the next record. So
+    the worker running this never dies itself, and a chunk with one killer costs two
+    child processes. A child that says nothing for ``timeout`` seconds is killed and
+    its record counted as a killer too (a decoder that hangs).
+
+    Raises
+    ------
+    RuntimeError
+        If a child dies before it starts any record (it cannot unpickle ``reader``,
+        say), with what the child printed.
+    """
+    import select
+    import subprocess
+    import sys
+    import tempfile
+
+    import cloudpickle
+
+    records = [record for _, record in items]
+    killers: list[tuple[str, int]] = []
+    start = 0
+    while start < len(records):
+        with tempfile.TemporaryFile() as errors:
+            child = subprocess.Popen(
+                [sys.executable, "-c", "from daskmri.parse import _probe_child; _probe_child()"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+            )
+            try:
+                child.stdin.write(cloudpickle.dumps((records[start:], reader)))
+                child.stdin.close()
+                last, finished = -1, False
+                while not finished:
+                    ready, _, _ = select.select([child.stdout], [], [], timeout)
+                    line = child.stdout.readline() if ready else b""
+                    if not line:  # the child died, or hung and is killed below
+                        break
+                    finished = line == b"done\n"
+                    last = last if finished else int(line)
+            finally:
+                child.kill()
+                child.wait()
+            if finished:
+                break
+            if last < 0:
+                errors.seek(0)
+                text = errors.read().decode(errors="replace").strip().splitlines()
+                raise RuntimeError(
+                    "the process that parses records one at a time died before its first "
+                    f"record: {text[-1] if text else f'exit code {child.returncode}'}"
+                )
+        killers.append((records[start + last].patient_id, records[start + last].instance))
+        start += last + 1
+    return killers
+
+
+def _probe_child() -> None:
+    """The child of :func:`find_killers`: read ``(records, reader)`` from stdin, and
+    say each record's index on stdout before parsing it."""
+    import sys
+
+    import cloudpickle
+
+    records, reader = cloudpickle.loads(sys.stdin.buffer.read())
+    out = sys.stdout
+    for k, record in enumerate(records):
+        out.write(f"{k}\n")
+        out.flush()
+        with contextlib.suppress(Exception):  # failures that raise are not crashes
+            reader(record)
+    out.write("done\n")
+    out.flush()

@@ -56,3 +56,16 @@ def dies(part, reader):
     """A chunk task that kills its process whatever its records: no one record is to
     blame, so isolating records cannot help."""
     os._exit(18)
+
+
+class HangReader:
+    """The default reader, except that it never returns on ``(patient_id, instance)``,
+    as a decoder stuck in a loop."""
+
+    def __init__(self, patient_id: str, instance: int) -> None:
+        self.key = (patient_id, instance)
+
+    def __call__(self, record: Record):
+        if (record.patient_id, record.instance) == self.key:
+            time.sleep(3600)
+        return read_record(record)

@@ -19,11 +19,12 @@ import pytest
 import daskmri
 from daskmri import DaskmriError
 from daskmri.cluster import ProcessWorkers
-from daskmri.parse import POISON_REASON
+from daskmri.dataset import plan_chunks
+from daskmri.parse import POISON_REASON, find_killers
 from daskmri.testing import assert_records_equal, eager_load
 
 from . import hostile
-from .readers import PoisonReader, dies
+from .readers import HangReader, PoisonReader, dies
 
 
 def keys(ds) -> list[tuple[str, int]]:
@@ -80,7 +81,7 @@ def test_a_build_without_killers_reports_no_isolation(synth_root, tmp_path):
 def test_a_chunk_that_kills_whatever_its_records_fails_clearly(synth_root):
     """When no single record is to blame, isolating records cannot help: the run
     must stop with a clear error after a bounded number of tries, not loop."""
-    parts = [[(0, r) for r in daskmri.dataset.plan_chunks(daskmri.scan(synth_root)).chunks[0]]]
+    parts = [[(0, r) for r in plan_chunks(daskmri.scan(synth_root)).chunks[0]]]
     started = time.monotonic()
     with ProcessWorkers(1) as workers:
         with pytest.raises(DaskmriError, match=r"killed its worker process 4 times.*memory"):
@@ -90,8 +91,49 @@ def test_a_chunk_that_kills_whatever_its_records_fails_clearly(synth_root):
     assert time.monotonic() - started < 60
 
 
+def items_of(root, chunk: int = 0, chunk_size: int = 8) -> list:
+    plan = plan_chunks(daskmri.scan(root), chunk_size=chunk_size)
+    return list(enumerate(plan.chunks[chunk]))
+
+
+def test_find_killers_names_each_killer_and_survives_them(synth_root):
+    items = items_of(synth_root)  # SYN0001's instances 2, 3, 4, 6, 8, 9, 10, 12
+    # Two side by side, and the last one.
+    reader = PoisonReader("SYN0001", 3, also=(("SYN0001", 4), ("SYN0001", 12)))
+    assert find_killers(items, reader) == [("SYN0001", 3), ("SYN0001", 4), ("SYN0001", 12)]
+    assert find_killers(items, daskmri.read_record) == []
+    # A closure is fine (cloudpickle), and a reader that raises is not a killer.
+    assert find_killers(items, lambda record: 1 / 0) == []
+
+
+def test_find_killers_counts_a_hang_as_a_killer(synth_root):
+    started = time.monotonic()
+    found = find_killers(items_of(synth_root), HangReader("SYN0001", 9), timeout=3)
+    assert found == [("SYN0001", 9)]
+    assert time.monotonic() - started < 30
+
+
+def test_find_killers_says_why_its_child_cannot_start(synth_root):
+    with pytest.raises(RuntimeError, match=r"died before its first record: .*Error"):
+        find_killers(items_of(synth_root), _Unloadable())
+
+
+class _Unloadable:
+    """Pickles, but cannot be unpickled (as a reader whose module a child lacks)."""
+
+    def __reduce__(self):
+        return (_fail_to_load, ())
+
+    def __call__(self, record):
+        return daskmri.read_record(record)
+
+
+def _fail_to_load():
+    raise ImportError("no module named 'somewhere_else'")
+
+
 def test_process_workers_keep_finished_results_when_one_dies(synth_root):
-    plan = daskmri.dataset.plan_chunks(daskmri.scan(synth_root), chunk_size=2)
+    plan = plan_chunks(daskmri.scan(synth_root), chunk_size=2)
     items = list(enumerate(r for chunk in plan.chunks for r in chunk))
     parts = [items[i : i + 2] for i in range(0, len(items), 2)]
     reader = PoisonReader("SYN0002", 12)

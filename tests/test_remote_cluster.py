@@ -58,14 +58,20 @@ def start_scheduler(folder: Path, **popen) -> tuple[subprocess.Popen, str]:
 
 
 def start_worker(
-    address: str, folder: Path, name: str, prefix: tuple[str, ...] = (), **popen
+    address: str,
+    folder: Path,
+    name: str,
+    prefix: tuple[str, ...] = (),
+    *,
+    nanny: bool = True,
+    **popen,
 ) -> subprocess.Popen:
     """One ``dask worker`` process with one thread, on 127.0.0.1 (its command line
-    run by ``prefix``, if given)."""
+    run by ``prefix``, if given; with no nanny to restart it if ``nanny`` is False)."""
     return subprocess.Popen(
         [*prefix, sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1",
          "--nthreads", "1", "--no-dashboard", "--name", name,
-         "--local-directory", str(folder / name)],
+         "--local-directory", str(folder / name), *([] if nanny else ["--no-nanny"])],
         cwd=str(folder), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen,
     )  # fmt: skip
 
@@ -341,5 +347,31 @@ def test_workers_that_cannot_see_the_data_fail_in_one_line(synth_root, tmp_path)
                 daskmri.load_dataset(root, client=client)
             # Nothing was written: the store was never created.
             assert not (tmp_path / "ds.zarr").exists()
+    finally:
+        _stop(processes)
+
+
+def test_a_cluster_left_with_no_workers_is_an_error_not_a_hang(tmp_path):
+    """Every worker gone for good (no nanny to restart it): waiting on the cluster
+    stops with an error that says so, instead of waiting for ever."""
+    from distributed import Client
+
+    from daskmri.cluster import wait_on_cluster
+
+    scheduler, address = start_scheduler(tmp_path)
+    processes = [scheduler]
+    try:
+        # No nanny: a killed worker stays dead.
+        processes.append(start_worker(address, tmp_path, "lone", nanny=False))
+        with Client(address, timeout="30s", set_as_default=False) as client:
+            client.wait_for_workers(1, timeout=WAIT)
+            future = client.submit(time.sleep, 60, pure=False)
+            time.sleep(1)
+            for pid in client.run(os.getpid).values():
+                os.kill(pid, signal.SIGKILL)
+            started = time.monotonic()
+            with pytest.raises(daskmri.DaskmriError, match="has had no workers for 3 s"):
+                wait_on_cluster(client, [future], no_workers_timeout=3)
+            assert time.monotonic() - started < WAIT
     finally:
         _stop(processes)
