@@ -334,8 +334,16 @@ class ProcessWorkers:
 
     Examples
     --------
-    >>> with ProcessWorkers(1) as workers:  # doctest: +SKIP
-    ...     results, isolation = workers.run(task, parts, reader)
+    >>> import functools, tempfile, daskmri
+    >>> from daskmri.dataset import plan_chunks
+    >>> from daskmri.parse import parse_partition
+    >>> root = daskmri.synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=4, shape=(16, 16))
+    >>> items = list(enumerate(plan_chunks(daskmri.scan(root)).chunks[0]))
+    >>> task = functools.partial(parse_partition, shape=(16, 16), slots=None)
+    >>> with ProcessWorkers(1) as workers:
+    ...     results, isolation = workers.run(task, [items], daskmri.read_record)
+    >>> results[0][0].image.shape, isolation.records
+    ((3, 16, 16), ())
     """
 
     #: Times a chunk may kill its process while running alone with its killers
@@ -395,6 +403,7 @@ class ProcessWorkers:
         deaths: Counter[int] = Counter()
         queue: deque[int] = deque(range(len(parts)))
         flight: dict[Any, int] = {}
+        sent: dict[Any, float] = {}
         isolating = 0.0
 
         def reader_for(j: int):
@@ -408,27 +417,31 @@ class ProcessWorkers:
                 if flight and (queue[0] in suspects or suspects & set(flight.values())):
                     break
                 j = queue.popleft()
-                flight[self._submit(task, parts[j], reader=reader_for(j))] = j
+                future = self._submit(task, parts[j], reader=reader_for(j))
+                flight[future], sent[future] = j, time.perf_counter()
             finished, _ = wait(flight, return_when=FIRST_COMPLETED)
             if any(isinstance(f.exception(), BrokenProcessPool) for f in finished):
                 # A dead process breaks the pool: every future in flight fails at once.
                 wait(flight, timeout=60)
                 finished = set(flight)
-            lost = []
+            lost, lost_since = [], time.perf_counter()
             for future in finished:
                 j = flight.pop(future)
                 error = future.exception() if future.done() else BrokenProcessPool()
                 if isinstance(error, BrokenProcessPool):
                     lost.append(j)
+                    lost_since = min(lost_since, sent[future])
                 elif error is not None:
                     raise error
                 else:
                     results[j] = future.result()
                     if progress is not None:
                         progress.advance()
+                    if j in suspects:  # ran alone: part of the cost of isolating
+                        isolating += time.perf_counter() - sent[future]
+                sent.pop(future, None)
             if not lost:
                 continue
-            started = time.perf_counter()
             self._pool.shutdown(wait=True)
             self._pool = None
             self.restarts += 1
@@ -446,7 +459,8 @@ class ProcessWorkers:
                     )
             suspects.update(lost)
             queue.extendleft(sorted(lost, reverse=True))
-            isolating += time.perf_counter() - started
+            # The time lost: the dead chunks' runs, the restart and the search.
+            isolating += time.perf_counter() - lost_since
         isolation = Isolation(tuple(sorted(poisoned)), isolating)
         isolation.log()
         return results, isolation

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,11 @@ import pytest
 from daskmri import synth
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sunnybrook"
+
+#: The fuzz budget: builds over mutated real files in test_reliability.py, and 50
+#: hypothesis examples per case for the contour parser. Small in CI; set
+#: DASKMRI_FUZZ_CASES=200 for a longer run.
+FUZZ_CASES = int(os.environ.get("DASKMRI_FUZZ_CASES", "3"))
 
 # Non-square, so that any x/y or row/column swap shows up.
 SHAPE = (48, 64)

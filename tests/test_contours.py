@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from daskmri import ContourError, Limits, polygon_mask, read_contour, synth
 from daskmri.contours import parse_contour
 
+from .conftest import FUZZ_CASES
 from .reference import matplotlib_mask, pnpoly_exact
 
 TRIANGLE = "10.5 10.5\n30.25 12\n20 40.75\n"
@@ -168,14 +169,43 @@ def _distance_to_boundary(points, x, y):
     return float(np.min(np.hypot(nearest[:, 0] - x, nearest[:, 1] - y)))
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.text(max_size=200))
-def test_parse_contour_never_raises_anything_but_contour_error(text):
+def _check_parse(text: str) -> None:
     try:
         points = parse_contour(text, shape=(32, 32))
     except ContourError:
         return
     assert points.shape[1] == 2 and len(points) >= 3 and np.isfinite(points).all()
+    # Kept points lie within the one-pixel margin the parser allows around the image.
+    assert (points >= -1).all() and (points <= 33).all()
+
+
+@settings(max_examples=50 * FUZZ_CASES, deadline=None)
+@given(st.text(max_size=200))
+def test_parse_contour_never_raises_anything_but_contour_error(text):
+    _check_parse(text)
+
+
+# Text shaped like contour files: lines of two numbers (any floats, NaN and inf
+# included, in several spellings), with stray words, blanks, tabs and CRLF.
+_number = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.floats(-50, 100).map(lambda v: f"{v:.2f}"),
+    st.integers(-(10**12), 10**12).map(str),
+    st.sampled_from(["nan", "-inf", "1e400", "0x10", "1_000", "", "--1", "1e"]),
+)
+_line = st.one_of(
+    st.tuples(_number, _number, st.sampled_from([" ", "\t", "  ", " \t"])).map(
+        lambda t: f"{t[0]}{t[2]}{t[1]}"
+    ),
+    st.text(max_size=12),
+    st.just(""),
+)
+
+
+@settings(max_examples=50 * FUZZ_CASES, deadline=None)
+@given(st.lists(_line, max_size=30), st.sampled_from(["\n", "\r\n", "\r"]))
+def test_parse_contour_on_contour_shaped_text(lines, end):
+    _check_parse(end.join(lines))
 
 
 def test_synthetic_polygons_are_unambiguous_and_exact():

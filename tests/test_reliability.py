@@ -5,7 +5,6 @@ in test_remote_cluster.py; the decoy study outside the root in test_layout.py.)"
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import tracemalloc
@@ -24,6 +23,7 @@ from daskmri.parse import POISON_REASON, find_killers
 from daskmri.testing import assert_records_equal, eager_load
 
 from . import hostile
+from .conftest import FUZZ_CASES
 from .readers import HangReader, PoisonReader, dies
 
 
@@ -277,8 +277,6 @@ def test_real_files_broken_drop_only_their_records(real_patient):
 
 # -- mutation fuzz of whole builds -------------------------------------------------
 
-#: Builds over mutated real files; set DASKMRI_FUZZ_CASES for a longer run.
-FUZZ_CASES = int(os.environ.get("DASKMRI_FUZZ_CASES", "3"))
 #: Files mutated in each build (of the real patient's labelled slices).
 FUZZ_MUTATED = 6
 
