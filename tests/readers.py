@@ -69,3 +69,18 @@ class HangReader:
         if (record.patient_id, record.instance) == self.key:
             time.sleep(3600)
         return read_record(record)
+
+
+class PidReader:
+    """The default reader, plus the parsing process's pid appended to ``log``."""
+
+    def __init__(self, log: str | os.PathLike[str]) -> None:
+        self.log = os.fspath(log)
+
+    def __call__(self, record: Record):
+        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+        return read_record(record)

@@ -238,6 +238,44 @@ def test_load_dataset_drops_a_record_that_kills_its_worker(remote, synth_root):
         client.wait_for_workers(2, timeout=WAIT)
 
 
+def test_the_dask_config_scheduler_address_is_used_without_a_client(remote, synth_root, tmp_path):
+    """``client=None`` with Dask's ``scheduler-address`` config (in-process) or the
+    ``DASK_SCHEDULER_ADDRESS`` environment variable (a fresh process, as a user sets
+    it): the work runs on that cluster's workers."""
+    import dask
+    from distributed import Client, futures_of
+
+    address, _ = remote
+    local = daskmri.load_dataset(synth_root, chunk_size=5, scheduler="sync")
+    with dask.config.set({"scheduler-address": address}):
+        ds = daskmri.load_dataset(synth_root, chunk_size=5)
+    made = futures_of(ds)[0].client
+    try:
+        assert made.scheduler.address == address
+        assert_records_equal(ds, local)
+    finally:
+        made.close()
+
+    with Client(address, timeout="30s", set_as_default=False) as client:
+        client.wait_for_workers(2, timeout=WAIT)
+        pids = set(worker_pids(client))
+    log, store = tmp_path / "pids.log", tmp_path / "ds.zarr"
+    code = (
+        "import sys, daskmri; from tests.readers import PidReader; "
+        "print(daskmri.build(sys.argv[1], sys.argv[2], reader=PidReader(sys.argv[3])).records)"
+    )
+    env = os.environ | {"DASK_SCHEDULER_ADDRESS": address, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(synth_root), str(store), str(log)],
+        env=env, capture_output=True, text=True, timeout=2 * WAIT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "16"
+    parsed_by = {int(pid) for pid in log.read_text().split()}
+    assert parsed_by and parsed_by <= pids, (parsed_by, pids)
+    assert_records_equal(daskmri.open_dataset(store), local)
+
+
 def test_a_tls_cluster_by_address_with_security(synth_root, tmp_path):
     """A LocalCluster of worker processes that speaks only TLS, with throwaway
     certificates; daskmri connects by its tls:// address with security=."""
