@@ -266,7 +266,10 @@ def load_dataset(
             # exactly one task. Fusing would add an alias task per chunk for nothing.
             parsed = bag.map_partitions(parse_partition, shape, reader, slots)
             tasks = parsed.to_delayed(optimize_graph=False) if plan.chunks else []
-            results = run_tasks(tasks, client=client, scheduler=local, progress=progress)
+            # On a cluster, a bar that advances as chunks finish: Dask's own would block
+            # without the bound that isolate_crashes puts on waiting.
+            bar = Progress(len(tasks)) if progress and client is not None else progress
+            results = run_tasks(tasks, client=client, scheduler=local, progress=bar)
             isolation = Isolation()
         if client is not None:
 
@@ -274,7 +277,11 @@ def load_dataset(
                 one = _bag([part]).map_partitions(parse_partition, shape, skipping, None)
                 return one.to_delayed(optimize_graph=False)[0]
 
-            results, isolation = isolate_crashes(client, results, parts, reader, again)
+            try:
+                results, isolation = isolate_crashes(client, results, parts, reader, again)
+            finally:
+                if isinstance(bar, Progress):
+                    bar.close()
             summaries = client.gather(client.map(_first_summary, results))
         else:
             summaries = [r[0] for r in results]

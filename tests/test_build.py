@@ -113,6 +113,13 @@ class TestExact:
             ds.isel(record=slice(2, 9)).image.mean()  # stays lazy
         assert_records_equal(ds, eager_load(synth_root))
 
+    @pytest.mark.parametrize("where", ["processes", "cluster"])
+    def test_progress_bar_counts_every_chunk(self, synth_root, client, capsys, where):
+        kwargs = {"client": client} if where == "cluster" else {"scheduler": "processes"}
+        ds = daskmri.load_dataset(synth_root, chunk_size=5, progress=True, **kwargs)
+        chunks = len(ds.image.chunks[0])
+        assert f"| {chunks}/{chunks} chunks |" in capsys.readouterr().err
+
     def test_scheduler_address_string(self, synth_root, local_cluster):
         from distributed import default_client, futures_of
 
