@@ -3,6 +3,7 @@ executor, and run a list of chunk tasks on it with an optional progress bar."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sys
@@ -327,10 +328,15 @@ class ProcessWorkers:
     (:func:`~daskmri.parse.find_killers`); the records that kill are dropped
     (:data:`~daskmri.parse.POISON_REASON`) and the chunk runs once more without them.
 
+    A chunk still running after ``chunk_timeout`` seconds counts as a death too (its
+    processes are killed): a reader that hangs is found like one that crashes.
+
     Parameters
     ----------
     workers : int, optional
         Worker processes; default Dask's ``num_workers`` config, else one per core.
+    chunk_timeout : float
+        Seconds a chunk may run, and a record in the search may take.
 
     Examples
     --------
@@ -350,10 +356,11 @@ class ProcessWorkers:
     #: skipped before the run gives up (the crash then is not one record's).
     MAX_SOLO_DEATHS = 3
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, *, chunk_timeout: float = 600.0) -> None:
         import os
 
         self.workers = int(workers or dask.config.get("num_workers", None) or os.cpu_count() or 1)
+        self.chunk_timeout = chunk_timeout
         self.restarts = 0
         self._pool: Any = None
 
@@ -419,7 +426,16 @@ class ProcessWorkers:
                 j = queue.popleft()
                 future = self._submit(task, parts[j], reader=reader_for(j))
                 flight[future], sent[future] = j, time.perf_counter()
-            finished, _ = wait(flight, return_when=FIRST_COMPLETED)
+            oldest = min(sent[f] for f in flight)
+            left = oldest + self.chunk_timeout - time.perf_counter()
+            finished, _ = wait(flight, timeout=max(left, 0), return_when=FIRST_COMPLETED)
+            if not finished:
+                # A chunk hangs: kill the pool's processes, so that it breaks as if the
+                # chunk had crashed (ProcessPoolExecutor has no public way to do this).
+                for process in list(self._pool._processes.values()):
+                    process.kill()
+                wait(flight, timeout=60)
+                finished = set(flight)
             if any(isinstance(f.exception(), BrokenProcessPool) for f in finished):
                 # A dead process breaks the pool: every future in flight fails at once.
                 wait(flight, timeout=60)
@@ -448,7 +464,7 @@ class ProcessWorkers:
             if len(lost) == 1:
                 j = lost[0]
                 deaths[j] += 1
-                found = set(find_killers(parts[j], reader_for(j)))
+                found = set(find_killers(parts[j], reader_for(j), timeout=self.chunk_timeout))
                 poisoned |= found
                 if not found and deaths[j] > self.MAX_SOLO_DEATHS:
                     raise DaskmriError(
@@ -488,7 +504,7 @@ def wait_on_cluster(client, futures, *, no_workers_timeout: float = NO_WORKERS_T
             with client.as_current():  # wait() looks for a default client otherwise
                 wait(futures, timeout=min(5.0, no_workers_timeout))
             return
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):  # two classes before Python 3.11
             pass
         if client.nthreads():
             alone_since = None

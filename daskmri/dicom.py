@@ -247,7 +247,8 @@ def _fast_header(raw: bytes) -> tuple[_Header, str] | None:
                 if not text or "\\" in text:
                     return None
                 if name == "PhotometricInterpretation":
-                    header[name] = text
+                    # Only trailing padding, as pydicom strips: a leading space is an error.
+                    header[name] = bytes(value).decode("ascii").rstrip(" \0")
                 else:
                     header[name] = int(text) if name == "NumberOfFrames" else float(text)
         return header, syntax

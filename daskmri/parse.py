@@ -386,9 +386,14 @@ def find_killers(
     import subprocess
     import sys
     import tempfile
+    import time
 
     import cloudpickle
 
+    # The parent's import path, so that a reader from a module beside the user's
+    # script unpickles in the child as it does in a pool worker.
+    path = os.pathsep.join(p or os.getcwd() for p in sys.path)
+    env = os.environ | {"PYTHONPATH": path}
     records = [record for _, record in items]
     killers: list[tuple[str, int]] = []
     start = 0
@@ -399,21 +404,33 @@ def find_killers(
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=errors,
+                env=env,
             )
+            last, finished = -1, False
             try:
                 child.stdin.write(cloudpickle.dumps((records[start:], reader)))
                 child.stdin.close()
-                last, finished = -1, False
+                # The raw descriptor, read by hand: a buffered readline would take
+                # several lines at once and leave select() waiting on an empty pipe.
+                fd, pending = child.stdout.fileno(), b""
+                deadline = time.monotonic() + timeout  # from the last record started
                 while not finished:
-                    ready, _, _ = select.select([child.stdout], [], [], timeout)
-                    line = child.stdout.readline() if ready else b""
-                    if not line:  # the child died, or hung and is killed below
+                    left = deadline - time.monotonic()
+                    ready = select.select([fd], [], [], max(left, 0))[0] if left > 0 else []
+                    data = os.read(fd, 4096) if ready else b""
+                    if not data:  # the child died, or hung and is killed below
                         break
-                    finished = line == b"done\n"
-                    last = last if finished else int(line)
+                    *lines, pending = (pending + data).split(b"\n")
+                    for line in lines:
+                        if line == b"done":
+                            finished = True
+                        else:
+                            last = int(line)
+                            deadline = time.monotonic() + timeout
             finally:
                 child.kill()
                 child.wait()
+                child.stdout.close()
             if finished:
                 break
             if last < 0:
@@ -430,17 +447,19 @@ def find_killers(
 
 def _probe_child() -> None:
     """The child of :func:`find_killers`: read ``(records, reader)`` from stdin, and
-    say each record's index on stdout before parsing it."""
+    say each record's index on the original stdout before parsing it. Anything else
+    written to stdout (a print in a reader, a C library) goes to stderr instead, so
+    that only indices travel on the channel."""
     import sys
 
     import cloudpickle
 
+    channel = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     records, reader = cloudpickle.loads(sys.stdin.buffer.read())
-    out = sys.stdout
     for k, record in enumerate(records):
-        out.write(f"{k}\n")
-        out.flush()
+        channel.write(f"{k}\n".encode())
         with contextlib.suppress(Exception):  # failures that raise are not crashes
             reader(record)
-    out.write("done\n")
-    out.flush()
+    channel.write(b"done\n")

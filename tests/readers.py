@@ -84,3 +84,18 @@ class PidReader:
         finally:
             os.close(fd)
         return read_record(record)
+
+
+class NoisyReader:
+    """The default reader, printing to stdout first (as a chatty decoder might), and
+    raising at once on every record but ``keep`` (so that many records go by fast)."""
+
+    def __init__(self, keep: tuple = ()) -> None:
+        self.keep = set(keep)
+
+    def __call__(self, record: Record):
+        print(f"decoding {record.instance}", flush=True)
+        os.write(1, b"and a C library writes here too\n")
+        if (record.patient_id, record.instance) not in self.keep:
+            raise ValueError("fast failure")
+        return read_record(record)

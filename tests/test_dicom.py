@@ -191,7 +191,7 @@ class TestFailures:
         with pytest.raises(DicomError, match="does not exist"):
             read_dicom(tmp_path / "missing.dcm")
 
-    @pytest.mark.parametrize("value", ["MONCHROME2", "PALETTE COLOR", None])
+    @pytest.mark.parametrize("value", ["MONCHROME2", " MONOCHROME2", "PALETTE COLOR", None])
     def test_photometric_interpretation_must_be_grey(self, slice_path, tmp_path, value):
         out = rewrite(slice_path, tmp_path / "p.dcm", PhotometricInterpretation=value)
         with pytest.raises(DicomError, match="PhotometricInterpretation"):

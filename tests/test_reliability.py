@@ -24,7 +24,7 @@ from daskmri.testing import assert_records_equal, eager_load
 
 from . import hostile
 from .conftest import FUZZ_CASES
-from .readers import HangReader, PoisonReader, dies
+from .readers import HangReader, NoisyReader, PoisonReader, dies
 
 
 def keys(ds) -> list[tuple[str, int]]:
@@ -111,6 +111,49 @@ def test_find_killers_counts_a_hang_as_a_killer(synth_root):
     found = find_killers(items_of(synth_root), HangReader("SYN0001", 9), timeout=3)
     assert found == [("SYN0001", 9)]
     assert time.monotonic() - started < 30
+
+
+def test_find_killers_blames_the_hang_alone_after_fast_records(synth_root):
+    """Records that fail at once arrive as several index lines in one read; the hang
+    after them is still charged to the right record."""
+
+    class FastThenHang:
+        def __call__(self, record):
+            if record.instance == 10:
+                time.sleep(3600)
+            raise ValueError("fast")
+
+    assert find_killers(items_of(synth_root), FastThenHang(), timeout=2) == [("SYN0001", 10)]
+
+
+def test_find_killers_ignores_what_the_reader_prints(synth_root):
+    reader = NoisyReader(keep=(("SYN0001", 4),))
+    assert find_killers(items_of(synth_root), reader) == []
+
+
+def test_find_killers_child_imports_from_the_parents_path(synth_root, tmp_path, monkeypatch):
+    (tmp_path / "beside_the_script.py").write_text(
+        "import os\nfrom daskmri import read_record\n"
+        "def reader(record):\n"
+        "    if record.instance == 3:\n        os._exit(9)\n"
+        "    return read_record(record)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from beside_the_script import reader
+
+    assert find_killers(items_of(synth_root), reader) == [("SYN0001", 3)]
+
+
+def test_a_hanging_chunk_in_local_workers_is_found_like_a_crash(synth_root):
+    items = items_of(synth_root)
+    started = time.monotonic()
+    with ProcessWorkers(2, chunk_timeout=3) as workers:
+        results, isolation = workers.run(
+            _instances, [items[:4], items[4:]], HangReader("SYN0001", 9)
+        )
+    assert isolation.records == (("SYN0001", 9),)
+    assert results == [[2, 3, 4, 6], [8, 10, 12]]
+    assert time.monotonic() - started < 60
 
 
 def test_find_killers_says_why_its_child_cannot_start(synth_root):
