@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import StaleStoreWarning, StoreError
+from .errors import DaskmriError, StaleStoreWarning, StoreError
 from .parse import Parsed, Record, parse_chunk
 
 if TYPE_CHECKING:
@@ -64,6 +64,22 @@ COMPRESSORS = ("blosc-zstd", "blosc-lz4", "zstd", "none")
 DEFAULT_COMPRESSOR = "blosc-zstd"
 
 
+def _zarr():
+    """zarr, or an error that says why it is missing: zarr 3 needs Python 3.11, so on
+    Python 3.10 daskmri installs without it and everything but the store works."""
+    try:
+        import zarr
+    except ImportError:
+        import sys
+
+        raise DaskmriError(
+            "the Zarr store (build, open_dataset, check) needs zarr>=3.0.8, which is not "
+            f"installed; zarr 3 needs Python 3.11 or newer (this is {sys.version.split()[0]}). "
+            "load_dataset and BatchIterator work without it"
+        ) from None
+    return zarr
+
+
 @dataclass(frozen=True)
 class StoreSpec:
     """Where a store lives: a local path or an fsspec URL that zarr accepts,
@@ -88,7 +104,7 @@ class StoreSpec:
         return {"storage_options": dict(self.storage_options)} if "://" in self.url else {}
 
     def exists(self) -> bool:
-        import zarr
+        zarr = _zarr()
 
         try:
             zarr.open_group(self.url, mode="r", **self._options())
@@ -101,7 +117,7 @@ class StoreSpec:
         return True
 
     def group(self, mode: str = "r"):
-        import zarr
+        zarr = _zarr()
 
         try:
             return zarr.open_group(self.url, mode=mode, **self._options())
@@ -111,7 +127,7 @@ class StoreSpec:
             ) from exc
 
     def array(self, name: str, mode: str = "r+"):
-        import zarr
+        zarr = _zarr()
 
         return zarr.open_array(self.url, path=name, mode=mode, **self._options())
 
@@ -130,6 +146,7 @@ class StoreSpec:
 
 
 def _codecs(compressor: str) -> dict:
+    _zarr()
     from zarr.codecs import BloscCodec, ZstdCodec
 
     # Byte shuffle groups the float32 bytes by significance before compressing:
@@ -241,7 +258,7 @@ def create(
 ) -> None:
     """Make an empty store (no slots yet) with ``complete`` false; slots are added
     by :func:`append_slots`."""
-    import zarr
+    zarr = _zarr()
 
     codecs = _codecs(compressor)
     group = zarr.open_group(spec.url, mode="w", zarr_format=3, **spec._options())

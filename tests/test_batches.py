@@ -15,7 +15,7 @@ import xarray as xr
 import daskmri
 from daskmri import BatchIterator, BatchSchema, DaskmriError
 
-from .conftest import SHAPE
+from .conftest import SHAPE, ZARR_MISSING
 
 N_RECORDS = 16  # in the session's synthetic dataset (labels="any")
 
@@ -38,18 +38,19 @@ def reference(synth_root):
 
 @pytest.fixture(scope="module")
 def zarr_ds(synth_root, tmp_path_factory):
+    pytest.importorskip("zarr", reason=ZARR_MISSING)
     store = tmp_path_factory.mktemp("batches") / "ds.zarr"
     daskmri.build(synth_root, store, chunk_size=3, scheduler="sync")
     return daskmri.open_dataset(store)
 
 
 @pytest.fixture(params=["memory", "dask", "zarr"])
-def ds(request, reference, synth_root, zarr_ds):
+def ds(request, reference, synth_root):
     if request.param == "memory":
         return reference
     if request.param == "dask":
         return daskmri.load_dataset(synth_root, chunk_size=3, scheduler="sync")
-    return zarr_ds
+    return request.getfixturevalue("zarr_ds")
 
 
 def assert_batch_is_true(batch, reference) -> None:
@@ -297,10 +298,10 @@ def wait_for(predicate, timeout: float = 30.0) -> bool:
 
 class TestCluster:
     @pytest.fixture(params=["persisted", "zarr"])
-    def cluster_ds(self, request, client, synth_root, zarr_ds):
+    def cluster_ds(self, request, client, synth_root):
         if request.param == "persisted":
             return daskmri.load_dataset(synth_root, chunk_size=3, client=client)
-        return zarr_ds
+        return request.getfixturevalue("zarr_ds")
 
     def test_epoch_resume_and_truth_through_a_local_cluster(self, cluster_ds, client, reference):
         it = BatchIterator(cluster_ds, batch_size=5, seed=4, client=client)

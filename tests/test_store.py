@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import xarray as xr
-import zarr
 
 import daskmri
 from daskmri import StaleStoreError, StaleStoreWarning, StoreError, cli
@@ -21,8 +20,10 @@ from daskmri.dataset import plan_chunks
 from daskmri.store import OK, RETIRED, StoreSpec, read_state, write_partition
 from daskmri.testing import assert_records_equal, eager_load, raise_if_dask_computes
 
-from .conftest import SHAPE
+from .conftest import SHAPE, ZARR_MISSING
 from .readers import LoggingReader, parsed
+
+zarr = pytest.importorskip("zarr", reason=ZARR_MISSING)
 
 REPO = Path(__file__).resolve().parents[1]
 
