@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import REAL_DATA, replicate, require_data
+from common import REAL_DATA, pyplot, replicate, require_data
 
 import daskmri
 from daskmri.testing import eager_load
@@ -154,12 +154,8 @@ def main() -> None:
             indent=2,
         )
     )
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         print("no plot: pip install 'daskmri[plot]'")
         return
     names = [r["configuration"].replace("load_dataset ", "").split(" (")[0] for r in rows]

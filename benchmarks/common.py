@@ -86,3 +86,15 @@ def stall(it, step: float = 0.010) -> tuple[float, float]:
         waited += wait
         time.sleep(step)
     return waited / (time.perf_counter() - started), first or 0.0
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt

@@ -43,7 +43,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import replicate, stall  # noqa: E402
+from common import pyplot, replicate, stall  # noqa: E402
 
 RESULTS = HERE / "results"
 STEP = 0.010
@@ -324,23 +324,15 @@ def main() -> None:
             default=str,
         )
     )
-    _plot(rows, n, args.out / "compare.png", label)
-    print(f"\nwrote {args.out / 'compare.json'}" + (" and compare.png" if _HAVE_MPL else ""))
+    plotted = _plot(rows, n, args.out / "compare.png", label)
+    print(f"\nwrote {args.out / 'compare.json'}" + (" and compare.png" if plotted else ""))
 
 
-_HAVE_MPL = True
-
-
-def _plot(rows: list[dict], n: int, path: Path, label: str) -> None:
-    global _HAVE_MPL
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        _HAVE_MPL = False
-        return
+def _plot(rows: list[dict], n: int, path: Path, label: str) -> bool:
+    """Draw the table at ``path``; False (and no file) without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return False
     colours = {"peers": "grey", "epochs: BatchIterator": "tab:green"}
     fig, ax = plt.subplots(figsize=(10, 0.38 * len(rows) + 1.5))
     y = np.arange(len(rows))[::-1]
@@ -358,6 +350,7 @@ def _plot(rows: list[dict], n: int, path: Path, label: str) -> None:
     ax.set_title(f"daskmri vs peer loaders, {n:,} records ({label})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    return True
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-from common import REAL_DATA, replicate, require_data, stall
+from common import REAL_DATA, pyplot, replicate, require_data, stall
 
 import daskmri
 from daskmri.testing import eager_load
@@ -181,12 +181,8 @@ def main() -> None:
             default=str,
         )
     )
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         print(f"wrote {args.out / 'iterate.json'} (no plot: matplotlib is not installed)")
         return
     ok = [r for r in rows if "samples" in r]

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import REAL_DATA, peak_rss_mib, replicate
+from common import REAL_DATA, peak_rss_mib, pyplot, replicate
 
 import daskmri
 from daskmri.store import COMPRESSORS, DEFAULT_COMPRESSOR
@@ -190,12 +190,8 @@ def main() -> None:
             default=str,
         )
     )
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         print(f"wrote {args.out / 'scale.json'} (no plot: matplotlib is not installed)")
         return
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))

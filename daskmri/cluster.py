@@ -214,7 +214,6 @@ def run_tasks(
     client: Any = None,
     scheduler: str | None = None,
     progress: bool | Progress = False,
-    pool: Any = None,
 ) -> list[Any]:
     """Run dask ``tasks`` (Delayed objects).
 
@@ -226,8 +225,8 @@ def run_tasks(
     start-up time.
 
     ``progress`` is True for a Dask progress bar, or a :class:`Progress` to advance
-    by one per finished task. ``pool`` is an executor for the ``"processes"``
-    scheduler to reuse across calls (Dask starts a new one per call otherwise).
+    by one per finished task. (daskmri's own chunks go to worker processes through
+    :class:`ProcessWorkers`, which gets past a process that dies.)
     """
     if client is not None:
         futures = client.compute(list(tasks))
@@ -243,13 +242,6 @@ def run_tasks(
         return futures
     scheduler = local_scheduler(scheduler, len(tasks))
     logger.debug("running %d tasks on the %r scheduler", len(tasks), scheduler)
-    options: dict[str, Any] = {}
-    if scheduler == "processes":
-        # One task per batch: a task is already a whole chunk, and Dask's default
-        # batches of 6 left one worker idle while the other finished its batch.
-        options["chunksize"] = 1
-        if pool is not None:
-            options["pool"] = pool
     if isinstance(progress, Progress):
         from dask.callbacks import Callback
 
@@ -257,25 +249,22 @@ def run_tasks(
             progress.advance()
 
         with Callback(posttask=advance):
-            return list(dask.compute(*tasks, scheduler=scheduler, **options))
+            return list(dask.compute(*tasks, scheduler=scheduler))
     if progress:
         from dask.diagnostics import ProgressBar
 
         with ProgressBar():
-            return list(dask.compute(*tasks, scheduler=scheduler, **options))
-    return list(dask.compute(*tasks, scheduler=scheduler, **options))
+            return list(dask.compute(*tasks, scheduler=scheduler))
+    return list(dask.compute(*tasks, scheduler=scheduler))
 
 
-def process_pool(max_workers: int | None = None):
+def process_pool(workers: int):
     """A process pool like the one Dask's ``"processes"`` scheduler makes (same start
-    method), to be reused across several ``run_tasks`` calls and shut down after."""
+    method)."""
     import multiprocessing
-    import os
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context(dask.config.get("multiprocessing.context", "spawn"))
-    # As Dask's own pool: dask.config's num_workers, else one per core.
-    workers = max_workers or dask.config.get("num_workers", None) or os.cpu_count() or 1
     return ProcessPoolExecutor(workers, mp_context=context)
 
 
@@ -359,6 +348,7 @@ class ProcessWorkers:
     def __init__(self, workers: int | None = None, *, chunk_timeout: float = 600.0) -> None:
         import os
 
+        # As Dask's own pool: dask.config's num_workers, else one per core.
         self.workers = int(workers or dask.config.get("num_workers", None) or os.cpu_count() or 1)
         self.chunk_timeout = chunk_timeout
         self.restarts = 0

@@ -333,16 +333,8 @@ def load_dataset(
             "original_id": ("record", np.array(meta["original_id"], dtype=str)),
             "instance": ("record", np.array(meta["instance"], dtype=np.int64)),
         },
-        attrs={
-            "title": "MRI slices and contour masks",
-            "source": os.path.abspath(os.fspath(root)),
-            "layout": json.dumps(layout.to_dict()),
-            "labels": labels,
-            "chunk_size": chunk_size,
-            "created_by": f"daskmri {__version__}",
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "dropped": json.dumps(dropped_rows),
-        },
+        attrs=_provenance(root, layout=layout, labels=labels, chunk_size=chunk_size)
+        | {"dropped": json.dumps(dropped_rows)},
     )
     ds["image"].attrs.update(long_name="pixel value after the DICOM modality rescale")
     ds["icontour"].attrs.update(long_name="inside the inner (i) contour")
@@ -726,17 +718,8 @@ def _build(
                 chunk_size=chunk_size,
                 shape=new_store["shape"],
                 compressor=compressor,
-                attrs={
-                    "title": "MRI slices and contour masks",
-                    "source": os.path.abspath(os.fspath(root)),
-                    "layout": json.dumps(layout.to_dict()),
-                    "labels": labels,
-                    "chunk_size": chunk_size,
-                    "shape": list(new_store["shape"]),
-                    "compressor": compressor,
-                    "created_by": f"daskmri {__version__}",
-                    "created": _now(),
-                },
+                attrs=_provenance(root, layout=layout, labels=labels, chunk_size=chunk_size)
+                | {"shape": list(new_store["shape"]), "compressor": compressor},
             )
         n = new_store["n"]
         zstore.resize(spec, n + len(records))
@@ -910,6 +893,19 @@ def _build(
 #: Chunks per wave of tasks (at least; more on a larger cluster): enough to keep the
 #: workers busy, few enough that the client holds a few thousand records at a time.
 WAVE_CHUNKS = 64
+
+
+def _provenance(root, *, layout: Layout, labels: str, chunk_size: int) -> dict:
+    """The attributes that say where a dataset came from, in memory or in a store."""
+    return {
+        "title": "MRI slices and contour masks",
+        "source": os.path.abspath(os.fspath(root)),
+        "layout": json.dumps(layout.to_dict()),
+        "labels": labels,
+        "chunk_size": chunk_size,
+        "created_by": f"daskmri {__version__}",
+        "created": _now(),
+    }
 
 
 def _now() -> str:

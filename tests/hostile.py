@@ -39,29 +39,34 @@ def dicom(root: Path, patient: int, instance: int) -> Path:
     return root / "dicoms" / f"SYN{patient:04d}" / f"{instance}.dcm"
 
 
-def _rewrite(path: Path, **changes) -> None:
-    ds = pydicom.dcmread(path)
+def rewrite(src: Path, dst: Path, **changes) -> Path:
+    """``src`` with its DICOM elements changed (None deletes one), saved at ``dst``."""
+    ds = pydicom.dcmread(src)
     for key, value in changes.items():
         if value is None:
             delattr(ds, key)
         else:
             setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
+    ds.save_as(dst, enforce_file_format=True)
+    return dst
 
 
-def _syntax(path: Path, syntax) -> None:
-    ds = pydicom.dcmread(path)
+def with_syntax(src: Path, dst: Path, syntax) -> Path:
+    """``src`` re-encoded in the transfer syntax ``syntax``, saved at ``dst``."""
+    ds = pydicom.dcmread(src)
     if syntax == RLELossless:
         ds.compress(RLELossless)  # pydicom's own encoder: no extra needed
-        ds.save_as(path, enforce_file_format=True)
-        return
+        ds.save_as(dst, enforce_file_format=True)
+        return dst
     stored = ds.pixel_array
     ds.file_meta.TransferSyntaxUID = syntax
     if syntax == ExplicitVRBigEndian:
+        # pydicom writes PixelData bytes as given: swap them for big endian.
         ds.PixelData = stored.astype(">i2").tobytes()
-        pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=False, force_encoding=True)
+        pydicom.dcmwrite(dst, ds, implicit_vr=False, little_endian=False, force_encoding=True)
     else:
-        ds.save_as(path, enforce_file_format=True)
+        ds.save_as(dst, enforce_file_format=True)
+    return dst
 
 
 def make_corpus(root: Path) -> tuple[Path, dict[tuple[str, int], tuple[Path, str]]]:
@@ -82,9 +87,12 @@ def make_corpus(root: Path) -> tuple[Path, dict[tuple[str, int], tuple[Path, str
     path.write_bytes(path.read_bytes()[:-700])
     broken(3, "empty file").write_bytes(b"")
     broken(4, "not a DICOM file").write_text("patient_id,original_id\n" * 40)
-    _rewrite(broken(6, "no PixelData"), PixelData=None)
-    _rewrite(broken(8, "needs"), Rows=96)  # declared 96 rows, bytes for 48
-    _rewrite(broken(9, "65535x65535"), Rows=65535, Columns=65535)
+    path = broken(6, "no PixelData")
+    rewrite(path, path, PixelData=None)
+    path = broken(8, "needs")
+    rewrite(path, path, Rows=96)  # declared 96 rows, bytes for 48
+    path = broken(9, "65535x65535")
+    rewrite(path, path, Rows=65535, Columns=65535)
     path = broken(10, "is a directory")
     path.unlink()
     path.mkdir()
@@ -129,7 +137,8 @@ def make_corpus(root: Path) -> tuple[Path, dict[tuple[str, int], tuple[Path, str
         (10, DeflatedExplicitVRLittleEndian),
         (12, RLELossless),
     ):
-        _syntax(dicom(root, 3, instance), syntax)
+        path = dicom(root, 3, instance)
+        with_syntax(path, path, syntax)
     # A byte-order mark and CRLF line ends in link.csv.
     link = root / "link.csv"
     link.write_bytes(b"\xef\xbb\xbf" + link.read_bytes().replace(b"\n", b"\r\n"))

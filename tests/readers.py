@@ -9,6 +9,15 @@ import time
 from daskmri.parse import Record, read_record
 
 
+def _append(log: str, line: str) -> None:
+    # O_APPEND: one write per line, so lines from several processes never interleave.
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
+
+
 class LoggingReader:
     """The default reader, plus one line per parsed record appended to ``log``
     (``patient_id/instance``), and an optional pause per record so that a test
@@ -19,12 +28,7 @@ class LoggingReader:
         self.delay = delay
 
     def __call__(self, record: Record):
-        # O_APPEND: one write per line, so lines from several processes never interleave.
-        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, f"{record.patient_id}/{record.instance}\n".encode())
-        finally:
-            os.close(fd)
+        _append(self.log, f"{record.patient_id}/{record.instance}")
         if self.delay:
             time.sleep(self.delay)
         return read_record(record)
@@ -78,11 +82,7 @@ class PidReader:
         self.log = os.fspath(log)
 
     def __call__(self, record: Record):
-        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, f"{os.getpid()}\n".encode())
-        finally:
-            os.close(fd)
+        _append(self.log, str(os.getpid()))
         return read_record(record)
 
 

@@ -16,6 +16,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Imp
 from daskmri import DicomError, Limits, read_dicom, synth
 from daskmri.dicom import read_dicom_shape
 
+from .hostile import rewrite, with_syntax
+
 
 def pydicom_pixels(path) -> np.ndarray:
     ds = pydicom.dcmread(path)
@@ -26,17 +28,6 @@ def pydicom_pixels(path) -> np.ndarray:
 def slice_path(synth_root):
     # Patient 2 carries a rescale slope and intercept.
     return synth_root / "dicoms" / "SYN0002" / "5.dcm"
-
-
-def rewrite(src, dst, **changes):
-    ds = pydicom.dcmread(src)
-    for key, value in changes.items():
-        if value is None:
-            delattr(ds, key)
-        else:
-            setattr(ds, key, value)
-    ds.save_as(dst, enforce_file_format=True)
-    return dst
 
 
 class TestPixels:
@@ -88,21 +79,7 @@ class TestPixels:
         "syntax", [ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian]
     )
     def test_other_transfer_syntaxes_of_a_synthetic_slice(self, slice_path, tmp_path, syntax):
-        ds = pydicom.dcmread(slice_path)
-        stored = ds.pixel_array
-        ds.file_meta.TransferSyntaxUID = syntax
-        if syntax == ExplicitVRBigEndian:
-            # pydicom writes PixelData bytes as given: swap them for big endian.
-            ds.PixelData = stored.astype(">i2").tobytes()
-            pydicom.dcmwrite(
-                tmp_path / "x.dcm",
-                ds,
-                implicit_vr=False,
-                little_endian=False,
-                force_encoding=True,
-            )
-        else:
-            ds.save_as(tmp_path / "x.dcm", enforce_file_format=True)
+        with_syntax(slice_path, tmp_path / "x.dcm", syntax)
         assert pydicom.dcmread(tmp_path / "x.dcm").file_meta.TransferSyntaxUID == syntax
         expected = pydicom_pixels(slice_path)
         np.testing.assert_array_equal(pydicom_pixels(tmp_path / "x.dcm"), expected)

@@ -3,6 +3,7 @@ tools on 127.0.0.1 and reached by address; and workers killed partway through a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -77,6 +78,43 @@ def start_worker(
     )  # fmt: skip
 
 
+@contextlib.contextmanager
+def cluster(folder: Path, workers: dict[str, dict], **popen):
+    """``dask scheduler`` and the named ``dask worker`` processes (each with its
+    :func:`start_worker` options), all waited for; yields ``(address, workers)`` and
+    stops every process on the way out, whatever happened."""
+    from distributed import Client
+
+    scheduler, address = start_scheduler(folder, **popen)
+    processes = [scheduler]
+    try:
+        for name, options in workers.items():
+            processes.append(start_worker(address, folder, name, **(popen | options)))
+        with Client(address, timeout="30s", set_as_default=False) as client:
+            client.wait_for_workers(len(workers), timeout=WAIT)
+        yield address, processes[1:]
+    finally:
+        _stop(processes)
+
+
+def refused(address: str, root: Path, store: Path) -> str:
+    """The one-line error with which ``build`` and then ``load_dataset`` refuse to run
+    on the cluster at ``address`` (bounded, and nothing is left running)."""
+    from distributed import Client
+
+    with Client(address, timeout="30s", set_as_default=False) as client:
+        started = time.monotonic()
+        with pytest.raises(daskmri.DaskmriError) as info:
+            daskmri.build(root, store, client=client)
+        assert time.monotonic() - started < 30
+        message = str(info.value)
+        with pytest.raises(daskmri.DaskmriError) as again:
+            daskmri.load_dataset(root, client=client)
+    assert "\n" not in message
+    assert str(again.value).split(";")[0] == message.split(";")[0]
+    return message
+
+
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory):
     """``dask scheduler`` and two ``dask worker`` processes; yields (address, workers)."""
@@ -87,18 +125,9 @@ def remote(tmp_path_factory):
         "PYTHONPATH": str(REPO),
         "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1",
     }
-    scheduler, address = start_scheduler(folder, env=env)
-    processes = [scheduler]
-    try:
+    with cluster(folder, {"w0": {}, "w1": {}}, env=env) as (address, workers):
         assert address.startswith("tcp://127.0.0.1:")
-        processes += [start_worker(address, folder, f"w{k}", env=env) for k in range(2)]
-        from distributed import Client
-
-        with Client(address, timeout="30s", set_as_default=False) as client:
-            client.wait_for_workers(2, timeout=WAIT)
-        yield address, processes[1:]
-    finally:
-        _stop(processes)
+        yield address, workers
 
 
 def worker_pids(client) -> list[int]:
@@ -322,30 +351,16 @@ def test_workers_that_cannot_import_daskmri_fail_in_one_line(synth_root, tmp_pat
     """A `dask worker` whose environment has a broken daskmri first on its path: the
     build stops at once with a one-line error that names the fix, not a traceback from
     the first task or a hang."""
-    from distributed import Client
 
     broken = tmp_path / "broken" / "daskmri"
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text("raise ImportError('this daskmri is broken')\n")
-    scheduler, address = start_scheduler(tmp_path)
-    processes = [scheduler]
-    try:
-        env = os.environ | {"PYTHONPATH": str(broken.parent)}
-        processes.append(start_worker(address, tmp_path, "broken", env=env))
-        with Client(address, timeout="30s", set_as_default=False) as client:
-            client.wait_for_workers(1, timeout=WAIT)
-            started = time.monotonic()
-            with pytest.raises(daskmri.DaskmriError) as info:
-                daskmri.build(synth_root, tmp_path / "ds.zarr", client=client)
-            assert time.monotonic() - started < 30
-            message = str(info.value)
-            assert "1 of 1 workers cannot run daskmri" in message
-            assert "this daskmri is broken" in message
-            assert "install the same environment" in message and "\n" not in message
-            with pytest.raises(daskmri.DaskmriError, match="cannot run daskmri"):
-                daskmri.load_dataset(synth_root, client=client)
-    finally:
-        _stop(processes)
+    env = os.environ | {"PYTHONPATH": str(broken.parent)}
+    with cluster(tmp_path, {"broken": {"env": env}}) as (address, _):
+        message = refused(address, synth_root, tmp_path / "ds.zarr")
+    assert "1 of 1 workers cannot run daskmri" in message
+    assert "this daskmri is broken" in message
+    assert "install the same environment" in message
 
 
 def _can_hide_folders() -> bool:
@@ -366,33 +381,18 @@ def test_workers_that_cannot_see_the_data_fail_in_one_line(synth_root, tmp_path)
     a machine without the shared filesystem. The build and load stop in one line."""
     if not _can_hide_folders():
         pytest.skip("needs `unshare --mount` (util-linux, as root) to hide a folder from a worker")
-    from distributed import Client
 
     hidden = tmp_path / "hidden"
     root = hidden / "data"
     shutil.copytree(synth_root, root)
     hide = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
             'mount -t tmpfs none "$0" && exec "$@"', str(hidden))  # fmt: skip
-    scheduler, address = start_scheduler(tmp_path)
-    processes = [scheduler]
-    try:
-        processes.append(start_worker(address, tmp_path, "sees", env=os.environ))
-        processes.append(start_worker(address, tmp_path, "blind", prefix=hide, env=os.environ))
-        with Client(address, timeout="30s", set_as_default=False) as client:
-            client.wait_for_workers(2, timeout=WAIT)
-            started = time.monotonic()
-            with pytest.raises(daskmri.DaskmriError) as info:
-                daskmri.build(root, tmp_path / "ds.zarr", client=client)
-            assert time.monotonic() - started < 30
-            message = str(info.value)
-            assert f"1 of 2 workers cannot see the data folder {root}" in message
-            assert "mounted at the same path on every worker" in message and "\n" not in message
-            with pytest.raises(daskmri.DaskmriError, match="cannot see the data folder"):
-                daskmri.load_dataset(root, client=client)
-            # Nothing was written: the store was never created.
-            assert not (tmp_path / "ds.zarr").exists()
-    finally:
-        _stop(processes)
+    with cluster(tmp_path, {"sees": {}, "blind": {"prefix": hide}}) as (address, _):
+        message = refused(address, root, tmp_path / "ds.zarr")
+    assert f"1 of 2 workers cannot see the data folder {root}" in message
+    assert "mounted at the same path on every worker" in message
+    # Nothing was written: the store was never created.
+    assert not (tmp_path / "ds.zarr").exists()
 
 
 def test_a_cluster_left_with_no_workers_is_an_error_not_a_hang(tmp_path):
@@ -402,20 +402,16 @@ def test_a_cluster_left_with_no_workers_is_an_error_not_a_hang(tmp_path):
 
     from daskmri.cluster import wait_on_cluster
 
-    scheduler, address = start_scheduler(tmp_path)
-    processes = [scheduler]
-    try:
-        # No nanny: a killed worker stays dead.
-        processes.append(start_worker(address, tmp_path, "lone", nanny=False))
-        with Client(address, timeout="30s", set_as_default=False) as client:
-            client.wait_for_workers(1, timeout=WAIT)
-            future = client.submit(time.sleep, 60, pure=False)
-            time.sleep(1)
-            for pid in client.run(os.getpid).values():
-                os.kill(pid, signal.SIGKILL)
-            started = time.monotonic()
-            with pytest.raises(daskmri.DaskmriError, match="has had no workers for 3 s"):
-                wait_on_cluster(client, [future], no_workers_timeout=3)
-            assert time.monotonic() - started < WAIT
-    finally:
-        _stop(processes)
+    # No nanny: a killed worker stays dead.
+    with (
+        cluster(tmp_path, {"lone": {"nanny": False}}) as (address, _),
+        Client(address, timeout="30s", set_as_default=False) as client,
+    ):
+        future = client.submit(time.sleep, 60, pure=False)
+        time.sleep(1)
+        for pid in client.run(os.getpid).values():
+            os.kill(pid, signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(daskmri.DaskmriError, match="has had no workers for 3 s"):
+            wait_on_cluster(client, [future], no_workers_timeout=3)
+        assert time.monotonic() - started < WAIT
