@@ -3,6 +3,7 @@ peak-memory reading, and machine facts."""
 
 from __future__ import annotations
 
+import atexit
 import csv
 import os
 import resource
@@ -33,7 +34,10 @@ def replicate(source: Path, records: int, workdir: Path | None = None) -> Path:
     """
     base = daskmri.scan(source)
     copies = max(1, -(-records // len(base)))
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="daskmri-bench-"))
+    if workdir is None:  # made here: removed at exit
+        workdir = Path(tempfile.mkdtemp(prefix="daskmri-bench-"))
+        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+    workdir = Path(workdir)
     root = workdir / f"replicated-{copies}x"
     if (root / "link.csv").is_file():
         return root

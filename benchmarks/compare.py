@@ -27,9 +27,11 @@ machine information) and ``compare.png`` (with matplotlib) in ``--out``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -235,6 +237,7 @@ def main() -> None:
     from daskmri.versions import versions
 
     work = Path(tempfile.mkdtemp(prefix="daskmri-compare-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # made here: removed here
     if args.synthetic is not None:
         # Two thirds of synthetic slices carry a contour: 30 slices give 20 records.
         patients = max(1, round(args.synthetic / 20))

@@ -18,9 +18,11 @@ Writes ``iterate.json`` and ``iterate.png`` in ``benchmarks/results``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import gc
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -79,6 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="daskmri-iterate-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # made here: removed here
     root = replicate(require_data(args.data), args.records, work)
 
     # The plain loop: parse DICOM, contours and masks per item, every epoch.

@@ -18,6 +18,7 @@ Writes ``scale.json`` and ``scale.png`` (with matplotlib) in ``benchmarks/result
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import json
 import os
@@ -110,6 +111,8 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="daskmri-scale-"))
+    if args.workdir is None:  # made here: removed here
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     sizes = [int(s) for s in args.sizes.split(",")]
 
     # A base of about 1,000 labelled records (two thirds of synthetic slices carry a

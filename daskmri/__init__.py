@@ -49,6 +49,8 @@ _EXPORTS = {
     "scan": "daskmri.layout",
     "Limits": "daskmri.limits",
     "show_versions": "daskmri.versions",
+    "shutdown_local_workers": "daskmri.cluster",
+    "WorkerStartError": "daskmri.errors",
 }
 
 
@@ -87,6 +89,7 @@ __all__ = [
     "StaleStoreError",
     "StaleStoreWarning",
     "StoreError",
+    "WorkerStartError",
     "__version__",
     "build",
     "check",
@@ -99,5 +102,6 @@ __all__ = [
     "read_record",
     "scan",
     "show_versions",
+    "shutdown_local_workers",
     "synth",
 ]

@@ -47,7 +47,37 @@ def _shape(value: str) -> tuple[int, int]:
         rows, cols = (int(v) for v in value.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"shape must look like 256x256, got {value!r}") from None
+    if min(rows, cols) < 16:
+        raise argparse.ArgumentTypeError(f"shape must be at least 16x16, got {value!r}")
     return rows, cols
+
+
+def _int_from(least: int):
+    """An argparse type: a whole number of at least ``least``."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or number < least:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number of at least {least}, got {value!r}"
+            )
+        return number
+
+    parse.__name__ = "whole number"  # argparse names the type in some messages
+    return parse
+
+
+_positive, _count = _int_from(1), _int_from(0)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
@@ -85,15 +115,20 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import synth
     from .dataset import dropped, load_dataset
-    from .plot import overlay_grid, write_png
+    from .plot import overlay_grid, write_png, written_by_daskmri
 
+    _refuse_to_overwrite(args.out, written_by_daskmri, "a PNG picture that daskmri wrote")
     with tempfile.TemporaryDirectory(prefix="daskmri-demo-") as tmp:
         root = args.root
         if root is None:
+            # Its path is not printed: it is deleted when the demo ends.
             root = synth.make_dataset(
                 Path(tmp) / "synthetic", patients=4, slices=30, shape=(256, 256), seed=0
             )
-            print(f"no ROOT given: wrote a synthetic dataset to {root}")
+            print(
+                "no ROOT given: made a synthetic dataset of 4 patients x 30 slices, deleted "
+                "when the demo ends (`daskmri synth DIR` writes one to keep)"
+            )
         started = time.perf_counter()
         ds = load_dataset(
             root,
@@ -140,10 +175,35 @@ def _dropped_csv(store: str, given: str | None) -> Path:
     return local.with_name(local.name.removesuffix(".zarr") + ".dropped.csv")
 
 
+def _refuse_to_overwrite(path: str | Path, ours, what: str) -> None:
+    """Refuse, before any work, to write ``path`` when something is there that
+    daskmri did not write (``ours(path)`` says whether it did)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise DaskmriError(f"cannot write {path}: the folder {path.parent} does not exist")
+    if path.is_dir() or (path.exists() and not ours(path)):
+        raise DaskmriError(
+            f"{path} already exists and is not {what}; daskmri overwrites only files it "
+            "wrote itself, so choose another path (or move that one away)"
+        )
+
+
+def _is_dropped_csv(path: Path) -> bool:
+    from .dataset import DROPPED_COLUMNS
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.readline().rstrip("\r\n") == ",".join(DROPPED_COLUMNS)
+    except OSError:
+        return False
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from .dataset import build
     from .store import read_dropped
 
+    csv = _dropped_csv(args.out, args.dropped)
+    _refuse_to_overwrite(csv, _is_dropped_csv, "a list of dropped records that daskmri wrote")
     report = build(
         args.root,
         args.out,
@@ -154,7 +214,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
         **_where(args.scheduler),
     )
     lost = read_dropped(args.out)
-    csv = _dropped_csv(args.out, args.dropped)
     lost.to_csv(csv, index=False)
     print(f"store:       {report.store}")
     print(f"records:     {report.records}")
@@ -184,7 +243,7 @@ def _add_scheduler(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="daskmri",
         description="MRI slices and contours as a chunked xarray Dataset, built with Dask.",
     )
@@ -195,7 +254,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scan", help="list the records of a dataset folder (reads no pixels)")
     p.add_argument("root", help="dataset folder (Sunnybrook layout)")
     p.add_argument("--labels", choices=LABELS, default="any")
-    p.add_argument("--max-problems", type=int, default=20, help="problems to print")
+    p.add_argument("--max-problems", type=_count, default=20, help="problems to print")
     p.set_defaults(func=_cmd_scan)
 
     p = sub.add_parser(
@@ -204,9 +263,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("root", nargs="?", help="dataset folder; a synthetic one when omitted")
     p.add_argument("--out", default="daskmri-demo.png", help="overlay PNG to write")
     _add_scheduler(p)
-    p.add_argument("--chunk-size", type=int, default=64)
+    p.add_argument("--chunk-size", type=_positive, default=64, help="records per chunk")
     p.add_argument("--labels", choices=LABELS, default="any")
-    p.add_argument("--max-problems", type=int, default=10, help="dropped records to print")
+    p.add_argument("--max-problems", type=_count, default=10, help="dropped records to print")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(
@@ -215,7 +274,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("root", help="dataset folder (Sunnybrook layout)")
     p.add_argument("--out", required=True, help="Zarr store: a path or an fsspec URL")
     _add_scheduler(p)
-    p.add_argument("--chunk-size", type=int, default=64)
+    p.add_argument("--chunk-size", type=_positive, default=64, help="records per chunk")
     p.add_argument("--labels", choices=LABELS, default="any")
     p.add_argument(
         "--mode",
@@ -236,10 +295,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic dataset in the Sunnybrook layout")
     p.add_argument("out", help="folder to write")
-    p.add_argument("--patients", type=int, default=3)
-    p.add_argument("--slices", type=int, default=20)
+    p.add_argument("--patients", type=_positive, default=3)
+    p.add_argument("--slices", type=_positive, default=20, help="slices per patient")
     p.add_argument("--shape", type=_shape, default=(256, 256), help="ROWSxCOLUMNS")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_count, default=0)
     p.set_defaults(func=_cmd_synth)
     return parser
 
@@ -261,9 +320,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except DaskmriError as exc:
-        print(f"daskmri: error: {exc}", file=sys.stderr)
+    except (DaskmriError, OSError) as exc:
+        # What a user can cause (a bad folder, a refused path, a cluster that is not
+        # there) is one line; a bug still shows its traceback.
+        print(f"daskmri: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("daskmri: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

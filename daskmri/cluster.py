@@ -8,13 +8,14 @@ import contextlib
 import logging
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dask
 
-from .errors import DaskmriError
+from .errors import DaskmriError, WorkerStartError
 from .parse import Record, Skipping, find_killers
 
 __all__ = ["SCHEDULERS", "Isolation", "ProcessWorkers", "Progress", "resolve_client", "run_tasks"]
@@ -66,6 +67,7 @@ def resolve_client(client: Any = None, *, security: Any = None):
     if isinstance(client, str):
         from distributed import Client
 
+        probe_scheduler(client)
         try:
             # As Client(address) does, this becomes the default client: the returned
             # dataset's data live on that cluster and .compute() must find it.
@@ -81,6 +83,68 @@ def resolve_client(client: Any = None, *, security: Any = None):
         f"client must be None, a distributed.Client or a scheduler address string, "
         f"got {type(client).__name__}"
     )
+
+
+#: Seconds to wait for a scheduler's port to accept a connection before leaving the
+#: rest to the client's own timeout (a slow network is not a closed port).
+PROBE_TIMEOUT = 3.0
+
+
+def probe_scheduler(address: str) -> None:
+    """Fail in one line, naming ``address``, when no Dask scheduler answers there.
+
+    ``distributed.Client(address)`` retries a refused connection until its timeout
+    (30 s) before it says so, and waits for ever on a port that accepts connections
+    but never answers (its handshake read has no timeout). So: a refused connection,
+    an unknown or unreachable host fail at once; a ``tcp://`` port that accepts but
+    sends no Dask handshake (a scheduler speaks first) fails after
+    :data:`CONNECT_TIMEOUT`. A port that does not answer within
+    :data:`PROBE_TIMEOUT`, and ``tls://`` after the connection, are left to the
+    client and its timeout.
+
+    Raises
+    ------
+    DaskmriError
+        Naming the address and what to check.
+
+    Examples
+    --------
+    >>> probe_scheduler("tcp://127.0.0.1:9")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    daskmri.errors.DaskmriError: nothing is listening at 'tcp://127.0.0.1:9' (...); ...
+    """
+    import select
+    import socket
+
+    from dask.utils import parse_timedelta
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        host, port = parse_host_port(location)
+    except ValueError as exc:
+        raise DaskmriError(
+            f"{address!r} is not a scheduler address ({exc}); write it as tcp://host:8786"
+        ) from None
+    if scheme not in ("tcp", "tls"):
+        return  # other transports (inproc, ucx, ws) are the client's to reach
+    try:
+        sock = socket.create_connection((host, port), timeout=PROBE_TIMEOUT)
+    except TimeoutError:
+        return
+    except OSError as exc:
+        raise DaskmriError(
+            f"nothing is listening at {address!r} ({exc.strerror or exc}); start the "
+            "scheduler (`dask scheduler`) or fix the address"
+        ) from None
+    with sock:
+        wait = parse_timedelta(CONNECT_TIMEOUT)
+        if scheme == "tcp" and not select.select([sock], [], [], wait)[0]:
+            raise DaskmriError(
+                f"the server at {address!r} accepted the connection but sent no Dask "
+                f"handshake within {CONNECT_TIMEOUT}; is that port a Dask scheduler's?"
+            )
 
 
 @contextlib.contextmanager
@@ -258,16 +322,6 @@ def run_tasks(
     return list(dask.compute(*tasks, scheduler=scheduler))
 
 
-def process_pool(workers: int):
-    """A process pool like the one Dask's ``"processes"`` scheduler makes (same start
-    method)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = multiprocessing.get_context(dask.config.get("multiprocessing.context", "spawn"))
-    return ProcessPoolExecutor(workers, mp_context=context)
-
-
 # -- records that kill their worker process ---------------------------------------
 
 
@@ -299,26 +353,121 @@ def _key(record: Record) -> tuple[str, int]:
 
 
 def _call(payload: bytes) -> Any:
-    # cloudpickle, as Dask's own process scheduler uses: readers may be closures.
+    # cloudpickle, as Dask's own process scheduler uses: readers may be closures. The
+    # task is unpickled here, inside the task, so that a reader that cannot be
+    # unpickled is an ordinary error of its chunk rather than a broken pool.
     import cloudpickle
 
     function, args, kwargs = cloudpickle.loads(payload)
     return function(*args, **kwargs)
 
 
+#: Seconds an idle local worker process waits for more work before it exits. Long
+#: enough that the next call of a notebook or script finds the pool warm.
+IDLE_TIMEOUT = 300.0
+
+
+def local_pool(workers: int):
+    """The process pool that local worker processes come from: loky's reusable
+    executor, the same one across calls (it outlives one ``load_dataset`` or
+    ``build``, so the next call starts no processes).
+
+    loky starts its workers as fresh interpreters that never import the caller's
+    ``__main__``: a script without an ``if __name__ == "__main__":`` guard runs once.
+    A worker that dies breaks the executor; the next call here makes a new one. Idle
+    workers exit after :data:`IDLE_TIMEOUT` seconds, and all of them at interpreter
+    exit.
+    """
+    from loky import get_reusable_executor
+
+    pool = get_reusable_executor(max_workers=workers, timeout=IDLE_TIMEOUT)
+    _POOLS.add(pool)
+    return pool
+
+
+#: The pools :func:`local_pool` handed out (loky keeps one per thread), so that
+#: :func:`shutdown_local_workers` can find them without making one.
+_POOLS: weakref.WeakSet = weakref.WeakSet()
+
+
+def shutdown_local_workers() -> None:
+    """Stop daskmri's local worker processes now, rather than after
+    :data:`IDLE_TIMEOUT` seconds idle or at interpreter exit. The next call that
+    needs them starts new ones.
+
+    Examples
+    --------
+    >>> import daskmri
+    >>> daskmri.shutdown_local_workers()
+    """
+    for pool in list(_POOLS):
+        pool.shutdown(wait=True)
+    _POOLS.clear()
+
+
+def _died(error: BaseException | None) -> bool:
+    """Whether a chunk's future failed because its worker process ended (a crash, an
+    OOM kill, or the kill of a chunk that hung), not because the task raised."""
+    from loky.process_executor import ShutdownExecutorError, TerminatedWorkerError
+
+    return isinstance(error, (TerminatedWorkerError, ShutdownExecutorError))
+
+
+def _broken(error: BaseException) -> DaskmriError:
+    cause = error.__cause__
+    detail = str(cause).strip().splitlines()[-1] if cause is not None else ""
+    return DaskmriError(
+        f"local worker processes cannot run daskmri's tasks ({error}"
+        f"{': ' + detail if detail else ''}); check that this environment imports "
+        "daskmri, or pass scheduler='sync'"
+    )
+
+
+def check_worker_start(*, timeout: float = 120.0) -> None:
+    """Start one interpreter as a local worker process starts (this Python, this
+    environment) and import daskmri's worker side in it.
+
+    Used when worker processes die before any chunk finished: if they cannot start at
+    all, that is the error to report, not the records they were given.
+
+    Raises
+    ------
+    WorkerStartError
+        With the last line the interpreter printed.
+    """
+    import subprocess
+
+    command = [sys.executable, "-c", "import daskmri.cluster, daskmri.parse"]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired:
+        reason = f"it did not start within {timeout:.0f} s"
+    else:
+        if done.returncode == 0:
+            return
+        lines = done.stderr.strip().splitlines()
+        reason = lines[-1] if lines else f"exit code {done.returncode}"
+    raise WorkerStartError(
+        f"local worker processes cannot start: {reason}; check that {sys.executable} "
+        "imports daskmri in this environment (or pass scheduler='sync')"
+    )
+
+
 class ProcessWorkers:
     """Local worker processes that get past one of them dying.
 
-    Dask's ``"processes"`` scheduler fails a whole computation when a worker process
-    dies (``BrokenProcessPool``) and loses what the other tasks had finished. Here
-    each chunk is its own future: finished chunks are kept, the pool is restarted,
-    and the chunks that were in flight run again alone. A chunk that kills its
-    process alone has its records parsed one at a time in a child process
-    (:func:`~daskmri.parse.find_killers`); the records that kill are dropped
-    (:data:`~daskmri.parse.POISON_REASON`) and the chunk runs once more without them.
+    The processes come from :func:`local_pool` (loky): they never re-run the
+    caller's script, and they stay up between calls. Each chunk is its own future:
+    when a process dies, the chunks that finished are kept, and the chunks that were
+    in flight run again alone. A chunk that kills its process alone has its records
+    parsed one at a time in a child process (:func:`~daskmri.parse.find_killers`);
+    the records that kill are dropped (:data:`~daskmri.parse.POISON_REASON`) and the
+    chunk runs once more without them.
 
-    A chunk still running after ``chunk_timeout`` seconds counts as a death too (its
-    processes are killed): a reader that hangs is found like one that crashes.
+    A chunk still running after ``chunk_timeout`` seconds counts as a death too (the
+    pool's processes are killed): a reader that hangs is found like one that crashes.
 
     Parameters
     ----------
@@ -353,6 +502,9 @@ class ProcessWorkers:
         self.chunk_timeout = chunk_timeout
         self.restarts = 0
         self._pool: Any = None
+        # Whether any chunk finished: if none did when processes die, they may not be
+        # able to start at all.
+        self._ran = False
 
     def __enter__(self) -> ProcessWorkers:
         return self
@@ -361,15 +513,15 @@ class ProcessWorkers:
         self.close()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        """Let go of the pool. Its processes stay up for the next call (see
+        :func:`local_pool`); a pool this run broke is already gone."""
+        self._pool = None
 
     def _submit(self, function: Callable, *args: Any, **kwargs: Any):
         import cloudpickle
 
         if self._pool is None:
-            self._pool = process_pool(self.workers)
+            self._pool = local_pool(self.workers)
         return self._pool.submit(_call, cloudpickle.dumps((function, args, kwargs)))
 
     def run(
@@ -388,88 +540,121 @@ class ProcessWorkers:
         Raises
         ------
         DaskmriError
-            If a chunk keeps killing its process once its deadly records are skipped.
+            If a chunk keeps killing its process once its deadly records are skipped,
+            or if worker processes cannot start at all (with the reason they gave).
         """
-        from collections import Counter, deque
+        state = _Run(parts, reader)
+        while state.queue or state.flight:
+            self._fill(task, state)
+            lost, lost_since = self._collect(state, self._wait(state), progress)
+            if lost:
+                self._recover(state, lost, lost_since)
+        isolation = Isolation(tuple(sorted(state.poisoned)), state.isolating)
+        isolation.log()
+        return state.results, isolation
+
+    def _fill(self, task: Callable, state: _Run) -> None:
+        # A suspect runs alone, so that if a process dies, the chunk that killed it
+        # is known.
+        while state.queue and len(state.flight) < self.workers:
+            if state.flight and (
+                state.queue[0] in state.suspects or state.suspects & set(state.flight.values())
+            ):
+                break
+            j = state.queue.popleft()
+            future = self._submit(task, state.parts[j], reader=state.reader_for(j))
+            state.flight[future], state.sent[future] = j, time.perf_counter()
+
+    def _wait(self, state: _Run) -> set:
+        """The futures that finished (or that a death or a hang took down)."""
         from concurrent.futures import FIRST_COMPLETED, wait
+
+        left = min(state.sent.values()) + self.chunk_timeout - time.perf_counter()
+        finished, _ = wait(state.flight, timeout=max(left, 0), return_when=FIRST_COMPLETED)
+        if not finished:
+            # A chunk hangs: end the pool's processes, so that it fails as if it had
+            # crashed.
+            self._pool.shutdown(wait=True, kill_workers=True)
+            self._pool = None
+        elif not any(_died(f.exception()) for f in finished):
+            return finished
+        # A dead process breaks the pool: every future in flight fails with it.
+        wait(state.flight, timeout=60)
+        return set(state.flight)
+
+    def _collect(self, state: _Run, finished: set, progress) -> tuple[list[int], float]:
+        """Take the results of ``finished``; return the chunks lost to a death and
+        when the first of them was sent."""
         from concurrent.futures.process import BrokenProcessPool
 
-        results: list[Any] = [None] * len(parts)
-        poisoned: set[tuple[str, int]] = set()
-        suspects: set[int] = set()  # chunks in flight when a process died: run alone
-        deaths: Counter[int] = Counter()
-        queue: deque[int] = deque(range(len(parts)))
-        flight: dict[Any, int] = {}
-        sent: dict[Any, float] = {}
-        isolating = 0.0
+        lost, lost_since = [], time.perf_counter()
+        for future in finished:
+            j, sent = state.flight.pop(future), state.sent.pop(future)
+            error = future.exception() if future.done() else None
+            if not future.done() or _died(error):
+                lost.append(j)
+                lost_since = min(lost_since, sent)
+            elif isinstance(error, BrokenProcessPool):
+                raise _broken(error)
+            elif error is not None:
+                raise error
+            else:
+                state.results[j] = future.result()
+                self._ran = True
+                if progress is not None:
+                    progress.advance()
+                if j in state.suspects:  # ran alone: part of the cost of isolating
+                    state.isolating += time.perf_counter() - sent
+        return lost, lost_since
 
-        def reader_for(j: int):
-            skip = frozenset(_key(r) for _, r in parts[j]) & poisoned
-            return Skipping(reader, skip) if skip else reader
-
-        while queue or flight:
-            # A suspect runs alone, so that if a process dies, the chunk that killed it
-            # is known.
-            while queue and len(flight) < self.workers:
-                if flight and (queue[0] in suspects or suspects & set(flight.values())):
-                    break
-                j = queue.popleft()
-                future = self._submit(task, parts[j], reader=reader_for(j))
-                flight[future], sent[future] = j, time.perf_counter()
-            oldest = min(sent[f] for f in flight)
-            left = oldest + self.chunk_timeout - time.perf_counter()
-            finished, _ = wait(flight, timeout=max(left, 0), return_when=FIRST_COMPLETED)
-            if not finished:
-                # A chunk hangs: kill the pool's processes, so that it breaks as if the
-                # chunk had crashed (ProcessPoolExecutor has no public way to do this).
-                for process in list(self._pool._processes.values()):
-                    process.kill()
-                wait(flight, timeout=60)
-                finished = set(flight)
-            if any(isinstance(f.exception(), BrokenProcessPool) for f in finished):
-                # A dead process breaks the pool: every future in flight fails at once.
-                wait(flight, timeout=60)
-                finished = set(flight)
-            lost, lost_since = [], time.perf_counter()
-            for future in finished:
-                j = flight.pop(future)
-                error = future.exception() if future.done() else BrokenProcessPool()
-                if isinstance(error, BrokenProcessPool):
-                    lost.append(j)
-                    lost_since = min(lost_since, sent[future])
-                elif error is not None:
-                    raise error
-                else:
-                    results[j] = future.result()
-                    if progress is not None:
-                        progress.advance()
-                    if j in suspects:  # ran alone: part of the cost of isolating
-                        isolating += time.perf_counter() - sent[future]
-                sent.pop(future, None)
-            if not lost:
-                continue
-            self._pool.shutdown(wait=True)
+    def _recover(self, state: _Run, lost: list[int], lost_since: float) -> None:
+        """After a death: a new pool, and the lost chunks queued to run alone; a chunk
+        that died alone has its killers searched."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, kill_workers=True)
             self._pool = None
-            self.restarts += 1
-            if len(lost) == 1:
-                j = lost[0]
-                deaths[j] += 1
-                found = set(find_killers(parts[j], reader_for(j), timeout=self.chunk_timeout))
-                poisoned |= found
-                if not found and deaths[j] > self.MAX_SOLO_DEATHS:
-                    raise DaskmriError(
-                        f"a chunk of {len(parts[j])} records (from "
-                        f"{parts[j][0][1].dicom_path}) killed its worker process {deaths[j]} "
-                        "times, although none of its records does alone; is the machine out "
-                        "of memory?"
-                    )
-            suspects.update(lost)
-            queue.extendleft(sorted(lost, reverse=True))
-            # The time lost: the dead chunks' runs, the restart and the search.
-            isolating += time.perf_counter() - lost_since
-        isolation = Isolation(tuple(sorted(poisoned)), isolating)
-        isolation.log()
-        return results, isolation
+        self.restarts += 1
+        if not self._ran:
+            check_worker_start()
+        if len(lost) == 1:
+            j = lost[0]
+            state.deaths[j] += 1
+            found = find_killers(state.parts[j], state.reader_for(j), timeout=self.chunk_timeout)
+            state.poisoned.update(found)
+            if not found and state.deaths[j] > self.MAX_SOLO_DEATHS:
+                part = state.parts[j]
+                raise DaskmriError(
+                    f"a chunk of {len(part)} records (from {part[0][1].dicom_path}) killed "
+                    f"its worker process {state.deaths[j]} times, although none of its "
+                    "records does alone; is the machine out of memory?"
+                )
+        state.suspects.update(lost)
+        state.queue.extendleft(sorted(lost, reverse=True))
+        # The time lost: the dead chunks' runs, the restart and the search.
+        state.isolating += time.perf_counter() - lost_since
+
+
+class _Run:
+    """The state of one :meth:`ProcessWorkers.run`: chunks queued, in flight (future
+    to chunk, and when it was sent) and done; records known to kill; chunks suspected
+    (in flight when a process died) and how often each died alone."""
+
+    def __init__(self, parts: Sequence[list], reader: Callable) -> None:
+        from collections import Counter, deque
+
+        self.parts, self.reader = parts, reader
+        self.results: list[Any] = [None] * len(parts)
+        self.queue: deque[int] = deque(range(len(parts)))
+        self.flight: dict[Any, int] = {}
+        self.sent: dict[Any, float] = {}
+        self.poisoned: set[tuple[str, int]] = set()
+        self.suspects: set[int] = set()
+        self.deaths: Counter[int] = Counter()
+        self.isolating = 0.0
+
+    def reader_for(self, j: int) -> Callable:
+        skip = frozenset(_key(r) for _, r in self.parts[j]) & self.poisoned
+        return Skipping(self.reader, skip) if skip else self.reader
 
 
 #: How long a cluster may have no workers at all before a wait gives up with an

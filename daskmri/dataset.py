@@ -219,6 +219,15 @@ def load_dataset(
     """
     started = time.perf_counter()
     check_scheduler(scheduler)
+    if client is not None and scheduler is not None:
+        raise ValueError("pass either client= (a cluster) or scheduler= (local), not both")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    # The cluster first: an address that is wrong fails before a long scan.
+    # An explicit local scheduler wins over a default client that happens to exist.
+    client = resolve_client(client, security=security) if scheduler is None else None
+    if client is not None:
+        check_workers(client, os.path.abspath(os.fspath(root)))
     limits = DEFAULT_LIMITS if limits is None else limits
     layout = Layout() if layout is None else layout
     table = scan(root, layout=layout, labels=labels)
@@ -228,12 +237,6 @@ def load_dataset(
     shape = (0, 0) if shape is None else (int(shape[0]), int(shape[1]))
     if reader is None:
         reader = functools.partial(read_record, limits=limits, shape=shape)
-    if client is not None and scheduler is not None:
-        raise ValueError("pass either client= (a cluster) or scheduler= (local), not both")
-    # An explicit local scheduler wins over a default client that happens to exist.
-    client = resolve_client(client, security=security) if scheduler is None else None
-    if client is not None:
-        check_workers(client, os.path.abspath(os.fspath(root)))
 
     # Local worker processes write pixels straight into shared slots and send back only
     # summaries; in-process schedulers return arrays as they are (no copy either way);
@@ -612,8 +615,8 @@ def build(
         date; it refuses a store whose inputs changed (:class:`StaleStoreError`).
         ``"update"`` brings such a store up to date, parsing only the records
         whose files changed or appeared; their new versions are appended (see
-        the README on record order). ``"overwrite"`` deletes the store and
-        builds it again.
+        the README on record order). ``"overwrite"`` deletes what daskmri made
+        of the store (never other files) and builds it again.
     compressor : {"blosc-zstd", "blosc-lz4", "zstd", "none"}, optional
         For a new store; ``"blosc-zstd"`` by default, chosen by measurement
         (``benchmarks/scale.py``).
@@ -634,7 +637,9 @@ def build(
     StaleStoreError
         ``mode="resume"`` on a store whose input files changed.
     StoreError
-        If ``store`` holds something that is not a daskmri store.
+        If ``store`` is a file, a folder of other files or a Zarr store that daskmri
+        did not make (whatever the ``mode``), or is, holds or lies inside ``root``.
+        Nothing is written then.
     DaskmriError
         If the store was built with another ``chunk_size``, ``labels``, ``layout``
         or ``shape``, or the files changed while the build ran.
@@ -662,6 +667,9 @@ def build(
     compressor = zstore.DEFAULT_COMPRESSOR if compressor is None else compressor
     if compressor not in zstore.COMPRESSORS:
         raise ValueError(f"compressor must be one of {zstore.COMPRESSORS}, got {compressor!r}")
+    # Nothing is written (or connected to) before the store path is known to be safe:
+    # absent, empty or a daskmri store, and not the dataset itself.
+    zstore.claim(zstore.StoreSpec.of(store, storage_options), root=root)
     # A client made here from an address is closed when the build ends: nothing of
     # the result stays on the cluster. Its workers are checked before anything is
     # written.

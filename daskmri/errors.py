@@ -23,6 +23,7 @@ __all__ = [
     "StaleStoreError",
     "StaleStoreWarning",
     "StoreError",
+    "WorkerStartError",
 ]
 
 
@@ -83,3 +84,8 @@ class StaleStoreError(StoreError):
 
 class StaleStoreWarning(UserWarning):
     """The store no longer matches the files it was built from."""
+
+
+class WorkerStartError(DaskmriError, RuntimeError):
+    """A worker process cannot start at all (its environment is broken, say); the
+    message gives the last line it printed. Not a death caused by a record."""

@@ -24,7 +24,7 @@ import numpy as np
 
 from .contours import polygon_mask, read_contour
 from .dicom import read_dicom
-from .errors import RecordError
+from .errors import RecordError, WorkerStartError
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["ChunkResult", "Record", "Skipping", "Slots", "parse_chunk", "read_record"]
@@ -378,9 +378,9 @@ def find_killers(
 
     Raises
     ------
-    RuntimeError
-        If a child dies before it starts any record (it cannot unpickle ``reader``,
-        say), with what the child printed.
+    WorkerStartError
+        If a child dies before it starts any record (its environment is broken, or
+        it cannot unpickle ``reader``), with the last line the child printed.
     """
     import select
     import subprocess
@@ -436,9 +436,11 @@ def find_killers(
             if last < 0:
                 errors.seek(0)
                 text = errors.read().decode(errors="replace").strip().splitlines()
-                raise RuntimeError(
-                    "the process that parses records one at a time died before its first "
-                    f"record: {text[-1] if text else f'exit code {child.returncode}'}"
+                raise WorkerStartError(
+                    "a worker process cannot start: the process that parses records one at "
+                    "a time died before its first record: "
+                    f"{text[-1] if text else f'exit code {child.returncode}'}; check that "
+                    f"{sys.executable} can import daskmri and your reader in this environment"
                 )
         killers.append((records[start + last].patient_id, records[start + last].instance))
         start += last + 1

@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["overlay", "overlay_grid", "show", "write_png"]
+__all__ = ["overlay", "overlay_grid", "show", "write_png", "written_by_daskmri"]
 
 INNER_RGB = (255, 64, 64)
 OUTER_RGB = (64, 255, 96)
@@ -103,6 +103,30 @@ def overlay_grid(ds, records=None, *, columns: int = 4) -> np.ndarray:
     return mosaic
 
 
+#: The PNG text chunk that marks a picture as daskmri's own (so that the demo
+#: overwrites only a picture it wrote itself).
+SOFTWARE_TEXT = b"Software\x00daskmri"
+
+
+def written_by_daskmri(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a PNG file that :func:`write_png` wrote.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, numpy as np
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.png"
+    >>> write_png(p, np.zeros((2, 3, 3), np.uint8))
+    >>> written_by_daskmri(p), written_by_daskmri(p.parent / "absent.png")
+    (True, False)
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and SOFTWARE_TEXT in head
+
+
 def write_png(path: str | os.PathLike[str], rgb: np.ndarray) -> None:
     """Write a ``(rows, columns, 3)`` uint8 array as a PNG file (no dependency needed).
 
@@ -129,6 +153,7 @@ def write_png(path: str | os.PathLike[str], rgb: np.ndarray) -> None:
     with open(path, "wb") as fh:
         fh.write(b"\x89PNG\r\n\x1a\n")
         fh.write(chunk(b"IHDR", header))
+        fh.write(chunk(b"tEXt", SOFTWARE_TEXT))
         fh.write(chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)))
         fh.write(chunk(b"IEND", b""))
 

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import xarray as xr
 
-__all__ = ["Freshness", "StoreSpec", "check", "open_dataset"]
+__all__ = ["Freshness", "StoreSpec", "check", "claim", "open_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,18 +131,118 @@ class StoreSpec:
 
         return zarr.open_array(self.url, path=name, mode=mode, **self._options())
 
-    def remove(self) -> None:
-        """Delete the whole store (``mode="overwrite"``)."""
+    def filesystem(self):
+        """The fsspec filesystem and the path in it."""
         import fsspec
 
-        fs, path = fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
-        if not fs.exists(path):
+        return fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
+
+    def remove(self) -> None:
+        """Delete what daskmri made of the store (``mode="overwrite"``): its arrays and
+        its group's metadata, never anything else in its folder. Does nothing unless
+        a daskmri store is there (see :func:`claim`)."""
+        if what_is_there(self) != "daskmri":
             return
+        fs, path = self.filesystem()
         # First say it is incomplete: a deletion cut short must not leave arrays whose
-        # chunks are gone under a group that still claims to be complete.
+        # chunks are gone under a group that still claims to be complete. The group's
+        # metadata goes last, so what is left is still known as a daskmri store.
         with contextlib.suppress(Exception):
             self.group("r+").attrs.update({"complete": False})
-        fs.rm(path, recursive=True)
+        for name in ENTRIES:
+            entry = f"{path.rstrip('/')}/{name}"
+            if fs.isfile(f"{entry}/zarr.json"):
+                fs.rm(entry, recursive=True)
+        fs.rm(f"{path.rstrip('/')}/zarr.json")
+
+
+def what_is_there(spec: StoreSpec) -> str:
+    """What the store's path holds: ``"absent"``, ``"empty"`` (a folder with
+    nothing in it), ``"daskmri"`` (a store daskmri made, of any format), ``"file"``,
+    ``"zarr"`` (a Zarr node daskmri did not make) or ``"other"`` (a folder of other
+    things). Reads one small metadata object at most."""
+    fs, path = spec.filesystem()
+    if not fs.exists(path):
+        return "absent"
+    if not fs.isdir(path):
+        return "file"
+    if not fs.ls(path, detail=False):
+        return "empty"
+    metadata = f"{path.rstrip('/')}/zarr.json"
+    if not fs.isfile(metadata):
+        return "other"
+    try:
+        node = json.loads(fs.cat_file(metadata))
+    except (OSError, ValueError):
+        return "other"
+    if not isinstance(node, dict) or node.get("node_type") != "group":
+        return "zarr"
+    attrs = node.get("attributes")
+    ours = isinstance(attrs, dict) and isinstance(attrs.get("format"), int)
+    return "daskmri" if ours and "chunk_size" in attrs else "zarr"
+
+
+def claim(spec: StoreSpec, *, root: str | os.PathLike[str] | None = None) -> str:
+    """Check, before anything is written, that daskmri may write a store at ``spec``:
+    the path is absent, an empty folder or a daskmri store, and it neither is, holds
+    nor lies inside the dataset folder ``root``. Returns :func:`what_is_there`.
+
+    Raises
+    ------
+    StoreError
+        Naming the path, what is there, and the fix. Every ``mode`` is refused
+        alike: ``"overwrite"`` replaces only a daskmri store.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> claim(StoreSpec.of(folder / "new.zarr")), claim(StoreSpec.of(folder))
+    ('absent', 'empty')
+    >>> _ = (folder / "thesis.txt").write_text("years of work")
+    >>> claim(StoreSpec.of(folder))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    daskmri.errors.StoreError: ... holds files that daskmri did not make ...
+    """
+    if root is not None and "://" not in spec.url:
+        _refuse_the_dataset(spec.url, os.fspath(root))
+    there = what_is_there(spec)
+    fix = "pass a path that does not exist yet (or an empty folder) for the store"
+    if there == "file":
+        raise StoreError(f"{spec.url!r} is a file, not a daskmri store; {fix}")
+    if there == "zarr":
+        raise StoreError(
+            f"{spec.url!r} is a Zarr store that daskmri did not make, and daskmri never "
+            f"overwrites what it did not make (not even with mode='overwrite'); {fix}"
+        )
+    if there == "other":
+        fs, path = spec.filesystem()
+        names = sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise StoreError(
+            f"{spec.url!r} holds files that daskmri did not make ({shown}), and daskmri "
+            f"never deletes or overwrites them (not even with mode='overwrite'); {fix}"
+        )
+    return there
+
+
+def _refuse_the_dataset(store: str, root: str) -> None:
+    store, root = os.path.realpath(store), os.path.realpath(root)
+    if store == root or _inside(root, store):
+        raise StoreError(
+            f"the store path {store!r} is (or holds) the dataset folder {root!r}; writing "
+            "there would destroy the dataset. Put the store outside the dataset folder"
+        )
+    if _inside(store, root):
+        raise StoreError(
+            f"the store path {store!r} lies inside the dataset folder {root!r}, which "
+            "daskmri reads; put the store outside the dataset folder"
+        )
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path != folder and os.path.commonpath([path, folder]) == folder
 
 
 def _codecs(compressor: str) -> dict:
@@ -247,6 +347,10 @@ PER_SLOT = (
     ("original_id", str, ""),
 )
 
+#: What a store is made of, besides its group's metadata: :func:`StoreSpec.remove`
+#: deletes these and nothing else.
+ENTRIES = (*PIXELS, *(name for name, _, _ in PER_SLOT), "done")
+
 
 def create(
     spec: StoreSpec,
@@ -261,10 +365,16 @@ def create(
     zarr = _zarr()
 
     codecs = _codecs(compressor)
-    group = zarr.open_group(spec.url, mode="w", zarr_format=3, **spec._options())
-    # Attributes first: a build killed from here on finds a daskmri store that is not
-    # `planned` yet, and starts again.
-    group.attrs.update(attrs | {"complete": False, "planned": False, "format": FORMAT})
+    # Never mode="w": zarr would empty the folder first. The attributes go in the
+    # group's first metadata: a build killed from here on finds a daskmri store that
+    # is not `planned` yet, and starts again.
+    group = zarr.create_group(
+        spec.url,
+        overwrite=False,
+        zarr_format=3,
+        attributes=attrs | {"complete": False, "planned": False, "format": FORMAT},
+        **spec._options(),
+    )
     rows, columns = max(1, shape[0]), max(1, shape[1])
     for name, dtype, fill in (
         ("image", "float32", 0.0),
@@ -397,8 +507,8 @@ def read_attrs(spec: StoreSpec) -> dict:
     attrs = dict(spec.group("r").attrs)
     if "chunk_size" not in attrs or not isinstance(attrs.get("format"), int):
         raise StoreError(
-            f"{spec.url!r} is not a daskmri store; build one with daskmri.build(root, store), "
-            "or pass mode='overwrite' to replace what is there"
+            f"{spec.url!r} is not a daskmri store; build one with daskmri.build(root, store) "
+            "at a path that does not exist yet"
         )
     if attrs["format"] != FORMAT:
         raise StoreError(

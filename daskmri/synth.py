@@ -22,6 +22,8 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from .errors import DaskmriError
+
 __all__ = [
     "make_dataset",
     "patient_ids",
@@ -186,7 +188,7 @@ def make_dataset(
     Parameters
     ----------
     root : str or os.PathLike
-        Folder to write into (created if needed).
+        Folder to write into: created if needed; if it exists it must be empty.
     patients, slices : int
         How many patients, and how many slices each.
     shape : (rows, columns)
@@ -198,6 +200,11 @@ def make_dataset(
     -------
     pathlib.Path
         ``root``.
+
+    Raises
+    ------
+    DaskmriError
+        If ``root`` is a file or a folder that is not empty (nothing is written).
 
     Examples
     --------
@@ -212,6 +219,12 @@ def make_dataset(
     if min(shape) < 16:
         raise ValueError(f"shape {shape} is too small for the phantom; use at least 16x16")
     root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        # It writes link.csv and dicoms/: never over someone's dataset or files.
+        raise DaskmriError(
+            f"{root} is not an empty folder; make_dataset writes only into a new or "
+            "empty folder, so pass one"
+        )
     root.mkdir(parents=True, exist_ok=True)
     ids = patient_ids(patients)
     with open(root / "link.csv", "w", newline="") as fh:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import subprocess
 import sys
 import zlib
@@ -109,18 +110,26 @@ class TestCli:
         assert red > 50 and green > 50
 
     def test_demo_without_data_uses_a_synthetic_set(self, tmp_path, monkeypatch):
-        monkeypatch.chdir(tmp_path)
-        # A separate process, as a user runs it (and the process pool needs a real __main__).
+        work, temp = tmp_path / "work", tmp_path / "temp"
+        work.mkdir()
+        temp.mkdir()
+        monkeypatch.chdir(work)
+        # A separate process, as a user runs it, with a temp folder of its own to watch.
         out = subprocess.run(
             [sys.executable, "-m", "daskmri.cli", "demo"],
             capture_output=True,
             text=True,
             timeout=240,
+            env=os.environ | {"TMPDIR": str(temp)},
         )
         assert out.returncode == 0, out.stderr
-        assert "wrote a synthetic dataset" in out.stdout
+        assert "made a synthetic dataset of 4 patients x 30 slices, deleted" in out.stdout
         assert "records:     80 (4 patients)" in out.stdout and "dropped:     0" in out.stdout
-        assert read_png(tmp_path / "daskmri-demo.png").shape[2] == 3
+        assert read_png(work / "daskmri-demo.png").shape[2] == 3
+        # It prints no path that it deletes, and leaves nothing in the temp folder.
+        assert str(temp) not in out.stdout + out.stderr
+        assert list(temp.iterdir()) == []
+        assert [p.name for p in work.iterdir()] == ["daskmri-demo.png"]
 
     def test_synth_command(self, tmp_path, capsys):
         assert (
@@ -147,6 +156,52 @@ class TestCli:
         with pytest.raises(SystemExit):
             main(["demo", "--scheduler", "fast"])
         assert "neither a local scheduler" in capsys.readouterr().err
+
+
+#: Each option's bad values, and what the one line must say.
+BAD_ARGUMENTS = [
+    (["build", "R", "--out", "X", "--chunk-size", "0"], "at least 1, got '0'"),
+    (["build", "R", "--out", "X", "--chunk-size", "-3"], "at least 1, got '-3'"),
+    (["build", "R", "--out", "X", "--chunk-size", "many"], "got 'many'"),
+    (["build", "R", "--out", "X", "--chunk-size", "2.5"], "got '2.5'"),
+    (["build", "R", "--out", "X", "--labels", "some"], "invalid choice: 'some'"),
+    (["build", "R", "--out", "X", "--mode", "append"], "invalid choice: 'append'"),
+    (["build", "R", "--out", "X", "--scheduler", "fast"], "neither a local scheduler"),
+    (["build", "R"], "--out"),
+    (["build"], "required"),
+    (["demo", "--chunk-size", "0"], "at least 1"),
+    (["demo", "--labels", "x"], "invalid choice"),
+    (["demo", "--max-problems", "-1"], "at least 0"),
+    (["demo", "--scheduler", "gpu"], "neither a local scheduler"),
+    (["scan", "R", "--labels", "both"], "invalid choice"),
+    (["scan", "R", "--max-problems", "ten"], "got 'ten'"),
+    (["scan"], "required"),
+    (["check"], "required"),
+    (["synth", "OUT", "--patients", "0"], "at least 1, got '0'"),
+    (["synth", "OUT", "--slices", "-1"], "at least 1, got '-1'"),
+    (["synth", "OUT", "--shape", "8x8"], "at least 16x16"),
+    (["synth", "OUT", "--shape", "big"], "look like 256x256"),
+    (["synth", "OUT", "--seed", "-1"], "at least 0"),
+    (["synth"], "required"),
+    (["frobnicate"], "invalid choice"),
+    ([], "required"),
+    (["scan", "R", "--bogus"], "unrecognized arguments: --bogus"),
+]
+
+
+@pytest.mark.parametrize(("argv", "says"), BAD_ARGUMENTS, ids=lambda v: " ".join(v)[:40])
+def test_every_argument_error_is_one_line_with_status_2(argv, says, tmp_path, capsys):
+    argv = [str(tmp_path / a) if a in ("R", "X", "OUT") else a for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith("daskmri") and ": error: " in captured.err
+    assert says in captured.err
+    # Nothing was made from the bad call.
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_show_versions():

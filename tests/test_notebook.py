@@ -9,12 +9,16 @@ import pytest
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
 
 
-def test_quickstart_notebook_runs(tmp_path):
+def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat", reason="needs the test extra (nbformat)")
     nbclient = pytest.importorskip("nbclient", reason="needs the test extra (nbclient)")
     pytest.importorskip("ipykernel", reason="needs the test extra (ipykernel)")
     pytest.importorskip("matplotlib", reason="the notebook draws: needs the plot extra")
     pytest.importorskip("torch", reason="the notebook trains a model: needs the torch extra")
+    # The kernel's own temp folder, to see what the notebook leaves there.
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
@@ -30,3 +34,5 @@ def test_quickstart_notebook_runs(tmp_path):
         for out in cell.get("outputs", []) if out.get("output_type") == "error"
     ]  # fmt: skip
     assert errors == []
+    # It removed what it made (torch may keep a compiler cache there: not ours).
+    assert [p.name for p in temp.iterdir() if not p.name.startswith("torchinductor")] == []

@@ -169,8 +169,11 @@ class TestRoundTrip:
         zarr.open_group(str(tmp_path / "other.zarr"), mode="w").attrs["x"] = 1
         with pytest.raises(StoreError, match="not a daskmri store"):
             daskmri.open_dataset(tmp_path / "other.zarr")
-        with pytest.raises(StoreError, match="mode='overwrite'"):
-            daskmri.build(synth_root, tmp_path / "other.zarr", scheduler="sync")
+        # Refused whatever the mode: daskmri never overwrites what it did not make.
+        for mode in ("resume", "update", "overwrite"):
+            with pytest.raises(StoreError, match="Zarr store that daskmri did not make"):
+                daskmri.build(synth_root, tmp_path / "other.zarr", mode=mode, scheduler="sync")
+        assert dict(zarr.open_group(str(tmp_path / "other.zarr"), mode="r").attrs) == {"x": 1}
         with pytest.raises(StoreError, match="no Zarr store"):
             daskmri.open_dataset(tmp_path / "missing.zarr")
 
