@@ -22,6 +22,7 @@ collect_ignore = [] if importlib.util.find_spec("torch") else ["daskmri/torch.py
 #: tracker removes those of a worker that died only when the process that owns the
 #: pool exits, which this one has not yet.
 _SHM = "/dev/shm"
+_TEMP_PREFIXES = ("daskmri", "dask-", "pytest-")
 _SHM_PREFIXES = ("daskmri",)
 
 
@@ -54,13 +55,20 @@ def pytest_sessionfinish(session, exitstatus):
     import daskmri
 
     daskmri.shutdown_local_workers()
+    # daskmri's own temporary folders are named daskmri-*: none may outlive the run,
+    # in the session's folder (where the run's processes made theirs) or the real one.
+    own = sorted(n for n in _listing(state["session"]) if n.startswith("daskmri"))
     shutil.rmtree(state["session"], ignore_errors=True)
     tempfile.tempdir = None
     if state["TMPDIR"] is None:
         os.environ.pop("TMPDIR", None)
     else:
         os.environ["TMPDIR"] = state["TMPDIR"]
-    left = sorted(_listing(state["real"]) - state["before"])
+    # In the real temp folder, only names that tests and Dask make: other programs on
+    # the machine may write there meanwhile.
+    left = own + sorted(
+        n for n in _listing(state["real"]) - state["before"] if n.startswith(_TEMP_PREFIXES)
+    )
     shm = sorted(name for name in _listing(_SHM) - state["shm"] if name.startswith(_SHM_PREFIXES))
     if left or shm:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -35,7 +35,10 @@ def _where(value: str | None) -> dict:
 
 
 def _scheduler_choice(value: str) -> str:
-    if value in SCHEDULERS or ":" in value:
+    if value in SCHEDULERS or "://" in value:
+        return value
+    host, _, port = value.rpartition(":")
+    if host and port.isdigit():
         return value
     raise argparse.ArgumentTypeError(
         f"{value!r} is neither a local scheduler {SCHEDULERS} nor an address like tcp://host:8786"
@@ -47,8 +50,8 @@ def _shape(value: str) -> tuple[int, int]:
         rows, cols = (int(v) for v in value.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"shape must look like 256x256, got {value!r}") from None
-    if min(rows, cols) < 16:
-        raise argparse.ArgumentTypeError(f"shape must be at least 16x16, got {value!r}")
+    if min(rows, cols) < 16 or max(rows, cols) > 4096:
+        raise argparse.ArgumentTypeError(f"shape must be from 16x16 to 4096x4096, got {value!r}")
     return rows, cols
 
 
@@ -171,7 +174,7 @@ def _dropped_csv(store: str, given: str | None) -> Path:
     if "://" in store and not store.startswith("file://"):
         return Path("dropped.csv")
     # Beside the store, named after it: out.zarr -> out.dropped.csv
-    local = Path(store.removeprefix("file://"))
+    local = Path(store.removeprefix("file://")).resolve()
     return local.with_name(local.name.removesuffix(".zarr") + ".dropped.csv")
 
 
@@ -200,9 +203,10 @@ def _is_dropped_csv(path: Path) -> bool:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from .dataset import build
-    from .store import read_dropped
+    from .store import read_dropped, refuse_inside_dataset
 
     csv = _dropped_csv(args.out, args.dropped)
+    refuse_inside_dataset(csv, args.root, what="the list of dropped records")
     _refuse_to_overwrite(csv, _is_dropped_csv, "a list of dropped records that daskmri wrote")
     report = build(
         args.root,

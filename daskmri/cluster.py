@@ -120,15 +120,15 @@ def probe_scheduler(address: str) -> None:
     from dask.utils import parse_timedelta
     from distributed.comm.addressing import parse_address, parse_host_port
 
+    scheme, location = parse_address(address)
+    if scheme not in ("tcp", "tls"):
+        return  # other transports (inproc, ucx, ws) are the client's to reach
     try:
-        scheme, location = parse_address(address)
         host, port = parse_host_port(location)
     except ValueError as exc:
         raise DaskmriError(
             f"{address!r} is not a scheduler address ({exc}); write it as tcp://host:8786"
         ) from None
-    if scheme not in ("tcp", "tls"):
-        return  # other transports (inproc, ucx, ws) are the client's to reach
     try:
         sock = socket.create_connection((host, port), timeout=PROBE_TIMEOUT)
     except TimeoutError:

@@ -669,7 +669,7 @@ def build(
         raise ValueError(f"compressor must be one of {zstore.COMPRESSORS}, got {compressor!r}")
     # Nothing is written (or connected to) before the store path is known to be safe:
     # absent, empty or a daskmri store, and not the dataset itself.
-    zstore.claim(zstore.StoreSpec.of(store, storage_options), root=root)
+    there = zstore.claim(zstore.StoreSpec.of(store, storage_options), root=root)
     # A client made here from an address is closed when the build ends: nothing of
     # the result stays on the cluster. Its workers are checked before anything is
     # written.
@@ -681,13 +681,13 @@ def build(
             root, store, layout=layout, client=client, scheduler=scheduler,
             chunk_size=chunk_size, labels=labels, mode=mode, reader=reader, limits=limits,
             shape=shape, compressor=compressor, storage_options=storage_options,
-            progress=progress, started=started,
+            progress=progress, started=started, there=there,
         )  # fmt: skip
 
 
 def _build(
     root, store, *, layout, client, scheduler, chunk_size, labels, mode, reader, limits, shape,
-    compressor, storage_options, progress, started,
+    compressor, storage_options, progress, started, there,
 ) -> BuildReport:  # fmt: skip
     """:func:`build` once its arguments are checked and its client is connected."""
     from . import store as zstore
@@ -715,6 +715,9 @@ def _build(
 
     def create(records: list[Record], fingerprints: list[int]) -> None:
         if not new_store:
+            if there in ("absent", "empty"):
+                # Again, just before the first write: files may have appeared meanwhile.
+                zstore.claim(spec, root=root)
             if shape is not None:
                 size = shape
             else:

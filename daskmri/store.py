@@ -132,10 +132,24 @@ class StoreSpec:
         return zarr.open_array(self.url, path=name, mode=mode, **self._options())
 
     def filesystem(self):
-        """The fsspec filesystem and the path in it."""
+        """The fsspec filesystem and the path in it.
+
+        Raises
+        ------
+        StoreError
+            If fsspec cannot open the URL (an unknown protocol, a backend such as s3fs
+            that is not installed).
+        """
         import fsspec
 
-        return fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
+        try:
+            return fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
+        except (ImportError, ValueError) as exc:
+            reason = " ".join(str(exc).split())
+            raise StoreError(
+                f"cannot open the store {self.url!r}: {reason}; check the URL, and install "
+                "the fsspec backend for its protocol (s3fs for s3://, gcsfs for gs://, ...)"
+            ) from None
 
     def remove(self) -> None:
         """Delete what daskmri made of the store (``mode="overwrite"``): its arrays and
@@ -147,8 +161,9 @@ class StoreSpec:
         # First say it is incomplete: a deletion cut short must not leave arrays whose
         # chunks are gone under a group that still claims to be complete. The group's
         # metadata goes last, so what is left is still known as a daskmri store.
+        # Not `planned` either: a build that finds a removal cut short starts again.
         with contextlib.suppress(Exception):
-            self.group("r+").attrs.update({"complete": False})
+            self.group("r+").attrs.update({"complete": False, "planned": False})
         for name in ENTRIES:
             entry = f"{path.rstrip('/')}/{name}"
             if fs.isfile(f"{entry}/zarr.json"):
@@ -178,8 +193,13 @@ def what_is_there(spec: StoreSpec) -> str:
     if not isinstance(node, dict) or node.get("node_type") != "group":
         return "zarr"
     attrs = node.get("attributes")
-    ours = isinstance(attrs, dict) and isinstance(attrs.get("format"), int)
-    return "daskmri" if ours and "chunk_size" in attrs else "zarr"
+    if not isinstance(attrs, dict):
+        return "zarr"
+    # Every store daskmri made says so in `created_by`; a format number and a chunk
+    # size alone could be anyone's.
+    signed = str(attrs.get("created_by", "")).startswith("daskmri ")
+    ours = signed and isinstance(attrs.get("format"), int) and "chunk_size" in attrs
+    return "daskmri" if ours else "zarr"
 
 
 def claim(spec: StoreSpec, *, root: str | os.PathLike[str] | None = None) -> str:
@@ -205,8 +225,10 @@ def claim(spec: StoreSpec, *, root: str | os.PathLike[str] | None = None) -> str
     ...
     daskmri.errors.StoreError: ... holds files that daskmri did not make ...
     """
-    if root is not None and "://" not in spec.url:
-        _refuse_the_dataset(spec.url, os.fspath(root))
+    if root is not None:
+        fs, path = spec.filesystem()
+        if getattr(fs, "local_file", False):  # a path, file://, local://, ...
+            refuse_inside_dataset(path, root, what="the store path")
     there = what_is_there(spec)
     fix = "pass a path that does not exist yet (or an empty folder) for the store"
     if there == "file":
@@ -227,17 +249,27 @@ def claim(spec: StoreSpec, *, root: str | os.PathLike[str] | None = None) -> str
     return there
 
 
-def _refuse_the_dataset(store: str, root: str) -> None:
-    store, root = os.path.realpath(store), os.path.realpath(root)
-    if store == root or _inside(root, store):
+def refuse_inside_dataset(
+    path: str | os.PathLike[str], root: str | os.PathLike[str], *, what: str = "the path"
+) -> None:
+    """Refuse to write at ``path`` when it is the dataset folder ``root``, holds it, or
+    lies inside it (links resolved).
+
+    Raises
+    ------
+    StoreError
+        Saying which, and to write outside the dataset folder.
+    """
+    path, root = os.path.realpath(os.fspath(path)), os.path.realpath(os.fspath(root))
+    if path == root or _inside(root, path):
         raise StoreError(
-            f"the store path {store!r} is (or holds) the dataset folder {root!r}; writing "
-            "there would destroy the dataset. Put the store outside the dataset folder"
+            f"{what} {path!r} is (or holds) the dataset folder {root!r}; writing "
+            "there would destroy the dataset. Write outside the dataset folder"
         )
-    if _inside(store, root):
+    if _inside(path, root):
         raise StoreError(
-            f"the store path {store!r} lies inside the dataset folder {root!r}, which "
-            "daskmri reads; put the store outside the dataset folder"
+            f"{what} {path!r} lies inside the dataset folder {root!r}, which "
+            "daskmri reads; write outside the dataset folder"
         )
 
 

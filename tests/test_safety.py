@@ -100,6 +100,43 @@ class TestStorePaths:
         assert fs.ls("/theirs", detail=False) == ["/theirs/keep.txt"]
         fs.rm("/theirs", recursive=True)
 
+    def test_a_zarr_store_with_daskmri_like_attributes_is_still_not_ours(
+        self, synth_root, tmp_path
+    ):
+        zarr = pytest.importorskip("zarr")
+        theirs = tmp_path / "lab.zarr"
+        group = zarr.create_group(str(theirs), attributes={"format": 3, "chunk_size": 256})
+        group.create_array("image", shape=(4,), dtype="f4")[:] = 2.5
+        refused_everywhere(synth_root, theirs, tmp_path, "Zarr store that daskmri did not make")
+
+    def test_a_local_url_inside_the_dataset_is_refused(self, damaged_root):
+        (damaged_root / "in.zarr").mkdir()
+        before = snapshot(damaged_root)
+        for url in (f"file://{damaged_root}/in.zarr", f"local://{damaged_root}/in.zarr"):
+            with pytest.raises(StoreError, match="lies inside the dataset"):
+                daskmri.build(damaged_root, url, mode="overwrite", scheduler="sync")
+        assert snapshot(damaged_root) == before
+
+    def test_an_overwrite_cut_short_starts_again(self, synth_root, tmp_path):
+        """A kill partway through removing a store leaves some of its arrays: the
+        next build, in any mode, must start again rather than crash on what is gone."""
+        store = tmp_path / "ds.zarr"
+        daskmri.build(synth_root, store, chunk_size=4, scheduler="sync")
+        spec = daskmri.store.StoreSpec.of(store)
+        # What remove() has done when the kill comes after its first two arrays.
+        spec.group("r+").attrs.update({"complete": False, "planned": False})
+        shutil.rmtree(store / "image")
+        shutil.rmtree(store / "icontour")
+        report = daskmri.build(synth_root, store, chunk_size=4, scheduler="sync", mode="update")
+        assert report.records == 16 and daskmri.check(store).fresh
+        assert daskmri.open_dataset(store).image.shape[0] == 16
+
+    def test_an_unknown_url_protocol_is_one_line(self, synth_root, capsys):
+        argv = ["build", str(synth_root), "--out", "nosuchproto://x/ds.zarr", "--scheduler", "sync"]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot open the store" in err
+
     def test_an_empty_folder_is_used(self, synth_root, tmp_path):
         (tmp_path / "empty").mkdir()
         report = daskmri.build(synth_root, tmp_path / "empty", scheduler="sync")
@@ -154,6 +191,24 @@ class TestDroppedCsv:
         text = (tmp_path / "ds.dropped.csv").read_text()
         assert text.startswith("patient_id,original_id,instance,path,reason\n")
         assert "3.dcm" in text
+
+    def test_it_is_never_written_into_the_dataset(self, damaged_root, tmp_path, capsys):
+        before = snapshot(damaged_root)
+        for where in ("dropped.csv", "dicoms/SYN0001/dropped.csv"):
+            argv = ["build", str(damaged_root), "--out", str(tmp_path / "ds.zarr"),
+                    "--dropped", str(damaged_root / where), "--scheduler", "sync"]  # fmt: skip
+            assert cli.main(argv) == 2
+            assert "lies inside the dataset" in capsys.readouterr().err
+        assert snapshot(damaged_root) == before
+        assert not (tmp_path / "ds.zarr").exists()
+
+    def test_a_store_given_as_the_current_folder(self, synth_root, tmp_path, monkeypatch):
+        store = tmp_path / "here.zarr"
+        store.mkdir()
+        monkeypatch.chdir(store)
+        assert cli.main(["build", str(synth_root), "--out", ".", "--scheduler", "sync"]) == 0
+        assert (tmp_path / "here.dropped.csv").is_file()
+        assert daskmri.check(store).fresh
 
     def test_a_folder_in_its_place_is_refused(self, synth_root, tmp_path):
         (tmp_path / "ds.dropped.csv").mkdir()

@@ -441,6 +441,9 @@ class TestReviewFindings:
         store = tmp_path / "ds.zarr"
         group = zarr.open_group(str(store), mode="w", zarr_format=3)
         # What create() has written when a kill comes right after its first step.
-        group.attrs.update({"format": 2, "chunk_size": 64, "planned": False, "complete": False})
+        group.attrs.update(
+            {"format": 2, "chunk_size": 64, "planned": False, "complete": False,
+             "created_by": "daskmri 0.1.0"}
+        )  # fmt: skip
         report = daskmri.build(synth_root, store, scheduler="sync")
         assert report.records == 16 and daskmri.check(store).fresh

@@ -269,3 +269,18 @@ def test_an_address_without_a_port_says_how_to_write_one(tmp_path):
     # Said before the folder is scanned (this one is not a dataset at all).
     with pytest.raises(DaskmriError, match=r"not a scheduler address.*tcp://host:8786"):
         daskmri.load_dataset(tmp_path, client="tcp://127.0.0.1")
+
+
+def test_an_in_process_cluster_address_is_left_to_the_client(synth_root):
+    """Only tcp:// and tls:// are probed; inproc:// (a LocalCluster without processes)
+    is the client's to reach."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("inproc://")
+        ds = daskmri.load_dataset(synth_root, client=address)
+        assert ds.sizes["record"] == 16
+        from distributed import default_client
+
+        default_client().close()
