@@ -83,8 +83,7 @@ def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64) -> ChunkPlan:
     >>> [len(c) for c in plan.chunks]
     [4, 4, 4, 2]
     """
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_chunk_size(chunk_size)
     records: list[Record] = []
     dropped_rows: list[dict] = [dict(p) for p in table.attrs.get("problems", [])]
     for row in table.itertuples(index=False):
@@ -93,6 +92,12 @@ def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64) -> ChunkPlan:
             records.append(record)
     chunks = tuple(tuple(records[i : i + chunk_size]) for i in range(0, len(records), chunk_size))
     return ChunkPlan(chunks=chunks, dropped=tuple(dropped_rows))
+
+
+def check_chunk_size(chunk_size: int) -> None:
+    """Raise ``ValueError`` unless ``chunk_size`` is a positive int."""
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
 
 
 def _infer_shape(records: Iterable[Record], limits: Limits, tries: int = 50) -> tuple[int, int]:
@@ -221,8 +226,7 @@ def load_dataset(
     check_scheduler(scheduler)
     if client is not None and scheduler is not None:
         raise ValueError("pass either client= (a cluster) or scheduler= (local), not both")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_chunk_size(chunk_size)
     # The cluster first: an address that is wrong fails before a long scan.
     # An explicit local scheduler wins over a default client that happens to exist.
     client = resolve_client(client, security=security) if scheduler is None else None
@@ -662,8 +666,7 @@ def build(
     check_scheduler(scheduler)
     if client is not None and scheduler is not None:
         raise ValueError("pass either client= (a cluster) or scheduler= (local), not both")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_chunk_size(chunk_size)
     compressor = zstore.DEFAULT_COMPRESSOR if compressor is None else compressor
     if compressor not in zstore.COMPRESSORS:
         raise ValueError(f"compressor must be one of {zstore.COMPRESSORS}, got {compressor!r}")

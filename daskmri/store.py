@@ -192,14 +192,17 @@ def what_is_there(spec: StoreSpec) -> str:
         return "other"
     if not isinstance(node, dict) or node.get("node_type") != "group":
         return "zarr"
-    attrs = node.get("attributes")
+    return "daskmri" if made_by_daskmri(node.get("attributes")) else "zarr"
+
+
+def made_by_daskmri(attrs: Any) -> bool:
+    """Whether a Zarr group's attributes are those of a store daskmri made (of any
+    format). Every such store says so in ``created_by``: a format number and a chunk
+    size alone could be anyone's."""
     if not isinstance(attrs, dict):
-        return "zarr"
-    # Every store daskmri made says so in `created_by`; a format number and a chunk
-    # size alone could be anyone's.
+        return False
     signed = str(attrs.get("created_by", "")).startswith("daskmri ")
-    ours = signed and isinstance(attrs.get("format"), int) and "chunk_size" in attrs
-    return "daskmri" if ours else "zarr"
+    return signed and isinstance(attrs.get("format"), int) and "chunk_size" in attrs
 
 
 def claim(spec: StoreSpec, *, root: str | os.PathLike[str] | None = None) -> str:
@@ -537,7 +540,7 @@ class StoreState:
 
 def read_attrs(spec: StoreSpec) -> dict:
     attrs = dict(spec.group("r").attrs)
-    if "chunk_size" not in attrs or not isinstance(attrs.get("format"), int):
+    if not made_by_daskmri(attrs):
         raise StoreError(
             f"{spec.url!r} is not a daskmri store; build one with daskmri.build(root, store) "
             "at a path that does not exist yet"

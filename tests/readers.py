@@ -99,3 +99,17 @@ class NoisyReader:
         if (record.patient_id, record.instance) not in self.keep:
             raise ValueError("fast failure")
         return read_record(record)
+
+
+class Unloadable:
+    """Pickles, but cannot be unpickled (as a reader whose module a child lacks)."""
+
+    def __reduce__(self):
+        return (_fail_to_load, ())
+
+    def __call__(self, record: Record):
+        return read_record(record)
+
+
+def _fail_to_load():
+    raise ImportError("no module named 'somewhere_else'")

@@ -24,7 +24,7 @@ from daskmri.testing import assert_records_equal, eager_load
 
 from . import hostile
 from .conftest import FUZZ_CASES, needs_zarr
-from .readers import HangReader, NoisyReader, PoisonReader, dies
+from .readers import HangReader, NoisyReader, PoisonReader, Unloadable, dies
 
 
 def keys(ds) -> list[tuple[str, int]]:
@@ -160,21 +160,7 @@ def test_a_hanging_chunk_in_local_workers_is_found_like_a_crash(synth_root):
 
 def test_find_killers_says_why_its_child_cannot_start(synth_root):
     with pytest.raises(RuntimeError, match=r"died before its first record: .*Error"):
-        find_killers(items_of(synth_root), _Unloadable())
-
-
-class _Unloadable:
-    """Pickles, but cannot be unpickled (as a reader whose module a child lacks)."""
-
-    def __reduce__(self):
-        return (_fail_to_load, ())
-
-    def __call__(self, record):
-        return daskmri.read_record(record)
-
-
-def _fail_to_load():
-    raise ImportError("no module named 'somewhere_else'")
+        find_killers(items_of(synth_root), Unloadable())
 
 
 def test_process_workers_keep_finished_results_when_one_dies(synth_root):

@@ -21,7 +21,7 @@ from daskmri.cluster import PROBE_TIMEOUT, ProcessWorkers
 from daskmri.errors import WorkerStartError
 
 from .conftest import needs_zarr
-from .readers import PidReader, parsed
+from .readers import PidReader, Unloadable, parsed
 
 #: A script as people write them: no ``if __name__ == "__main__":`` guard. Its top
 #: level appends one line to a file; a worker that re-ran it would add another.
@@ -188,17 +188,8 @@ def test_a_task_that_cannot_be_unpickled_is_an_error_not_a_death(synth_root):
     items = list(enumerate(plan_chunks(daskmri.scan(synth_root)).chunks[0]))
     with ProcessWorkers(1) as workers:
         with pytest.raises(ImportError, match="somewhere_else"):
-            workers.run(_first, [items], _Unloadable())
+            workers.run(_first, [items], Unloadable())
         assert workers.restarts == 0
-
-
-class _Unloadable:
-    def __reduce__(self):
-        return (_fail_to_load, ())
-
-
-def _fail_to_load():
-    raise ImportError("no module named 'somewhere_else'")
 
 
 def _first(part, reader):
