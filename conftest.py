@@ -77,24 +77,3 @@ def pytest_sessionfinish(session, exitstatus):
         if reporter is not None:
             reporter.write_line(f"FAILED (leftovers) {message}", red=True)
         session.exitstatus = 1
-
-
-# The Zarr store needs zarr 3, which needs Python 3.11: on 3.10 daskmri installs without
-# it, and the store's doctests skip.
-_STORE_DOCTESTS = (
-    "daskmri.dataset.build",
-    "daskmri.store.check",
-    "daskmri.store.claim",
-    "daskmri.store.open_dataset",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    if importlib.util.find_spec("zarr") is not None:
-        return
-    import pytest
-
-    skip = pytest.mark.skip(reason="the Zarr store needs zarr>=3 (Python 3.11+); not installed")
-    for item in items:
-        if item.name in _STORE_DOCTESTS:
-            item.add_marker(skip)

@@ -316,7 +316,7 @@ def main() -> None:
     (args.out / "compare.json").write_text(
         json.dumps(
             {
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "data": label,
                 "records": n,
                 "repeat": args.repeat,

@@ -174,7 +174,7 @@ def main() -> None:
     (args.out / "iterate.json").write_text(
         json.dumps(
             {
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "machine": versions(),
                 "records": n,
                 "rows": rows,

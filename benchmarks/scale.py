@@ -184,7 +184,7 @@ def main() -> None:
     (args.out / "scale.json").write_text(
         json.dumps(
             {
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "machine": {"cores": os.cpu_count(), **info},
                 "scale": rows,
                 "compressors": {"data": label, "rows": codecs},

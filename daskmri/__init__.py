@@ -19,21 +19,23 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # Names resolve lazily (PEP 562): a worker process that unpickles a parse task
 # imports daskmri.parse (numpy, pydicom) without paying for xarray and pandas.
+# The pipeline, stage by stage (see the README's Development section):
+# layout (scan) -> plan -> execute (run) -> sinks / store (sink) -> batches.
 _EXPORTS = {
     "synth": "daskmri.synth",
     "BatchIterator": "daskmri.batches",
     "BatchSchema": "daskmri.batches",
-    "dropped": "daskmri.dataset",
+    "dropped": "daskmri.schema",
     "load_dataset": "daskmri.dataset",
-    "build": "daskmri.dataset",
-    "BuildReport": "daskmri.dataset",
+    "build": "daskmri.store",
+    "BuildReport": "daskmri.store",
     "open_dataset": "daskmri.store",
     "check": "daskmri.store",
     "Freshness": "daskmri.store",
     "StoreError": "daskmri.errors",
     "StaleStoreError": "daskmri.errors",
     "StaleStoreWarning": "daskmri.errors",
-    "Record": "daskmri.parse",
+    "Record": "daskmri.record",
     "read_record": "daskmri.parse",
     "polygon_mask": "daskmri.contours",
     "read_contour": "daskmri.contours",
@@ -49,7 +51,7 @@ _EXPORTS = {
     "scan": "daskmri.layout",
     "Limits": "daskmri.limits",
     "show_versions": "daskmri.versions",
-    "shutdown_local_workers": "daskmri.cluster",
+    "shutdown_local_workers": "daskmri.execute",
     "WorkerStartError": "daskmri.errors",
 }
 

@@ -348,7 +348,7 @@ class BatchIterator:
 
     def _client(self, client, security=None):
         if client is not None:
-            from .cluster import resolve_client
+            from .execute import resolve_client
 
             return resolve_client(client, security=security)
         try:

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .cluster import SCHEDULERS
 from .errors import DaskmriError
 from .layout import LABELS
+from .settings import SCHEDULERS
 
 # Commands import what they use when they run: the "processes" scheduler starts
 # fresh interpreters that re-import this module, and they need none of it.
@@ -117,8 +117,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import synth
-    from .dataset import dropped, load_dataset
+    from .dataset import load_dataset
     from .plot import overlay_grid, write_png, written_by_daskmri
+    from .schema import dropped
 
     _refuse_to_overwrite(args.out, written_by_daskmri, "a PNG picture that daskmri wrote")
     with tempfile.TemporaryDirectory(prefix="daskmri-demo-") as tmp:
@@ -192,7 +193,7 @@ def _refuse_to_overwrite(path: str | Path, ours, what: str) -> None:
 
 
 def _is_dropped_csv(path: Path) -> bool:
-    from .dataset import DROPPED_COLUMNS
+    from .record import DROPPED_COLUMNS
 
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
@@ -202,8 +203,7 @@ def _is_dropped_csv(path: Path) -> bool:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .dataset import build
-    from .store import read_dropped, refuse_inside_dataset
+    from .store import build, read_dropped, refuse_inside_dataset
 
     csv = _dropped_csv(args.out, args.dropped)
     refuse_inside_dataset(csv, args.root, what="the list of dropped records")

@@ -289,12 +289,17 @@ def iter_records(
     root = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root):
         raise LayoutError(f"dataset root {root!r} is not a folder")
-    root_real = os.path.realpath(root)
-    dicom_re = re.compile(layout.dicom_regex)
-    i_re, o_re = re.compile(layout.icontour_regex), re.compile(layout.ocontour_regex)
+    finder = _Finder(root, layout, problems)
+    for ids in _patients(root, layout, problems):
+        yield from finder.records(ids, labels)
+
+
+def _patients(root: str, layout: Layout, problems: list[dict]) -> Iterator[dict[str, str]]:
+    """The link file's ``{patient_id, original_id}`` rows, in patient id order (so
+    records come out sorted by (patient_id, instance) without holding them all to
+    sort them); rows with unsafe or repeated ids go to ``problems``."""
     seen: set[str] = set()
-    # Patients in id order, instances in order within each: records come out sorted
-    # by (patient_id, instance) without holding them all to sort them.
+    link = os.path.join(root, layout.link_file)
     rows = sorted(
         _read_link(root, layout), key=lambda r: (r[1].get(layout.patient_column) or "").strip()
     )
@@ -303,54 +308,45 @@ def iter_records(
         original_id = (row.get(layout.original_column) or "").strip()
         where = f"{layout.link_file} line {line}"
         if not (_safe_id(patient_id) and _safe_id(original_id)):
-            problems.append(
-                _problem(
-                    os.path.join(root, layout.link_file),
-                    f"{where}: ids {patient_id!r}, {original_id!r} are empty or would leave "
-                    "the root folder; row ignored",
-                )
+            reason = (
+                f"{where}: ids {patient_id!r}, {original_id!r} are empty or would leave "
+                "the root folder; row ignored"
             )
-            continue
-        if patient_id in seen:
+            problems.append(_problem(link, reason))
+        elif patient_id in seen:
             problems.append(
-                _problem(
-                    os.path.join(root, layout.link_file),
-                    f"{where}: patient {patient_id!r} is listed twice; row ignored",
-                )
+                _problem(link, f"{where}: patient {patient_id!r} is listed twice; row ignored")
             )
-            continue
-        seen.add(patient_id)
-        ids = {"patient_id": patient_id, "original_id": original_id}
-        fill = {"patient_id": glob.escape(patient_id), "original_id": glob.escape(original_id)}
-        dicoms = _instances(
-            _find(root, root_real, layout.dicom_glob.format(**fill), problems, ids),
-            dicom_re,
-            "DICOM",
-            ids,
-            problems,
-        )
-        inner = _instances(
-            _find(root, root_real, layout.icontour_glob.format(**fill), problems, ids),
-            i_re,
-            "i-contour",
-            ids,
-            problems,
-        )
-        outer = _instances(
-            _find(root, root_real, layout.ocontour_glob.format(**fill), problems, ids),
-            o_re,
-            "o-contour",
-            ids,
-            problems,
-        )
+        else:
+            seen.add(patient_id)
+            yield {"patient_id": patient_id, "original_id": original_id}
+
+
+class _Finder:
+    """One patient's files, found by the layout's globs under the root."""
+
+    def __init__(self, root: str, layout: Layout, problems: list[dict]) -> None:
+        self.root, self.layout, self.problems = root, layout, problems
+        self.root_real = os.path.realpath(root)
+        self.regexes = {
+            "DICOM": re.compile(layout.dicom_regex),
+            "i-contour": re.compile(layout.icontour_regex),
+            "o-contour": re.compile(layout.ocontour_regex),
+        }
+
+    def files(self, kind: str, pattern: str, ids: dict, fill: dict) -> dict[int, str]:
+        found = _find(self.root, self.root_real, pattern.format(**fill), self.problems, ids)
+        return _instances(found, self.regexes[kind], kind, ids, self.problems)
+
+    def records(self, ids: dict[str, str], labels: str) -> Iterator[dict]:
+        layout = self.layout
+        fill = {key: glob.escape(value) for key, value in ids.items()}
+        dicoms = self.files("DICOM", layout.dicom_glob, ids, fill)
+        inner = self.files("i-contour", layout.icontour_glob, ids, fill)
+        outer = self.files("o-contour", layout.ocontour_glob, ids, fill)
         if not dicoms:
-            problems.append(
-                _problem(
-                    os.path.join(root, layout.dicom_glob.format(**fill)),
-                    "no DICOM files for this patient",
-                    **ids,
-                )
-            )
+            where = os.path.join(self.root, layout.dicom_glob.format(**fill))
+            self.problems.append(_problem(where, "no DICOM files for this patient", **ids))
         for instance in sorted(set(dicoms) | set(inner) | set(outer)):
             i_path, o_path = inner.get(instance), outer.get(instance)
             keep = {
@@ -359,24 +355,25 @@ def iter_records(
                 "o": o_path is not None,
                 "all": True,
             }[labels]
-            if not keep:
-                continue
-            dicom_path = dicoms.get(instance)
-            problem = None
-            if dicom_path is None:
-                contour = os.path.basename(i_path or o_path)
-                problem = (
-                    f"contour {contour} has no DICOM: no file for instance {instance} "
-                    f"of patient {patient_id} matches {layout.dicom_glob!r}"
-                )
-            yield {
-                **ids,
-                "instance": instance,
-                "dicom_path": dicom_path,
-                "icontour_path": i_path,
-                "ocontour_path": o_path,
-                "problem": problem,
-            }
+            if keep:
+                yield self._row(ids, instance, dicoms.get(instance), i_path, o_path)
+
+    def _row(self, ids: dict, instance: int, dicom_path, i_path, o_path) -> dict:
+        problem = None
+        if dicom_path is None:
+            contour = os.path.basename(i_path or o_path)
+            problem = (
+                f"contour {contour} has no DICOM: no file for instance {instance} "
+                f"of patient {ids['patient_id']} matches {self.layout.dicom_glob!r}"
+            )
+        return {
+            **ids,
+            "instance": instance,
+            "dicom_path": dicom_path,
+            "icontour_path": i_path,
+            "ocontour_path": o_path,
+            "problem": problem,
+        }
 
 
 def scan(

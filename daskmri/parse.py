@@ -24,26 +24,11 @@ import numpy as np
 
 from .contours import polygon_mask, read_contour
 from .dicom import read_dicom
-from .errors import RecordError, WorkerStartError
+from .errors import RecordError
 from .limits import DEFAULT_LIMITS, Limits
+from .record import Parsed, Record, drop_row
 
-__all__ = ["ChunkResult", "Record", "Skipping", "Slots", "parse_chunk", "read_record"]
-
-#: What a reader returns: float32 image and the inner/outer masks (None when the
-#: record has no such contour).
-Parsed = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One image slice and its contour files: a row of :func:`daskmri.scan`."""
-
-    patient_id: str
-    original_id: str
-    instance: int
-    dicom_path: str | None
-    icontour_path: str | None = None
-    ocontour_path: str | None = None
+__all__ = ["ChunkResult", "Parsed", "Record", "Slots", "parse_chunk", "read_record"]
 
 
 def read_record(
@@ -102,21 +87,6 @@ def _shape_error(path: str | None, got: tuple[int, ...], want: tuple[int, int]) 
         f"image is {'x'.join(map(str, got))} but this dataset's images are "
         f"{want[0]}x{want[1]}; build differently sized series separately or pass shape=",
     )
-
-
-def _drop(record: Record, exc: BaseException) -> dict:
-    if isinstance(exc, RecordError):
-        path, reason = exc.path or record.dicom_path, exc.reason
-    else:
-        # A custom reader raised something else: keep the type so it can be found.
-        path, reason = record.dicom_path, f"{type(exc).__name__}: {exc}"
-    return {
-        "patient_id": record.patient_id,
-        "original_id": record.original_id,
-        "instance": record.instance,
-        "path": path,
-        "reason": reason,
-    }
 
 
 @dataclass(frozen=True)
@@ -275,7 +245,7 @@ def parse_chunk(
     --------
     >>> import tempfile, daskmri
     >>> from daskmri import synth
-    >>> from daskmri.dataset import plan_chunks
+    >>> from daskmri.plan import plan_chunks
     >>> root = synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=4, shape=(32, 32))
     >>> plan = plan_chunks(daskmri.scan(root))
     >>> result = parse_chunk(plan.chunks[0], shape=(32, 32), reader=read_record)
@@ -318,7 +288,7 @@ def parse_chunk(
                 has_i[k], has_o[k] = inner is not None, outer is not None
                 ok[k] = True
             except Exception as exc:  # one bad record must never fail the chunk
-                failures.append(_drop(record, exc))
+                failures.append(drop_row(record, exc))
     finally:
         if fd is not None:
             os.close(fd)
@@ -331,137 +301,14 @@ def parse_chunk(
 
 
 def parse_partition(
-    items: list[tuple[int, Record]], shape, reader, slots: Slots | None
+    items: list[tuple[int, Record]],
+    shape: tuple[int, int],
+    reader: Callable[[Record], Parsed],
+    slots: Slots | None = None,
 ) -> list[ChunkResult]:
-    """One Dask bag partition: items are ``(slot, record)`` pairs, because a partition
-    does not otherwise know where it starts. Lives here so that worker processes
-    unpickling it import only this module's light dependencies."""
+    """One chunk task for a dataset held in memory: items are ``(slot, record)``
+    pairs, because a task does not otherwise know where its chunk starts. A list,
+    as a Dask bag partition is. Lives here so that worker processes unpickling it
+    import only this module's light dependencies."""
     records = [record for _, record in items]
     return [parse_chunk(records, shape=shape, reader=reader, slots=slots, start=items[0][0])]
-
-
-#: The reason given for a record whose parsing killed the worker process.
-POISON_REASON = (
-    "the worker process died while parsing this record (a crash in a decoder, or out of "
-    "memory); it was isolated by parsing its chunk's records one at a time"
-)
-
-
-@dataclass(frozen=True)
-class Skipping:
-    """A reader that drops the records in ``skip`` (``(patient_id, instance)`` keys)
-    without reading them, and reads the rest with ``reader``."""
-
-    reader: Callable[[Record], Parsed]
-    skip: frozenset
-
-    def __call__(self, record: Record) -> Parsed:
-        if (record.patient_id, record.instance) in self.skip:
-            raise RecordError(record.dicom_path or "", POISON_REASON)
-        return self.reader(record)
-
-
-def find_killers(
-    items: Sequence[tuple[int, Record]],
-    reader: Callable[[Record], Parsed],
-    *,
-    timeout: float = 600.0,
-) -> list[tuple[str, int]]:
-    """The ``(patient_id, instance)`` keys of the records whose parsing kills the
-    process, found by parsing the chunk's records one at a time in a child process.
-
-    The child says which record it starts before it reads it; when it dies, the
-    record it was on is a killer and a new child goes on from the next record. So
-    the worker running this never dies itself, and a chunk with one killer costs two
-    child processes. A child that says nothing for ``timeout`` seconds is killed and
-    its record counted as a killer too (a decoder that hangs).
-
-    Raises
-    ------
-    WorkerStartError
-        If a child dies before it starts any record (its environment is broken, or
-        it cannot unpickle ``reader``), with the last line the child printed.
-    """
-    import select
-    import subprocess
-    import sys
-    import tempfile
-    import time
-
-    import cloudpickle
-
-    # The parent's import path, so that a reader from a module beside the user's
-    # script unpickles in the child as it does in a pool worker.
-    path = os.pathsep.join(p or os.getcwd() for p in sys.path)
-    env = os.environ | {"PYTHONPATH": path}
-    records = [record for _, record in items]
-    killers: list[tuple[str, int]] = []
-    start = 0
-    while start < len(records):
-        with tempfile.TemporaryFile() as errors:
-            child = subprocess.Popen(
-                [sys.executable, "-c", "from daskmri.parse import _probe_child; _probe_child()"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=errors,
-                env=env,
-            )
-            last, finished = -1, False
-            try:
-                child.stdin.write(cloudpickle.dumps((records[start:], reader)))
-                child.stdin.close()
-                # The raw descriptor, read by hand: a buffered readline would take
-                # several lines at once and leave select() waiting on an empty pipe.
-                fd, pending = child.stdout.fileno(), b""
-                deadline = time.monotonic() + timeout  # from the last record started
-                while not finished:
-                    left = deadline - time.monotonic()
-                    ready = select.select([fd], [], [], max(left, 0))[0] if left > 0 else []
-                    data = os.read(fd, 4096) if ready else b""
-                    if not data:  # the child died, or hung and is killed below
-                        break
-                    *lines, pending = (pending + data).split(b"\n")
-                    for line in lines:
-                        if line == b"done":
-                            finished = True
-                        else:
-                            last = int(line)
-                            deadline = time.monotonic() + timeout
-            finally:
-                child.kill()
-                child.wait()
-                child.stdout.close()
-            if finished:
-                break
-            if last < 0:
-                errors.seek(0)
-                text = errors.read().decode(errors="replace").strip().splitlines()
-                raise WorkerStartError(
-                    "a worker process cannot start: the process that parses records one at "
-                    "a time died before its first record: "
-                    f"{text[-1] if text else f'exit code {child.returncode}'}; check that "
-                    f"{sys.executable} can import daskmri and your reader in this environment"
-                )
-        killers.append((records[start + last].patient_id, records[start + last].instance))
-        start += last + 1
-    return killers
-
-
-def _probe_child() -> None:
-    """The child of :func:`find_killers`: read ``(records, reader)`` from stdin, and
-    say each record's index on the original stdout before parsing it. Anything else
-    written to stdout (a print in a reader, a C library) goes to stderr instead, so
-    that only indices travel on the channel."""
-    import sys
-
-    import cloudpickle
-
-    channel = os.fdopen(os.dup(1), "wb", buffering=0)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    records, reader = cloudpickle.loads(sys.stdin.buffer.read())
-    for k, record in enumerate(records):
-        channel.write(f"{k}\n".encode())
-        with contextlib.suppress(Exception):  # failures that raise are not crashes
-            reader(record)
-    channel.write(b"done\n")

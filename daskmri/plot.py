@@ -1,17 +1,16 @@
 """Pictures of images with their contours, so a person can check the masks.
 
-:func:`overlay` and :func:`write_png` need only numpy (the CLI demo uses them);
+:func:`overlay` and :func:`write_png` need only numpy (the CLI demo uses them; the
+PNG writer is daskmri's own, in ``_png.py``, so that the demo needs no extra);
 helpers that draw with matplotlib import it lazily and name the ``plot`` extra
 when it is missing.
 """
 
 from __future__ import annotations
 
-import os
-import struct
-import zlib
-
 import numpy as np
+
+from ._png import write_png, written_by_daskmri
 
 __all__ = ["overlay", "overlay_grid", "show", "write_png", "written_by_daskmri"]
 
@@ -101,61 +100,6 @@ def overlay_grid(ds, records=None, *, columns: int = 4) -> np.ndarray:
             c * (width + gap) : c * (width + gap) + width,
         ] = tile
     return mosaic
-
-
-#: The PNG text chunk that marks a picture as daskmri's own (so that the demo
-#: overwrites only a picture it wrote itself).
-SOFTWARE_TEXT = b"Software\x00daskmri"
-
-
-def written_by_daskmri(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a PNG file that :func:`write_png` wrote.
-
-    Examples
-    --------
-    >>> import tempfile, pathlib, numpy as np
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.png"
-    >>> write_png(p, np.zeros((2, 3, 3), np.uint8))
-    >>> written_by_daskmri(p), written_by_daskmri(p.parent / "absent.png")
-    (True, False)
-    """
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(64)
-    except OSError:
-        return False
-    return head.startswith(b"\x89PNG\r\n\x1a\n") and SOFTWARE_TEXT in head
-
-
-def write_png(path: str | os.PathLike[str], rgb: np.ndarray) -> None:
-    """Write a ``(rows, columns, 3)`` uint8 array as a PNG file (no dependency needed).
-
-    Examples
-    --------
-    >>> import tempfile, pathlib, numpy as np
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.png"
-    >>> write_png(p, np.zeros((2, 3, 3), np.uint8))
-    >>> p.read_bytes()[:8]
-    b'\\x89PNG\\r\\n\\x1a\\n'
-    """
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected (rows, columns, 3) uint8, got shape {rgb.shape}")
-    height, width, _ = rgb.shape
-    # Each scanline starts with filter type 0 (none).
-    raw = np.concatenate([np.zeros((height, 1), np.uint8), rgb.reshape(height, -1)], axis=1)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    with open(path, "wb") as fh:
-        fh.write(b"\x89PNG\r\n\x1a\n")
-        fh.write(chunk(b"IHDR", header))
-        fh.write(chunk(b"tEXt", SOFTWARE_TEXT))
-        fh.write(chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)))
-        fh.write(chunk(b"IEND", b""))
 
 
 def show(data, records=None, *, columns: int = 4, size: float = 2.5):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -18,10 +17,6 @@ REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sunnybroo
 #: hypothesis examples per case for the contour parser. Small in CI; set
 #: DASKMRI_FUZZ_CASES=200 for a longer run.
 FUZZ_CASES = int(os.environ.get("DASKMRI_FUZZ_CASES", "3"))
-
-#: Why store tests skip: on Python 3.10 daskmri installs without zarr (zarr 3 needs 3.11).
-ZARR_MISSING = "the Zarr store needs zarr>=3, which needs Python 3.11+; not installed here"
-needs_zarr = pytest.mark.skipif(importlib.util.find_spec("zarr") is None, reason=ZARR_MISSING)
 
 # Non-square, so that any x/y or row/column swap shows up.
 SHAPE = (48, 64)

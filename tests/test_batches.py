@@ -17,7 +17,7 @@ import xarray as xr
 import daskmri
 from daskmri import BatchIterator, BatchSchema, DaskmriError
 
-from .conftest import SHAPE, ZARR_MISSING
+from .conftest import SHAPE
 
 N_RECORDS = 16  # in the session's synthetic dataset (labels="any")
 
@@ -40,7 +40,6 @@ def reference(synth_root):
 
 @pytest.fixture(scope="module")
 def zarr_ds(synth_root, tmp_path_factory):
-    pytest.importorskip("zarr", reason=ZARR_MISSING)
     store = tmp_path_factory.mktemp("batches") / "ds.zarr"
     daskmri.build(synth_root, store, chunk_size=3, scheduler="sync")
     return daskmri.open_dataset(store)
@@ -173,6 +172,36 @@ class TestSchema:
                     assert len(batches) == len(schema)
                     flat = np.concatenate(batches)
                     assert sorted(flat.tolist()) == list(range(sum(chunks)))
+
+    def test_step_sizes_are_known_before_anything_loads(self):
+        schema = BatchSchema(chunks=(5, 0, 7, 3), batch_size=4, seed=1, shuffle_chunks=3)
+        for epoch in (0, 1):
+            sizes = [len(schema.step(epoch, t)[1]) for t in range(schema.n_steps(epoch))]
+            assert sizes == schema.step_sizes(epoch).tolist()
+            assert sum(sizes) == schema.n_records
+
+    def test_each_step_opens_at_most_one_chunk_and_closes_it_span_steps_later(self):
+        schema = BatchSchema(chunks=(6,) * 5, batch_size=4, seed=3, shuffle_chunks=2)
+        seen_at: dict[int, list[int]] = {}
+        for t in range(schema.n_steps(0)):
+            positions, _ = schema.step(0, t)
+            for k in set(positions.tolist()):
+                seen_at.setdefault(k, []).append(t)
+        assert all(steps == [k, k + 1] for k, steps in seen_at.items())
+
+    def test_epochs_differ_and_repeat(self):
+        schema = BatchSchema(chunks=(4, 4, 4), batch_size=3, seed=5)
+        first = [b.tolist() for b in schema.batches(0)]
+        assert first == [b.tolist() for b in schema.batches(0)]
+        assert first != [b.tolist() for b in schema.batches(1)]
+        in_order = BatchSchema(chunks=(4, 4, 4), batch_size=5, shuffle=False)
+        assert next(in_order.batches(0)).tolist() == [0, 1, 2, 3, 4]
+
+    def test_drop_last_leaves_out_only_the_short_batch(self):
+        schema = BatchSchema(chunks=(5, 5), batch_size=3, drop_last=True, seed=0)
+        batches = list(schema.batches(0))
+        assert len(batches) == len(schema) == 3 and all(len(b) == 3 for b in batches)
+        assert len({int(i) for b in batches for i in b}) == 9
 
     def test_bad_arguments(self):
         with pytest.raises(ValueError, match="batch_size"):

@@ -10,13 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import needs_zarr
-
 COMPARE = Path(__file__).resolve().parents[1] / "benchmarks" / "compare.py"
 
 
 @pytest.mark.slow
-@needs_zarr
 def test_compare_runs_and_writes_a_table_json_and_plot(tmp_path):
     out = subprocess.run(
         [

@@ -12,7 +12,7 @@ import daskmri
 from daskmri import SERIES, Layout, LayoutError, scan
 from daskmri.testing import assert_records_equal
 
-from .conftest import PATIENTS, SLICES, needs_zarr
+from .conftest import PATIENTS, SLICES
 
 
 def expected_instances(labels: str) -> list[int]:
@@ -120,7 +120,6 @@ def watching(folder) -> list[str]:
         _WATCH.clear()
 
 
-@needs_zarr
 def test_never_reads_outside_root(damaged_root, tmp_path):
     # A decoy study beside the root that link.csv and symlinks try to reach.
     decoy = tmp_path / "decoy"

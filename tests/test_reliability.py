@@ -17,13 +17,12 @@ import pytest
 
 import daskmri
 from daskmri import DaskmriError
-from daskmri.cluster import ProcessWorkers
-from daskmri.dataset import plan_chunks
-from daskmri.parse import POISON_REASON, find_killers
+from daskmri.execute import POISON_REASON, ProcessWorkers, find_killers
+from daskmri.plan import plan_chunks
 from daskmri.testing import assert_records_equal, eager_load
 
 from . import hostile
-from .conftest import FUZZ_CASES, needs_zarr
+from .conftest import FUZZ_CASES
 from .readers import HangReader, NoisyReader, PoisonReader, Unloadable, dies
 
 
@@ -51,7 +50,6 @@ def test_local_processes_drop_only_the_record_that_kills_its_process(synth_root)
     assert_records_equal(ds, without(reference, {("SYN0001", 6)}))
 
 
-@needs_zarr
 def test_local_build_isolates_several_killers_and_reports_the_time(synth_root, tmp_path):
     # Two killers in one chunk (SYN0001's second chunk of 4 is 8, 9, 10, 12) and one
     # in another: their innocent neighbours must all be kept.
@@ -73,7 +71,6 @@ def test_local_build_isolates_several_killers_and_reports_the_time(synth_root, t
     assert again.parsed_chunks == 0 and again.isolated == ()
 
 
-@needs_zarr
 def test_a_build_without_killers_reports_no_isolation(synth_root, tmp_path):
     report = daskmri.build(synth_root, tmp_path / "ds.zarr", chunk_size=4, scheduler="processes")
     assert report.isolated == () and report.isolation_seconds == 0.0
@@ -236,7 +233,6 @@ def test_corpus_processes(corpus):
     assert_corpus_outcome(ds, bad, reference)
 
 
-@needs_zarr
 def test_corpus_build_to_a_store(corpus, tmp_path):
     root, bad, reference = corpus
     report = daskmri.build(root, tmp_path / "ds.zarr", chunk_size=8, scheduler="processes")
@@ -341,7 +337,6 @@ def pydicom_image(path: str) -> np.ndarray | None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120 + 30 * FUZZ_CASES)
-@needs_zarr
 def test_builds_over_mutated_real_dicoms_never_fail(real_patient, tmp_path):
     """Each case mutates a few of the real files, builds the folder into a store (local
     worker processes), and checks: the build returns, in bounded time; every file it

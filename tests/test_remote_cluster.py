@@ -20,7 +20,6 @@ import xarray as xr
 import daskmri
 from daskmri.testing import assert_records_equal
 
-from .conftest import needs_zarr
 from .readers import LoggingReader, PoisonReader, parsed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,7 +133,6 @@ def worker_pids(client) -> list[int]:
     return list(client.run(os.getpid).values())
 
 
-@needs_zarr
 def test_scan_load_build_and_iterate_by_address_equal_the_local_run(remote, synth_root, tmp_path):
     from distributed import Client
 
@@ -170,7 +168,6 @@ def _kill_a_worker_when(client, log: Path, count: int) -> int:
     return pid
 
 
-@needs_zarr
 def test_a_worker_killed_during_build_loses_nothing(remote, synth_root, tmp_path):
     """SIGKILL one worker process partway: its tasks run again elsewhere (each rewrites
     its own region), and the store equals a clean build."""
@@ -225,7 +222,6 @@ def test_a_worker_killed_during_load_dataset_loses_nothing(remote, synth_root, t
         client.wait_for_workers(2, timeout=WAIT)
 
 
-@needs_zarr
 def test_a_record_that_kills_its_worker_is_dropped_alone(remote, synth_root, tmp_path):
     """The reader kills its process on one record, as a crashing decoder would. The build
     finishes; only that record is dropped, with a reason saying the worker died; its
@@ -271,7 +267,6 @@ def test_load_dataset_drops_a_record_that_kills_its_worker(remote, synth_root):
         client.wait_for_workers(2, timeout=WAIT)
 
 
-@needs_zarr
 def test_the_dask_config_scheduler_address_is_used_without_a_client(remote, synth_root, tmp_path):
     """``client=None`` with Dask's ``scheduler-address`` config (in-process) or the
     ``DASK_SCHEDULER_ADDRESS`` environment variable (a fresh process, as a user sets
@@ -310,7 +305,6 @@ def test_the_dask_config_scheduler_address_is_used_without_a_client(remote, synt
     assert_records_equal(daskmri.open_dataset(store), local)
 
 
-@needs_zarr
 def test_a_tls_cluster_by_address_with_security(synth_root, tmp_path):
     """A LocalCluster of worker processes that speaks only TLS, with throwaway
     certificates; daskmri connects by its tls:// address with security=."""
@@ -400,7 +394,7 @@ def test_a_cluster_left_with_no_workers_is_an_error_not_a_hang(tmp_path):
     stops with an error that says so, instead of waiting for ever."""
     from distributed import Client
 
-    from daskmri.cluster import wait_on_cluster
+    from daskmri.execute import wait_on_cluster
 
     # No nanny: a killed worker stays dead.
     with (

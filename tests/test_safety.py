@@ -10,12 +10,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import zarr
 
 import daskmri
 from daskmri import StoreError, cli, synth
 from daskmri.plot import write_png
-
-from .conftest import needs_zarr
 
 MODES = ("resume", "update", "overwrite")
 
@@ -56,7 +55,6 @@ def refused_everywhere(root: Path, store: Path | str, watched: Path, match: str)
     assert snapshot(watched) == before
 
 
-@needs_zarr
 class TestStorePaths:
     def test_a_folder_of_other_files_is_refused(self, synth_root, thesis, capsys):
         refused_everywhere(synth_root, thesis, thesis.parent, "holds files that daskmri did not")
@@ -70,7 +68,6 @@ class TestStorePaths:
         refused_everywhere(synth_root, target, tmp_path, "is a file")
 
     def test_a_zarr_store_daskmri_did_not_make_is_refused(self, synth_root, tmp_path):
-        zarr = pytest.importorskip("zarr")
         group = zarr.open_group(str(tmp_path / "theirs.zarr"), mode="w")
         group.create_array("weights", shape=(4,), dtype="f4")[:] = 1.5
         refused_everywhere(synth_root, tmp_path / "theirs.zarr", tmp_path, "did not make")
@@ -103,7 +100,6 @@ class TestStorePaths:
     def test_a_zarr_store_with_daskmri_like_attributes_is_still_not_ours(
         self, synth_root, tmp_path
     ):
-        zarr = pytest.importorskip("zarr")
         theirs = tmp_path / "lab.zarr"
         group = zarr.create_group(str(theirs), attributes={"format": 3, "chunk_size": 256})
         group.create_array("image", shape=(4,), dtype="f4")[:] = 2.5
@@ -169,7 +165,6 @@ class TestStorePaths:
             daskmri.build(synth_root, thesis, client="tcp://127.0.0.1:9")
 
 
-@needs_zarr
 class TestDroppedCsv:
     def test_a_file_daskmri_did_not_write_is_never_overwritten(self, synth_root, tmp_path, capsys):
         csv = tmp_path / "ds.dropped.csv"

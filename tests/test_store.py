@@ -13,17 +13,16 @@ from pathlib import Path
 
 import pytest
 import xarray as xr
+import zarr
 
 import daskmri
 from daskmri import StaleStoreError, StaleStoreWarning, StoreError, cli
-from daskmri.dataset import plan_chunks
+from daskmri.plan import plan_chunks
 from daskmri.store import OK, RETIRED, StoreSpec, read_state, write_partition
 from daskmri.testing import assert_records_equal, eager_load, raise_if_dask_computes
 
-from .conftest import SHAPE, ZARR_MISSING
+from .conftest import SHAPE
 from .readers import LoggingReader, parsed
-
-zarr = pytest.importorskip("zarr", reason=ZARR_MISSING)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +111,7 @@ class TestRoundTrip:
             )
             assert daskmri.check(url, synth_root).fresh
         finally:
-            StoreSpec.of(url).remove()
+            daskmri.store.remove(StoreSpec.of(url))
 
     def test_empty_dataset(self, damaged_root, tmp_path):
         for path in (damaged_root / "contourfiles").glob("*/o-contours/*.txt"):
@@ -133,7 +132,7 @@ class TestRoundTrip:
     def test_many_waves(self, damaged_root, tmp_path, monkeypatch):
         """A build runs its chunks in waves; small waves must give the same store, and an
         update that appends across several waves too."""
-        monkeypatch.setattr(daskmri.dataset, "WAVE_CHUNKS", 1)  # waves of 4 x cores chunks
+        monkeypatch.setattr(daskmri.store.builder, "WAVE_CHUNKS", 1)  # waves of 4 x cores chunks
         store = tmp_path / "ds.zarr"
         report = daskmri.build(damaged_root, store, chunk_size=1, scheduler="threads")
         assert report.parsed_chunks == 16
@@ -447,3 +446,50 @@ class TestReviewFindings:
         )  # fmt: skip
         report = daskmri.build(synth_root, store, scheduler="sync")
         assert report.records == 16 and daskmri.check(store).fresh
+
+
+class TestXarrayBackend:
+    """``xr.open_dataset(store, engine="daskmri")``, the xarray convention."""
+
+    @pytest.fixture
+    def store(self, damaged_root, tmp_path) -> Path:
+        # Drops in two chunks, one of them whole, so the chunks are uneven.
+        for instance in (4, 6, 7):
+            (damaged_root / "dicoms" / "SYN0001" / f"{instance}.dcm").write_bytes(b"broken")
+        store = tmp_path / "ds.zarr"
+        daskmri.build(damaged_root, store, chunk_size=3, scheduler="sync")
+        return store
+
+    def test_chunked_it_is_daskmri_open_dataset(self, store):
+        ds = xr.open_dataset(store, engine="daskmri", chunks={})
+        expected = daskmri.open_dataset(store)
+        assert ds.identical(expected)
+        assert ds.image.chunks == expected.image.chunks
+        assert_same_dataset(ds, expected)
+
+    def test_lazy_by_default_and_a_selection_reads_the_right_records(self, store):
+        ds = xr.open_dataset(store, engine="daskmri")
+        expected = daskmri.open_dataset(store)
+        assert ds.image.chunks is None  # lazily indexed, as xarray's own backends
+        assert ds.identical(expected)
+        for selection in ({"record": 4}, {"record": [7, 0, 2]}, {"record": slice(1, 9, 3)}):
+            picked = {**selection, "y": slice(5, 20), "x": [3, 1, 40]}
+            for name in ("image", "icontour", "ocontour"):
+                assert ds[name].isel(picked).equals(expected[name].isel(picked).compute())
+
+    def test_drop_variables_and_guessing(self, store, tmp_path):
+        from daskmri.store.backend import DaskmriBackendEntrypoint
+
+        ds = xr.open_dataset(store, engine="daskmri", drop_variables=["ocontour"])
+        assert "ocontour" not in ds and "image" in ds
+        entry = DaskmriBackendEntrypoint()
+        assert entry.guess_can_open(store)
+        other = tmp_path / "other.zarr"
+        zarr.open_group(str(other), mode="w")
+        assert not entry.guess_can_open(other) and not entry.guess_can_open(tmp_path / "none")
+        assert "daskmri" in xr.backends.list_engines()
+
+    def test_an_unfinished_store_is_refused_as_by_open_dataset(self, store):
+        zarr.open_group(str(store), mode="r+").attrs["complete"] = False
+        with pytest.raises(StoreError, match="never finished"):
+            xr.open_dataset(store, engine="daskmri")

@@ -17,10 +17,9 @@ import pytest
 
 import daskmri
 from daskmri import DaskmriError, cli
-from daskmri.cluster import PROBE_TIMEOUT, ProcessWorkers
 from daskmri.errors import WorkerStartError
+from daskmri.execute import PROBE_TIMEOUT, ProcessWorkers
 
-from .conftest import needs_zarr
 from .readers import PidReader, Unloadable, parsed
 
 #: A script as people write them: no ``if __name__ == "__main__":`` guard. Its top
@@ -69,8 +68,6 @@ def shm_files() -> set[str]:
 
 @pytest.mark.parametrize("what", ["load_dataset", "build", "BatchIterator"])
 def test_a_script_without_a_main_guard_runs_once(what, synth_root, tmp_path):
-    if what == "build":
-        pytest.importorskip("zarr", reason="the Zarr store needs zarr>=3 (Python 3.11+)")
     script = tmp_path / "train.py"
     script.write_text(GUARDLESS)
     ran, out = tmp_path / "ran.txt", tmp_path / "out.zarr"
@@ -114,7 +111,6 @@ KILLERS = textwrap.dedent(
 )
 
 
-@needs_zarr
 def test_nothing_is_left_in_dev_shm_after_workers_died(synth_root, tmp_path):
     """Workers killed by records leave their locks with loky's resource tracker, which
     removes them when the script's process ends: once it has, nothing is left."""
@@ -183,7 +179,7 @@ def test_workers_that_cannot_start_say_why(synth_root, tmp_path):
 
 
 def test_a_task_that_cannot_be_unpickled_is_an_error_not_a_death(synth_root):
-    from daskmri.dataset import plan_chunks
+    from daskmri.plan import plan_chunks
 
     items = list(enumerate(plan_chunks(daskmri.scan(synth_root)).chunks[0]))
     with ProcessWorkers(1) as workers:
@@ -197,7 +193,7 @@ def _first(part, reader):
 
 
 def test_check_worker_start_passes_here():
-    from daskmri.cluster import check_worker_start
+    from daskmri.execute import check_worker_start
 
     check_worker_start()
     with pytest.raises(WorkerStartError):
@@ -226,7 +222,6 @@ def test_an_address_where_nothing_listens_fails_at_once(synth_root, form):
         assert time.monotonic() - started < 5
 
 
-@needs_zarr
 def test_build_to_an_address_where_nothing_listens(synth_root, tmp_path, capsys):
     address = f"tcp://127.0.0.1:{free_port()}"
     started = time.monotonic()
@@ -242,7 +237,7 @@ def test_an_address_that_accepts_but_never_answers_uses_the_timeout(synth_root, 
     """The port is open (the kernel completes the TCP handshake) but nothing speaks
     Dask: the connect timeout applies, not the quick refusal, and it is an error
     (``distributed.Client`` alone would wait for ever here)."""
-    from daskmri import cluster
+    from daskmri.execute import cluster
 
     monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", "3s")
     with socket.socket() as silent:

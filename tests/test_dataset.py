@@ -1,3 +1,7 @@
+"""The dataset in memory (load_dataset, the local and cluster memory sinks): its
+schema, exact agreement with the eager reference under every executor, the real
+sample, and what a custom reader sees."""
+
 from __future__ import annotations
 
 import math

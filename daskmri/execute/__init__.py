@@ -1,0 +1,98 @@
+"""Stage 4, run: one executor interface, three implementations.
+
+Every executor runs ``task(part, reader=reader)`` for each chunk (``part``: a list
+of ``(slot, record)``) and returns the results in order with the
+:class:`Isolation` (records found to kill their worker):
+
+=====================  ==========================================  =================
+executor               where                                       results
+=====================  ==========================================  =================
+:class:`InProcess`     this process (Dask ``sync`` / ``threads``)  values
+:class:`ProcessWorkers` local worker processes (loky)              values
+:class:`ClusterExecutor` a Dask cluster                            futures
+=====================  ==========================================  =================
+
+The two kinds of worker share one crash-isolation policy (:class:`CrashPolicy`).
+What a task does with its chunk (keep it, write it to shared memory or to a Zarr
+region) is the sink's choice; see :mod:`daskmri.sinks` and :mod:`daskmri.store`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..settings import Compute
+from ._killers import find_killers
+from .cluster import (
+    CONNECT_TIMEOUT,
+    PROBE_TIMEOUT,
+    ClusterExecutor,
+    attach,
+    check_workers,
+    connect,
+    probe_scheduler,
+    resolve_client,
+    wait_on_cluster,
+)
+from .inprocess import InProcess
+from .isolation import POISON_REASON, CrashPolicy, Isolation, Skipping
+from .processes import IDLE_TIMEOUT, ProcessWorkers, check_worker_start, shutdown_local_workers
+from .progress import progress_bar
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "IDLE_TIMEOUT",
+    "POISON_REASON",
+    "PROBE_TIMEOUT",
+    "ClusterExecutor",
+    "CrashPolicy",
+    "Executor",
+    "InProcess",
+    "Isolation",
+    "ProcessWorkers",
+    "Skipping",
+    "attach",
+    "check_worker_start",
+    "check_workers",
+    "connect",
+    "executor_for",
+    "find_killers",
+    "probe_scheduler",
+    "progress_bar",
+    "resolve_client",
+    "shutdown_local_workers",
+    "wait_on_cluster",
+]
+
+
+class Executor(Protocol):
+    """What the pipeline needs of an executor."""
+
+    #: ``"in-process"``, ``"processes"`` or ``"cluster"``.
+    kind: str
+    #: Chunks it runs at once (threads of a cluster, worker processes).
+    parallelism: int
+
+    def run(
+        self, task: Any, parts: Any, reader: Any, *, progress: Any = None
+    ) -> tuple[list, Isolation]: ...
+
+    def close(self) -> None: ...
+
+
+def executor_for(compute: Compute, client: Any, n_tasks: int) -> Executor:
+    """The executor for ``client`` (a cluster) or, without one, for the local
+    scheduler ``compute`` asks for (by default processes, or in process for a
+    single task).
+
+    Examples
+    --------
+    >>> executor_for(Compute(), None, n_tasks=1).kind
+    'in-process'
+    >>> executor_for(Compute(scheduler="processes"), None, n_tasks=1).kind
+    'processes'
+    """
+    if client is not None:
+        return ClusterExecutor(client)
+    scheduler = compute.local_scheduler(n_tasks)
+    return ProcessWorkers() if scheduler == "processes" else InProcess(scheduler)

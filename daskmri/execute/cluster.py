@@ -1,0 +1,343 @@
+"""A Dask cluster: reach it from the ``client=`` argument (an existing client or a
+scheduler address), check its workers, and run chunk tasks on it with crash
+isolation, the results (pixels or markers) staying on the workers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import dask
+
+from ..errors import DaskmriError
+from ..settings import Compute
+from ._killers import find_killers
+from ._tasks import chunk_tasks
+from .isolation import CrashPolicy, Isolation
+
+__all__ = [
+    "ClusterExecutor",
+    "attach",
+    "check_workers",
+    "connect",
+    "probe_scheduler",
+    "resolve_client",
+    "wait_on_cluster",
+]
+
+# How long to wait for a scheduler given by address before giving up with a
+# clear error instead of hanging.
+CONNECT_TIMEOUT = "30s"
+
+
+def resolve_client(client: Any = None, *, security: Any = None):
+    """Return the ``distributed.Client`` to use, or None for a local scheduler.
+
+    Parameters
+    ----------
+    client : None, distributed.Client or str
+        A client is used as is. A string is a scheduler address
+        (``"tcp://10.0.0.5:8786"``) to connect to; like ``Client(address)`` the new
+        client becomes the default one. None picks, in order, the
+        current default client if one exists, then the ``scheduler-address`` of
+        the Dask config (``DASK_SCHEDULER_ADDRESS``), else None (local).
+
+    Raises
+    ------
+    DaskmriError
+        If the address cannot be reached within the timeout.
+    TypeError
+        If ``client`` is of another type.
+
+    Examples
+    --------
+    >>> resolve_client(None) is None  # no cluster running here
+    True
+    """
+    if client is None:
+        try:
+            from distributed import default_client
+
+            return default_client()
+        except (ImportError, ValueError):
+            pass
+        address = dask.config.get("scheduler-address", None)
+        if not address:
+            return None
+        client = address
+    if isinstance(client, str):
+        from distributed import Client
+
+        probe_scheduler(client)
+        try:
+            # As Client(address) does, this becomes the default client: the returned
+            # dataset's data live on that cluster and .compute() must find it.
+            return Client(client, timeout=CONNECT_TIMEOUT, security=security)
+        except OSError as exc:
+            raise DaskmriError(
+                f"cannot reach a Dask scheduler at {client!r} within {CONNECT_TIMEOUT} ({exc}). "
+                "Is `dask scheduler` running there, and is the address right?"
+            ) from None
+    if type(client).__name__ == "Client":
+        return client
+    raise TypeError(
+        f"client must be None, a distributed.Client or a scheduler address string, "
+        f"got {type(client).__name__}"
+    )
+
+
+#: Seconds to wait for a scheduler's port to accept a connection before leaving the
+#: rest to the client's own timeout (a slow network is not a closed port).
+PROBE_TIMEOUT = 3.0
+
+
+def probe_scheduler(address: str) -> None:
+    """Fail in one line, naming ``address``, when no Dask scheduler answers there.
+
+    ``distributed.Client(address)`` retries a refused connection until its timeout
+    (30 s) before it says so, and waits for ever on a port that accepts connections
+    but never answers (its handshake read has no timeout). So: a refused connection,
+    an unknown or unreachable host fail at once; a ``tcp://`` port that accepts but
+    sends no Dask handshake (a scheduler speaks first) fails after
+    :data:`CONNECT_TIMEOUT`. A port that does not answer within
+    :data:`PROBE_TIMEOUT`, and ``tls://`` after the connection, are left to the
+    client and its timeout.
+
+    Raises
+    ------
+    DaskmriError
+        Naming the address and what to check.
+
+    Examples
+    --------
+    >>> probe_scheduler("tcp://127.0.0.1:9")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    daskmri.errors.DaskmriError: nothing is listening at 'tcp://127.0.0.1:9' (...); ...
+    """
+    from dask.utils import parse_timedelta
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    scheme, location = parse_address(address)
+    if scheme not in ("tcp", "tls"):
+        return  # other transports (inproc, ucx, ws) are the client's to reach
+    try:
+        host, port = parse_host_port(location)
+    except ValueError as exc:
+        raise DaskmriError(
+            f"{address!r} is not a scheduler address ({exc}); write it as tcp://host:8786"
+        ) from None
+    try:
+        sock = socket.create_connection((host, port), timeout=PROBE_TIMEOUT)
+    except TimeoutError:
+        return
+    except OSError as exc:
+        raise DaskmriError(
+            f"nothing is listening at {address!r} ({exc.strerror or exc}); start the "
+            "scheduler (`dask scheduler`) or fix the address"
+        ) from None
+    with sock:
+        wait = parse_timedelta(CONNECT_TIMEOUT)
+        if scheme == "tcp" and not select.select([sock], [], [], wait)[0]:
+            raise DaskmriError(
+                f"the server at {address!r} accepted the connection but sent no Dask "
+                f"handshake within {CONNECT_TIMEOUT}; is that port a Dask scheduler's?"
+            )
+
+
+@contextlib.contextmanager
+def connect(client: Any = None, *, security: Any = None) -> Iterator[Any]:
+    """:func:`resolve_client` for work whose results are not left on the cluster:
+    a client made here from an address is closed on exit; a client that already
+    existed is left as it was."""
+    existing = client
+    if client is None:
+        try:
+            from distributed import default_client
+
+            existing = default_client()
+        except (ImportError, ValueError):
+            existing = None
+    resolved = resolve_client(client, security=security)
+    try:
+        yield resolved
+    finally:
+        if resolved is not None and resolved is not existing:
+            resolved.close()
+
+
+def _worker_facts(root: str | None) -> dict:
+    from .. import __version__
+
+    return {"version": __version__, "sees_root": root is None or os.path.isdir(root)}
+
+
+def check_workers(client, root: str | None = None) -> None:
+    """Fail in one line, before any work, when the cluster's workers cannot import
+    daskmri or cannot see the data folder (rather than with a deep traceback from
+    the first task, or a hang).
+
+    Raises
+    ------
+    DaskmriError
+        Naming the workers and the fix.
+    """
+    facts = client.run(_worker_facts, root, on_error="return")
+    broken = {w: f for w, f in facts.items() if isinstance(f, BaseException)}
+    if broken:
+        worker, error = next(iter(broken.items()))
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        raise DaskmriError(
+            f"{len(broken)} of {len(facts)} workers cannot run daskmri (e.g. {worker}: "
+            f"{reason}); install the same environment as the client on every worker"
+        )
+    blind = [w for w, f in facts.items() if not f["sees_root"]]
+    if blind:
+        raise DaskmriError(
+            f"{len(blind)} of {len(facts)} workers cannot see the data folder {root} "
+            f"(e.g. {blind[0]}); put it on a filesystem mounted at the same path on every worker"
+        )
+
+
+#: How long a cluster may have no workers at all before a wait gives up with an
+#: error (rather than waiting for ever for workers that may never come back).
+NO_WORKERS_TIMEOUT = 120.0
+
+
+def wait_on_cluster(client, futures, *, no_workers_timeout: float = NO_WORKERS_TIMEOUT) -> None:
+    """``distributed.wait(futures)``, but an error when the cluster has had no workers
+    for ``no_workers_timeout`` seconds (all of them died and none came back).
+
+    Raises
+    ------
+    DaskmriError
+        Naming what to do.
+    """
+    from distributed import wait
+
+    alone_since = None
+    while True:
+        try:
+            with client.as_current():  # wait() looks for a default client otherwise
+                wait(futures, timeout=min(5.0, no_workers_timeout))
+            return
+        except TimeoutError:
+            pass
+        if client.nthreads():
+            alone_since = None
+            continue
+        alone_since = time.monotonic() if alone_since is None else alone_since
+        if time.monotonic() - alone_since >= no_workers_timeout:
+            raise DaskmriError(
+                f"the cluster at {client.scheduler.address} has had no workers for "
+                f"{no_workers_timeout:.0f} s; start workers (a build resumes where it stopped "
+                "when run again)"
+            )
+
+
+def attach(compute: Compute, root: str, *, keep: bool) -> contextlib.AbstractContextManager:
+    """The client for ``compute`` (None for a local scheduler), its workers checked
+    against ``root``, as a context manager. With ``keep`` the client stays open (a
+    dataset whose pixels live on the cluster needs it); otherwise a client made here
+    from an address is closed on exit. The cluster comes first: an address that is
+    wrong fails before a long scan."""
+    if compute.scheduler is not None:
+        return contextlib.nullcontext(None)
+    if keep:
+        client = resolve_client(compute.client, security=compute.security)
+        if client is not None:
+            check_workers(client, root)
+        return contextlib.nullcontext(client)
+    return _checked(connect(compute.client, security=compute.security), root)
+
+
+@contextlib.contextmanager
+def _checked(connection: contextlib.AbstractContextManager, root: str) -> Iterator[Any]:
+    with connection as client:
+        if client is not None:
+            check_workers(client, root)
+        yield client
+
+
+class ClusterExecutor:
+    """Run chunk tasks on a Dask cluster. Results stay on the workers: :meth:`run`
+    returns futures. A chunk whose task kept killing workers (``KilledWorker``:
+    distributed already retried it on several) has its records searched one at a
+    time in a child process of a worker, and runs again without the ones that kill,
+    following the same :class:`~daskmri.execute.CrashPolicy` as local workers.
+
+    While a killer is being found, workers die with innocent chunks' results on
+    them, and those chunks can be suspected too: it goes round until nothing fails.
+    """
+
+    kind = "cluster"
+
+    def __init__(self, client, *, no_workers_timeout: float = NO_WORKERS_TIMEOUT) -> None:
+        self.client = client
+        self.no_workers_timeout = no_workers_timeout
+        self.parallelism = max(1, sum(client.nthreads().values()))
+
+    def run(
+        self, task: Callable, parts: Sequence[list], reader: Callable, *, progress: Any = None
+    ) -> tuple[list, Isolation]:
+        """``task(part, reader=reader)`` for every part; the futures, in order.
+
+        Raises
+        ------
+        DaskmriError
+            If a chunk keeps killing workers once its deadly records are skipped, or
+            the cluster has no workers left (see :func:`wait_on_cluster`).
+        """
+        policy = CrashPolicy(parts, reader)
+        futures = self._submit(task, parts, reader, progress)
+        started = None
+        while failed := self._failed(futures):
+            # The time to isolate runs from the first failure, not from the start.
+            started = time.perf_counter() if started is None else started
+            self._search(policy, policy.died(failed, alone=True))
+            for j in failed:
+                futures[j] = self._submit(task, [parts[j]], policy.reader_for(j), progress)[0]
+        if started is not None:
+            policy.seconds = time.perf_counter() - started
+        isolation = policy.isolation()
+        isolation.log()
+        return futures, isolation
+
+    def _submit(self, task: Callable, parts: Sequence[list], reader: Callable, progress) -> list:
+        tasks = chunk_tasks(task, parts, reader)
+        futures = self.client.compute(tasks) if tasks else []
+        if progress is not None:
+            for future in futures:
+                future.add_done_callback(lambda f: f.status == "finished" and progress.update(1))
+        return futures
+
+    def _failed(self, futures: list) -> list[int]:
+        """Wait for ``futures``; the chunks that killed workers. Other errors raise."""
+        from distributed.scheduler import KilledWorker
+
+        wait_on_cluster(self.client, futures, no_workers_timeout=self.no_workers_timeout)
+        failed = [j for j, future in enumerate(futures) if future.status == "error"]
+        for j in failed:
+            error = futures[j].exception()
+            if not isinstance(error, KilledWorker):
+                raise error
+        return failed
+
+    def _search(self, policy: CrashPolicy, chunks: list[int]) -> None:
+        # In a child process of a worker: the child dies, not the worker, so the
+        # searches run side by side.
+        readers = [policy.reader_for(j) for j in chunks]
+        searches = self.client.map(
+            find_killers, [policy.parts[j] for j in chunks], readers, pure=False
+        )
+        wait_on_cluster(self.client, searches, no_workers_timeout=self.no_workers_timeout)
+        for j, found in zip(chunks, self.client.gather(searches), strict=True):
+            policy.convict(j, found)
+
+    def close(self) -> None:
+        """The client is the caller's: left open."""

@@ -1,0 +1,390 @@
+"""Stage 3, plan: the records to parse, in chunks, with their slots and fingerprints.
+
+Everything here is pure bookkeeping on the client: no pixel is read (one DICOM
+header at most, for the image size), nothing is run and nothing is written.
+
+- :func:`plan_chunks` splits a scan table into :class:`ChunkPlan` chunks, for
+  :func:`daskmri.load_dataset`.
+- :func:`plan_inputs` streams a folder once and fingerprints every record (its
+  identity and its files' sizes and times), for :func:`daskmri.build` and
+  :func:`daskmri.check`.
+- :func:`plan_slots` and :func:`fill_chunks` say which store slot each record goes
+  to and gather the records of each chunk that must run, for :func:`daskmri.build`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .dicom import read_dicom_shape
+from .errors import DaskmriError, RecordError
+from .layout import iter_records
+from .limits import Limits
+from .record import Record
+from .settings import Source, check_chunk_size
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "ChunkPlan",
+    "Inputs",
+    "SlotPlan",
+    "fill_chunks",
+    "infer_shape",
+    "iter_plan",
+    "plan_chunks",
+    "plan_inputs",
+    "plan_slots",
+    "record_fingerprint",
+    "record_key",
+]
+
+#: A chunk as the executors take it: ``(slot, record)`` pairs, because a task does
+#: not otherwise know where its records go.
+Part = list[tuple[int, Record]]
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """What :func:`daskmri.load_dataset` will run: records in chunks, and records
+    already known to be unbuildable (``dropped``, from the scan)."""
+
+    chunks: tuple[tuple[Record, ...], ...]
+    dropped: tuple[dict, ...] = field(default=())
+
+    @property
+    def n_records(self) -> int:
+        return sum(len(chunk) for chunk in self.chunks)
+
+    def parts(self) -> list[Part]:
+        """Each chunk as ``(slot, record)`` pairs, slots counted across chunks."""
+        starts = itertools.accumulate((len(c) for c in self.chunks), initial=0)
+        return [list(enumerate(c, start)) for c, start in zip(self.chunks, starts, strict=False)]
+
+
+def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64) -> ChunkPlan:
+    """Split a :func:`daskmri.scan` table into chunks of ``chunk_size`` records.
+
+    Records the scan already found broken (``problem`` set) and the scan's own
+    problems go to ``dropped`` and are never parsed.
+
+    Examples
+    --------
+    >>> import tempfile, daskmri
+    >>> from daskmri import synth
+    >>> root = synth.make_dataset(tempfile.mkdtemp(), patients=2, slices=10, shape=(32, 32))
+    >>> plan = plan_chunks(daskmri.scan(root), chunk_size=4)
+    >>> [len(c) for c in plan.chunks]
+    [4, 4, 4, 2]
+    """
+    check_chunk_size(chunk_size)
+    dropped: list[dict] = [dict(p) for p in table.attrs.get("problems", [])]
+    rows = (plan_row(row._asdict(), dropped) for row in table.itertuples(index=False))
+    records = [record for record in rows if record is not None]
+    chunks = tuple(tuple(records[i : i + chunk_size]) for i in range(0, len(records), chunk_size))
+    return ChunkPlan(chunks=chunks, dropped=tuple(dropped))
+
+
+def plan_row(row: dict, dropped: list[dict]) -> Record | None:
+    """A scan row as a record to parse, or, when the scan found it unbuildable, None
+    and a :func:`daskmri.dropped` row appended to ``dropped``."""
+    if row["problem"] is not None:
+        dropped.append(
+            {
+                "patient_id": row["patient_id"],
+                "original_id": row["original_id"],
+                "instance": int(row["instance"]),
+                "path": row["icontour_path"] or row["ocontour_path"] or row["dicom_path"],
+                "reason": row["problem"],
+            }
+        )
+        return None
+    return Record(
+        row["patient_id"],
+        row["original_id"],
+        int(row["instance"]),
+        row["dicom_path"],
+        row["icontour_path"],
+        row["ocontour_path"],
+    )
+
+
+def iter_plan(source: Source, *, problems: list[dict]) -> Iterator[Record]:
+    """The records to parse, in scan order, one at a time. Everything the scan found
+    unbuildable goes to ``problems`` as :func:`daskmri.dropped` rows."""
+    rows = iter_records(source.root, layout=source.layout, labels=source.labels, problems=problems)
+    for row in rows:
+        record = plan_row(row, problems)
+        if record is not None:
+            yield record
+
+
+def infer_shape(records: Iterable[Record], limits: Limits, tries: int = 50) -> tuple[int, int]:
+    """The image size of the first readable DICOM among the first ``tries`` records.
+
+    Raises
+    ------
+    DaskmriError
+        If none of them gives one; the message says to pass ``shape=``.
+    """
+    errors = []
+    for record in itertools.islice(records, tries):
+        try:
+            return read_dicom_shape(record.dicom_path, limits=limits)
+        except RecordError as exc:
+            errors.append(str(exc))
+    raise DaskmriError(
+        f"could not read the image size from any of the first {len(errors)} DICOM files "
+        f"(first error: {errors[0] if errors else 'no records'}); pass shape=(rows, columns)"
+    )
+
+
+# -- fingerprints ---------------------------------------------------------------
+
+
+def _relative(path: str, root: str) -> str:
+    # Scanned paths start with the root; os.path.relpath is 10x slower for the same answer.
+    prefix = root.rstrip(os.sep) + os.sep
+    return path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)
+
+
+def file_stat(path: str | None, root: str) -> str:
+    """A file's path relative to ``root``, size and modification time, as text."""
+    if path is None:
+        return "-"
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"{_relative(path, root)}:missing"
+    return f"{_relative(path, root)}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _hash64(text: str) -> int:
+    # Never 0: a fingerprint of 0 marks a slot whose identity was never written.
+    value = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+    return value or 1
+
+
+def record_key(patient_id: str, instance: int) -> int:
+    """A record's identity as one 64-bit number (its patient and instance)."""
+    return _hash64(f"{patient_id}\0{int(instance)}")
+
+
+def record_fingerprint(record: Record, root: str) -> int:
+    """A record's identity (both ids and the instance) and the path (relative to
+    ``root``), size and modification time of each of its files, as one 64-bit
+    number. A touched, replaced or removed file, or a new pairing in the link file,
+    changes it; moving the whole root does not.
+
+    Examples
+    --------
+    >>> import tempfile, daskmri
+    >>> from daskmri.settings import Source
+    >>> root = daskmri.synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=3, shape=(16, 16))
+    >>> record = next(iter_plan(Source.of(root), problems=[]))
+    >>> before = record_fingerprint(record, str(root))
+    >>> import os; os.utime(record.dicom_path, ns=(0, 0))
+    >>> record_fingerprint(record, str(root)) != before
+    True
+    """
+    files = "|".join(
+        file_stat(path, root)
+        for path in (record.dicom_path, record.icontour_path, record.ocontour_path)
+    )
+    ids = f"{record.patient_id}\0{record.original_id}\0{record.instance}"
+    return _hash64(f"{ids}\0{files}")
+
+
+class InputHash:
+    """The fingerprint of everything a build reads, fed one record at a time."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.blake2b(digest_size=16)
+
+    def add(self, fingerprint: int) -> None:
+        self._h.update(fingerprint.to_bytes(8, "little"))
+
+    def hexdigest(self, *, settings: dict, problems: Sequence[dict], link_stat: str) -> str:
+        h = self._h.copy()
+        h.update(json.dumps(settings, sort_keys=True).encode())
+        h.update(link_stat.encode())
+        h.update(json.dumps(sorted(json.dumps(p, sort_keys=True) for p in problems)).encode())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """One streaming pass over a folder: a fingerprint per planned record, and one
+    for everything. Compact (16 bytes a record) so that a million records fit."""
+
+    root: str
+    keys: np.ndarray
+    fingerprints: np.ndarray
+    fingerprint: str
+    scan_dropped: tuple[dict, ...]
+    names: tuple[tuple[str, int], ...] | None = None
+
+
+#: Receives the planned records in batches with their fingerprints, as the scan goes.
+Batches = Callable[[list[Record], list[int]], None]
+
+
+def plan_inputs(
+    source: Source, *, names: bool = False, sink: Batches | None = None, batch: int = 1 << 14
+) -> Inputs:
+    """Scan the folder once, fingerprinting each record; ``sink`` gets the records
+    in batches of ``batch`` (a new store writes their identities as the scan goes)."""
+    root = source.root
+    problems: list[dict] = []
+    keys, fingerprints = array("Q"), array("Q")
+    digest = InputHash()
+    found: list[tuple[str, int]] = []
+    pending: list[Record] = []
+    for record in iter_plan(source, problems=problems):
+        fingerprint = record_fingerprint(record, root)
+        keys.append(record_key(record.patient_id, record.instance))
+        fingerprints.append(fingerprint)
+        digest.add(fingerprint)
+        if names:
+            found.append(record.key)
+        if sink is not None:
+            pending.append(record)
+            if len(pending) == batch:
+                sink(pending, fingerprints[-len(pending) :].tolist())
+                pending = []
+    if sink is not None and pending:
+        sink(pending, fingerprints[-len(pending) :].tolist())
+    return Inputs(
+        root=root,
+        keys=np.array(keys, dtype=np.uint64),
+        fingerprints=np.array(fingerprints, dtype=np.uint64),
+        fingerprint=digest.hexdigest(
+            settings={"layout": source.layout.to_dict(), "labels": source.labels},
+            problems=problems,
+            link_stat=file_stat(os.path.join(root, source.layout.link_file), root),
+        ),
+        scan_dropped=tuple(problems),
+        names=tuple(found) if names else None,
+    )
+
+
+# -- slots of a store -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """Where each planned record goes in a store of ``chunk_size`` slots a chunk.
+
+    ``target[i]`` is the slot of planned record ``i``; ``parse[i]`` whether it must
+    be parsed (its chunk runs); ``need[k]`` how many records chunk ``k`` waits for
+    before it can run. New records get fresh slots from ``first_new`` on, in a new
+    chunk, so that no chunk already written is touched; ``added`` lists them.
+    """
+
+    chunk_size: int
+    n_slots: int
+    first_new: int
+    target: np.ndarray
+    parse: np.ndarray
+    need: np.ndarray
+    added: np.ndarray
+
+    @property
+    def n_chunks(self) -> int:
+        """Chunks that run."""
+        return int((self.need > 0).sum())
+
+    def is_new(self, slot: int) -> bool:
+        return len(self.added) > 0 and slot >= self.first_new
+
+
+def plan_slots(reuse: np.ndarray, rerun: np.ndarray, *, n_slots: int, chunk_size: int) -> SlotPlan:
+    """Plan the slots of a store that has ``n_slots`` slots, given for each planned
+    record the slot already holding it (``reuse``, -1 for none) and the chunks whose
+    task must run again (``rerun``).
+
+    Examples
+    --------
+    Two records already in chunk 0 (done), one new: the new one opens chunk 1.
+
+    >>> plan = plan_slots(np.array([0, 1, -1]), np.array([], int), n_slots=2, chunk_size=2)
+    >>> plan.target.tolist(), plan.parse.tolist(), plan.need.tolist()
+    ([0, 1, 2], [False, False, True], [0, 1])
+    """
+    added = np.flatnonzero(reuse < 0)
+    first_new = -(-n_slots // chunk_size) * chunk_size if len(added) else n_slots
+    total = first_new + len(added)
+    target = np.asarray(reuse, dtype=np.int64).copy()
+    target[added] = first_new + np.arange(len(added))
+    runs = np.zeros(-(-total // chunk_size), dtype=bool)
+    runs[rerun] = True
+    if len(added):
+        runs[first_new // chunk_size :] = True
+    parse = runs[target // chunk_size] if len(target) else np.zeros(0, dtype=bool)
+    need = np.bincount(target[parse] // chunk_size, minlength=len(runs))
+    return SlotPlan(chunk_size, total, first_new, target, parse, need, added)
+
+
+def changed_during_build(root: str) -> DaskmriError:
+    return DaskmriError(
+        f"the files under {root} changed while the build was running; run it again "
+        "(chunks already written are kept)"
+    )
+
+
+def fill_chunks(
+    records: Iterable[Record], keys: np.ndarray, plan: SlotPlan, *, root: str
+) -> Iterator[tuple[int, dict[int, Record]]]:
+    """Gather the streamed ``records`` (the same folder as when ``keys`` were
+    planned) into the chunks that run: yields ``(chunk, {slot: record})`` as soon as
+    a chunk has all its records.
+
+    Raises
+    ------
+    DaskmriError
+        If the records are not those planned (the folder changed meanwhile).
+    """
+    gathering: dict[int, dict[int, Record]] = {}
+    seen = 0
+    for i, record in enumerate(records):
+        seen = i + 1
+        if i >= len(plan.target) or record_key(*record.key) != int(keys[i]):
+            raise changed_during_build(root)
+        if not plan.parse[i]:
+            continue
+        slot = int(plan.target[i])
+        k = slot // plan.chunk_size
+        chunk = gathering.setdefault(k, {})
+        chunk[slot] = record
+        if len(chunk) == plan.need[k]:
+            yield k, gathering.pop(k)
+    if gathering or seen != len(plan.target):
+        raise changed_during_build(root)
+
+
+def runs(rows: list[tuple[int, Record, int]]) -> Iterator[tuple[int, list[Record], list[int]]]:
+    """Contiguous runs of ``(slot, record, fingerprint)`` as ``(start, records, fps)``.
+
+    Examples
+    --------
+    >>> r = Record("P", "O", 1, None)
+    >>> [(s, len(rs), fs) for s, rs, fs in runs([(5, r, 9), (3, r, 7), (4, r, 8)])]
+    [(3, 3, [7, 8, 9])]
+    """
+    rows = sorted(rows, key=lambda row: row[0])
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or rows[end][0] != rows[end - 1][0] + 1:
+            part = rows[start:end]
+            yield part[0][0], [r for _, r, _ in part], [f for _, _, f in part]
+            start = end

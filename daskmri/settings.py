@@ -1,0 +1,139 @@
+"""The settings that :func:`daskmri.load_dataset`, :func:`daskmri.build` and
+:func:`daskmri.check` share, each checked once, here, as frozen values.
+
+- :class:`Source`: what to read (the folder, its layout, which slices).
+- :class:`Parsing`: how to read it (chunk size, limits, image size, reader).
+- :class:`Compute`: where to run it (client or local scheduler, TLS, progress).
+
+The public functions take these as keyword arguments and build the values first,
+so a wrong argument fails before any folder is scanned or cluster contacted.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .layout import LABELS, SUNNYBROOK, Layout
+from .limits import DEFAULT_LIMITS, Limits
+from .parse import read_record
+from .record import Parsed, Record
+
+__all__ = ["SCHEDULERS", "Compute", "Parsing", "Source", "check_chunk_size"]
+
+#: The local schedulers (``scheduler=``); a cluster is ``client=``.
+SCHEDULERS = ("sync", "threads", "processes")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset folder (absolute path), its :class:`~daskmri.Layout`, and which
+    slices to keep (``labels``, see :func:`daskmri.scan`).
+
+    Examples
+    --------
+    >>> Source.of("data", labels="i").labels
+    'i'
+    >>> Source.of("data", labels="x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: labels must be one of ('any', 'i', 'o', 'all'), got 'x'
+    """
+
+    root: str
+    layout: Layout = SUNNYBROOK
+    labels: str = "any"
+
+    def __post_init__(self) -> None:
+        if self.labels not in LABELS:
+            raise ValueError(f"labels must be one of {LABELS}, got {self.labels!r}")
+        if not isinstance(self.layout, Layout):
+            raise TypeError(f"layout must be a daskmri.Layout, got {type(self.layout).__name__}")
+
+    @classmethod
+    def of(
+        cls, root: str | os.PathLike[str], layout: Layout | None = None, labels: str = "any"
+    ) -> Source:
+        layout = SUNNYBROOK if layout is None else layout
+        return cls(os.path.abspath(os.fspath(root)), layout, labels)
+
+
+def check_chunk_size(chunk_size: int) -> None:
+    """Raise ``ValueError`` unless ``chunk_size`` is a positive int."""
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
+@dataclass(frozen=True)
+class Parsing:
+    """Records per chunk (and per task), the bounds on what is read, the image
+    size (None: read from the first readable DICOM) and the reader (None:
+    :func:`daskmri.read_record`).
+
+    Examples
+    --------
+    >>> Parsing(chunk_size=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: chunk_size must be a positive int, got 0
+    """
+
+    chunk_size: int = 64
+    limits: Limits = DEFAULT_LIMITS
+    shape: tuple[int, int] | None = None
+    reader: Callable[[Record], Parsed] | None = None
+
+    def __post_init__(self) -> None:
+        check_chunk_size(self.chunk_size)
+        if self.limits is None:
+            object.__setattr__(self, "limits", DEFAULT_LIMITS)
+        if self.shape is not None:
+            rows, columns = self.shape
+            object.__setattr__(self, "shape", (int(rows), int(columns)))
+
+    def reader_for(self, shape: tuple[int, int]) -> Callable[[Record], Parsed]:
+        """The reader to run: the user's, or :func:`~daskmri.read_record` bound to
+        the limits and the dataset's image size."""
+        if self.reader is not None:
+            return self.reader
+        return functools.partial(read_record, limits=self.limits, shape=shape)
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where to run: ``client`` (a ``distributed.Client``, a scheduler address, or
+    None for the default client if any) or a local ``scheduler``; ``security`` for
+    ``tls://`` addresses; ``progress`` for a bar on stderr.
+
+    Examples
+    --------
+    >>> Compute(scheduler="gpu")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: scheduler must be one of ('sync', 'threads', 'processes') or None, ...
+    """
+
+    client: Any = None
+    scheduler: str | None = None
+    security: Any = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise ValueError(
+                f"scheduler must be one of {SCHEDULERS} or None, got {self.scheduler!r}; "
+                "for a cluster pass client=<Client or address> instead"
+            )
+        if self.client is not None and self.scheduler is not None:
+            raise ValueError("pass either client= (a cluster) or scheduler= (local), not both")
+
+    def local_scheduler(self, n_tasks: int) -> str:
+        """The local scheduler: the one asked for, else ``"processes"`` (parsing holds
+        the GIL, so threads would run it one at a time), or ``"sync"`` for a single
+        task, where a pool would only add its start-up."""
+        if self.scheduler is not None:
+            return self.scheduler
+        return "processes" if n_tasks > 1 else "sync"

@@ -1,0 +1,436 @@
+"""Building a store: :func:`build` runs the pipeline (scan, plan, run) with Zarr
+regions as the sink, and resumes or updates a store it made before.
+
+The steps, each a function below: claim the store path and connect
+(:func:`build`); open what is there (:func:`_existing`); pass 1, fingerprint every
+record, creating a new store's slots as the scan goes (:class:`_NewStore`); plan
+the slots against what the store holds (:func:`~daskmri.plan.plan_slots`); pass 2,
+stream the records again and run their chunks in waves (:class:`_Waves`); fold the
+markers in and mark the store complete (:func:`_finish`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import DaskmriError, StaleStoreError
+from ..execute import Executor, Isolation, attach, executor_for, progress_bar
+from ..layout import Layout
+from ..limits import Limits
+from ..plan import Inputs, SlotPlan, fill_chunks, infer_shape, iter_plan, plan_inputs, plan_slots
+from ..plan import runs as slot_runs
+from ..record import Parsed, Record
+from ..schema import now, provenance
+from ..settings import Compute, Parsing, Source
+from . import format as fmt
+from .freshness import check
+from .regions import ZarrRegions
+from .spec import StoreSpec, claim
+from .state import StoreState, dropped_rows, read_state, reconcile, repair
+
+__all__ = ["MODES", "BuildReport", "build"]
+
+logger = logging.getLogger(__name__)
+
+MODES = ("resume", "update", "overwrite")
+
+#: Chunks per wave of tasks (at least; more on a larger cluster): enough to keep the
+#: workers busy, few enough that the client holds a few thousand records at a time.
+WAVE_CHUNKS = 64
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What :func:`build` did. ``parsed_chunks`` ran in this call;
+    ``reused_chunks`` were already complete in the store and were not parsed again.
+    ``isolated`` are the records that killed the worker process parsing them (now
+    dropped), found in ``isolation_seconds``."""
+
+    store: str
+    records: int
+    dropped: int
+    parsed_chunks: int
+    reused_chunks: int
+    parsed_records: int
+    retired: int
+    seconds: float
+    isolated: tuple[tuple[str, int], ...] = ()
+    isolation_seconds: float = 0.0
+
+    def __str__(self) -> str:
+        killers = (
+            f"; {len(self.isolated)} record(s) killed their worker and were isolated in "
+            f"{self.isolation_seconds:.1f} s"
+            if self.isolated
+            else ""
+        )
+        return (
+            f"{self.records} records in {self.store} ({self.dropped} dropped); parsed "
+            f"{self.parsed_chunks} chunk(s) ({self.parsed_records} records), reused "
+            f"{self.reused_chunks}, in {self.seconds:.1f} s{killers}"
+        )
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One build's checked settings."""
+
+    source: Source
+    parsing: Parsing
+    compute: Compute
+    spec: StoreSpec
+    mode: str
+    compressor: str
+    there: str
+    started: float
+
+    @property
+    def chunk_size(self) -> int:
+        return self.parsing.chunk_size
+
+
+def build(
+    root: str | os.PathLike[str],
+    store: str | os.PathLike[str],
+    *,
+    layout: Layout | None = None,
+    client=None,
+    scheduler: str | None = None,
+    chunk_size: int = 64,
+    labels: str = "any",
+    mode: str = "resume",
+    reader: Callable[[Record], Parsed] | None = None,
+    limits: Limits | None = None,
+    shape: tuple[int, int] | None = None,
+    compressor: str | None = None,
+    storage_options: dict | None = None,
+    progress: bool = False,
+    security=None,
+) -> BuildReport:
+    """Parse a dataset folder into a Zarr store, written by the workers chunk by chunk.
+
+    Each chunk task parses ``chunk_size`` records and writes them straight into
+    their own region of the store (pixels never pass through the client), then a
+    marker that the chunk is done. A build that is killed can be run again with
+    the same arguments: chunks already done are not parsed again. The store is
+    marked complete only at the very end; :func:`daskmri.open_dataset` refuses an
+    unfinished one.
+
+    It is :func:`daskmri.load_dataset`'s pipeline with another sink: the client
+    streams the folder twice (a plan with fingerprints, then the tasks, in waves of
+    a few dozen chunks, run by the same executors) and keeps about 16 bytes per
+    record, so its memory does not follow the dataset's size.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        Dataset folder.
+    store : str or os.PathLike
+        Local path or fsspec URL (``"s3://bucket/ds.zarr"``) of the Zarr store. On
+        a cluster, every worker must be able to write there.
+    layout, client, scheduler, chunk_size, labels, reader, limits, shape
+        As for :func:`daskmri.load_dataset` (checked the same way, in
+        :mod:`daskmri.settings`).
+    mode : {"resume", "update", "overwrite"}
+        ``"resume"`` (the default) creates the store, or finishes an unfinished
+        build of the same inputs, or does nothing if it is complete and up to
+        date; it refuses a store whose inputs changed (:class:`StaleStoreError`).
+        ``"update"`` brings such a store up to date, parsing only the records
+        whose files changed or appeared; their new versions are appended (see
+        the README on record order). ``"overwrite"`` deletes what daskmri made
+        of the store (never other files) and builds it again.
+    compressor : {"blosc-zstd", "blosc-lz4", "zstd", "none"}, optional
+        For a new store; ``"blosc-zstd"`` by default, chosen by measurement
+        (``benchmarks/scale.py``).
+    storage_options : dict, optional
+        fsspec options for a URL.
+    progress : bool
+        Show a progress bar (chunks done) on stderr.
+    security : distributed.Security, optional
+        TLS settings when ``client`` is a ``tls://`` address.
+
+    Returns
+    -------
+    BuildReport
+        Counts of records, drops and of chunks parsed and reused, and the time.
+
+    Raises
+    ------
+    StaleStoreError
+        ``mode="resume"`` on a store whose input files changed.
+    StoreError
+        If ``store`` is a file, a folder of other files or a Zarr store that daskmri
+        did not make (whatever the ``mode``), or is, holds or lies inside ``root``.
+        Nothing is written then.
+    DaskmriError
+        If the store was built with another ``chunk_size``, ``labels``, ``layout``
+        or ``shape``, or the files changed while the build ran.
+
+    Examples
+    --------
+    >>> import tempfile, daskmri
+    >>> root = daskmri.synth.make_dataset(tempfile.mkdtemp(), patients=2, slices=8, shape=(16, 16))
+    >>> store = tempfile.mkdtemp() + "/ds.zarr"
+    >>> print(daskmri.build(root, store, chunk_size=4, scheduler="sync"))  # doctest: +ELLIPSIS
+    10 records in ... (0 dropped); parsed 3 chunk(s) (10 records), reused 0, in ... s
+    >>> daskmri.build(root, store, chunk_size=4, scheduler="sync").parsed_chunks  # nothing to do
+    0
+    """
+    started = time.perf_counter()
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    source = Source.of(root, layout, labels)
+    parsing = Parsing(chunk_size=chunk_size, limits=limits, shape=shape, reader=reader)
+    compute = Compute(client=client, scheduler=scheduler, security=security, progress=progress)
+    compressor = fmt.DEFAULT_COMPRESSOR if compressor is None else compressor
+    if compressor not in fmt.COMPRESSORS:
+        raise ValueError(f"compressor must be one of {fmt.COMPRESSORS}, got {compressor!r}")
+    spec = StoreSpec.of(store, storage_options)
+    # Nothing is written (or connected to) before the store path is known to be safe:
+    # absent, empty or a daskmri store, and not the dataset itself.
+    there = claim(spec, root=source.root)
+    job = _Job(source, parsing, compute, spec, mode, compressor, there, started)
+    # A client made here from an address is closed when the build ends: nothing of
+    # the result stays on the cluster. Its workers are checked before anything is
+    # written.
+    with attach(compute, source.root, keep=False) as client:
+        return _build(job, client)
+
+
+def _build(job: _Job, client: Any) -> BuildReport:
+    """:func:`build` once its arguments are checked and its client is connected."""
+    attrs = _existing(job)
+    inputs = _plan(job) if attrs is None else plan_inputs(job.source)
+    state = read_state(job.spec)
+    done = _up_to_date(job, state, inputs)
+    if done is not None:
+        return done
+    # From here the store is being changed: it must not look complete until the end.
+    job.spec.group("r+").attrs.update({"complete": False})
+    diff = reconcile(state, inputs.fingerprints)
+    slots = plan_slots(diff.reuse, diff.rerun, n_slots=state.n_slots, chunk_size=job.chunk_size)
+    if slots.n_slots > state.n_slots:
+        fmt.resize(job.spec, slots.n_slots)
+    shape = (int(state.attrs["shape"][0]), int(state.attrs["shape"][1]))
+    executor = executor_for(job.compute, client, slots.n_chunks)
+    waves = _Waves(job, slots, inputs, shape, executor)
+    try:
+        with progress_bar(slots.n_chunks, job.compute.progress) as bar:
+            waves.run(bar)
+    finally:
+        executor.close()
+    return _finish(job, slots, inputs, diff.retire, waves, reused=int(state.done.sum()))
+
+
+def _existing(job: _Job) -> dict | None:
+    """The attributes of the daskmri store already at the path, or None when the
+    build starts afresh (no store, ``mode="overwrite"``, or one with nothing kept)."""
+    spec = job.spec
+    if job.mode == "overwrite":
+        fmt.remove(spec)
+    attrs = fmt.read_attrs(spec) if spec.exists() else None
+    if attrs is not None and (not attrs.get("planned") or attrs.get("shape") == [0, 0]):
+        # Killed while planning, before anything was parsed, or built from a folder with
+        # no records (so with no image size): nothing to keep, start again.
+        fmt.remove(spec)
+        return None
+    if attrs is not None:
+        repair(spec)
+        _check_settings(attrs, job)
+    return attrs
+
+
+def _check_settings(attrs: dict, job: _Job) -> None:
+    wanted = {
+        "chunk_size": job.chunk_size,
+        "labels": job.source.labels,
+        "layout": json.dumps(job.source.layout.to_dict()),
+    }
+    if job.parsing.shape is not None:
+        wanted["shape"] = list(job.parsing.shape)
+    for key, value in wanted.items():
+        if attrs.get(key) != value:
+            raise DaskmriError(
+                f"{job.spec.url!r} was built with {key}={attrs.get(key)!r}, not {value!r}; "
+                "pass the same value to add to it, or mode='overwrite' to rebuild it"
+            )
+
+
+class _NewStore:
+    """Pass 1 for a new store: receives the planned records in batches, makes the
+    store at the first batch (when the image size is known) and names their slots."""
+
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        self.n = 0
+        self.made = False
+
+    def __call__(self, records: list[Record], fingerprints: list[int]) -> None:
+        if not self.made:
+            self._create(records)
+        fmt.resize(self.job.spec, self.n + len(records))
+        fmt.write_slots(self.job.spec, self.n, records, fingerprints)
+        self.n += len(records)
+
+    def _create(self, records: list[Record]) -> None:
+        job = self.job
+        if job.there in ("absent", "empty"):
+            # Again, just before the first write: files may have appeared meanwhile.
+            claim(job.spec, root=job.source.root)
+        shape = job.parsing.shape
+        if shape is None:
+            shape = infer_shape(records, job.parsing.limits) if records else (0, 0)
+        attrs = provenance(job.source, chunk_size=job.chunk_size)
+        fmt.create(
+            job.spec,
+            chunk_size=job.chunk_size,
+            shape=shape,
+            compressor=job.compressor,
+            attrs=attrs | {"shape": list(shape), "compressor": job.compressor},
+        )
+        self.made = True
+
+
+def _plan(job: _Job) -> Inputs:
+    """Pass 1 of a new store: fingerprint every record and name its slot."""
+    new = _NewStore(job)
+    inputs = plan_inputs(job.source, sink=new)
+    if not new.made:  # no records at all
+        new([], [])
+    job.spec.group("r+").attrs.update(
+        {
+            "input_fingerprint": inputs.fingerprint,
+            "scan_dropped": json.dumps(list(inputs.scan_dropped)),
+            "planned": True,
+        }
+    )
+    return inputs
+
+
+def _up_to_date(job: _Job, state: StoreState, inputs: Inputs) -> BuildReport | None:
+    """The report when there is nothing to do; raises when ``mode="resume"`` meets
+    changed inputs."""
+    attrs = state.attrs
+    same_inputs = inputs.fingerprint == attrs.get("input_fingerprint")
+    if not same_inputs and job.mode == "resume":
+        options = dict(job.spec.storage_options)
+        raise StaleStoreError(
+            f"{check(job.spec.url, inputs.root, storage_options=options)} "
+            "(or mode='overwrite' to rebuild it all)"
+        )
+    if not (same_inputs and attrs.get("complete")):
+        return None
+    ok = int((state.status == fmt.OK).sum())
+    dropped = len(json.loads(attrs["dropped"]))
+    seconds = time.perf_counter() - job.started
+    return BuildReport(job.spec.url, ok, dropped, 0, int(state.done.sum()), 0, 0, seconds)
+
+
+class _Waves:
+    """Pass 2: stream the records again, gather the chunks that must run, and run
+    them in waves on the executor, writing each chunk to its store region."""
+
+    def __init__(
+        self, job: _Job, slots: SlotPlan, inputs: Inputs, shape: tuple[int, int], executor: Executor
+    ) -> None:
+        self.job, self.slots, self.inputs, self.executor = job, slots, inputs, executor
+        self.sink = ZarrRegions(job.spec, shape, job.chunk_size)
+        self.reader = job.parsing.reader_for(shape)
+        self.size = max(WAVE_CHUNKS, 4 * executor.parallelism)
+        self.wave: list[list[tuple[int, Record]]] = []
+        self.new_rows: list[tuple[int, Record, int]] = []
+        self.parsed_records = 0
+        self.isolation = Isolation()
+
+    def run(self, bar: Any) -> None:
+        records = iter_plan(self.job.source, problems=[])
+        chunks = fill_chunks(records, self.inputs.keys, self.slots, root=self.inputs.root)
+        for k, chunk in chunks:
+            for slot, record in chunk.items():
+                if self.slots.is_new(slot):
+                    i = int(self.slots.added[slot - self.slots.first_new])
+                    self.new_rows.append((slot, record, int(self.inputs.fingerprints[i])))
+            self.wave.append(self._items(k, chunk))
+            if len(self.wave) >= self.size:
+                self._flush(bar)
+        self._flush(bar)
+
+    def _flush(self, bar: Any) -> None:
+        if not self.wave:
+            return
+        # The identities of new slots go in before their pixels.
+        for start, records, fingerprints in slot_runs(self.new_rows):
+            fmt.write_slots(self.job.spec, start, records, fingerprints)
+        self.new_rows.clear()
+        _, found = self.executor.run(self.sink.task, self.wave, self.reader, progress=bar)
+        self.isolation += found
+        self.parsed_records += sum(len(part) for part in self.wave)
+        self.wave = []
+
+    def _items(self, k: int, records: dict[int, Record]) -> list[tuple[int, Record]]:
+        """A chunk's ``(slot, record)`` items over its whole region. Slots no record
+        wants any more (an update) get a placeholder, retired afterwards, so that the
+        region is written whole."""
+        size = self.job.chunk_size
+        lo, hi = k * size, min((k + 1) * size, self.slots.n_slots)
+        if len(records) < hi - lo:
+            ids = [self.job.spec.array(n)[lo:hi] for n in ("patient_id", "original_id", "instance")]
+            for slot in range(lo, hi):
+                if slot not in records:
+                    j = slot - lo
+                    records[slot] = Record(str(ids[0][j]), str(ids[1][j]), int(ids[2][j]), None)
+        return [(slot, records[slot]) for slot in range(lo, hi)]
+
+
+def _finish(
+    job: _Job, slots: SlotPlan, inputs: Inputs, retire: np.ndarray, waves: _Waves, *, reused: int
+) -> BuildReport:
+    """Fold the markers in, retire what no record wants, then mark the store complete."""
+    spec = job.spec
+    state = read_state(spec)
+    status = state.status.copy()
+    status[retire] = fmt.RETIRED
+    status[state.fingerprint == 0] = fmt.RETIRED  # padding: slots that never had a record
+    missing = np.flatnonzero((slots.need > 0) & ~state.done)
+    if len(missing):
+        raise DaskmriError(
+            f"chunks {missing[:10].tolist()} of {spec.url!r} were not written; run the build again"
+        )
+    spec.array("status")[:] = status
+    spec.array("has_icontour")[:] = state.has_icontour
+    spec.array("has_ocontour")[:] = state.has_ocontour
+    rows = dropped_rows(dataclasses.replace(state, status=status), inputs.scan_dropped)
+    spec.group("r+").attrs.update(
+        {
+            "scan_dropped": json.dumps(list(inputs.scan_dropped)),
+            "dropped": json.dumps(rows),
+            "input_fingerprint": inputs.fingerprint,
+            "updated": now(),
+            "build_id": uuid.uuid4().hex,
+            "complete": True,  # last: everything above is in place
+        }
+    )
+    report = BuildReport(
+        spec.url,
+        int((status == fmt.OK).sum()),
+        len(rows),
+        slots.n_chunks,
+        reused,
+        waves.parsed_records,
+        len(retire),
+        time.perf_counter() - job.started,
+        waves.isolation.records,
+        waves.isolation.seconds,
+    )
+    logger.info("%s", report)
+    return report

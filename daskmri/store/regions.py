@@ -1,0 +1,72 @@
+"""Stage 5, sink, in a store: each chunk task writes its records into their own
+region of the Zarr arrays, then its marker (:func:`write_partition`, run by the
+workers), and :class:`ZarrRegions` is that sink for the executors."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ..parse import parse_chunk
+from ..record import Parsed, Record
+from .format import PIXELS
+from .spec import StoreSpec
+
+__all__ = ["ZarrRegions", "write_partition"]
+
+
+def write_partition(
+    items: list[tuple[int, Record]],
+    shape: tuple[int, int],
+    reader: Callable[[Record], Parsed],
+    spec: StoreSpec,
+    chunk_size: int,
+) -> list[dict]:
+    """One chunk task: parse the records and write them into their slots, then the
+    chunk's ``done`` marker. Rerunning it rewrites the same objects with the same
+    bytes, so a retry is harmless. Returns the marker (no pixels)."""
+    records = [record for _, record in items]
+    start = items[0][0]
+    stop = start + len(records)
+    result = parse_chunk(records, shape=shape, reader=reader, compact=False)
+    for name in PIXELS:
+        spec.array(name)[start:stop] = getattr(result, name)
+    has_i = np.zeros(len(records), dtype=bool)
+    has_o = np.zeros(len(records), dtype=bool)
+    has_i[result.kept], has_o[result.kept] = result.has_icontour, result.has_ocontour
+    marker = {
+        "chunk": start // chunk_size,
+        "kept": result.kept.tolist(),
+        "has_icontour": has_i.tolist(),
+        "has_ocontour": has_o.tolist(),
+        # The slot of each dropped record, so a later update can retire it.
+        "dropped": [
+            row | {"slot": start + records.index(r)}
+            for row, r in zip(result.dropped, _dropped_records(records, result.kept), strict=True)
+        ],
+    }
+    # Last: the marker says the pixels above are in place.
+    spec.array("done")[marker["chunk"]] = json.dumps(marker)
+    return [marker]
+
+
+def _dropped_records(records: Sequence[Record], kept: np.ndarray) -> list[Record]:
+    keep = set(kept.tolist())
+    return [r for k, r in enumerate(records) if k not in keep]
+
+
+class ZarrRegions:
+    """The sink that writes every chunk to its region of the store at ``spec``: the
+    tasks write, so pixels never pass through the client, and return only markers."""
+
+    def __init__(self, spec: StoreSpec, shape: tuple[int, int], chunk_size: int) -> None:
+        self.spec, self.shape, self.chunk_size = spec, shape, chunk_size
+
+    @property
+    def task(self) -> Callable:
+        return functools.partial(
+            write_partition, shape=self.shape, spec=self.spec, chunk_size=self.chunk_size
+        )

@@ -1,0 +1,178 @@
+"""What a store holds, read back by the client (:func:`read_state`), and how to
+bring it to a new plan (:func:`reconcile`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .format import DROPPED, MARKER_BATCH, OK, PER_SLOT, PIXELS, RETIRED, read_attrs, resize
+from .spec import StoreSpec
+
+__all__ = ["Reconciled", "StoreState", "dropped_rows", "read_state", "reconcile", "repair"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """What a store holds, read back by the client: compact per-slot arrays (no
+    pixels, and the string ids only when asked for)."""
+
+    attrs: dict
+    key: np.ndarray
+    fingerprint: np.ndarray
+    status: np.ndarray
+    has_icontour: np.ndarray
+    has_ocontour: np.ndarray
+    done: np.ndarray
+    dropped: dict[int, list[dict]]
+    patient_id: np.ndarray | None = None
+    original_id: np.ndarray | None = None
+    instance: np.ndarray | None = None
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.status)
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.attrs["chunk_size"])
+
+
+def repair(spec: StoreSpec) -> None:
+    """Give every per-slot array the same length: a build killed while growing them
+    leaves some longer than others. The extra slots have no identity, so the next
+    build retires them."""
+    group = spec.group("r")
+    lengths = {name: group[name].shape[0] for name in (*PIXELS, *(n for n, _, _ in PER_SLOT))}
+    if len(set(lengths.values())) > 1:
+        logger.warning("per-slot arrays of %s have lengths %s; evening them", spec.url, lengths)
+        resize(spec, max(lengths.values()))
+
+
+def read_state(spec: StoreSpec, *, markers: bool = True, names: bool = False) -> StoreState:
+    """Read a store's per-slot tables and, with ``markers``, every chunk marker,
+    folding the markers into ``status``/``has_*`` (a killed build may have left
+    markers the client never folded in). Markers are read one at a time, so memory
+    stays at a few bytes per slot."""
+    attrs = read_attrs(spec)
+    group = spec.group("r")
+    status = np.asarray(group["status"][:], dtype=np.int8)
+    has_i = np.asarray(group["has_icontour"][:], dtype=bool)
+    has_o = np.asarray(group["has_ocontour"][:], dtype=bool)
+    chunk_size = int(attrs["chunk_size"])
+    done = np.zeros(-(-len(status) // chunk_size), dtype=bool)
+    dropped: dict[int, list[dict]] = {}
+    if markers:
+        # In batches: a million records' markers hold ~20 MB of JSON text.
+        for lo in range(0, len(done), MARKER_BATCH):
+            texts = group["done"][lo : lo + MARKER_BATCH]
+            for j in np.flatnonzero(texts != ""):
+                k = lo + int(j)
+                marker = json.loads(texts[j])
+                done[k] = True
+                if marker["dropped"]:
+                    dropped[k] = marker["dropped"]
+                start = k * chunk_size
+                n = len(marker["has_icontour"])
+                region = slice(start, start + n)
+                values = np.full(n, DROPPED, dtype=np.int8)
+                values[marker["kept"]] = OK
+                status[region] = np.where(status[region] == RETIRED, RETIRED, values)
+                has_i[region] = marker["has_icontour"]
+                has_o[region] = marker["has_ocontour"]
+    extra = {}
+    if names:
+        extra = {
+            "patient_id": np.asarray(group["patient_id"][:], dtype=object),
+            "original_id": np.asarray(group["original_id"][:], dtype=object),
+            "instance": np.asarray(group["instance"][:], dtype=np.int64),
+        }
+    return StoreState(
+        attrs=attrs,
+        key=np.asarray(group["key"][:], dtype=np.uint64),
+        fingerprint=np.asarray(group["fingerprint"][:], dtype=np.uint64),
+        status=status,
+        has_icontour=has_i,
+        has_ocontour=has_o,
+        done=done,
+        dropped=dropped,
+        **extra,
+    )
+
+
+def dropped_rows(state: StoreState, scan_dropped: Sequence[dict]) -> list[dict]:
+    """The scan's drops plus every dropped slot that is still current."""
+    rows = list(scan_dropped)
+    for chunk_rows in state.dropped.values():
+        for row in chunk_rows:
+            if state.status[row["slot"]] == DROPPED:
+                rows.append({k: v for k, v in row.items() if k != "slot"})
+    return rows
+
+
+# -- reconciling a store with a new plan ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """How to bring a store to a plan: ``reuse[i]`` is the slot already holding (or
+    planned to hold) planned record ``i``, or -1 when it has none; ``retire`` the
+    slots no record wants any more; ``rerun`` the chunks holding wanted slots that
+    have no marker yet (their task must run)."""
+
+    reuse: np.ndarray
+    retire: np.ndarray
+    rerun: np.ndarray
+
+    @property
+    def added(self) -> int:
+        return int((self.reuse < 0).sum())
+
+
+def reconcile(state: StoreState, fingerprints: np.ndarray) -> Reconciled:
+    """Match each planned record (by fingerprint: identity and file stats) to a slot.
+
+    Examples
+    --------
+    A slot whose chunk is done is preferred to a pending one for the same record,
+    so that no record is parsed twice:
+
+    >>> state = StoreState(
+    ...     attrs={"chunk_size": 2}, key=np.zeros(4, np.uint64),
+    ...     fingerprint=np.array([7, 8, 7, 9], np.uint64), status=np.zeros(4, np.int8),
+    ...     has_icontour=None, has_ocontour=None, done=np.array([False, True]), dropped={},
+    ... )
+    >>> plan = reconcile(state, np.array([7, 9, 5], np.uint64))
+    >>> plan.reuse.tolist(), plan.retire.tolist(), plan.rerun.tolist()
+    ([2, 3, -1], [0, 1], [])
+    """
+    chunk_size = state.chunk_size
+    slot_done = np.repeat(state.done, chunk_size)[: state.n_slots]
+    slots = np.flatnonzero((state.status != RETIRED) & (state.fingerprint != 0))
+    fps = state.fingerprint[slots]
+    order = np.lexsort((~slot_done[slots], fps))  # by fingerprint, done slots first
+    slots, fps = slots[order], fps[order]
+    first = np.ones(len(fps), dtype=bool)
+    first[1:] = fps[1:] != fps[:-1]
+    unique_fps, unique_slots = fps[first], slots[first]
+    fingerprints = np.asarray(fingerprints, dtype=np.uint64)
+    reuse = np.full(len(fingerprints), -1, dtype=np.int64)
+    if len(unique_fps):
+        pos = np.minimum(np.searchsorted(unique_fps, fingerprints), len(unique_fps) - 1)
+        hit = unique_fps[pos] == fingerprints
+        reuse[hit] = unique_slots[pos[hit]]
+    wanted = np.zeros(state.n_slots, dtype=bool)
+    wanted[reuse[reuse >= 0]] = True
+    wanted_chunks = np.zeros(len(state.done), dtype=bool)
+    wanted_chunks[reuse[reuse >= 0] // chunk_size] = True
+    return Reconciled(
+        reuse=reuse,
+        retire=np.flatnonzero(~wanted & (state.status != RETIRED)),
+        rerun=np.flatnonzero(wanted_chunks & ~state.done),
+    )
