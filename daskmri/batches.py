@@ -537,29 +537,22 @@ def _batches(owner: BatchIterator, epoch: int, position: int) -> Iterator[dict[s
     """The batches of ``epoch`` from batch ``position`` on: the plan, loaded."""
     schema = owner.schema
     batch_size, span = schema.batch_size, schema.span
-    order, starts = schema.order(epoch), schema.starts
+    order = schema.order(epoch)
     ends = np.cumsum(schema.step_sizes(epoch))
     skip = position * batch_size  # records already served this epoch
     first = int(np.searchsorted(ends, skip, side="right")) if len(ends) else 0
     skip -= int(ends[first - 1]) if first else 0
     fetcher = _Fetcher(owner.ds, owner.variables, owner.client, max(1, owner.prefetch))
-    pending: collections.deque = collections.deque()  # (position in order, future)
+    # The chunks the first step needs, onward.
+    ahead = _Ahead(fetcher, schema, order, max(0, first - span + 1))
+    pending = ahead.pending
     loaded: dict[int, dict[str, np.ndarray]] = {}
-    submitted = max(0, first - span + 1)  # the chunks the first step needs, onward
-
-    def submit_until(k_last: int) -> None:
-        nonlocal submitted
-        while submitted <= min(k_last, len(order) - 1):
-            c = int(order[submitted])
-            future = fetcher.submit(c, starts[c], starts[c] + schema.chunks[c])
-            pending.append((submitted, future))
-            submitted += 1
 
     carry: dict[str, np.ndarray] | None = None
     try:
         for t in range(first, len(ends)):
             # This step's new chunk, plus `prefetch` chunks after it.
-            submit_until(t + owner.prefetch)
+            ahead.submit_until(t + owner.prefetch)
             while pending and pending[0][0] <= t:
                 k, future = pending.popleft()
                 loaded[k] = _take(owner, fetcher, int(order[k]), future)
@@ -592,6 +585,25 @@ def _batches(owner: BatchIterator, epoch: int, position: int) -> Iterator[dict[s
         pending.clear()
         loaded.clear()
         fetcher.close()
+
+
+class _Ahead:
+    """The chunks of an epoch submitted ahead of the step that needs them: ``pending``
+    holds ``(position in order, future)``, oldest first."""
+
+    def __init__(self, fetcher: _Fetcher, schema: BatchSchema, order, first: int) -> None:
+        self.fetcher, self.schema, self.order = fetcher, schema, order
+        self.submitted = first
+        self.pending: collections.deque = collections.deque()
+
+    def submit_until(self, k_last: int) -> None:
+        """Submit every chunk up to position ``k_last`` in the order."""
+        starts, sizes = self.schema.starts, self.schema.chunks
+        while self.submitted <= min(k_last, len(self.order) - 1):
+            c = int(self.order[self.submitted])
+            future = self.fetcher.submit(c, starts[c], starts[c] + sizes[c])
+            self.pending.append((self.submitted, future))
+            self.submitted += 1
 
 
 def _take(owner: BatchIterator, fetcher: _Fetcher, chunk: int, future) -> dict:

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from .errors import ContourError
-from .limits import DEFAULT_LIMITS, Limits
+from .limits import DEFAULT_LIMITS, Limits, read_bounded
 
 __all__ = ["polygon_mask", "read_contour"]
 
@@ -67,22 +67,9 @@ def read_contour(
            [4. , 6. ]])
     """
     path = os.fspath(path)
-    try:
-        size = os.stat(path).st_size
-        if size > limits.max_file_bytes:
-            raise ContourError(
-                path,
-                f"contour file is {size} bytes, over Limits.max_file_bytes={limits.max_file_bytes}",
-            )
-        with open(path, "rb") as fh:
-            # Sized by the stat above: read(n) would allocate n bytes up front.
-            raw = fh.read(size + 1)
-    except IsADirectoryError:
-        raise ContourError(path, "is a directory, expected a contour text file") from None
-    except FileNotFoundError:
-        raise ContourError(path, "contour file does not exist") from None
-    except OSError as exc:
-        raise ContourError(path, f"cannot read contour file: {exc.strerror or exc}") from None
+    raw = read_bounded(
+        path, limits, error=ContourError, name="contour file", expected="a contour text file"
+    )
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import DicomError
-from .limits import DEFAULT_LIMITS, Limits
+from .limits import DEFAULT_LIMITS, Limits, read_bounded
 
 if TYPE_CHECKING:
     import pydicom
@@ -257,21 +257,7 @@ def _fast_header(raw: bytes) -> tuple[_Header, str] | None:
 
 
 def _read_bytes(path: str, limits: Limits) -> bytes:
-    try:
-        size = os.stat(path).st_size
-        if size > limits.max_file_bytes:
-            raise DicomError(
-                path, f"file is {size} bytes, over Limits.max_file_bytes={limits.max_file_bytes}"
-            )
-        with open(path, "rb") as fh:
-            # Sized by the stat above: read(n) would allocate n bytes up front.
-            raw = fh.read(size + 1)
-    except IsADirectoryError:
-        raise DicomError(path, "is a directory, expected a DICOM file") from None
-    except FileNotFoundError:
-        raise DicomError(path, "DICOM file does not exist") from None
-    except OSError as exc:
-        raise DicomError(path, f"cannot read file: {exc.strerror or exc}") from None
+    raw = read_bounded(path, limits, error=DicomError, name="DICOM file", expected="a DICOM file")
     if not raw:
         raise DicomError(path, "empty file (0 bytes), expected a DICOM file")
     return raw

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-__all__ = ["Limits"]
+from .errors import RecordError
+
+__all__ = ["DEFAULT_LIMITS", "Limits", "read_bounded"]
 
 
 @dataclass(frozen=True)
@@ -40,3 +43,35 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+def read_bounded(
+    path: str, limits: Limits, *, error: type[RecordError], name: str, expected: str
+) -> bytes:
+    """The bytes of ``path``, refused (``error``) before reading when the file is
+    larger than ``limits.max_file_bytes``, or missing, a directory or unreadable.
+    ``name`` is what the messages call the file (``"DICOM file"``), ``expected``
+    what a directory was expected to be (``"a DICOM file"``).
+
+    Examples
+    --------
+    >>> read_bounded("/no/such", DEFAULT_LIMITS, error=RecordError, name="file", expected="a file")
+    Traceback (most recent call last):
+    ...
+    daskmri.errors.RecordError: /no/such: file does not exist
+    """
+    try:
+        size = os.stat(path).st_size
+        if size > limits.max_file_bytes:
+            raise error(
+                path, f"{name} is {size} bytes, over Limits.max_file_bytes={limits.max_file_bytes}"
+            )
+        with open(path, "rb") as fh:
+            # Sized by the stat above: read(n) would allocate n bytes up front.
+            return fh.read(size + 1)
+    except IsADirectoryError:
+        raise error(path, f"is a directory, expected {expected}") from None
+    except FileNotFoundError:
+        raise error(path, f"{name} does not exist") from None
+    except OSError as exc:
+        raise error(path, f"cannot read {name}: {exc.strerror or exc}") from None

@@ -94,28 +94,24 @@ class _Job:
     there: str
     started: float
 
-    @property
-    def chunk_size(self) -> int:
-        return self.parsing.chunk_size
-
 
 def build(
     root: str | os.PathLike[str],
     store: str | os.PathLike[str],
     *,
+    mode: str = "resume",
     layout: Layout | None = None,
+    labels: str = "any",
+    chunk_size: int = 64,
+    shape: tuple[int, int] | None = None,
+    limits: Limits | None = None,
+    reader: Callable[[Record], Parsed] | None = None,
     client=None,
     scheduler: str | None = None,
-    chunk_size: int = 64,
-    labels: str = "any",
-    mode: str = "resume",
-    reader: Callable[[Record], Parsed] | None = None,
-    limits: Limits | None = None,
-    shape: tuple[int, int] | None = None,
+    security=None,
     compressor: str | None = None,
     storage_options: dict | None = None,
     progress: bool = False,
-    security=None,
 ) -> BuildReport:
     """Parse a dataset folder into a Zarr store, written by the workers chunk by chunk.
 
@@ -138,9 +134,6 @@ def build(
     store : str or os.PathLike
         Local path or fsspec URL (``"s3://bucket/ds.zarr"``) of the Zarr store. On
         a cluster, every worker must be able to write there.
-    layout, client, scheduler, chunk_size, labels, reader, limits, shape
-        As for :func:`daskmri.load_dataset` (checked the same way, in
-        :mod:`daskmri.settings`).
     mode : {"resume", "update", "overwrite"}
         ``"resume"`` (the default) creates the store, or finishes an unfinished
         build of the same inputs, or does nothing if it is complete and up to
@@ -149,6 +142,11 @@ def build(
         whose files changed or appeared; their new versions are appended (see
         the README on record order). ``"overwrite"`` deletes what daskmri made
         of the store (never other files) and builds it again.
+    layout, labels, chunk_size, shape, limits, reader
+        What to read and how, as for :func:`daskmri.load_dataset` (checked the
+        same way, by :mod:`daskmri.settings`).
+    client, scheduler, security
+        Where to run, as for :func:`daskmri.load_dataset`.
     compressor : {"blosc-zstd", "blosc-lz4", "zstd", "none"}, optional
         For a new store; ``"blosc-zstd"`` by default, chosen by measurement
         (``benchmarks/scale.py``).
@@ -156,8 +154,6 @@ def build(
         fsspec options for a URL.
     progress : bool
         Show a progress bar (chunks done) on stderr.
-    security : distributed.Security, optional
-        TLS settings when ``client`` is a ``tls://`` address.
 
     Returns
     -------
@@ -218,7 +214,9 @@ def _build(job: _Job, client: Any) -> BuildReport:
     # From here the store is being changed: it must not look complete until the end.
     job.spec.group("r+").attrs.update({"complete": False})
     diff = reconcile(state, inputs.fingerprints)
-    slots = plan_slots(diff.reuse, diff.rerun, n_slots=state.n_slots, chunk_size=job.chunk_size)
+    slots = plan_slots(
+        diff.reuse, diff.rerun, n_slots=state.n_slots, chunk_size=job.parsing.chunk_size
+    )
     if slots.n_slots > state.n_slots:
         fmt.resize(job.spec, slots.n_slots)
     shape = (int(state.attrs["shape"][0]), int(state.attrs["shape"][1]))
@@ -252,7 +250,7 @@ def _existing(job: _Job) -> dict | None:
 
 def _check_settings(attrs: dict, job: _Job) -> None:
     wanted = {
-        "chunk_size": job.chunk_size,
+        "chunk_size": job.parsing.chunk_size,
         "labels": job.source.labels,
         "layout": json.dumps(job.source.layout.to_dict()),
     }
@@ -290,10 +288,10 @@ class _NewStore:
         shape = job.parsing.shape
         if shape is None:
             shape = infer_shape(records, job.parsing.limits) if records else (0, 0)
-        attrs = provenance(job.source, chunk_size=job.chunk_size)
+        attrs = provenance(job.source, chunk_size=job.parsing.chunk_size)
         fmt.create(
             job.spec,
-            chunk_size=job.chunk_size,
+            chunk_size=job.parsing.chunk_size,
             shape=shape,
             compressor=job.compressor,
             attrs=attrs | {"shape": list(shape), "compressor": job.compressor},
@@ -344,7 +342,7 @@ class _Waves:
         self, job: _Job, slots: SlotPlan, inputs: Inputs, shape: tuple[int, int], executor: Executor
     ) -> None:
         self.job, self.slots, self.inputs, self.executor = job, slots, inputs, executor
-        self.sink = ZarrRegions(job.spec, shape, job.chunk_size)
+        self.sink = ZarrRegions(job.spec, shape, job.parsing.chunk_size)
         self.reader = job.parsing.reader_for(shape)
         self.size = max(WAVE_CHUNKS, 4 * executor.parallelism)
         self.wave: list[list[tuple[int, Record]]] = []
@@ -381,7 +379,7 @@ class _Waves:
         """A chunk's ``(slot, record)`` items over its whole region. Slots no record
         wants any more (an update) get a placeholder, retired afterwards, so that the
         region is written whole."""
-        size = self.job.chunk_size
+        size = self.job.parsing.chunk_size
         lo, hi = k * size, min((k + 1) * size, self.slots.n_slots)
         if len(records) < hi - lo:
             ids = [self.job.spec.array(n)[lo:hi] for n in ("patient_id", "original_id", "instance")]
