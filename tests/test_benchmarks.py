@@ -54,3 +54,21 @@ def test_compare_runs_and_writes_a_table_json_and_plot(tmp_path):
     except ImportError:
         return
     assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_header_benchmark_checks_the_readers_agree(tmp_path):
+    """benchmarks/header.py on a synthetic fallback (no real sample at that path)."""
+    header = COMPARE.with_name("header.py")
+    argv = [sys.executable, str(header), "--data", str(tmp_path / "none"), "--files", "6"]
+    out = subprocess.run(
+        [*argv, "--repeat", "1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "synthetic" in out.stdout and "identical float32 arrays on all 6" in out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| method | ms/slice") and len(rows) == 8  # the header, 7 rows
+    assert json.loads((tmp_path / "header.json").read_text())

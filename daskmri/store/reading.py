@@ -10,10 +10,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
-from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import StaleStoreWarning, StoreError
 from ..record import dropped_table
@@ -34,6 +31,12 @@ def _select(array, keep_per_block: list[np.ndarray]):
     """The ``keep`` slots of each block of ``array``, one output chunk per store
     chunk: chunks stay aligned with the store, which dask's fancy indexing does not
     guarantee (it regroups the selected slots into chunks of its own)."""
+    # Here, not at the top: dask.array imports xarray and pandas, and worker processes
+    # import this package (for write_partition).
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
     name = "daskmri-select-" + tokenize(array.name, [k.tobytes() for k in keep_per_block])
     graph: dict = {}
     sizes: list[int] = []
@@ -95,6 +98,9 @@ def open_dataset(
     >>> ds.sizes["record"], ds.image.chunks[0]
     (6, (4, 2))
     """
+    import dask.array as da
+    from dask.base import tokenize
+
     spec = StoreSpec.of(store, storage_options)
     opened = open_store(spec)
     arrays = {
