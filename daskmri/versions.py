@@ -20,6 +20,8 @@ _PACKAGES = (
     "pandas",
     "zarr",
     "numcodecs",
+    "loky",
+    "tqdm",
     "matplotlib",
     "torch",
     "pylibjpeg",
