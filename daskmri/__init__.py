@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 
+from ._lazy import lazy_exports
+
 __version__ = "0.1.0"
 
 # Library logging stays silent unless the application configures it.
@@ -56,22 +58,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'daskmri' has no attribute {name!r}")
-    import importlib
-
-    value = importlib.import_module(module)
-    if name != "synth":
-        value = getattr(value, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 __all__ = [
     "SERIES",

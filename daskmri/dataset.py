@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import xarray as xr
 
-from .execute import attach, executor_for, progress_bar
+from .execute import client_for, executor_for, progress_bar
 from .layout import Layout, scan
 from .limits import Limits
 from .plan import infer_shape, plan_chunks
@@ -117,7 +117,7 @@ def load_dataset(
     source = Source.of(root, layout, labels)
     parsing = Parsing(chunk_size=chunk_size, limits=limits, shape=shape, reader=reader)
     compute = Compute(client=client, scheduler=scheduler, security=security, progress=progress)
-    with attach(compute, source.root, keep=True) as client:
+    with client_for(compute, source.root, keep=True) as client:
         ds, isolation = _load(source, parsing, compute, client)
     logger.info(
         "loaded %d records (%d dropped, %d isolated as killers in %.1f s) from %s in %.2f s",

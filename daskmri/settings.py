@@ -91,8 +91,7 @@ class Parsing:
         if self.limits is None:
             object.__setattr__(self, "limits", DEFAULT_LIMITS)
         if self.shape is not None:
-            rows, columns = self.shape
-            object.__setattr__(self, "shape", (int(rows), int(columns)))
+            object.__setattr__(self, "shape", (int(self.shape[0]), int(self.shape[1])))
 
     def reader_for(self, shape: tuple[int, int]) -> Callable[[Record], Parsed]:
         """The reader to run: the user's, or :func:`~daskmri.read_record` bound to

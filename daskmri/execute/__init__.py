@@ -19,25 +19,39 @@ region) is the sink's choice; see :mod:`daskmri.sinks` and :mod:`daskmri.store`.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..settings import Compute
-from ._killers import find_killers
-from .cluster import (
-    CONNECT_TIMEOUT,
-    PROBE_TIMEOUT,
-    ClusterExecutor,
-    attach,
-    check_workers,
-    connect,
-    probe_scheduler,
-    resolve_client,
-    wait_on_cluster,
-)
-from .inprocess import InProcess
-from .isolation import POISON_REASON, CrashPolicy, Isolation, Skipping
-from .processes import IDLE_TIMEOUT, ProcessWorkers, check_worker_start, shutdown_local_workers
-from .progress import progress_bar
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from ..settings import Compute
+    from .isolation import Isolation
+
+# Lazy (PEP 562): the child process of find_killers and the worker processes import
+# modules of this package and should not pay for all of it.
+_EXPORTS = {
+    "CONNECT_TIMEOUT": "daskmri.execute.cluster",
+    "PROBE_TIMEOUT": "daskmri.execute.cluster",
+    "ClusterExecutor": "daskmri.execute.cluster",
+    "client_for": "daskmri.execute.cluster",
+    "check_workers": "daskmri.execute.cluster",
+    "connect": "daskmri.execute.cluster",
+    "probe_scheduler": "daskmri.execute.cluster",
+    "resolve_client": "daskmri.execute.cluster",
+    "wait_on_cluster": "daskmri.execute.cluster",
+    "find_killers": "daskmri.execute._killers",
+    "InProcess": "daskmri.execute.inprocess",
+    "POISON_REASON": "daskmri.execute.isolation",
+    "CrashPolicy": "daskmri.execute.isolation",
+    "Isolation": "daskmri.execute.isolation",
+    "Skipping": "daskmri.execute.isolation",
+    "IDLE_TIMEOUT": "daskmri.execute.processes",
+    "ProcessWorkers": "daskmri.execute.processes",
+    "check_worker_start": "daskmri.execute.processes",
+    "shutdown_local_workers": "daskmri.execute.processes",
+    "progress_bar": "daskmri.execute.progress",
+}
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -51,9 +65,9 @@ __all__ = [
     "Isolation",
     "ProcessWorkers",
     "Skipping",
-    "attach",
     "check_worker_start",
     "check_workers",
+    "client_for",
     "connect",
     "executor_for",
     "find_killers",
@@ -87,11 +101,16 @@ def executor_for(compute: Compute, client: Any, n_tasks: int) -> Executor:
 
     Examples
     --------
+    >>> from daskmri.settings import Compute
     >>> executor_for(Compute(), None, n_tasks=1).kind
     'in-process'
     >>> executor_for(Compute(scheduler="processes"), None, n_tasks=1).kind
     'processes'
     """
+    from .cluster import ClusterExecutor
+    from .inprocess import InProcess
+    from .processes import ProcessWorkers
+
     if client is not None:
         return ClusterExecutor(client)
     scheduler = compute.local_scheduler(n_tasks)

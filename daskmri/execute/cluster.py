@@ -22,8 +22,8 @@ from .isolation import CrashPolicy, Isolation
 
 __all__ = [
     "ClusterExecutor",
-    "attach",
     "check_workers",
+    "client_for",
     "connect",
     "probe_scheduler",
     "resolve_client",
@@ -240,7 +240,7 @@ def wait_on_cluster(client, futures, *, no_workers_timeout: float = NO_WORKERS_T
             )
 
 
-def attach(compute: Compute, root: str, *, keep: bool) -> contextlib.AbstractContextManager:
+def client_for(compute: Compute, root: str, *, keep: bool) -> contextlib.AbstractContextManager:
     """The client for ``compute`` (None for a local scheduler), its workers checked
     against ``root``, as a context manager. With ``keep`` the client stays open (a
     dataset whose pixels live on the cluster needs it); otherwise a client made here
@@ -277,6 +277,11 @@ class ClusterExecutor:
 
     kind = "cluster"
 
+    #: Rounds of searching and rerunning before the run gives up, whichever chunks
+    #: fail: on a cluster whose workers keep dying, a different chunk may fail each
+    #: round, and each round costs a search.
+    MAX_ROUNDS = 5
+
     def __init__(self, client, *, no_workers_timeout: float = NO_WORKERS_TIMEOUT) -> None:
         self.client = client
         self.no_workers_timeout = no_workers_timeout
@@ -290,13 +295,21 @@ class ClusterExecutor:
         Raises
         ------
         DaskmriError
-            If a chunk keeps killing workers once its deadly records are skipped, or
-            the cluster has no workers left (see :func:`wait_on_cluster`).
+            If a chunk keeps killing workers once its deadly records are skipped, if
+            chunks still fail after :attr:`MAX_ROUNDS` rounds, or if the cluster has
+            no workers left (see :func:`wait_on_cluster`).
         """
         policy = CrashPolicy(parts, reader)
         futures = self._submit(task, parts, reader, progress)
-        started = None
+        started, rounds = None, 0
         while failed := self._failed(futures):
+            if rounds == self.MAX_ROUNDS:
+                raise DaskmriError(
+                    f"chunks kept killing workers after {rounds} rounds of isolating the "
+                    f"records that kill them alone ({sorted(policy.poisoned)}); is the "
+                    "cluster healthy?"
+                )
+            rounds += 1
             # The time to isolate runs from the first failure, not from the start.
             started = time.perf_counter() if started is None else started
             self._search(policy, policy.died(failed, alone=True))

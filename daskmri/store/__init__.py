@@ -37,24 +37,40 @@ xarray or pandas at the top.
 
 from __future__ import annotations
 
-from .builder import MODES, BuildReport, build
-from .format import (
-    COMPRESSORS,
-    DEFAULT_COMPRESSOR,
-    DROPPED,
-    FORMAT,
-    OK,
-    PENDING,
-    RETIRED,
-    create,
-    read_attrs,
-    remove,
-)
-from .freshness import Freshness, check
-from .reading import open_dataset, read_dropped
-from .regions import ZarrRegions, write_partition
-from .spec import StoreSpec, claim, made_by_daskmri, refuse_inside_dataset, what_is_there
-from .state import StoreState, read_state, reconcile
+from .._lazy import lazy_exports
+
+# Lazy (PEP 562): a worker process imports daskmri.store.regions to run a chunk task,
+# and should not import the builder (and the executors) with it.
+_EXPORTS = {
+    "MODES": "daskmri.store.builder",
+    "BuildReport": "daskmri.store.builder",
+    "build": "daskmri.store.builder",
+    "COMPRESSORS": "daskmri.store.format",
+    "DEFAULT_COMPRESSOR": "daskmri.store.format",
+    "DROPPED": "daskmri.store.format",
+    "FORMAT": "daskmri.store.format",
+    "OK": "daskmri.store.format",
+    "PENDING": "daskmri.store.format",
+    "RETIRED": "daskmri.store.format",
+    "create": "daskmri.store.format",
+    "read_attrs": "daskmri.store.format",
+    "remove": "daskmri.store.format",
+    "Freshness": "daskmri.store.freshness",
+    "check": "daskmri.store.freshness",
+    "open_dataset": "daskmri.store.reading",
+    "read_dropped": "daskmri.store.reading",
+    "ZarrRegions": "daskmri.store.regions",
+    "write_partition": "daskmri.store.regions",
+    "StoreSpec": "daskmri.store.spec",
+    "claim": "daskmri.store.spec",
+    "made_by_daskmri": "daskmri.store.spec",
+    "refuse_inside_dataset": "daskmri.store.spec",
+    "what_is_there": "daskmri.store.spec",
+    "StoreState": "daskmri.store.state",
+    "read_state": "daskmri.store.state",
+    "reconcile": "daskmri.store.state",
+}
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 __all__ = [
     "COMPRESSORS",

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DaskmriError, StaleStoreError
-from ..execute import Executor, Isolation, attach, executor_for, progress_bar
+from ..execute import Executor, Isolation, client_for, executor_for, progress_bar
 from ..layout import Layout
 from ..limits import Limits
 from ..plan import Inputs, SlotPlan, fill_chunks, infer_shape, iter_plan, plan_inputs, plan_slots
@@ -199,7 +199,7 @@ def build(
     # A client made here from an address is closed when the build ends: nothing of
     # the result stays on the cluster. Its workers are checked before anything is
     # written.
-    with attach(compute, source.root, keep=False) as client:
+    with client_for(compute, source.root, keep=False) as client:
         return _build(job, client)
 
 
