@@ -10,18 +10,19 @@ from collections.abc import Callable
 __all__ = ["lazy_exports"]
 
 
-def lazy_exports(namespace: dict, exports: dict[str, str]) -> tuple[Callable, Callable]:
+def lazy_exports(namespace: dict, exports: dict[str, tuple[str, ...]]) -> tuple[Callable, Callable]:
     """The ``__getattr__`` and ``__dir__`` of the package whose globals are
-    ``namespace``. ``exports`` maps each public name to the module that holds it; a
-    name that is its module's own last part is the module itself.
+    ``namespace``. ``exports`` maps each module to the public names it holds; a name
+    that is its module's own last part is the module itself.
 
     Examples
     --------
-    >>> getattr_, dir_ = lazy_exports({"__name__": "p"}, {"sqrt": "math", "json": "json"})
-    >>> getattr_("sqrt")(4.0), getattr_("json").__name__
-    (2.0, 'json')
+    >>> getattr_, dir_ = lazy_exports({"__name__": "p"}, {"math": ("sqrt",), "json": ("json",)})
+    >>> getattr_("sqrt")(4.0), getattr_("json").__name__, dir_()
+    (2.0, 'json', ['json', 'sqrt'])
     """
     package = namespace["__name__"]
+    exports = {name: module for module, names in exports.items() for name in names}
 
     def __getattr__(name: str):
         module = exports.get(name)
@@ -36,4 +37,4 @@ def lazy_exports(namespace: dict, exports: dict[str, str]) -> tuple[Callable, Ca
     def __dir__() -> list[str]:
         return sorted({*namespace.get("__all__", ()), *exports})
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, sorted(exports)

@@ -30,53 +30,31 @@ if TYPE_CHECKING:
 # Lazy (PEP 562): the child process of find_killers and the worker processes import
 # modules of this package and should not pay for all of it.
 _EXPORTS = {
-    "CONNECT_TIMEOUT": "daskmri.execute.cluster",
-    "PROBE_TIMEOUT": "daskmri.execute.cluster",
-    "ClusterExecutor": "daskmri.execute.cluster",
-    "client_for": "daskmri.execute.cluster",
-    "check_workers": "daskmri.execute.cluster",
-    "connect": "daskmri.execute.cluster",
-    "probe_scheduler": "daskmri.execute.cluster",
-    "resolve_client": "daskmri.execute.cluster",
-    "wait_on_cluster": "daskmri.execute.cluster",
-    "find_killers": "daskmri.execute._killers",
-    "InProcess": "daskmri.execute.inprocess",
-    "POISON_REASON": "daskmri.execute.isolation",
-    "CrashPolicy": "daskmri.execute.isolation",
-    "Isolation": "daskmri.execute.isolation",
-    "Skipping": "daskmri.execute.isolation",
-    "IDLE_TIMEOUT": "daskmri.execute.processes",
-    "ProcessWorkers": "daskmri.execute.processes",
-    "check_worker_start": "daskmri.execute.processes",
-    "shutdown_local_workers": "daskmri.execute.processes",
-    "progress_bar": "daskmri.execute.progress",
+    "daskmri.execute.cluster": (
+        "CONNECT_TIMEOUT",
+        "PROBE_TIMEOUT",
+        "ClusterExecutor",
+        "client_for",
+        "check_workers",
+        "connect",
+        "probe_scheduler",
+        "resolve_client",
+        "wait_on_cluster",
+    ),
+    "daskmri.execute._killers": ("find_killers",),
+    "daskmri.execute.inprocess": ("InProcess",),
+    "daskmri.execute.isolation": ("POISON_REASON", "CrashPolicy", "Isolation", "Skipping"),
+    "daskmri.execute.processes": (
+        "IDLE_TIMEOUT",
+        "ProcessWorkers",
+        "check_worker_start",
+        "shutdown_local_workers",
+    ),
+    "daskmri.execute.progress": ("progress_bar",),
 }
-__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+__getattr__, __dir__, _NAMES = lazy_exports(globals(), _EXPORTS)
 
-__all__ = [
-    "CONNECT_TIMEOUT",
-    "IDLE_TIMEOUT",
-    "POISON_REASON",
-    "PROBE_TIMEOUT",
-    "ClusterExecutor",
-    "CrashPolicy",
-    "Executor",
-    "InProcess",
-    "Isolation",
-    "ProcessWorkers",
-    "Skipping",
-    "check_worker_start",
-    "check_workers",
-    "client_for",
-    "connect",
-    "executor_for",
-    "find_killers",
-    "probe_scheduler",
-    "progress_bar",
-    "resolve_client",
-    "shutdown_local_workers",
-    "wait_on_cluster",
-]
+__all__ = [*_NAMES, "Executor", "executor_for"]
 
 
 class Executor(Protocol):
