@@ -10,15 +10,19 @@ from collections.abc import Callable
 __all__ = ["lazy_exports"]
 
 
-def lazy_exports(namespace: dict, exports: dict[str, tuple[str, ...]]) -> tuple[Callable, Callable]:
+def lazy_exports(
+    namespace: dict, exports: dict[str, tuple[str, ...]]
+) -> tuple[Callable, Callable, list[str]]:
     """The ``__getattr__`` and ``__dir__`` of the package whose globals are
-    ``namespace``. ``exports`` maps each module to the public names it holds; a name
-    that is its module's own last part is the module itself.
+    ``namespace``, and the names they serve (for its ``__all__``). ``exports`` maps
+    each module to the public names it holds; a name that is its module's own last
+    part is the module itself.
 
     Examples
     --------
-    >>> getattr_, dir_ = lazy_exports({"__name__": "p"}, {"math": ("sqrt",), "json": ("json",)})
-    >>> getattr_("sqrt")(4.0), getattr_("json").__name__, dir_()
+    >>> exports = {"math": ("sqrt",), "json": ("json",)}
+    >>> getattr_, dir_, names = lazy_exports({"__name__": "p"}, exports)
+    >>> getattr_("sqrt")(4.0), getattr_("json").__name__, names
     (2.0, 'json', ['json', 'sqrt'])
     """
     package = namespace["__name__"]

@@ -488,6 +488,8 @@ class TestXarrayBackend:
         zarr.open_group(str(other), mode="w")
         assert not entry.guess_can_open(other) and not entry.guess_can_open(tmp_path / "none")
         assert "daskmri" in xr.backends.list_engines()
+        # Without engine=, xarray recognises a daskmri store as one.
+        assert xr.open_dataset(store, chunks={}).identical(daskmri.open_dataset(store))
 
     def test_an_unfinished_store_is_refused_as_by_open_dataset(self, store):
         zarr.open_group(str(store), mode="r+").attrs["complete"] = False
