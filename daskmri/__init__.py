@@ -46,6 +46,7 @@ _EXPORTS = {
     "daskmri.dicom": ("read_dicom",),
     "daskmri.layout": ("SERIES", "SUNNYBROOK", "Layout", "scan"),
     "daskmri.limits": ("Limits",),
+    "daskmri.fit": ("to_source",),
     "daskmri.versions": ("show_versions",),
     "daskmri.execute": ("shutdown_local_workers",),
 }

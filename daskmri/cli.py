@@ -115,30 +115,62 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+#: The mixed demo: four sites' sizes and pixel spacings, fitted into one 256x256 frame.
+MIXED_SHAPES = [(256, 256), (192, 224), (320, 288), (232, 272)]
+MIXED_SPACINGS = [1.25, (1.4, 1.4), 1.0, (1.1, 1.3)]
+
+
+def _demo_root(args: argparse.Namespace, tmp: str):
+    """The demo's dataset folder: ``ROOT``, or a synthetic one in ``tmp``."""
     from . import synth
+
+    if args.root is not None:
+        return args.root
+    mixed = {"shape": MIXED_SHAPES, "spacing": MIXED_SPACINGS} if args.mixed else {}
+    # Its path is not printed: it is deleted when the demo ends.
+    root = synth.make_dataset(Path(tmp) / "synthetic", patients=4, slices=30, seed=0, **mixed)
+    sizes = " of mixed sizes (fitted into 256x256)" if args.mixed else ""
+    print(
+        f"no ROOT given: made a synthetic dataset of 4 patients x 30 slices{sizes}, deleted "
+        "when the demo ends (`daskmri synth DIR` writes one to keep)"
+    )
+    return root
+
+
+def _fitting(args: argparse.Namespace) -> dict:
+    """load_dataset/build's fit, spacing and shape from the command line."""
+    fit = "pad_or_crop" if getattr(args, "mixed", False) else args.fit
+    options = {"fit": fit, "spacing": args.spacing}
+    if getattr(args, "mixed", False) and args.root is None:
+        options["shape"] = (256, 256)
+    return options
+
+
+def _demo_picks(ds) -> list[int]:
+    """Eight records for the overlay: with both contours first, every patient's first."""
+    n = ds.sizes["record"]
+    both = set((ds.has_icontour & ds.has_ocontour).values.nonzero()[0].tolist())
+    patients = ds.patient_id.values
+    firsts = [k for k in sorted(both) if k == min(j for j in both if patients[j] == patients[k])]
+    rest = [k for k in sorted(both) if k not in firsts] + [k for k in range(n) if k not in both]
+    return (firsts + rest)[:8]
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
     from .dataset import load_dataset
     from .plot import overlay_grid, write_png, written_by_daskmri
     from .schema import dropped
 
     _refuse_to_overwrite(args.out, written_by_daskmri, "a PNG picture that daskmri wrote")
     with tempfile.TemporaryDirectory(prefix="daskmri-demo-") as tmp:
-        root = args.root
-        if root is None:
-            # Its path is not printed: it is deleted when the demo ends.
-            root = synth.make_dataset(
-                Path(tmp) / "synthetic", patients=4, slices=30, shape=(256, 256), seed=0
-            )
-            print(
-                "no ROOT given: made a synthetic dataset of 4 patients x 30 slices, deleted "
-                "when the demo ends (`daskmri synth DIR` writes one to keep)"
-            )
+        root = _demo_root(args, tmp)
         started = time.perf_counter()
         ds = load_dataset(
             root,
             chunk_size=args.chunk_size,
             labels=args.labels,
             progress=True,
+            **_fitting(args),
             **_where(args.scheduler),
         )
         elapsed = time.perf_counter() - started
@@ -150,23 +182,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(f"  {row.path}: {row.reason}")
         print(f"time:        {elapsed:.2f} s ({n / elapsed:.0f} records/s)")
         if n:
-            both = (ds.has_icontour & ds.has_ocontour).values.nonzero()[0].tolist()
-            rest = [k for k in range(n) if k not in set(both)]
-            picks = (both + rest)[:8]
-            write_png(args.out, overlay_grid(ds, picks))
+            write_png(args.out, overlay_grid(ds, _demo_picks(ds)))
             print(f"overlay:     {Path(args.out).resolve()} (red: i-contour, green: o-contour)")
-            from .batches import BatchIterator
-
-            # What a training loop sees: one epoch of random batches of 8.
-            with BatchIterator(ds, batch_size=8, seed=0) as it:
-                started = time.perf_counter()
-                served = sum(len(batch["instance"]) for batch in it)
-                seconds = time.perf_counter() - started
-            print(
-                f"epoch:       {len(it)} random batches of 8, {served} records in "
-                f"{seconds:.3f} s ({served / seconds:,.0f} records/s)"
-            )
+            _demo_epoch(ds)
     return 0
+
+
+def _demo_epoch(ds) -> None:
+    """What a training loop sees: one epoch of random batches of 8."""
+    from .batches import BatchIterator
+
+    with BatchIterator(ds, batch_size=8, seed=0) as it:
+        started = time.perf_counter()
+        served = sum(len(batch["instance"]) for batch in it)
+        seconds = time.perf_counter() - started
+    print(
+        f"epoch:       {len(it)} random batches of 8, {served} records in "
+        f"{seconds:.3f} s ({served / seconds:,.0f} records/s)"
+    )
 
 
 def _dropped_csv(store: str, given: str | None) -> Path:
@@ -215,6 +248,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         labels=args.labels,
         mode=args.mode,
         progress=True,
+        **_fitting(args),
         **_where(args.scheduler),
     )
     lost = read_dropped(args.out)
@@ -236,6 +270,31 @@ def _cmd_check(args: argparse.Namespace) -> int:
     freshness = check(args.store, args.root)
     print(freshness)
     return 0 if freshness.fresh else 1
+
+
+def _add_fitting(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fit",
+        choices=("drop", "pad_or_crop"),
+        default="drop",
+        help="slices of another size: drop them (default) or centre them in the frame",
+    )
+    parser.add_argument(
+        "--spacing",
+        type=_millimetres,
+        default=None,
+        help="resample every slice to this pixel spacing in mm first",
+    )
+
+
+def _millimetres(value: str) -> float:
+    try:
+        mm = float(value)
+    except ValueError:
+        mm = float("nan")
+    if not mm > 0 or mm == float("inf"):
+        raise argparse.ArgumentTypeError(f"spacing must be a positive number of mm, got {value!r}")
+    return mm
 
 
 def _add_scheduler(parser: argparse.ArgumentParser) -> None:
@@ -270,6 +329,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=_positive, default=64, help="records per chunk")
     p.add_argument("--labels", choices=LABELS, default="any")
     p.add_argument("--max-problems", type=_count, default=10, help="dropped records to print")
+    p.add_argument(
+        "--mixed",
+        action="store_true",
+        help="a synthetic dataset of mixed sizes and spacings, fitted with pad_or_crop",
+    )
+    _add_fitting(p)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(
@@ -288,6 +353,7 @@ def _parser() -> argparse.ArgumentParser:
         "overwrite: rebuild",
     )
     p.add_argument("--dropped", help="CSV of dropped records (default: beside the store)")
+    _add_fitting(p)
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser(

@@ -41,6 +41,8 @@ def load_dataset(
     shape: tuple[int, int] | None = None,
     progress: bool = False,
     security=None,
+    fit: str = "drop",
+    spacing: tuple[float, float] | None = None,
 ) -> xr.Dataset:
     """Parse a dataset folder into a chunked ``xarray.Dataset`` of images and masks.
 
@@ -79,8 +81,17 @@ def load_dataset(
     limits : Limits, optional
         Bounds for the default reader.
     shape : (rows, columns), optional
-        Image size; by default read from the header of the first readable DICOM.
-        Slices of another size are dropped.
+        The dataset's frame; by default the size of the first readable DICOM
+        (resampled to ``spacing`` when given).
+    fit : {"drop", "pad_or_crop"}
+        Slices of another size than the frame are dropped (the default; the reason
+        names the size), or centred in it, padded with 0 or cropped
+        (``"pad_or_crop"``). Masks are rasterised from the contours placed the same
+        way, so they stay exact. Where each slice sits is in the coordinates
+        ``source_rows``, ``row_offset``, ... (see :func:`daskmri.to_source`).
+    spacing : (row_mm, column_mm) or float, optional
+        Resample every slice linearly from its PixelSpacing to this spacing first
+        (pixel edges aligned); a slice without PixelSpacing is dropped.
     progress : bool
         Show a progress bar while parsing.
     security : distributed.Security, optional
@@ -115,7 +126,9 @@ def load_dataset(
     """
     started = time.perf_counter()
     source = Source.of(root, layout, labels)
-    parsing = Parsing(chunk_size=chunk_size, limits=limits, shape=shape, reader=reader)
+    parsing = Parsing(
+        chunk_size=chunk_size, limits=limits, shape=shape, reader=reader, fit=fit, spacing=spacing
+    )
     compute = Compute(client=client, scheduler=scheduler, security=security, progress=progress)
     with client_for(compute, source.root, keep=True) as client:
         ds, isolation = _load(source, parsing, compute, client)
@@ -138,16 +151,17 @@ def _load(source: Source, parsing: Parsing, compute: Compute, client):
     plan = plan_chunks(table, chunk_size=parsing.chunk_size)
     shape = parsing.shape
     if plan.n_records and shape is None:
-        shape = infer_shape((r for chunk in plan.chunks for r in chunk), parsing.limits)
+        records = (r for chunk in plan.chunks for r in chunk)
+        shape = infer_shape(records, parsing.limits, spacing=parsing.spacing)
     shape = (0, 0) if shape is None else shape
     executor = executor_for(compute, client, len(plan.chunks))
-    sink = memory_sink(executor, plan.n_records, shape)
+    sink = memory_sink(executor, plan.n_records, shape, fit=parsing.fit)
     try:
         with progress_bar(len(plan.chunks), compute.progress) as bar:
             results, isolation = executor.run(
                 sink.task, plan.parts(), parsing.reader_for(shape), progress=bar
             )
-        attrs = provenance(source, chunk_size=parsing.chunk_size)
+        attrs = provenance(source, parsing)
         ds = assemble(plan, sink, results, shape=shape, attrs=attrs)
     finally:
         sink.close()

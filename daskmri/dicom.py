@@ -30,7 +30,7 @@ ExplicitVRLittleEndian = "1.2.840.10008.1.2.1"
 DeflatedExplicitVRLittleEndian = "1.2.840.10008.1.2.1.99"
 ExplicitVRBigEndian = "1.2.840.10008.1.2.2"
 
-__all__ = ["read_dicom", "read_dicom_shape"]
+__all__ = ["read_dicom", "read_dicom_geometry", "read_dicom_shape", "read_slice"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ _PIXEL_TAGS = [
     "RescaleSlope",
     "RescaleIntercept",
     "ModalityLUTSequence",
+    "PixelSpacing",
     "PixelData",
     "FloatPixelData",
     "DoubleFloatPixelData",
@@ -119,6 +120,7 @@ _WANTED = {
     0x00280008: "NumberOfFrames",
     0x00280010: "Rows",
     0x00280011: "Columns",
+    0x00280030: "PixelSpacing",
     0x00280100: "BitsAllocated",
     0x00280101: "BitsStored",
     0x00280103: "PixelRepresentation",
@@ -238,6 +240,8 @@ def _fast_header(raw: bytes) -> tuple[_Header, str] | None:
                 header[name] = value
             elif name == "ModalityLUTSequence":
                 return None
+            elif name == "PixelSpacing":
+                header[name] = _spacing(bytes(value).decode("ascii", "replace").split("\\"))
             elif name in _US:
                 if len(value) != 2:
                     return None
@@ -254,6 +258,18 @@ def _fast_header(raw: bytes) -> tuple[_Header, str] | None:
         return header, syntax
     except (_Fallback, struct.error, UnicodeDecodeError, ValueError):
         return None
+
+
+def _spacing(values: list) -> tuple[float, float] | None:
+    """PixelSpacing as ``(row_mm, column_mm)``, or None when absent or not two positive
+    finite numbers (it is optional: a slice without it is read all the same)."""
+    try:
+        spacing = tuple(float(str(v).strip(" \0")) for v in values)
+    except ValueError:
+        return None
+    if len(spacing) != 2 or not all(np.isfinite(v) and v > 0 for v in spacing):
+        return None
+    return spacing
 
 
 def _read_bytes(path: str, limits: Limits) -> bytes:
@@ -294,10 +310,14 @@ def _header_of(path: str, ds: pydicom.Dataset) -> _Header:
     header = _Header()
     try:
         for name in _WANTED.values():
-            if name in ds:
+            if name in ds and name != "PixelSpacing":
                 header[name] = True if name == "ModalityLUTSequence" else ds[name].value
     except Exception as exc:
         raise DicomError(path, f"damaged DICOM header ({type(exc).__name__}: {exc})") from None
+    try:
+        header["PixelSpacing"] = _spacing(list(ds.get("PixelSpacing") or []))
+    except Exception:  # optional: a damaged spacing is as good as none
+        header["PixelSpacing"] = None
     from pydicom.multival import MultiValue
 
     for name in (*_US, *_WANTED_VR):
@@ -350,7 +370,17 @@ def _geometry(path: str, ds: pydicom.Dataset, limits: Limits) -> tuple[int, int,
 def read_dicom_shape(
     path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[int, int]:
-    """Return ``(Rows, Columns)`` of a DICOM file without decoding its pixels.
+    """``(Rows, Columns)`` of a DICOM file without decoding its pixels: the first two
+    values of :func:`read_dicom_geometry`, and the same errors."""
+    rows, cols, _ = read_dicom_geometry(path, limits=limits)
+    return rows, cols
+
+
+def read_dicom_geometry(
+    path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS
+) -> tuple[int, int, tuple[float, float] | None]:
+    """``(Rows, Columns, PixelSpacing)`` of a DICOM file without decoding its pixels;
+    the spacing is ``(row_mm, column_mm)``, or None when the file has none.
 
     Raises
     ------
@@ -362,13 +392,13 @@ def read_dicom_shape(
     >>> from daskmri import synth
     >>> import tempfile
     >>> root = synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=2, shape=(32, 48))
-    >>> read_dicom_shape(root / "dicoms" / "SYN0001" / "1.dcm")
-    (32, 48)
+    >>> read_dicom_geometry(root / "dicoms" / "SYN0001" / "1.dcm")
+    (32, 48, (1.25, 1.25))
     """
     path = os.fspath(path)
     ds, _ = _header(path, _read_bytes(path, limits))
     rows, cols, _ = _geometry(path, ds, limits)
-    return rows, cols
+    return rows, cols, ds.get("PixelSpacing")
 
 
 def read_dicom(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
@@ -405,9 +435,27 @@ def read_dicom(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS)
     >>> image.shape, image.dtype
     ((32, 48), dtype('float32'))
     """
+    return read_slice(path, limits=limits)[0]
+
+
+def read_slice(
+    path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS
+) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """:func:`read_dicom`'s pixels and the slice's PixelSpacing (``(row_mm,
+    column_mm)`` or None), from one read of the file.
+
+    Raises
+    ------
+    DicomError
+        As :func:`read_dicom`.
+    """
     path = os.fspath(path)
     raw = _read_bytes(path, limits)
     ds, syntax = _header(path, raw)
+    return _pixels(path, raw, ds, syntax, limits), ds.get("PixelSpacing")
+
+
+def _pixels(path: str, raw: bytes, ds: _Header, syntax: object, limits: Limits) -> np.ndarray:
     rows, cols, bits = _geometry(path, ds, limits)
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:

@@ -14,25 +14,32 @@ caller, so that no pixel is pickled back through a pipe.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import mmap
 import os
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .contours import polygon_mask, read_contour
-from .dicom import read_dicom
+from .dicom import read_slice
 from .errors import RecordError
+from .fit import GEOMETRY, Geometry, fit_image, paste, place
 from .limits import DEFAULT_LIMITS, Limits
-from .record import Parsed, Record, drop_row
+from .record import Fitted, Parsed, Record, drop_row
 
 __all__ = ["ChunkResult", "Parsed", "Record", "Slots", "parse_chunk", "read_record"]
 
 
 def read_record(
-    record: Record, *, limits: Limits = DEFAULT_LIMITS, shape: tuple[int, int] | None = None
+    record: Record,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    shape: tuple[int, int] | None = None,
+    fit: str = "drop",
+    spacing: tuple[float, float] | None = None,
 ) -> Parsed:
     """The default reader: one record's pixels and masks, read from its files.
 
@@ -43,14 +50,19 @@ def read_record(
     limits : Limits
         Bounds on what may be read and allocated.
     shape : (rows, columns), optional
-        The dataset's image size: an image of another size fails before its
-        contours are read (so the reason names the size, not a contour).
+        The dataset's frame: with ``fit="drop"``, an image of another size fails
+        before its contours are read (so the reason names the size, not a contour).
+    fit : {"drop", "pad_or_crop"}
+        ``"pad_or_crop"`` centres the slice in the frame (see :mod:`daskmri.fit`).
+    spacing : (row_mm, column_mm), optional
+        Resample the slice from its PixelSpacing to this spacing first.
 
     Returns
     -------
     (image, icontour, ocontour)
         float32 image after the modality rescale; a boolean mask per contour, or
-        None where the record has no such contour.
+        None where the record has no such contour; all in the frame. The tuple's
+        ``geometry`` says where the source slice sits in it (:class:`Fitted`).
 
     Raises
     ------
@@ -68,24 +80,44 @@ def read_record(
     """
     if record.dicom_path is None:
         raise RecordError("", f"instance {record.instance} has contours but no DICOM")
-    image = read_dicom(record.dicom_path, limits=limits)
-    if shape is not None and image.shape != shape:
-        raise _shape_error(record.dicom_path, image.shape, shape)
+    image, source_spacing = read_slice(record.dicom_path, limits=limits)
+    frame = image.shape if shape is None else shape
+    geometry = _placement(record.dicom_path, image.shape, frame, source_spacing, fit, spacing)
+    if geometry.scaled or image.shape != tuple(frame):
+        image = fit_image(image, geometry, frame)
     masks = []
     for path in (record.icontour_path, record.ocontour_path):
         if path is None:
             masks.append(None)
             continue
-        points = read_contour(path, shape=image.shape, limits=limits)
-        masks.append(polygon_mask(points, image.shape))
-    return image, masks[0], masks[1]
+        points = read_contour(
+            path, shape=(geometry.source_rows, geometry.source_columns), limits=limits
+        )
+        # Rasterised in the frame from the mapped contour, by the mask rule: never a
+        # shifted or interpolated mask.
+        masks.append(polygon_mask(geometry.to_frame(points), frame))
+    return Fitted(image, masks[0], masks[1], geometry)
 
 
-def _shape_error(path: str | None, got: tuple[int, ...], want: tuple[int, int]) -> RecordError:
+def _placement(path: str, source, frame, source_spacing, fit: str, spacing) -> Geometry:
+    """Where the slice goes in the frame; a slice that cannot go there fails."""
+    if spacing is not None and source_spacing is None:
+        raise RecordError(path, "no PixelSpacing, so the slice cannot be resampled to spacing=")
+    geometry = place(source, frame, spacing=source_spacing, target=spacing)
+    if fit == "drop" and geometry.scaled_shape != tuple(frame):
+        raise _shape_error(path, geometry.scaled_shape, frame, resampled=spacing is not None)
+    return geometry
+
+
+def _shape_error(
+    path: str | None, got: tuple[int, ...], want: tuple[int, int], *, resampled: bool = False
+) -> RecordError:
+    what = "resampled image" if resampled else "image"
     return RecordError(
         path or "",
-        f"image is {'x'.join(map(str, got))} but this dataset's images are "
-        f"{want[0]}x{want[1]}; build differently sized series separately or pass shape=",
+        f"{what} is {'x'.join(map(str, got))} but this dataset's images are "
+        f"{want[0]}x{want[1]}; pass fit='pad_or_crop' to centre every slice in the frame "
+        "(or build differently sized series separately)",
     )
 
 
@@ -204,12 +236,13 @@ class ChunkResult:
     has_icontour: np.ndarray
     has_ocontour: np.ndarray
     dropped: list[dict]
+    #: Where each kept record's source slice sits in the frame: one row of the
+    #: :data:`daskmri.fit.GEOMETRY` values per kept record.
+    geometry: np.ndarray = field(default_factory=lambda: np.zeros((0, len(GEOMETRY))))
 
     def summary(self) -> ChunkResult:
         """The same result without pixels: what travels to the client."""
-        return ChunkResult(
-            None, None, None, self.kept, self.has_icontour, self.has_ocontour, self.dropped
-        )
+        return dataclasses.replace(self, image=None, icontour=None, ocontour=None)
 
 
 def parse_chunk(
@@ -220,6 +253,7 @@ def parse_chunk(
     slots: Slots | None = None,
     start: int = 0,
     compact: bool = True,
+    fit: str = "drop",
 ) -> ChunkResult:
     """Parse one chunk of records; a record that fails is dropped, never raised.
 
@@ -240,6 +274,10 @@ def parse_chunk(
         Return only the kept records' pixels (the default). With False the arrays
         keep one entry per record, zeros where a record was dropped, as a store
         region with one slot per planned record needs.
+    fit : {"drop", "pad_or_crop"}
+        What to do with an image of another size that a custom reader returns:
+        drop its record, or centre it and its masks in the frame (an integer shift,
+        so the masks stay exact).
 
     Examples
     --------
@@ -263,19 +301,13 @@ def parse_chunk(
     has_i = np.zeros(n, dtype=bool)
     has_o = np.zeros(n, dtype=bool)
     ok = np.zeros(n, dtype=bool)
+    geometry = np.zeros((n, len(GEOMETRY)))
     failures: list[dict] = []
     try:
         for k, record in enumerate(records):
             try:
-                pixels, inner, outer = reader(record)
-                if pixels.shape != shape:
-                    raise _shape_error(record.dicom_path, pixels.shape, shape)
-                for mask, name in ((inner, "icontour"), (outer, "ocontour")):
-                    if mask is not None and mask.shape != shape:
-                        raise RecordError(
-                            record.dicom_path,
-                            f"reader returned a {name} mask of shape {mask.shape}",
-                        )
+                pixels, inner, outer, where = _in_frame(record, reader(record), shape, fit)
+                geometry[k] = where.row()
                 if fd is not None:
                     slots.write(fd, start + k, pixels, inner, outer)
                 else:
@@ -293,11 +325,34 @@ def parse_chunk(
         if fd is not None:
             os.close(fd)
     kept = np.flatnonzero(ok)
+    tables = (kept, has_i[kept], has_o[kept], failures, geometry[kept])
     if slots is not None:
-        return ChunkResult(None, None, None, kept, has_i[kept], has_o[kept], failures)
+        return ChunkResult(None, None, None, *tables)
     if compact and len(kept) < n:
         image, icontour, ocontour = image[kept], icontour[kept], ocontour[kept]
-    return ChunkResult(image, icontour, ocontour, kept, has_i[kept], has_o[kept], failures)
+    return ChunkResult(image, icontour, ocontour, *tables)
+
+
+def _in_frame(record: Record, parsed: Parsed, shape: tuple[int, int], fit: str) -> tuple:
+    """A reader's ``(image, icontour, ocontour)`` checked against the frame, and their
+    :class:`~daskmri.fit.Geometry`: the default reader's, or that of a custom reader's
+    image (centred in the frame with ``fit="pad_or_crop"``)."""
+    pixels, inner, outer = parsed
+    geometry = getattr(parsed, "geometry", None)
+    if pixels.shape != shape and geometry is None and fit == "pad_or_crop" and pixels.ndim == 2:
+        geometry = place(pixels.shape, shape)
+        pixels, inner, outer = (
+            None if a is None else paste(a, geometry.row_offset, geometry.column_offset, shape)
+            for a in (pixels, inner, outer)
+        )
+    if pixels.shape != shape:
+        raise _shape_error(record.dicom_path, pixels.shape, shape)
+    for mask, name in ((inner, "icontour"), (outer, "ocontour")):
+        if mask is not None and mask.shape != shape:
+            raise RecordError(
+                record.dicom_path, f"reader returned a {name} mask of shape {mask.shape}"
+            )
+    return pixels, inner, outer, geometry or Geometry(*shape)
 
 
 def parse_partition(
@@ -305,10 +360,14 @@ def parse_partition(
     shape: tuple[int, int],
     reader: Callable[[Record], Parsed],
     slots: Slots | None = None,
+    fit: str = "drop",
 ) -> list[ChunkResult]:
     """One chunk task for a dataset held in memory: items are ``(slot, record)``
     pairs, because a task does not otherwise know where its chunk starts. A list,
     as a Dask bag partition is. Lives here so that worker processes unpickling it
     import only this module's light dependencies."""
     records = [record for _, record in items]
-    return [parse_chunk(records, shape=shape, reader=reader, slots=slots, start=items[0][0])]
+    chunk = parse_chunk(
+        records, shape=shape, reader=reader, slots=slots, start=items[0][0], fit=fit
+    )
+    return [chunk]

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .dicom import read_dicom_shape
+from .dicom import read_dicom_geometry
 from .errors import DaskmriError, RecordError
+from .fit import place
 from .layout import iter_records
 from .limits import Limits
 from .record import Record
@@ -129,8 +130,15 @@ def iter_plan(source: Source, *, problems: list[dict]) -> Iterator[Record]:
             yield record
 
 
-def infer_shape(records: Iterable[Record], limits: Limits, tries: int = 50) -> tuple[int, int]:
-    """The image size of the first readable DICOM among the first ``tries`` records.
+def infer_shape(
+    records: Iterable[Record],
+    limits: Limits,
+    tries: int = 50,
+    *,
+    spacing: tuple[float, float] | None = None,
+) -> tuple[int, int]:
+    """The image size of the first readable DICOM among the first ``tries`` records,
+    resampled to ``spacing`` when given (from a DICOM that has a PixelSpacing).
 
     Raises
     ------
@@ -140,9 +148,15 @@ def infer_shape(records: Iterable[Record], limits: Limits, tries: int = 50) -> t
     errors = []
     for record in itertools.islice(records, tries):
         try:
-            return read_dicom_shape(record.dicom_path, limits=limits)
+            rows, columns, own = read_dicom_geometry(record.dicom_path, limits=limits)
         except RecordError as exc:
             errors.append(str(exc))
+            continue
+        if spacing is None:
+            return rows, columns
+        if own is not None:
+            return place((rows, columns), (rows, columns), spacing=own, target=spacing).scaled_shape
+        errors.append(f"{record.dicom_path}: no PixelSpacing")
     raise DaskmriError(
         f"could not read the image size from any of the first {len(errors)} DICOM files "
         f"(first error: {errors[0] if errors else 'no records'}); pass shape=(rows, columns)"

@@ -16,11 +16,28 @@ from .errors import RecordError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["DROPPED_COLUMNS", "Parsed", "Record", "drop_row", "dropped_table"]
+__all__ = ["DROPPED_COLUMNS", "Fitted", "Parsed", "Record", "drop_row", "dropped_table"]
 
 #: What a reader returns: float32 image and the inner/outer masks (None when the
 #: record has no such contour).
 Parsed = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
+
+
+class Fitted(tuple):
+    """What the default reader returns: ``(image, icontour, ocontour)`` in the
+    dataset's frame, as any reader does, plus ``geometry``: where the source slice
+    sits in the frame (a :class:`daskmri.fit.Geometry`). It unpacks as the 3-tuple."""
+
+    geometry: object
+
+    def __new__(cls, image, icontour, ocontour, geometry) -> Fitted:
+        fitted = super().__new__(cls, (image, icontour, ocontour))
+        fitted.geometry = geometry
+        return fitted
+
+    def __getnewargs__(self) -> tuple:
+        return (*self, self.geometry)
+
 
 #: The columns of :func:`daskmri.dropped`.
 DROPPED_COLUMNS = ["patient_id", "original_id", "instance", "path", "reason"]

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import __version__
+from .fit import GEOMETRY
 from .record import dropped_table
-from .settings import Source
+from .settings import Parsing, Source
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,17 +37,20 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def provenance(source: Source, *, chunk_size: int) -> dict:
+def provenance(source: Source, parsing: Parsing) -> dict:
     """The attributes that say where a dataset came from, in memory or in a store."""
+    fitted = {"fit": parsing.fit}
+    if parsing.spacing is not None:
+        fitted["spacing"] = list(parsing.spacing)
     return {
         "title": "MRI slices and contour masks",
         "source": os.path.abspath(source.root),
         "layout": json.dumps(source.layout.to_dict()),
         "labels": source.labels,
-        "chunk_size": chunk_size,
+        "chunk_size": parsing.chunk_size,
         "created_by": f"daskmri {__version__}",
         "created": now(),
-    }
+    } | fitted
 
 
 def to_dataset(
@@ -58,11 +62,19 @@ def to_dataset(
     original_id: np.ndarray,
     instance: np.ndarray,
     attrs: dict,
+    geometry: np.ndarray | None = None,
 ) -> xr.Dataset:
     """The daskmri dataset from its pixel ``arrays`` (``image``, ``icontour``,
-    ``ocontour``, each ``(record, y, x)``) and its per-record tables."""
+    ``ocontour``, each ``(record, y, x)``) and its per-record tables; ``geometry``
+    holds one row of :data:`daskmri.fit.GEOMETRY` values per record."""
     import xarray as xr
 
+    n = len(instance)
+    geometry = np.zeros((n, len(GEOMETRY))) if geometry is None else np.asarray(geometry)
+    where = {
+        name: ("record", geometry[:, j].astype(np.int64 if j < 4 else np.float64))
+        for j, name in enumerate(GEOMETRY)
+    }
     ds = xr.Dataset(
         {name: (("record", "y", "x"), arrays[name]) for name in PIXELS}
         | {"has_icontour": ("record", has_icontour), "has_ocontour": ("record", has_ocontour)},
@@ -70,7 +82,8 @@ def to_dataset(
             "patient_id": ("record", np.array(patient_id, dtype=str)),
             "original_id": ("record", np.array(original_id, dtype=str)),
             "instance": ("record", np.asarray(instance, dtype=np.int64)),
-        },
+        }
+        | where,
         attrs=attrs,
     )
     for name, long_name in LONG_NAMES.items():

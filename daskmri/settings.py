@@ -17,6 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from .fit import FITS
 from .layout import LABELS, SUNNYBROOK, Layout
 from .limits import DEFAULT_LIMITS, Limits
 from .parse import read_record
@@ -69,9 +72,10 @@ def check_chunk_size(chunk_size: int) -> None:
 
 @dataclass(frozen=True)
 class Parsing:
-    """Records per chunk (and per task), the bounds on what is read, the image
-    size (None: read from the first readable DICOM) and the reader (None:
-    :func:`daskmri.read_record`).
+    """Records per chunk (and per task), the bounds on what is read, the frame
+    (``shape``; None: the first readable DICOM's size, resampled to ``spacing`` if
+    given), how slices of another size meet it (``fit``), the pixel ``spacing`` to
+    resample to (None: none), and the reader (None: :func:`daskmri.read_record`).
 
     Examples
     --------
@@ -85,6 +89,8 @@ class Parsing:
     limits: Limits = DEFAULT_LIMITS
     shape: tuple[int, int] | None = None
     reader: Callable[[Record], Parsed] | None = None
+    fit: str = "drop"
+    spacing: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         check_chunk_size(self.chunk_size)
@@ -92,13 +98,37 @@ class Parsing:
             object.__setattr__(self, "limits", DEFAULT_LIMITS)
         if self.shape is not None:
             object.__setattr__(self, "shape", (int(self.shape[0]), int(self.shape[1])))
+        if self.fit not in FITS:
+            raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
+        if self.spacing is not None:
+            object.__setattr__(self, "spacing", _spacing(self.spacing))
 
     def reader_for(self, shape: tuple[int, int]) -> Callable[[Record], Parsed]:
         """The reader to run: the user's, or :func:`~daskmri.read_record` bound to
         the limits and the dataset's image size."""
         if self.reader is not None:
             return self.reader
-        return functools.partial(read_record, limits=self.limits, shape=shape)
+        return functools.partial(
+            read_record, limits=self.limits, shape=shape, fit=self.fit, spacing=self.spacing
+        )
+
+    def settings(self) -> dict:
+        """What a store records of these settings (and a resumed build must match)."""
+        spacing = None if self.spacing is None else list(self.spacing)
+        return {"chunk_size": self.chunk_size, "fit": self.fit, "spacing": spacing}
+
+
+def _spacing(value) -> tuple[float, float]:
+    """``(row_mm, column_mm)`` from a number or a pair of positive numbers."""
+    try:
+        pair = (float(value), float(value)) if np.ndim(value) == 0 else tuple(map(float, value))
+    except (TypeError, ValueError):
+        pair = ()
+    if len(pair) != 2 or not all(np.isfinite(v) and v > 0 for v in pair):
+        raise ValueError(
+            f"spacing must be (row_mm, column_mm), two positive numbers, got {value!r}"
+        )
+    return pair
 
 
 @dataclass(frozen=True)

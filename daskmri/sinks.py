@@ -32,14 +32,16 @@ class LocalMemory:
     """Chunks held in this process's memory. With ``shared`` (local worker
     processes), in slots of a shared buffer when ``/dev/shm`` has the room."""
 
-    def __init__(self, n_records: int, shape: tuple[int, int], *, shared: bool) -> None:
-        self.shape = shape
+    def __init__(
+        self, n_records: int, shape: tuple[int, int], *, shared: bool, fit: str = "drop"
+    ) -> None:
+        self.shape, self.fit = shape, fit
         self.slots = Slots.create(n_records, shape) if shared else None
         self._views: tuple[np.ndarray, ...] | None = None
 
     @property
     def task(self) -> Callable:
-        return functools.partial(parse_partition, shape=self.shape, slots=self.slots)
+        return functools.partial(parse_partition, shape=self.shape, slots=self.slots, fit=self.fit)
 
     def summaries(self, results: list) -> list[ChunkResult]:
         if self.slots is not None:
@@ -74,12 +76,12 @@ def _field(chunk: list[ChunkResult], name: str) -> np.ndarray:
 class ClusterMemory:
     """Chunks held on a cluster's workers, each on the worker that parsed it."""
 
-    def __init__(self, client: Any, shape: tuple[int, int]) -> None:
-        self.client, self.shape = client, shape
+    def __init__(self, client: Any, shape: tuple[int, int], *, fit: str = "drop") -> None:
+        self.client, self.shape, self.fit = client, shape, fit
 
     @property
     def task(self) -> Callable:
-        return functools.partial(parse_partition, shape=self.shape, slots=None)
+        return functools.partial(parse_partition, shape=self.shape, slots=None, fit=self.fit)
 
     def summaries(self, results: list) -> list[ChunkResult]:
         return self.client.gather(self.client.map(_first_summary, results))
@@ -105,11 +107,11 @@ class ClusterMemory:
         """The pixels belong to the dataset now."""
 
 
-def memory_sink(executor: Any, n_records: int, shape: tuple[int, int]):
+def memory_sink(executor: Any, n_records: int, shape: tuple[int, int], *, fit: str = "drop"):
     """The memory sink for ``executor``."""
     if executor.kind == "cluster":
-        return ClusterMemory(executor.client, shape)
-    return LocalMemory(n_records, shape, shared=executor.kind == "processes")
+        return ClusterMemory(executor.client, shape, fit=fit)
+    return LocalMemory(n_records, shape, shared=executor.kind == "processes", fit=fit)
 
 
 def _wrap(array: np.ndarray) -> da.Array:
@@ -146,6 +148,7 @@ def assemble(plan: ChunkPlan, sink: Any, results: list, *, shape: tuple[int, int
         arrays,
         has_icontour=_joined([s.has_icontour for s in summaries]),
         has_ocontour=_joined([s.has_ocontour for s in summaries]),
+        geometry=np.concatenate([s.geometry for s in summaries]) if summaries else None,
         patient_id=[r.patient_id for r in records],
         original_id=[r.original_id for r in records],
         instance=[r.instance for r in records],

@@ -28,6 +28,8 @@ __all__ = [
     "make_dataset",
     "patient_ids",
     "patient_rescale",
+    "patient_shape",
+    "patient_spacing",
     "slice_contours",
     "slice_pixels",
 ]
@@ -133,8 +135,51 @@ def slice_pixels(*, seed: int, patient: int, instance: int, shape: tuple[int, in
     return np.clip(image, -32768, 32767).astype(np.int16)
 
 
+def patient_shape(shape, patient: int) -> tuple[int, int]:
+    """The image size of 1-based ``patient`` for :func:`make_dataset`'s ``shape``:
+    one ``(rows, columns)`` for all, or a list of them taken in turn.
+
+    Examples
+    --------
+    >>> [patient_shape([(32, 32), (40, 24)], p) for p in (1, 2, 3)]
+    [(32, 32), (40, 24), (32, 32)]
+    """
+    shapes = [shape] if np.ndim(shape) == 1 else list(shape)
+    rows, columns = shapes[(patient - 1) % len(shapes)]
+    return int(rows), int(columns)
+
+
+def patient_spacing(spacing, patient: int) -> tuple[float, float] | None:
+    """The PixelSpacing (mm) written for 1-based ``patient``: ``spacing`` is one number,
+    one ``(row, column)`` pair, None (no PixelSpacing written), or a list of these
+    taken in turn.
+
+    Examples
+    --------
+    >>> [patient_spacing([1.25, (0.8, 1.0), None], p) for p in (1, 2, 3)]
+    [(1.25, 1.25), (0.8, 1.0), None]
+    """
+    choices = [spacing] if _one_spacing(spacing) else list(spacing)
+    value = choices[(patient - 1) % len(choices)]
+    if value is None:
+        return None
+    return (float(value), float(value)) if np.isscalar(value) else tuple(map(float, value))
+
+
+def _one_spacing(value) -> bool:
+    pair = isinstance(value, tuple) and len(value) == 2 and all(map(np.isscalar, value))
+    return value is None or np.isscalar(value) or pair
+
+
 def _write_dicom(
-    path: Path, pixels: np.ndarray, *, patient_id: str, instance: int, uid_seed: list[str], rescale
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    patient_id: str,
+    instance: int,
+    uid_seed: list[str],
+    rescale,
+    spacing: tuple[float, float] | None,
 ) -> None:
     sop_uid = generate_uid(entropy_srcs=[*uid_seed, str(instance)])
     meta = FileMetaDataset()
@@ -153,7 +198,8 @@ def _write_dicom(
     ds.PatientName = f"Synthetic^{patient_id}"
     ds.SeriesNumber = 1
     ds.InstanceNumber = instance
-    ds.PixelSpacing = [1.25, 1.25]
+    if spacing is not None:
+        ds.PixelSpacing = list(spacing)
     ds.SliceThickness = 8.0
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -177,8 +223,9 @@ def make_dataset(
     *,
     patients: int = 3,
     slices: int = 20,
-    shape: tuple[int, int] = (256, 256),
+    shape: tuple[int, int] | list[tuple[int, int]] = (256, 256),
     seed: int = 0,
+    spacing: float | tuple[float, float] | list | None = 1.25,
 ) -> Path:
     """Write a complete synthetic dataset in the Sunnybrook layout.
 
@@ -191,10 +238,14 @@ def make_dataset(
         Folder to write into: created if needed; if it exists it must be empty.
     patients, slices : int
         How many patients, and how many slices each.
-    shape : (rows, columns)
-        Image size.
+    shape : (rows, columns), or a list of them
+        Image size; a list gives the patients their sizes in turn (mixed sizes,
+        see :func:`patient_shape`).
     seed : int
         Same seed, same bytes.
+    spacing : float, (row_mm, column_mm), None, or a list of these
+        PixelSpacing, in turn per patient with a list; None writes none
+        (:func:`patient_spacing`).
 
     Returns
     -------
@@ -215,8 +266,8 @@ def make_dataset(
     """
     if patients < 1 or slices < 1:
         raise ValueError(f"need at least one patient and one slice, got {patients=}, {slices=}")
-    shape = (int(shape[0]), int(shape[1]))
-    if min(shape) < 16:
+    shapes = [patient_shape(shape, p) for p in range(1, patients + 1)]
+    if min(min(s) for s in shapes) < 16:
         raise ValueError(f"shape {shape} is too small for the phantom; use at least 16x16")
     root = Path(root)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -232,6 +283,7 @@ def make_dataset(
         writer.writerow(["patient_id", "original_id"])
         writer.writerows(ids)
     for patient, (patient_id, original_id) in enumerate(ids, start=1):
+        shape = shapes[patient - 1]
         dicom_dir = root / "dicoms" / patient_id
         dicom_dir.mkdir(parents=True, exist_ok=True)
         contour_dir = root / "contourfiles" / original_id
@@ -246,6 +298,7 @@ def make_dataset(
                 instance=instance,
                 uid_seed=[str(seed), patient_id],
                 rescale=patient_rescale(patient),
+                spacing=patient_spacing(spacing, patient),
             )
             inner, outer = slice_contours(
                 seed=seed, patient=patient, instance=instance, shape=shape

@@ -32,7 +32,7 @@ def eager_load(
     :func:`daskmri.load_dataset`.
     """
     table = scan(root, layout=layout, labels=labels)
-    images, inner, outer, has_i, has_o, ids = [], [], [], [], [], []
+    images, inner, outer, has_i, has_o, ids, spacings = [], [], [], [], [], [], []
     for row in table.itertuples():
         if row.problem is not None:
             continue
@@ -56,8 +56,22 @@ def eager_load(
         has_i.append(masks[0] is not None)
         has_o.append(masks[1] is not None)
         ids.append((row.patient_id, row.original_id, row.instance))
+        spacing = ds.get("PixelSpacing")
+        spacings.append([float(v) for v in spacing] if spacing else [np.nan, np.nan])
     shape = images[0].shape if images else (0, 0)
     dims = ("record", "y", "x")
+    n = len(images)
+    spacing = np.array(spacings, dtype=np.float64).reshape(n, 2)
+    geometry = {  # every slice as it is: the frame is its size
+        "source_rows": ("record", np.full(n, shape[0], np.int64)),
+        "source_columns": ("record", np.full(n, shape[1], np.int64)),
+        "row_offset": ("record", np.zeros(n, np.int64)),
+        "column_offset": ("record", np.zeros(n, np.int64)),
+        "row_scale": ("record", np.ones(n)),
+        "column_scale": ("record", np.ones(n)),
+        "source_row_spacing": ("record", spacing[:, 0]),
+        "source_column_spacing": ("record", spacing[:, 1]),
+    }
     return xr.Dataset(
         {
             "image": (dims, np.stack(images) if images else np.zeros((0, *shape), np.float32)),
@@ -70,7 +84,8 @@ def eager_load(
             "patient_id": ("record", np.array([i[0] for i in ids], dtype=str)),
             "original_id": ("record", np.array([i[1] for i in ids], dtype=str)),
             "instance": ("record", np.array([i[2] for i in ids], dtype=np.int64)),
-        },
+        }
+        | geometry,
     )
 
 

@@ -109,6 +109,30 @@ class TestCli:
         green = (picture == daskmri.plot.OUTER_RGB).all(axis=2).sum()
         assert red > 50 and green > 50
 
+    def test_demo_of_mixed_sizes_pads_and_crops_into_one_frame(self, tmp_path, capsys):
+        png = tmp_path / "mixed.png"
+        assert main(["demo", "--mixed", "--out", str(png), "--scheduler", "sync"]) == 0
+        out = capsys.readouterr().out
+        assert "of mixed sizes (fitted into 256x256)" in out
+        assert "records:     80 (4 patients)" in out and "dropped:     0" in out
+        picture = read_png(png)
+        assert picture.shape == (2 * 256 + 2, 4 * 256 + 3 * 2, 3)
+        # The second tile is a padded 192x224 slice: its padding is one flat value.
+        tile = picture[:256, 258 : 258 + 256]
+        assert (tile[:32] == tile[0, 0]).all() and (tile[:, :16] == tile[0, 0]).all()
+
+    def test_build_passes_fit_and_spacing(self, tmp_path, capsys):
+        root = daskmri.synth.make_dataset(
+            tmp_path / "d", patients=2, slices=4, shape=[(32, 32), (40, 24)], spacing=1.0
+        )
+        store = tmp_path / "ds.zarr"
+        argv = ["build", str(root), "--out", str(store), "--scheduler", "sync"]
+        assert main([*argv, "--fit", "pad_or_crop", "--spacing", "0.5"]) == 0
+        ds = daskmri.open_dataset(store)
+        assert ds.sizes["record"] == 6 and ds.sizes["y"] == ds.sizes["x"] == 64
+        assert set(ds.source_rows.values.tolist()) == {32, 40}
+        assert (ds.row_scale == 2.0).all() and ds.attrs["spacing"] == [0.5, 0.5]
+
     def test_demo_without_data_uses_a_synthetic_set(self, tmp_path, monkeypatch):
         work, temp = tmp_path / "work", tmp_path / "temp"
         work.mkdir()
@@ -170,6 +194,9 @@ BAD_ARGUMENTS = [
     (["build", "R"], "--out"),
     (["build"], "required"),
     (["demo", "--chunk-size", "0"], "at least 1"),
+    (["demo", "--spacing", "0"], "positive number of mm, got '0'"),
+    (["build", "R", "--out", "X", "--spacing", "nan"], "positive number of mm"),
+    (["build", "R", "--out", "X", "--fit", "stretch"], "invalid choice: 'stretch'"),
     (["demo", "--labels", "x"], "invalid choice"),
     (["demo", "--max-problems", "-1"], "at least 0"),
     (["demo", "--scheduler", "gpu"], "neither a local scheduler"),

@@ -16,6 +16,7 @@ import xarray as xr
 
 import daskmri
 from daskmri import RecordError, synth
+from daskmri.fit import GEOMETRY
 from daskmri.testing import assert_records_equal, eager_load, raise_if_dask_computes
 
 from .conftest import PATIENTS, SHAPE, SLICES
@@ -35,7 +36,11 @@ class TestSchema:
         assert ds.icontour.dtype == bool and ds.ocontour.dtype == bool
         assert ds.has_icontour.dtype == bool and ds.instance.dtype == np.int64
         assert ds.patient_id.dtype.kind == "U" and ds.original_id.dtype.kind == "U"
-        assert set(ds.coords) == {"patient_id", "original_id", "instance"}
+        assert set(ds.coords) == {"patient_id", "original_id", "instance", *GEOMETRY}
+        # Every synthetic slice fills the frame as it is: no offset, no scale.
+        assert (ds.source_rows == SHAPE[0]).all() and (ds.source_columns == SHAPE[1]).all()
+        assert ds.row_offset.dtype == np.int64 and not ds.row_offset.any()
+        assert (ds.row_scale == 1.0).all() and (ds.source_row_spacing == 1.25).all()
         for name in ("image", "icontour", "ocontour"):
             chunks = ds[name].chunks
             assert chunks[0] == (5,) * (n // 5) + ((n % 5,) if n % 5 else ())

@@ -42,7 +42,14 @@ class TestParsing:
         limits = Limits(max_pixels=1000)
         reader = Parsing(limits=limits).reader_for((10, 20))
         assert isinstance(reader, functools.partial) and reader.func is daskmri.read_record
-        assert reader.keywords == {"limits": limits, "shape": (10, 20)}
+        assert reader.keywords == {
+            "limits": limits,
+            "shape": (10, 20),
+            "fit": "drop",
+            "spacing": None,
+        }
+        fitted = Parsing(fit="pad_or_crop", spacing=0.5).reader_for((10, 20))
+        assert fitted.keywords["fit"] == "pad_or_crop" and fitted.keywords["spacing"] == (0.5, 0.5)
 
         def mine(record):
             return record

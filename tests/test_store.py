@@ -441,7 +441,7 @@ class TestReviewFindings:
         group = zarr.open_group(str(store), mode="w", zarr_format=3)
         # What create() has written when a kill comes right after its first step.
         group.attrs.update(
-            {"format": 2, "chunk_size": 64, "planned": False, "complete": False,
+            {"format": daskmri.store.FORMAT, "chunk_size": 64, "planned": False, "complete": False,
              "created_by": "daskmri 0.1.0"}
         )  # fmt: skip
         report = daskmri.build(synth_root, store, scheduler="sync")

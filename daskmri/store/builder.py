@@ -104,6 +104,8 @@ def build(
     labels: str = "any",
     chunk_size: int = 64,
     shape: tuple[int, int] | None = None,
+    fit: str = "drop",
+    spacing: tuple[float, float] | None = None,
     limits: Limits | None = None,
     reader: Callable[[Record], Parsed] | None = None,
     client=None,
@@ -142,7 +144,7 @@ def build(
         whose files changed or appeared; their new versions are appended (see
         the README on record order). ``"overwrite"`` deletes what daskmri made
         of the store (never other files) and builds it again.
-    layout, labels, chunk_size, shape, limits, reader
+    layout, labels, chunk_size, shape, fit, spacing, limits, reader
         What to read and how, as for :func:`daskmri.load_dataset` (checked the
         same way, by :mod:`daskmri.settings`).
     client, scheduler, security
@@ -186,7 +188,9 @@ def build(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     source = Source.of(root, layout, labels)
-    parsing = Parsing(chunk_size=chunk_size, limits=limits, shape=shape, reader=reader)
+    parsing = Parsing(
+        chunk_size=chunk_size, limits=limits, shape=shape, reader=reader, fit=fit, spacing=spacing
+    )
     compute = Compute(client=client, scheduler=scheduler, security=security, progress=progress)
     compressor = fmt.DEFAULT_COMPRESSOR if compressor is None else compressor
     if compressor not in fmt.COMPRESSORS:
@@ -250,10 +254,9 @@ def _existing(job: _Job) -> dict | None:
 
 def _check_settings(attrs: dict, job: _Job) -> None:
     wanted = {
-        "chunk_size": job.parsing.chunk_size,
         "labels": job.source.labels,
         "layout": json.dumps(job.source.layout.to_dict()),
-    }
+    } | job.parsing.settings()
     if job.parsing.shape is not None:
         wanted["shape"] = list(job.parsing.shape)
     for key, value in wanted.items():
@@ -287,8 +290,9 @@ class _NewStore:
             claim(job.spec, root=job.source.root)
         shape = job.parsing.shape
         if shape is None:
-            shape = infer_shape(records, job.parsing.limits) if records else (0, 0)
-        attrs = provenance(job.source, chunk_size=job.parsing.chunk_size)
+            limits, spacing = job.parsing.limits, job.parsing.spacing
+            shape = infer_shape(records, limits, spacing=spacing) if records else (0, 0)
+        attrs = provenance(job.source, job.parsing)
         fmt.create(
             job.spec,
             chunk_size=job.parsing.chunk_size,
@@ -342,7 +346,7 @@ class _Waves:
         self, job: _Job, slots: SlotPlan, inputs: Inputs, shape: tuple[int, int], executor: Executor
     ) -> None:
         self.job, self.slots, self.inputs, self.executor = job, slots, inputs, executor
-        self.sink = ZarrRegions(job.spec, shape, job.parsing.chunk_size)
+        self.sink = ZarrRegions(job.spec, shape, job.parsing.chunk_size, fit=job.parsing.fit)
         self.reader = job.parsing.reader_for(shape)
         self.size = max(WAVE_CHUNKS, 4 * executor.parallelism)
         self.wave: list[list[tuple[int, Record]]] = []

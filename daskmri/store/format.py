@@ -12,6 +12,7 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from ..errors import StoreError
+from ..fit import GEOMETRY
 from ..plan import record_key
 from ..record import Record
 from .spec import StoreSpec, made_by_daskmri, what_is_there
@@ -19,8 +20,9 @@ from .spec import StoreSpec, made_by_daskmri, what_is_there
 __all__ = ["COMPRESSORS", "DEFAULT_COMPRESSOR", "FORMAT", "create", "read_attrs", "remove"]
 
 #: Bumped when the layout of a store changes incompatibly. 2: original_id in the
-#: record fingerprints, the ``planned`` and ``build_id`` attributes.
-FORMAT = 2
+#: record fingerprints, the ``planned`` and ``build_id`` attributes. 3: the
+#: ``geometry`` of each slot (where its source slice sits in the frame).
+FORMAT = 3
 
 PENDING, OK, DROPPED, RETIRED = 0, 1, 2, 3
 STATUS_NAMES = {PENDING: "pending", OK: "ok", DROPPED: "dropped", RETIRED: "retired"}
@@ -63,7 +65,7 @@ PER_SLOT = (
 
 #: What a store is made of, besides its group's metadata: :func:`remove`
 #: deletes these and nothing else.
-ENTRIES = (*PIXELS, *(name for name, _, _ in PER_SLOT), "done")
+ENTRIES = (*PIXELS, *(name for name, _, _ in PER_SLOT), "geometry", "done")
 
 
 def create(
@@ -111,6 +113,16 @@ def create(
             fill_value=fill,
             dimension_names=("record",),
         )
+    # Written by the chunk tasks, so chunked as the pixels: no two tasks ever write the
+    # same object. One row of daskmri.fit.GEOMETRY values per slot.
+    group.create_array(
+        "geometry",
+        shape=(0, len(GEOMETRY)),
+        chunks=(chunk_size, len(GEOMETRY)),
+        dtype="float64",
+        fill_value=0.0,
+        dimension_names=("record", "geometry"),
+    )
     # One object per chunk: each task writes its own marker, so no two tasks ever
     # write the same object.
     group.create_array(
@@ -127,6 +139,7 @@ def resize(spec: StoreSpec, n_slots: int) -> None:
         array.resize((n_slots, *array.shape[1:]))
     for name, _, _ in PER_SLOT:
         group[name].resize((n_slots,))
+    group["geometry"].resize((n_slots, len(GEOMETRY)))
     group["done"].resize((-(-n_slots // chunk_size),))
 
 

@@ -135,6 +135,8 @@ KEPT_ATTRS = (
     "created",
     "input_fingerprint",
     "compressor",
+    "fit",
+    "spacing",
 )
 
 
@@ -172,6 +174,7 @@ class OpenStore:
             patient_id=state.patient_id[ok],
             original_id=state.original_id[ok],
             instance=state.instance[ok],
+            geometry=np.asarray(self.group["geometry"][:])[ok],
             attrs={key: self.attrs[key] for key in KEPT_ATTRS if key in self.attrs}
             | {"dropped": self.attrs.get("dropped", "[]"), "store": self.url},
         )

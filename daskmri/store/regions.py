@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..fit import GEOMETRY
 from ..parse import parse_chunk
 from ..record import Parsed, Record
 from .format import PIXELS
@@ -24,6 +25,7 @@ def write_partition(
     reader: Callable[[Record], Parsed],
     spec: StoreSpec,
     chunk_size: int,
+    fit: str = "drop",
 ) -> list[dict]:
     """One chunk task: parse the records and write them into their slots, then the
     chunk's ``done`` marker. Rerunning it rewrites the same objects with the same
@@ -31,9 +33,12 @@ def write_partition(
     records = [record for _, record in items]
     start = items[0][0]
     stop = start + len(records)
-    result = parse_chunk(records, shape=shape, reader=reader, compact=False)
+    result = parse_chunk(records, shape=shape, reader=reader, compact=False, fit=fit)
     for name in PIXELS:
         spec.array(name)[start:stop] = getattr(result, name)
+    geometry = np.zeros((len(records), len(GEOMETRY)))
+    geometry[result.kept] = result.geometry
+    spec.array("geometry")[start:stop] = geometry
     has_i = np.zeros(len(records), dtype=bool)
     has_o = np.zeros(len(records), dtype=bool)
     has_i[result.kept], has_o[result.kept] = result.has_icontour, result.has_ocontour
@@ -62,11 +67,17 @@ class ZarrRegions:
     """The sink that writes every chunk to its region of the store at ``spec``: the
     tasks write, so pixels never pass through the client, and return only markers."""
 
-    def __init__(self, spec: StoreSpec, shape: tuple[int, int], chunk_size: int) -> None:
-        self.spec, self.shape, self.chunk_size = spec, shape, chunk_size
+    def __init__(
+        self, spec: StoreSpec, shape: tuple[int, int], chunk_size: int, *, fit: str = "drop"
+    ) -> None:
+        self.spec, self.shape, self.chunk_size, self.fit = spec, shape, chunk_size, fit
 
     @property
     def task(self) -> Callable:
         return functools.partial(
-            write_partition, shape=self.shape, spec=self.spec, chunk_size=self.chunk_size
+            write_partition,
+            shape=self.shape,
+            spec=self.spec,
+            chunk_size=self.chunk_size,
+            fit=self.fit,
         )

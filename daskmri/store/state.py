@@ -49,7 +49,8 @@ def repair(spec: StoreSpec) -> None:
     leaves some longer than others. The extra slots have no identity, so the next
     build retires them."""
     group = spec.group("r")
-    lengths = {name: group[name].shape[0] for name in (*PIXELS, *(n for n, _, _ in PER_SLOT))}
+    names = (*PIXELS, *(n for n, _, _ in PER_SLOT), "geometry")
+    lengths = {name: group[name].shape[0] for name in names}
     if len(set(lengths.values())) > 1:
         logger.warning("per-slot arrays of %s have lengths %s; evening them", spec.url, lengths)
         resize(spec, max(lengths.values()))

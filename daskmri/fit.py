@@ -1,0 +1,248 @@
+"""Slices of any size and pixel spacing in one frame: where a source slice sits in
+the dataset's frame (:class:`Geometry`), its image resampled and placed
+(:func:`fit_image`), its contours mapped the same way (so that masks are
+rasterised in the frame by the mask rule, never shifted or interpolated), and
+:func:`to_source`, which maps an array in the frame back onto the source slice.
+
+Placement (``fit="pad_or_crop"``): the slice, resampled first when a target
+``spacing`` is given, is centred in the frame: source pixel (0, 0) lands at
+``(row_offset, column_offset) = ((rows - h) // 2, (columns - w) // 2)``, negative
+where the slice is cropped; padding is 0.
+
+Resampling (``spacing=``): pixel edges are aligned, so the source's field of view
+maps onto the same physical extent. With ``s = source_spacing / target_spacing``
+per axis, the resampled slice has ``round(n * s)`` pixels, and a source coordinate
+``x`` becomes ``(x + 0.5) * s - 0.5``. The image is interpolated linearly (edge
+pixels repeated at the border).
+
+Worker side: numpy only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import astuple, dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FITS", "GEOMETRY", "Geometry", "fit_image", "paste", "place", "to_source"]
+
+#: The ways a slice meets the frame: ``"drop"`` a slice of another size, or
+#: ``"pad_or_crop"`` it into the frame, centred.
+FITS = ("drop", "pad_or_crop")
+
+#: The per-record coordinates that say where the source slice sits in the frame.
+GEOMETRY = (
+    "source_rows",
+    "source_columns",
+    "row_offset",
+    "column_offset",
+    "row_scale",
+    "column_scale",
+    "source_row_spacing",
+    "source_column_spacing",
+)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where one source slice sits in the dataset's frame (see the module notes)."""
+
+    source_rows: int
+    source_columns: int
+    row_offset: int = 0
+    column_offset: int = 0
+    row_scale: float = 1.0
+    column_scale: float = 1.0
+    source_row_spacing: float = math.nan
+    source_column_spacing: float = math.nan
+
+    @classmethod
+    def of(cls, values: Any) -> Geometry:
+        """From the eight :data:`GEOMETRY` values, in order."""
+        v = [float(x) for x in values]
+        return cls(int(v[0]), int(v[1]), int(v[2]), int(v[3]), *v[4:])
+
+    def row(self) -> tuple[float, ...]:
+        """The eight values, in :data:`GEOMETRY` order."""
+        return tuple(float(x) for x in astuple(self))
+
+    @property
+    def scaled(self) -> bool:
+        return (self.row_scale, self.column_scale) != (1.0, 1.0)
+
+    @property
+    def scaled_shape(self) -> tuple[int, int]:
+        """The source slice's size after resampling (its own size without it)."""
+        return (
+            round(self.source_rows * self.row_scale),
+            round(self.source_columns * self.column_scale),
+        )
+
+    def to_frame(self, points: np.ndarray) -> np.ndarray:
+        """Contour points ``(x, y)`` in source pixels, in frame pixels."""
+        points = np.asarray(points, dtype=np.float64)
+        if self.scaled:
+            scale = np.array([self.column_scale, self.row_scale])
+            points = (points + 0.5) * scale - 0.5
+        return points + np.array([self.column_offset, self.row_offset], dtype=np.float64)
+
+
+def place(
+    source_shape: tuple[int, int],
+    frame: tuple[int, int],
+    *,
+    spacing: tuple[float, float] | None = None,
+    target: tuple[float, float] | None = None,
+) -> Geometry:
+    """The geometry of a slice of ``source_shape`` (pixel ``spacing`` in mm, or None)
+    centred in ``frame``, resampled first to ``target`` spacing when given.
+
+    Raises
+    ------
+    ValueError
+        When ``target`` is given and ``spacing`` is None.
+
+    Examples
+    --------
+    >>> g = place((200, 300), (256, 256))
+    >>> g.row_offset, g.column_offset
+    (28, -22)
+    >>> place((100, 100), (256, 256), spacing=(2.0, 2.0), target=(1.0, 1.0)).scaled_shape
+    (200, 200)
+    """
+    rows, columns = int(source_shape[0]), int(source_shape[1])
+    spacing_mm = (math.nan, math.nan) if spacing is None else tuple(map(float, spacing))
+    scale = (1.0, 1.0)
+    if target is not None:
+        if spacing is None:
+            raise ValueError("the slice has no PixelSpacing, so it cannot be resampled")
+        scale = (spacing_mm[0] / float(target[0]), spacing_mm[1] / float(target[1]))
+    h, w = round(rows * scale[0]), round(columns * scale[1])
+    offsets = ((int(frame[0]) - h) // 2, (int(frame[1]) - w) // 2)
+    return Geometry(rows, columns, *offsets, *scale, *spacing_mm)
+
+
+def paste(array: np.ndarray, row_offset: int, column_offset: int, frame) -> np.ndarray:
+    """``array`` in a new ``frame``-sized array of its dtype, its pixel (0, 0) at
+    ``(row_offset, column_offset)``; what falls outside is cut, the rest is 0.
+
+    Examples
+    --------
+    >>> paste(np.ones((2, 2), int), 1, -1, (3, 3))
+    array([[0, 0, 0],
+           [1, 0, 0],
+           [1, 0, 0]])
+    """
+    out = np.zeros(tuple(int(n) for n in frame), dtype=array.dtype)
+    (fr, sr), (fc, sc) = (
+        _overlap(row_offset, array.shape[0], out.shape[0]),
+        _overlap(column_offset, array.shape[1], out.shape[1]),
+    )
+    out[fr, fc] = array[sr, sc]
+    return out
+
+
+def _overlap(offset: int, size: int, frame: int) -> tuple[slice, slice]:
+    """The frame and source slices where a source of ``size`` at ``offset`` overlaps."""
+    lo, hi = max(0, offset), min(frame, offset + size)
+    hi = max(lo, hi)
+    return slice(lo, hi), slice(lo - offset, hi - offset)
+
+
+def _linear_axis(n_out: int, n_in: int, scale: float) -> tuple[np.ndarray, ...]:
+    # Target pixel centre i sits at source coordinate (i + 0.5) / scale - 0.5.
+    where = np.clip((np.arange(n_out) + 0.5) / scale - 0.5, 0, n_in - 1)
+    low = np.floor(where).astype(np.intp)
+    high = np.minimum(low + 1, n_in - 1)
+    return low, high, where - low
+
+
+def resample(
+    image: np.ndarray, geometry: Geometry, rows: slice = slice(None), columns: slice = slice(None)
+) -> np.ndarray:
+    """``image`` resampled linearly to ``geometry.scaled_shape`` (float32); only the
+    output ``rows`` and ``columns`` asked for are computed."""
+    n_rows, n_columns = geometry.scaled_shape
+    r0, r1, wr = (a[rows] for a in _linear_axis(n_rows, image.shape[0], geometry.row_scale))
+    c0, c1, wc = (
+        a[columns] for a in _linear_axis(n_columns, image.shape[1], geometry.column_scale)
+    )
+    data = np.asarray(image, dtype=np.float32)
+    top = data[r0]
+    data = top + (data[r1] - top) * wr.astype(np.float32)[:, None]
+    # Along rows again, transposed: gathering whole rows is far faster than columns.
+    data = np.ascontiguousarray(data.T)
+    left = data[c0]
+    data = left + (data[c1] - left) * wc.astype(np.float32)[:, None]
+    return np.ascontiguousarray(data.T)
+
+
+def fit_image(image: np.ndarray, geometry: Geometry, frame: tuple[int, int]) -> np.ndarray:
+    """The source ``image`` in the frame: resampled if ``geometry`` says so (only
+    the part that lands in the frame), then placed."""
+    if not geometry.scaled:
+        return paste(image, geometry.row_offset, geometry.column_offset, frame)
+    (fr, sr), (fc, sc) = (
+        _overlap(geometry.row_offset, geometry.scaled_shape[0], int(frame[0])),
+        _overlap(geometry.column_offset, geometry.scaled_shape[1], int(frame[1])),
+    )
+    out = np.zeros(tuple(int(n) for n in frame), dtype=np.float32)
+    out[fr, fc] = resample(image, geometry, sr, sc)
+    return out
+
+
+def to_source(array: Any, record: Any) -> np.ndarray:
+    """Map ``array`` (a mask or a predicted map in the dataset's frame) back onto the
+    pixel grid of the source slice of ``record`` (a one-record selection of the
+    dataset, ``ds.isel(record=k)``, or anything with its coordinates).
+
+    Without resampling this is exact: the frame pixels the slice was placed in, and
+    0 (False) where the slice was cropped away. With ``spacing=``, each source pixel
+    centre is mapped into the frame (the inverse of the build's mapping) and the
+    value is read by linear interpolation for numbers, by the nearest pixel for
+    booleans; 0 (False) outside the frame.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> geometry = dict(zip(GEOMETRY, place((2, 4), (4, 2)).row()))
+    >>> record = xr.Dataset(coords=geometry)
+    >>> frame = np.arange(8).reshape(4, 2)
+    >>> to_source(frame, record)
+    array([[0, 2, 3, 0],
+           [0, 4, 5, 0]])
+    """
+    geometry = Geometry.of([np.asarray(record[name]).item() for name in GEOMETRY])
+    array = np.asarray(array)
+    source = (geometry.source_rows, geometry.source_columns)
+    if not geometry.scaled:
+        return paste(array, -geometry.row_offset, -geometry.column_offset, source)
+    rows = (np.arange(source[0]) + 0.5) * geometry.row_scale - 0.5 + geometry.row_offset
+    cols = (np.arange(source[1]) + 0.5) * geometry.column_scale - 0.5 + geometry.column_offset
+    if array.dtype == bool:
+        return _nearest(array, rows, cols)
+    return _linear(array, rows, cols)
+
+
+def _nearest(array: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    r, c = np.floor(rows + 0.5).astype(np.intp), np.floor(cols + 0.5).astype(np.intp)
+    inside = ((r >= 0) & (r < array.shape[0]))[:, None] & ((c >= 0) & (c < array.shape[1]))
+    out = array[np.clip(r, 0, array.shape[0] - 1)][:, np.clip(c, 0, array.shape[1] - 1)]
+    return np.where(inside, out, np.zeros((), array.dtype))
+
+
+def _linear(array: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    def axis(where: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
+        low = np.floor(where).astype(np.intp)
+        inside = (where >= -0.5) & (where <= n - 0.5)
+        frac = np.clip(where - low, 0, 1)
+        return np.clip(low, 0, n - 1), np.clip(low + 1, 0, n - 1), frac, inside
+
+    r0, r1, wr, ri = axis(rows, array.shape[0])
+    c0, c1, wc, ci = axis(cols, array.shape[1])
+    data = np.asarray(array, dtype=np.float64)
+    data = data[r0] * (1 - wr)[:, None] + data[r1] * wr[:, None]
+    data = data[:, c0] * (1 - wc) + data[:, c1] * wc
+    return np.where(ri[:, None] & ci, data, 0).astype(array.dtype)
