@@ -139,7 +139,7 @@ def _demo_root(args: argparse.Namespace, tmp: str):
 
 def _fitting(args: argparse.Namespace) -> dict:
     """load_dataset/build's fit, spacing and shape from the command line."""
-    fit = "pad_or_crop" if getattr(args, "mixed", False) else args.fit
+    fit = args.fit or ("pad_or_crop" if getattr(args, "mixed", False) else "drop")
     options = {"fit": fit, "spacing": args.spacing}
     if getattr(args, "mixed", False) and args.root is None:
         options["shape"] = (256, 256)
@@ -276,8 +276,9 @@ def _add_fitting(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fit",
         choices=("drop", "pad_or_crop"),
-        default="drop",
-        help="slices of another size: drop them (default) or centre them in the frame",
+        default=None,
+        help="slices of another size: drop them (the default; pad_or_crop with --mixed) "
+        "or centre them in the frame",
     )
     parser.add_argument(
         "--spacing",

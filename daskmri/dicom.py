@@ -208,6 +208,8 @@ def _walk(raw: bytes, pos: int, explicit: bool, found: dict | None) -> int:
                 and name in _US | set(_WANTED_VR)
             ):
                 raise _Fallback
+            if name == "PixelSpacing" and vr not in (None, b"DS"):
+                raise _Fallback  # a binary or odd encoding: pydicom decodes it
             found[name] = memoryview(raw)[start : start + length]
             if tag == _PIXEL_DATA:
                 return start + length

@@ -112,6 +112,7 @@ def place(
     >>> place((100, 100), (256, 256), spacing=(2.0, 2.0), target=(1.0, 1.0)).scaled_shape
     (200, 200)
     """
+    # round() halves to even, as Python does: 5 px x 0.5 -> 2, 7 px x 0.5 -> 4.
     rows, columns = int(source_shape[0]), int(source_shape[1])
     spacing_mm = (math.nan, math.nan) if spacing is None else tuple(map(float, spacing))
     scale = (1.0, 1.0)
@@ -201,8 +202,8 @@ def to_source(array: Any, record: Any) -> np.ndarray:
     Without resampling this is exact: the frame pixels the slice was placed in, and
     0 (False) where the slice was cropped away. With ``spacing=``, each source pixel
     centre is mapped into the frame (the inverse of the build's mapping) and the
-    value is read by linear interpolation for numbers, by the nearest pixel for
-    booleans; 0 (False) outside the frame.
+    value is read by linear interpolation for floats, by the nearest pixel for
+    booleans and integers (labels); 0 (False) outside the frame.
 
     Examples
     --------
@@ -221,8 +222,8 @@ def to_source(array: Any, record: Any) -> np.ndarray:
         return paste(array, -geometry.row_offset, -geometry.column_offset, source)
     rows = (np.arange(source[0]) + 0.5) * geometry.row_scale - 0.5 + geometry.row_offset
     cols = (np.arange(source[1]) + 0.5) * geometry.column_scale - 0.5 + geometry.column_offset
-    if array.dtype == bool:
-        return _nearest(array, rows, cols)
+    if not np.issubdtype(array.dtype, np.floating):
+        return _nearest(array, rows, cols)  # masks and labels: never a value in between
     return _linear(array, rows, cols)
 
 

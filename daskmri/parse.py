@@ -83,6 +83,13 @@ def read_record(
     image, source_spacing = read_slice(record.dicom_path, limits=limits)
     frame = image.shape if shape is None else shape
     geometry = _placement(record.dicom_path, image.shape, frame, source_spacing, fit, spacing)
+    if geometry.scaled and not 0 < np.prod(geometry.scaled_shape) <= limits.max_pixels:
+        raise RecordError(
+            record.dicom_path,
+            f"PixelSpacing {source_spacing} would resample the slice to "
+            f"{'x'.join(map(str, geometry.scaled_shape))} pixels (Limits.max_pixels="
+            f"{limits.max_pixels}); is the spacing right?",
+        )
     if geometry.scaled or image.shape != tuple(frame):
         image = fit_image(image, geometry, frame)
     masks = []
@@ -340,6 +347,7 @@ def _in_frame(record: Record, parsed: Parsed, shape: tuple[int, int], fit: str) 
     pixels, inner, outer = parsed
     geometry = getattr(parsed, "geometry", None)
     if pixels.shape != shape and geometry is None and fit == "pad_or_crop" and pixels.ndim == 2:
+        _check_masks(record, (inner, outer), pixels.shape)
         geometry = place(pixels.shape, shape)
         pixels, inner, outer = (
             None if a is None else paste(a, geometry.row_offset, geometry.column_offset, shape)
@@ -347,12 +355,16 @@ def _in_frame(record: Record, parsed: Parsed, shape: tuple[int, int], fit: str) 
         )
     if pixels.shape != shape:
         raise _shape_error(record.dicom_path, pixels.shape, shape)
-    for mask, name in ((inner, "icontour"), (outer, "ocontour")):
-        if mask is not None and mask.shape != shape:
-            raise RecordError(
-                record.dicom_path, f"reader returned a {name} mask of shape {mask.shape}"
-            )
+    _check_masks(record, (inner, outer), shape)
     return pixels, inner, outer, geometry or Geometry(*shape)
+
+
+def _check_masks(record: Record, masks: tuple, shape: tuple[int, ...]) -> None:
+    for mask, name in zip(masks, ("icontour", "ocontour"), strict=True):
+        if mask is not None and np.shape(mask) != tuple(shape):
+            raise RecordError(
+                record.dicom_path, f"reader returned a {name} mask of shape {np.shape(mask)}"
+            )
 
 
 def parse_partition(

@@ -154,9 +154,16 @@ def infer_shape(
             continue
         if spacing is None:
             return rows, columns
-        if own is not None:
-            return place((rows, columns), (rows, columns), spacing=own, target=spacing).scaled_shape
-        errors.append(f"{record.dicom_path}: no PixelSpacing")
+        if own is None:
+            errors.append(f"{record.dicom_path}: no PixelSpacing")
+            continue
+        try:
+            frame = place((rows, columns), (rows, columns), spacing=own, target=spacing)
+        except (OverflowError, ValueError):
+            frame = None
+        if frame is not None and 0 < np.prod(frame.scaled_shape) <= limits.max_pixels:
+            return frame.scaled_shape
+        errors.append(f"{record.dicom_path}: PixelSpacing {own} resamples to an unusable size")
     raise DaskmriError(
         f"could not read the image size from any of the first {len(errors)} DICOM files "
         f"(first error: {errors[0] if errors else 'no records'}); pass shape=(rows, columns)"

@@ -102,6 +102,11 @@ class Parsing:
             raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
         if self.spacing is not None:
             object.__setattr__(self, "spacing", _spacing(self.spacing))
+            if self.reader is not None:
+                raise ValueError(
+                    "spacing= resamples in daskmri's own reader; a custom reader= returns "
+                    "its slices as they are, so resample in the reader (and pass no spacing=)"
+                )
 
     def reader_for(self, shape: tuple[int, int]) -> Callable[[Record], Parsed]:
         """The reader to run: the user's, or :func:`~daskmri.read_record` bound to

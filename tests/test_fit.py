@@ -235,3 +235,62 @@ def test_bad_fit_and_spacing_arguments(synth_root):
     for bad in (0, -1.0, (1.0,), (1.0, "x"), float("nan")):
         with pytest.raises(ValueError, match="spacing must be"):
             daskmri.load_dataset(synth_root, spacing=bad)
+
+
+class TestReviewFindings:
+    def test_a_custom_readers_mask_of_another_size_is_dropped_not_placed(self, mixed_root):
+        def reader(record):
+            image = daskmri.read_dicom(record.dicom_path)
+            return image, np.ones((4, 4), bool), None
+
+        ds = daskmri.load_dataset(
+            mixed_root, shape=FRAME, fit="pad_or_crop", reader=reader, scheduler="sync"
+        )
+        lost = daskmri.dropped(ds)
+        assert ds.sizes["record"] == 0 and len(lost) == len(SHAPES) * 4
+        assert all("reader returned a icontour mask of shape (4, 4)" in r for r in lost.reason)
+
+    def test_spacing_with_a_custom_reader_is_refused(self, synth_root):
+        with pytest.raises(ValueError, match="resample in the reader"):
+            daskmri.load_dataset(synth_root, spacing=1.0, reader=daskmri.read_record)
+
+    @pytest.mark.parametrize("absurd", [1e300, 1e-300])
+    def test_an_absurd_pixel_spacing_drops_its_slices_and_never_sets_the_frame(
+        self, tmp_path, absurd
+    ):
+        root = synth.make_dataset(
+            tmp_path / "d", patients=2, slices=4, shape=(32, 32), spacing=[absurd, 1.0]
+        )
+        ds = daskmri.load_dataset(root, spacing=0.5, fit="pad_or_crop", scheduler="sync")
+        assert ds.sizes["y"] == ds.sizes["x"] == 64  # from patient 2: 32 px at 1.0 -> 0.5 mm
+        assert set(ds.patient_id.values) == {"SYN0002"}
+        lost = daskmri.dropped(ds)
+        assert len(lost) == 3 and all("would resample the slice" in r for r in lost.reason)
+
+    def test_to_source_reads_labels_by_the_nearest_pixel(self):
+        geometry = place((8, 8), (16, 16), spacing=(1.0, 1.0), target=(0.5, 0.5))
+        record = xr_record(geometry)
+        labels = np.zeros((16, 16), np.int64)
+        labels[:, 8:] = 3
+        back = to_source(labels, record)
+        assert set(np.unique(back).tolist()) <= {0, 3} and back.dtype == np.int64
+        assert (back[:, 4:] == 3).all() and (back[:, :4] == 0).all()
+
+    def test_a_binary_pixel_spacing_is_read_as_pydicom_reads_it(self, tmp_path):
+        from daskmri.dicom import _fast_header, read_slice
+
+        root = synth.make_dataset(tmp_path / "d", patients=1, slices=2, shape=(32, 32))
+        path = root / "dicoms" / "SYN0001" / "1.dcm"
+        ds = pydicom.dcmread(path)
+        del ds.PixelSpacing
+        ds.add_new(0x00280030, "FD", [0.7, 0.8])
+        ds.save_as(path)
+        assert _fast_header(path.read_bytes()) is None  # pydicom's job
+        image, spacing = read_slice(path)
+        assert spacing == (0.7, 0.8) and image.shape == (32, 32)
+
+
+def xr_record(geometry: Geometry):
+    import xarray as xr
+
+    return xr.Dataset(coords=dict(zip(GEOMETRY, geometry.row(), strict=True)))
