@@ -150,7 +150,7 @@ def build(
     client, scheduler, security
         Where to run, as for :func:`daskmri.load_dataset`.
     compressor : {"blosc-zstd", "blosc-lz4", "zstd", "none"}, optional
-        For a new store; ``"blosc-zstd"`` by default, chosen by measurement
+        For a new store; ``"blosc-lz4"`` by default, chosen by measurement
         (``benchmarks/scale.py``).
     storage_options : dict, optional
         fsspec options for a URL.

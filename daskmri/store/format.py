@@ -32,9 +32,11 @@ MARKER_BATCH = 4096
 #: Per-slot tables are small; a large chunk keeps them to a few objects in the store.
 TABLE_CHUNK = 1 << 17
 
-#: Compressors measured by ``benchmarks/scale.py``; the default won on the real sample.
+#: Compressors measured by ``benchmarks/scale.py`` and ``benchmarks/compare.py``: the
+#: default, blosc-lz4, encodes a real 64-slice chunk 3x and decodes it 4x faster than
+#: blosc-zstd (5.9 and 2.9 ms against 19 and 11 ms) for a store about 25% larger.
 COMPRESSORS = ("blosc-zstd", "blosc-lz4", "zstd", "none")
-DEFAULT_COMPRESSOR = "blosc-zstd"
+DEFAULT_COMPRESSOR = "blosc-lz4"
 
 
 def codecs(compressor: str) -> dict:
