@@ -178,3 +178,21 @@ def test_a_disabled_progress_bar_prints_nothing(capsys):
     with progress_bar(3, enabled=False) as bar:
         bar.update(3)
     assert capsys.readouterr().err == ""
+
+
+def test_a_cluster_runs_share_of_the_bar_ends_full_and_ignores_late_ticks():
+    from daskmri.execute.cluster import _Ticks
+
+    class Bar:
+        n = 0
+
+        def update(self, k: int) -> None:
+            self.n += k
+
+    bar = Bar()
+    ticks = _Ticks(bar, 3)
+    ticks.tick()
+    ticks.finish()  # two callbacks had not run yet when the wait returned
+    ticks.tick()  # ... and run now
+    assert bar.n == 3
+    _Ticks(None, 2).tick()  # no bar: nothing to do

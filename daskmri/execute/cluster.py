@@ -8,6 +8,7 @@ import contextlib
 import os
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -300,7 +301,8 @@ class ClusterExecutor:
             no workers left (see :func:`wait_on_cluster`).
         """
         policy = CrashPolicy(parts, reader)
-        futures = self._submit(task, parts, reader, progress)
+        ticks = _Ticks(progress, len(parts))
+        futures = self._submit(task, parts, reader, ticks)
         started, rounds = None, 0
         while failed := self._failed(futures):
             if rounds == self.MAX_ROUNDS:
@@ -314,19 +316,19 @@ class ClusterExecutor:
             started = time.perf_counter() if started is None else started
             self._search(policy, policy.died(failed, alone=True))
             for j in failed:
-                futures[j] = self._submit(task, [parts[j]], policy.reader_for(j), progress)[0]
+                futures[j] = self._submit(task, [parts[j]], policy.reader_for(j), ticks)[0]
+        ticks.finish()
         if started is not None:
             policy.seconds = time.perf_counter() - started
         isolation = policy.isolation()
         isolation.log()
         return futures, isolation
 
-    def _submit(self, task: Callable, parts: Sequence[list], reader: Callable, progress) -> list:
+    def _submit(self, task: Callable, parts: Sequence[list], reader: Callable, ticks) -> list:
         tasks = chunk_tasks(task, parts, reader)
         futures = self.client.compute(tasks) if tasks else []
-        if progress is not None:
-            for future in futures:
-                future.add_done_callback(lambda f: f.status == "finished" and progress.update(1))
+        for future in futures:
+            future.add_done_callback(lambda f: f.status == "finished" and ticks.tick())
         return futures
 
     def _failed(self, futures: list) -> list[int]:
@@ -354,3 +356,25 @@ class ClusterExecutor:
 
     def close(self) -> None:
         """The client is the caller's: left open."""
+
+
+class _Ticks:
+    """A progress bar's share of one run, advanced from the client's thread as futures
+    finish: the callbacks of the last futures can run after the wait that saw them
+    finish, so :meth:`finish` brings the bar to its end, and a late tick does nothing."""
+
+    def __init__(self, progress: Any, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+        self.lock = threading.Lock()
+
+    def tick(self) -> None:
+        with self.lock:
+            if self.progress is not None and self.done < self.total:
+                self.done += 1
+                self.progress.update(1)
+
+    def finish(self) -> None:
+        with self.lock:
+            if self.progress is not None and self.done < self.total:
+                self.progress.update(self.total - self.done)
+            self.done = self.total
