@@ -254,6 +254,8 @@ class Inputs:
     fingerprint: str
     scan_dropped: tuple[dict, ...]
     names: tuple[tuple[str, int], ...] | None = None
+    #: The planned records themselves, when there were at most ``keep`` of them.
+    records: tuple[Record, ...] | None = None
 
 
 #: Receives the planned records in batches with their fingerprints, as the scan goes.
@@ -261,17 +263,28 @@ Batches = Callable[[list[Record], list[int]], None]
 
 
 def plan_inputs(
-    source: Source, *, names: bool = False, sink: Batches | None = None, batch: int = 1 << 14
+    source: Source,
+    *,
+    names: bool = False,
+    sink: Batches | None = None,
+    batch: int = 1 << 14,
+    keep: int = 0,
 ) -> Inputs:
     """Scan the folder once, fingerprinting each record; ``sink`` gets the records
-    in batches of ``batch`` (a new store writes their identities as the scan goes)."""
+    in batches of ``batch`` (a new store writes their identities as the scan goes).
+    With at most ``keep`` records, they are kept too (``Inputs.records``), so that a
+    build of a small folder needs no second scan."""
     root = source.root
     problems: list[dict] = []
     keys, fingerprints = array("Q"), array("Q")
     digest = InputHash()
     found: list[tuple[str, int]] = []
     pending: list[Record] = []
+    kept: list[Record] | None = [] if keep > 0 else None
     for record in iter_plan(source, problems=problems):
+        if kept is not None:
+            kept.append(record)
+            kept = kept if len(kept) <= keep else None  # too many: stream them again
         fingerprint = record_fingerprint(record, root)
         keys.append(record_key(record.patient_id, record.instance))
         fingerprints.append(fingerprint)
@@ -296,6 +309,7 @@ def plan_inputs(
         ),
         scan_dropped=tuple(problems),
         names=tuple(found) if names else None,
+        records=None if kept is None else tuple(kept),
     )
 
 

@@ -495,3 +495,22 @@ class TestXarrayBackend:
         zarr.open_group(str(store), mode="r+").attrs["complete"] = False
         with pytest.raises(StoreError, match="never finished"):
             xr.open_dataset(store, engine="daskmri")
+
+
+@pytest.mark.parametrize(("keep", "second_scans"), [(20_000, 0), (3, 1)])
+def test_a_small_folder_is_scanned_once_a_large_one_streamed_again(
+    synth_root, tmp_path, monkeypatch, keep, second_scans
+):
+    import daskmri.store.builder as builder
+
+    scans = []
+    original = builder.iter_plan
+    monkeypatch.setattr(builder, "KEEP_RECORDS", keep)
+    monkeypatch.setattr(builder, "iter_plan", lambda *a, **k: scans.append(1) or original(*a, **k))
+    store = tmp_path / "ds.zarr"
+    daskmri.build(synth_root, store, chunk_size=5, scheduler="sync")
+    assert len(scans) == second_scans
+    assert_same_dataset(
+        daskmri.open_dataset(store),
+        daskmri.load_dataset(synth_root, chunk_size=5, scheduler="sync"),
+    )

@@ -44,6 +44,11 @@ logger = logging.getLogger(__name__)
 
 MODES = ("resume", "update", "overwrite")
 
+#: Up to this many records, the plan keeps them (about 0.5 KB each) and the build scans
+#: the folder once; beyond, it streams the folder again, so the client's memory stays
+#: flat (about 16 bytes a record) however large the folder is.
+KEEP_RECORDS = 20_000
+
 #: Chunks per wave of tasks (at least; more on a larger cluster): enough to keep the
 #: workers busy, few enough that the client holds a few thousand records at a time.
 WAVE_CHUNKS = 64
@@ -210,7 +215,7 @@ def build(
 def _build(job: _Job, client: Any) -> BuildReport:
     """:func:`build` once its arguments are checked and its client is connected."""
     attrs = _existing(job)
-    inputs = _plan(job) if attrs is None else plan_inputs(job.source)
+    inputs = _plan(job) if attrs is None else plan_inputs(job.source, keep=KEEP_RECORDS)
     state = read_state(job.spec)
     done = _up_to_date(job, state, inputs)
     if done is not None:
@@ -306,7 +311,7 @@ class _NewStore:
 def _plan(job: _Job) -> Inputs:
     """Pass 1 of a new store: fingerprint every record and name its slot."""
     new = _NewStore(job)
-    inputs = plan_inputs(job.source, sink=new)
+    inputs = plan_inputs(job.source, sink=new, keep=KEEP_RECORDS)
     if not new.made:  # no records at all
         new([], [])
     job.spec.group("r+").attrs.update(
@@ -355,7 +360,9 @@ class _Waves:
         self.isolation = Isolation()
 
     def run(self, bar: Any) -> None:
-        records = iter_plan(self.job.source, problems=[])
+        records = self.inputs.records
+        if records is None:  # a large folder: streamed again rather than held
+            records = iter_plan(self.job.source, problems=[])
         chunks = fill_chunks(records, self.inputs.keys, self.slots, root=self.inputs.root)
         for k, chunk in chunks:
             for slot, record in chunk.items():
