@@ -152,12 +152,25 @@ def _overlap(offset: int, size: int, frame: int) -> tuple[slice, slice]:
     return slice(lo, hi), slice(lo - offset, hi - offset)
 
 
-def _linear_axis(n_out: int, n_in: int, scale: float) -> tuple[np.ndarray, ...]:
-    # Target pixel centre i sits at source coordinate (i + 0.5) / scale - 0.5.
-    where = np.clip((np.arange(n_out) + 0.5) / scale - 0.5, 0, n_in - 1)
+def _axis(where: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
+    """Linear interpolation along one axis of ``n`` pixels at coordinates ``where``
+    (pixel centres at 0 .. n - 1; beyond them the edge pixel repeats): the two
+    neighbours and the weight of the second."""
+    where = np.clip(where, 0, n - 1)
     low = np.floor(where).astype(np.intp)
-    high = np.minimum(low + 1, n_in - 1)
-    return low, high, where - low
+    return low, np.minimum(low + 1, n - 1), where - low
+
+
+def _interpolate(data: np.ndarray, rows: tuple, columns: tuple) -> np.ndarray:
+    """``data`` (float) interpolated at the :func:`_axis` rows, then columns."""
+    (r0, r1, wr), (c0, c1, wc) = rows, columns
+    top = data[r0]
+    data = top + (data[r1] - top) * wr.astype(data.dtype)[:, None]
+    # Along rows again, transposed: gathering whole rows is far faster than columns.
+    data = np.ascontiguousarray(data.T)
+    left = data[c0]
+    data = left + (data[c1] - left) * wc.astype(data.dtype)[:, None]
+    return np.ascontiguousarray(data.T)
 
 
 def resample(
@@ -165,19 +178,15 @@ def resample(
 ) -> np.ndarray:
     """``image`` resampled linearly to ``geometry.scaled_shape`` (float32); only the
     output ``rows`` and ``columns`` asked for are computed."""
+
+    def centres(n_out: int, scale: float, part: slice) -> np.ndarray:
+        # Target pixel centre i sits at source coordinate (i + 0.5) / scale - 0.5.
+        return ((np.arange(n_out) + 0.5) / scale - 0.5)[part]
+
     n_rows, n_columns = geometry.scaled_shape
-    r0, r1, wr = (a[rows] for a in _linear_axis(n_rows, image.shape[0], geometry.row_scale))
-    c0, c1, wc = (
-        a[columns] for a in _linear_axis(n_columns, image.shape[1], geometry.column_scale)
-    )
-    data = np.asarray(image, dtype=np.float32)
-    top = data[r0]
-    data = top + (data[r1] - top) * wr.astype(np.float32)[:, None]
-    # Along rows again, transposed: gathering whole rows is far faster than columns.
-    data = np.ascontiguousarray(data.T)
-    left = data[c0]
-    data = left + (data[c1] - left) * wc.astype(np.float32)[:, None]
-    return np.ascontiguousarray(data.T)
+    along_rows = _axis(centres(n_rows, geometry.row_scale, rows), image.shape[0])
+    along_columns = _axis(centres(n_columns, geometry.column_scale, columns), image.shape[1])
+    return _interpolate(np.asarray(image, dtype=np.float32), along_rows, along_columns)
 
 
 def fit_image(image: np.ndarray, geometry: Geometry, frame: tuple[int, int]) -> np.ndarray:
@@ -235,15 +244,10 @@ def _nearest(array: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
 
 
 def _linear(array: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    def axis(where: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
-        low = np.floor(where).astype(np.intp)
-        inside = (where >= -0.5) & (where <= n - 0.5)
-        frac = np.clip(where - low, 0, 1)
-        return np.clip(low, 0, n - 1), np.clip(low + 1, 0, n - 1), frac, inside
+    def inside(where: np.ndarray, n: int) -> np.ndarray:
+        return (where >= -0.5) & (where <= n - 0.5)
 
-    r0, r1, wr, ri = axis(rows, array.shape[0])
-    c0, c1, wc, ci = axis(cols, array.shape[1])
     data = np.asarray(array, dtype=np.float64)
-    data = data[r0] * (1 - wr)[:, None] + data[r1] * wr[:, None]
-    data = data[:, c0] * (1 - wc) + data[:, c1] * wc
-    return np.where(ri[:, None] & ci, data, 0).astype(array.dtype)
+    data = _interpolate(data, _axis(rows, array.shape[0]), _axis(cols, array.shape[1]))
+    seen = inside(rows, array.shape[0])[:, None] & inside(cols, array.shape[1])
+    return np.where(seen, data, 0).astype(array.dtype)
