@@ -1,20 +1,14 @@
-"""Random batches for a training loop: :class:`BatchSchema` plans an epoch,
-:class:`BatchIterator` loads it, chunk by chunk, with futures fetched ahead.
+"""Random batches for a training loop: :class:`BatchIterator` loads the plan of
+:class:`~daskmri.batches.schema.BatchSchema`, chunk by chunk, with futures fetched
+ahead, on one process or on each rank of a distributed run.
 
-The plan is pure (xbatcher's split). For epoch ``e`` the chunks are visited in a
-random order seeded by ``(seed, e)``. Each chunk's records are shuffled and dealt
-out in ``shuffle_chunks`` parts over as many consecutive *steps*; a step serves
-one part of each of the ``shuffle_chunks`` chunks it overlaps, shuffled together,
-and the epoch's record stream is the steps one after the other, cut into batches.
-So a batch mixes records from several chunks, every record appears exactly once
-per epoch, and a batch position always maps to the same records, which is what
-makes resuming mid-epoch exact.
-
-Each step needs one new chunk and finishes one old one, so the iterator holds
-``shuffle_chunks`` chunks being served plus at most ``prefetch`` chunks fetched
-ahead: memory is bounded by ``shuffle_chunks + prefetch`` chunks, whatever the
-size of the dataset, and every new chunk is asked for ``prefetch`` steps before
-it is needed.
+The plan says, for this rank and epoch, which records each batch holds and so which
+chunks are needed when. The iterator asks for each chunk ``prefetch`` chunks before
+it is first needed and drops it after its last use, so it holds about
+``shuffle_chunks`` chunks being served plus ``prefetch`` chunks fetched ahead:
+memory is bounded by the chunks in play, whatever the size of the dataset. A
+background thread assembles the batches (and runs ``transform``) while the training
+step runs.
 """
 
 from __future__ import annotations
@@ -24,150 +18,43 @@ import concurrent.futures
 import contextlib
 import logging
 import queue
+import sys
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import dask
 import numpy as np
 from dask.optimization import cull
 
-from .errors import DaskmriError
+from ..errors import DaskmriError
+from .schema import BatchSchema, RankPlan, Stretch
 
-__all__ = ["BatchIterator", "BatchSchema"]
+__all__ = ["BatchIterator"]
 
 logger = logging.getLogger(__name__)
 
-VARIABLES = ("image", "icontour", "ocontour")
 COORDS = ("patient_id", "instance")
+#: The version of the epoch plan in :meth:`BatchIterator.state_dict`.
+STATE_FORMAT = 2
+
+Transform = Callable[[dict, np.random.Generator], dict]
 
 
-@dataclass(frozen=True)
-class BatchSchema:
-    """The plan of every epoch: which records each batch holds. Pure; loads nothing.
-
-    Parameters
-    ----------
-    chunks : tuple of int
-        Records per chunk, in dataset order (the dataset's ``record`` chunks).
-    batch_size : int
-        Records per batch.
-    shuffle : bool
-        Visit chunks in a random order and shuffle records across chunks.
-    seed : int
-        Seed of every random choice; epoch ``e`` uses ``(seed, e)``.
-    shuffle_chunks : int
-        Chunks mixed at each step: records are shuffled across this many chunks.
-    drop_last : bool
-        Leave out the last batch of an epoch when it is short.
+def default_variables(ds) -> tuple[str, ...]:
+    """``image`` and every mask that has a ``has_<name>`` flag beside it.
 
     Examples
     --------
-    >>> schema = BatchSchema(chunks=(3, 3, 2), batch_size=3, seed=0, shuffle_chunks=2)
-    >>> len(schema), schema.n_records
-    (3, 8)
-    >>> batches = [b.tolist() for b in schema.batches(epoch=0)]
-    >>> sorted(sum(batches, []))  # every record once
-    [0, 1, 2, 3, 4, 5, 6, 7]
-    >>> batches == [b.tolist() for b in schema.batches(epoch=0)]  # same seed, same order
-    True
+    >>> import xarray as xr
+    >>> ds = xr.Dataset({"image": ("record", [0.0]), "icontour": ("record", [True]),
+    ...                  "has_icontour": ("record", [True]), "note": ("record", [1])})
+    >>> default_variables(ds)
+    ('image', 'icontour')
     """
-
-    chunks: tuple[int, ...]
-    batch_size: int = 8
-    shuffle: bool = True
-    seed: int = 0
-    shuffle_chunks: int = 4
-    drop_last: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "shuffle_chunks"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-    @property
-    def n_records(self) -> int:
-        return int(sum(self.chunks))
-
-    @property
-    def starts(self) -> np.ndarray:
-        """First record of each chunk."""
-        return np.concatenate([[0], np.cumsum(self.chunks)[:-1]]).astype(np.int64)
-
-    def __len__(self) -> int:
-        """Batches per epoch."""
-        n, b = self.n_records, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
-
-    @property
-    def span(self) -> int:
-        """Chunks mixed at each step (1 when not shuffling)."""
-        return self.shuffle_chunks if self.shuffle else 1
-
-    def order(self, epoch: int) -> np.ndarray:
-        """The chunks in visiting order (empty chunks hold nothing and are skipped)."""
-        order = np.arange(len(self.chunks))
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch, 0]).permutation(order)
-        return order[np.asarray(self.chunks, dtype=np.int64)[order] > 0]
-
-    def n_steps(self, epoch: int) -> int:
-        k = len(self.order(epoch))
-        return k + self.span - 1 if k else 0
-
-    def _part_sizes(self, size: int) -> np.ndarray:
-        span = self.span
-        return np.full(span, size // span) + (np.arange(span) < size % span)
-
-    def step_sizes(self, epoch: int) -> np.ndarray:
-        """Records served at each step, known without loading anything."""
-        order, span = self.order(epoch), self.span
-        sizes = np.zeros(self.n_steps(epoch), dtype=np.int64)
-        for k, chunk in enumerate(order):
-            sizes[k : k + span] += self._part_sizes(self.chunks[chunk])
-        return sizes
-
-    def step(self, epoch: int, t: int) -> tuple[np.ndarray, np.ndarray]:
-        """The records of step ``t``, in serving order: for each, the position of its
-        chunk in :meth:`order` and its row within that chunk.
-
-        Chunk ``order[k]`` is shuffled once (seeded by its position) and dealt out
-        in ``span`` parts over steps ``k .. k + span - 1``; step ``t`` serves part
-        ``t - k`` of each of the ``span`` chunks it overlaps, shuffled together.
-        So each step needs one new chunk, and a chunk is done ``span`` steps later.
-        """
-        order, span = self.order(epoch), self.span
-        positions, rows = [], []
-        for k in range(max(0, t - span + 1), min(t, len(order) - 1) + 1):
-            size = self.chunks[order[k]]
-            chunk_rows = np.arange(size)
-            if self.shuffle:
-                chunk_rows = np.random.default_rng([self.seed, epoch, 1, k]).permutation(size)
-            ends = np.cumsum(self._part_sizes(size))
-            part = t - k
-            chunk_rows = chunk_rows[ends[part] - self._part_sizes(size)[part] : ends[part]]
-            positions.append(np.full(len(chunk_rows), k, dtype=np.int64))
-            rows.append(chunk_rows.astype(np.int64))
-        positions = np.concatenate(positions) if positions else np.zeros(0, np.int64)
-        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        if self.shuffle:
-            mix = np.random.default_rng([self.seed, epoch, 2, t]).permutation(len(rows))
-            positions, rows = positions[mix], rows[mix]
-        return positions, rows
-
-    def batches(self, epoch: int) -> Iterator[np.ndarray]:
-        """The records of each batch of ``epoch`` (global indices)."""
-        order, starts = self.order(epoch), self.starts
-        stream = [
-            starts[order[positions]] + rows
-            for positions, rows in (self.step(epoch, t) for t in range(self.n_steps(epoch)))
-        ]
-        records = np.concatenate(stream) if stream else np.zeros(0, np.int64)
-        for k in range(len(self)):
-            yield records[k * self.batch_size : (k + 1) * self.batch_size]
+    masks = [str(name) for name in ds.data_vars if f"has_{name}" in ds.variables]
+    return ("image", *masks)
 
 
 def _chunks_of(ds, variables: Sequence[str], default: int = 64) -> tuple[int, ...]:
@@ -178,6 +65,17 @@ def _chunks_of(ds, variables: Sequence[str], default: int = 64) -> tuple[int, ..
     n = ds.sizes["record"]
     size = int(ds.attrs.get("chunk_size", default) or default)
     return tuple(min(size, n - s) for s in range(0, n, size))
+
+
+def _ranks(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """``rank`` and ``world_size``, each from ``torch.distributed`` when not given and
+    a process group is up, else 0 and 1. torch is never imported here: a process
+    that runs DDP has imported it already."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        rank = dist.get_rank() if rank is None else rank
+        world_size = dist.get_world_size() if world_size is None else world_size
+    return (0 if rank is None else rank), (1 if world_size is None else world_size)
 
 
 class _Fetcher:
@@ -266,16 +164,28 @@ class BatchIterator:
         dataset order.
     seed : int, optional
         Seed of the whole sequence of epochs; random when None (and then kept in
-        :meth:`state_dict`).
+        :meth:`state_dict`). Every rank of a distributed run needs the same seed.
     prefetch : int
         Chunks fetched ahead, as futures.
     shuffle_chunks : int
         Chunks mixed at each step: a batch draws from this many chunks.
     drop_last : bool
-        Leave out the last, short, batch of each epoch.
+        Make every batch full, leaving out fewer than ``world_size * batch_size``
+        records of each epoch. Otherwise the last batch may be short, and when the
+        epoch does not share out evenly a rank repeats one of its records, marked in
+        ``batch["padding"]``.
     variables : sequence of str, optional
-        Data variables to serve; default ``image``, ``icontour``, ``ocontour``.
-        ``patient_id`` and ``instance`` always come along.
+        Data variables to serve; default ``image`` and every mask (each variable
+        with a ``has_<name>`` flag). ``patient_id``, ``instance`` and ``padding``
+        always come along.
+    rank, world_size : int, optional
+        Serve share ``rank`` of ``world_size`` of every epoch. Each defaults to
+        ``torch.distributed``'s when a process group is initialised, else 0 and 1.
+        Every rank serves the same number of batches, ``len(it)``.
+    transform : callable, optional
+        ``transform(batch, rng) -> batch``, run in the background thread on every
+        batch; ``rng`` is a :class:`numpy.random.Generator` seeded from
+        ``(seed, epoch, global batch index)``, so reruns and resumes are identical.
     client : distributed.Client or str, optional
         Fetch through this cluster (``client.compute`` on each chunk's selection).
         By default a dataset persisted on a cluster is fetched through that
@@ -287,6 +197,18 @@ class BatchIterator:
     security : distributed.Security, optional
         TLS settings when ``client`` is a ``tls://`` address.
 
+    Attributes
+    ----------
+    chunks_fetched, bytes_fetched : int
+        Chunks loaded so far, and the bytes of their served variables.
+    epoch_chunks : list of int
+        The chunks loaded for the latest epoch, in order.
+
+    Raises
+    ------
+    ValueError
+        If the dataset lacks a variable to serve, or an argument is out of range.
+
     Examples
     --------
     >>> import tempfile, daskmri
@@ -295,9 +217,15 @@ class BatchIterator:
     >>> with BatchIterator(ds, batch_size=4, seed=0) as it:
     ...     batches = list(it)
     >>> len(it), len(batches), sorted(batches[0])
-    (3, 3, ['icontour', 'image', 'instance', 'ocontour', 'patient_id'])
+    (3, 3, ['icontour', 'image', 'instance', 'ocontour', 'padding', 'patient_id'])
     >>> batches[0]["image"].shape, it.epoch
     ((4, 16, 16), 1)
+
+    Rank 1 of 2 serves its half of every epoch:
+
+    >>> it = BatchIterator(ds, batch_size=4, seed=0, rank=1, world_size=2)
+    >>> len(it), [len(b["image"]) for b in it]
+    (2, [4, 1])
     """
 
     def __init__(
@@ -311,12 +239,15 @@ class BatchIterator:
         shuffle_chunks: int = 4,
         drop_last: bool = False,
         variables: Sequence[str] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        transform: Transform | None = None,
         client: Any = None,
         retries: int = 2,
         timeout: float = 300.0,
         security: Any = None,
     ) -> None:
-        variables = tuple(VARIABLES if variables is None else variables)
+        variables = tuple(default_variables(ds) if variables is None else variables)
         missing = [v for v in (*variables, *COORDS) if v not in ds.variables]
         if missing:
             raise ValueError(
@@ -325,13 +256,13 @@ class BatchIterator:
             )
         if not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"prefetch must be an int >= 0, got {prefetch!r}")
+        if transform is not None and not callable(transform):
+            raise ValueError(f"transform must be callable (batch, rng) -> batch, got {transform!r}")
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % 2**63)
-        self.ds = ds
-        self.variables = variables
-        self.prefetch = prefetch
-        self.retries = retries
-        self.timeout = timeout
+        rank, world_size = _ranks(rank, world_size)
+        self.ds, self.variables, self.transform = ds, variables, transform
+        self.prefetch, self.retries, self.timeout = prefetch, retries, timeout
         self.schema = BatchSchema(
             chunks=_chunks_of(ds, variables),
             batch_size=batch_size,
@@ -339,16 +270,21 @@ class BatchIterator:
             seed=seed,
             shuffle_chunks=shuffle_chunks,
             drop_last=drop_last,
+            rank=rank,
+            world_size=world_size,
         )
         self.client = self._client(client, security)
         self.epoch = 0
-        self._position = 0  # batches of the current epoch already served
+        self._position = 0  # batches of the current stretch already served
+        self._history: tuple[Stretch, ...] = ()  # earlier stretches of this epoch
+        self.chunks_fetched, self.bytes_fetched = 0, 0
+        self.epoch_chunks: list[int] = []
         self._live: weakref.WeakSet = weakref.WeakSet()
         self._closed = False
 
     def _client(self, client, security=None):
         if client is not None:
-            from .execute import resolve_client
+            from ..execute import resolve_client
 
             return resolve_client(client, security=security)
         try:
@@ -362,71 +298,118 @@ class BatchIterator:
     def seed(self) -> int:
         return self.schema.seed
 
+    @property
+    def rank(self) -> int:
+        return self.schema.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.schema.world_size
+
     def __len__(self) -> int:
-        return len(self.schema)
+        """Batches this rank serves in the epoch (the rest of it, after a resume with
+        another world size or batch size)."""
+        if not self._history:
+            return len(self.schema)
+        return self.schema.n_batches(len(self.schema.remaining(self.epoch, self._history)))
+
+    def plan(self) -> RankPlan:
+        """This rank's plan for the current epoch: its records, padding and chunks."""
+        return self.schema.plan(self.epoch, self._history)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         if self._closed:
             raise DaskmriError("this BatchIterator is closed; make a new one")
-        epoch = _Epoch(self, self.epoch, self._position)
+        epoch = _Epoch(self, self.epoch, self._history, self._position)
         self._live.add(epoch)
         return epoch
 
-    def state_dict(self) -> dict:
-        """Where the iteration stands: enough to resume with :meth:`load_state_dict`.
-
-        Examples
-        --------
-        >>> it = BatchIterator.__new__(BatchIterator)
-        >>> it.schema = BatchSchema(chunks=(4,), batch_size=2, seed=5)
-        >>> it.epoch, it._position = 3, 1
-        >>> it.state_dict()["epoch"], it.state_dict()["batch"]
-        (3, 1)
-        """
+    def _settings(self) -> dict:
         s = self.schema
         return {
-            "epoch": self.epoch,
-            "batch": self._position,
-            "seed": s.seed,
-            "batch_size": s.batch_size,
             "shuffle": s.shuffle,
             "shuffle_chunks": s.shuffle_chunks,
             "drop_last": s.drop_last,
             "chunks": list(s.chunks),
         }
 
+    def state_dict(self) -> dict:
+        """Where the iteration stands, globally: enough to resume with
+        :meth:`load_state_dict`, on as many ranks as before or on another number.
+
+        Take it when every rank has served the same number of batches (as DDP
+        keeps them): then the state of any rank is the state of all.
+
+        Examples
+        --------
+        >>> it = BatchIterator.__new__(BatchIterator)
+        >>> it.schema = BatchSchema(chunks=(4,), batch_size=2, seed=5, world_size=2)
+        >>> it.epoch, it._position, it._history = 3, 1, ()
+        >>> state = it.state_dict()
+        >>> state["epoch"], state["batch"], state["world_size"]
+        (3, 1, 2)
+        """
+        s = self.schema
+        return {
+            "format": STATE_FORMAT,
+            "epoch": self.epoch,
+            "batch": self._position,
+            "seed": s.seed,
+            "batch_size": s.batch_size,
+            "world_size": s.world_size,
+            "history": [[h.world_size, h.batch_size, h.batches] for h in self._history],
+            **self._settings(),
+        }
+
     def load_state_dict(self, state: dict) -> None:
         """Resume from :meth:`state_dict`: the next iteration serves the rest of that
-        epoch, batch for batch as the interrupted run would have.
+        epoch. With the same world size and batch size it goes on batch for batch as
+        the interrupted run would have; with others, the records not yet served are
+        shared out again, each served once across the new ranks.
 
         Raises
         ------
         ValueError
             If the state is from an iterator with other settings or another dataset.
         """
-        s = self.schema
-        mine = {
-            "batch_size": s.batch_size,
-            "shuffle": s.shuffle,
-            "shuffle_chunks": s.shuffle_chunks,
-            "drop_last": s.drop_last,
-            "chunks": list(s.chunks),
-        }
-        for key, value in mine.items():
+        for key, value in self._settings().items():
             if key in state and state[key] != value:
                 raise ValueError(
                     f"the state was saved with {key}={state[key]!r}, this iterator has "
                     f"{value!r}; make the iterator with the same settings and dataset"
                 )
-        self.schema = BatchSchema(**{**mine, "chunks": s.chunks, "seed": int(state["seed"])})
+        if state.get("format", 1) < STATE_FORMAT and state["batch"]:
+            raise ValueError(
+                "the state was saved mid-epoch by an earlier daskmri, whose epoch order "
+                "differs; resume from the start of an epoch (set state['batch'] = 0)"
+            )
+        history = tuple(Stretch(*h) for h in state.get("history", ()))
+        saved = Stretch(int(state.get("world_size", 1)), int(state["batch_size"]), 0)
+        s = self.schema
+        self.schema = BatchSchema(
+            **{**self._settings(), "chunks": s.chunks},
+            batch_size=s.batch_size,
+            seed=int(state["seed"]),
+            rank=s.rank,
+            world_size=s.world_size,
+        )
         self.epoch = int(state["epoch"])
-        self._position = int(state["batch"])
+        if (saved.world_size, saved.batch_size) == (s.world_size, s.batch_size):
+            self._history, self._position = history, int(state["batch"])
+        else:  # the saved stretch ends here; this configuration starts a new one
+            finished = Stretch(saved.world_size, saved.batch_size, int(state["batch"]))
+            self._history, self._position = (*history, finished), 0
 
     def close(self) -> None:
         """Stop every epoch in progress and release every future it holds."""
         self._closed = True
         for epoch in list(self._live):
             epoch.close()
+
+    def _fetched(self, chunk: int, values: dict[str, np.ndarray]) -> None:
+        self.chunks_fetched += 1
+        self.bytes_fetched += sum(values[name].nbytes for name in self.variables)
+        self.epoch_chunks.append(chunk)
 
     def __enter__(self) -> BatchIterator:
         return self
@@ -444,7 +427,9 @@ class _Epoch:
     each record, which numpy does without holding the GIL) into a small queue while
     the training step runs, so ``next()`` only takes a batch that is ready."""
 
-    def __init__(self, owner: BatchIterator, epoch: int, position: int) -> None:
+    def __init__(
+        self, owner: BatchIterator, epoch: int, history: tuple[Stretch, ...], position: int
+    ) -> None:
         self.owner = owner
         self.epoch = epoch
         self.position = position
@@ -454,7 +439,7 @@ class _Epoch:
         # `break`) lets __del__ stop the thread.
         self._thread = threading.Thread(
             target=_produce,
-            args=(_batches(owner, epoch, position), self._queue, self._stop),
+            args=(_batches(owner, epoch, history, position), self._queue, self._stop),
             name="daskmri-prefetch-batches",
             daemon=True,
         )
@@ -487,7 +472,7 @@ class _Epoch:
         if kind == "error":
             raise value
         self.owner.epoch = self.epoch + 1
-        self.owner._position = 0
+        self.owner._position, self.owner._history = 0, ()
         raise StopIteration
 
     def close(self) -> None:
@@ -533,77 +518,72 @@ def _produce(batches: Iterator[dict], ready: queue.Queue, stop: threading.Event)
         batches.close()
 
 
-def _batches(owner: BatchIterator, epoch: int, position: int) -> Iterator[dict[str, np.ndarray]]:
-    """The batches of ``epoch`` from batch ``position`` on: the plan, loaded."""
+def _batches(
+    owner: BatchIterator, epoch: int, history: tuple[Stretch, ...], position: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """This rank's batches of ``epoch`` after ``history``, from batch ``position`` on:
+    the plan, loaded."""
     schema = owner.schema
-    batch_size, span = schema.batch_size, schema.span
-    order = schema.order(epoch)
-    ends = np.cumsum(schema.step_sizes(epoch))
-    skip = position * batch_size  # records already served this epoch
-    first = int(np.searchsorted(ends, skip, side="right")) if len(ends) else 0
-    skip -= int(ends[first - 1]) if first else 0
+    plan = schema.plan(epoch, history)
+    chunks, first, last = plan.fetches(min(position * schema.batch_size, len(plan.records)))
+    done_after = dict(zip(chunks.tolist(), last.tolist(), strict=True))
     fetcher = _Fetcher(owner.ds, owner.variables, owner.client, max(1, owner.prefetch))
-    # The chunks the first step needs, onward.
-    ahead = _Ahead(fetcher, schema, order, max(0, first - span + 1))
-    pending = ahead.pending
-    loaded: dict[int, dict[str, np.ndarray]] = {}
-
-    carry: dict[str, np.ndarray] | None = None
+    ahead = _Ahead(owner, fetcher, chunks)
+    # Batch k of rank r is global batch `offset + k * world_size + r` of the epoch.
+    offset = sum(h.world_size * h.batches for h in history)
+    owner.epoch_chunks = []
     try:
-        for t in range(first, len(ends)):
-            # This step's new chunk, plus `prefetch` chunks after it.
-            ahead.submit_until(t + owner.prefetch)
-            while pending and pending[0][0] <= t:
-                k, future = pending.popleft()
-                loaded[k] = _take(owner, fetcher, int(order[k]), future)
-            positions, rows = schema.step(epoch, t)
-            positions, rows = positions[skip:], rows[skip:]
-            skip = 0
-            n, i = len(rows), 0
-            if carry is not None:
-                # A batch that straddles two steps.
-                i = min(batch_size - len(carry["instance"]), n)
-                head = _assemble(loaded, positions[:i], rows[:i])
-                carry = {name: np.concatenate([carry[name], head[name]]) for name in head}
-                if len(carry["instance"]) < batch_size:
-                    loaded.pop(t - span + 1, None)
-                    continue
-                yield carry
-                carry = None
-            while i + batch_size <= n:
-                yield _assemble(loaded, positions[i : i + batch_size], rows[i : i + batch_size])
-                i += batch_size
-            if i < n:
-                carry = _assemble(loaded, positions[i:], rows[i:])
-            # Chunk t - span + 1 has served its last part.
-            loaded.pop(t - span + 1, None)
-        if carry is not None and not schema.drop_last:
-            yield carry
+        for k in range(position, len(plan)):
+            where = plan.batch(k)
+            needed = int(np.searchsorted(first, where.stop))  # chunks first used by now
+            ahead.submit_until(needed + owner.prefetch)
+            ahead.take_until(needed)
+            records, in_chunk = plan.records[where], plan.chunks[where]
+            batch = _assemble(ahead.loaded, in_chunk, records - schema.starts[in_chunk])
+            batch["padding"] = plan.padding[where].copy()
+            for chunk in [c for c in ahead.loaded if done_after[c] < where.stop]:
+                del ahead.loaded[chunk]  # its last record is served
+            if owner.transform is not None:
+                index = offset + k * schema.world_size + schema.rank
+                batch = _transform(owner, batch, epoch, index)
+            yield batch
     finally:
-        for _, future in pending:
-            fetcher.release(future)
-        pending.clear()
-        loaded.clear()
+        ahead.release()
         fetcher.close()
 
 
 class _Ahead:
-    """The chunks of an epoch submitted ahead of the step that needs them: ``pending``
-    holds ``(position in order, future)``, oldest first."""
+    """The chunks of a plan, submitted ahead of the batch that first needs them:
+    ``pending`` holds ``(chunk, future)`` in fetch order, ``loaded`` the arrays of the
+    chunks in use."""
 
-    def __init__(self, fetcher: _Fetcher, schema: BatchSchema, order, first: int) -> None:
-        self.fetcher, self.schema, self.order = fetcher, schema, order
-        self.submitted = first
+    def __init__(self, owner: BatchIterator, fetcher: _Fetcher, chunks: np.ndarray) -> None:
+        self.owner, self.fetcher, self.chunks = owner, fetcher, chunks.tolist()
+        self.submitted = self.taken = 0
         self.pending: collections.deque = collections.deque()
+        self.loaded: dict[int, dict[str, np.ndarray]] = {}
 
-    def submit_until(self, k_last: int) -> None:
-        """Submit every chunk up to position ``k_last`` in the order."""
-        starts, sizes = self.schema.starts, self.schema.chunks
-        while self.submitted <= min(k_last, len(self.order) - 1):
-            c = int(self.order[self.submitted])
-            future = self.fetcher.submit(c, starts[c], starts[c] + sizes[c])
-            self.pending.append((self.submitted, future))
+    def submit_until(self, n: int) -> None:
+        """Submit the first ``n`` chunks of the fetch order."""
+        starts, sizes = self.owner.schema.starts, self.owner.schema.chunks
+        while self.submitted < min(n, len(self.chunks)):
+            c = self.chunks[self.submitted]
+            self.pending.append((c, self.fetcher.submit(c, starts[c], starts[c] + sizes[c])))
             self.submitted += 1
+
+    def take_until(self, n: int) -> None:
+        """Wait for the first ``n`` chunks of the fetch order."""
+        while self.taken < n:
+            chunk, future = self.pending.popleft()
+            self.loaded[chunk] = _take(self.owner, self.fetcher, chunk, future)
+            self.owner._fetched(chunk, self.loaded[chunk])
+            self.taken += 1
+
+    def release(self) -> None:
+        for _, future in self.pending:
+            self.fetcher.release(future)
+        self.pending.clear()
+        self.loaded.clear()
 
 
 def _take(owner: BatchIterator, fetcher: _Fetcher, chunk: int, future) -> dict:
@@ -634,17 +614,37 @@ def _take(owner: BatchIterator, fetcher: _Fetcher, chunk: int, future) -> dict:
 
 
 def _assemble(
-    loaded: dict[int, dict], positions: np.ndarray, rows: np.ndarray
+    loaded: dict[int, dict], chunks: np.ndarray, rows: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """A batch: row ``rows[j]`` of loaded chunk ``positions[j]``, for each j, copied once
+    """A batch: row ``rows[j]`` of loaded chunk ``chunks[j]``, for each j, copied once
     into fresh arrays that the caller may keep."""
-    first = next(iter(loaded.values()))
+    first = loaded[int(chunks[0])] if len(chunks) else next(iter(loaded.values()))
     out = {
         name: np.empty((len(rows), *values.shape[1:]), dtype=values.dtype)
         for name, values in first.items()
     }
-    for j, (k, r) in enumerate(zip(positions.tolist(), rows.tolist(), strict=True)):
-        chunk = loaded[k]
+    for j, (c, r) in enumerate(zip(chunks.tolist(), rows.tolist(), strict=True)):
+        chunk = loaded[c]
         for name, values in out.items():
             values[j] = chunk[name][r]
+    return out
+
+
+def _transform(owner: BatchIterator, batch: dict, epoch: int, index: int) -> dict:
+    """``owner.transform`` on one batch, with its own seeded generator; a failure names
+    the batch's records, since it is raised far from here, in the training loop."""
+    rng = np.random.default_rng([owner.seed, epoch, 3, index])
+    try:
+        out = owner.transform(batch, rng)
+    except Exception as exc:
+        records = list(zip(batch["patient_id"].tolist(), batch["instance"].tolist(), strict=True))
+        raise DaskmriError(
+            f"transform failed on batch {index} of epoch {epoch}, records "
+            f"(patient_id, instance) {records}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(out, dict):
+        raise DaskmriError(
+            f"transform returned {type(out).__name__}, not the batch; it must return a dict "
+            "of arrays (transform(batch, rng) -> batch)"
+        )
     return out

@@ -1,0 +1,22 @@
+"""Batches for a training loop: the pure plan and the iterator that loads it.
+
+=================  ==============================================================
+``schema.py``      :class:`BatchSchema`: every epoch's order, rank shares, padding,
+                   stretches of an epoch served by other configurations (pure)
+``iterator.py``    :class:`BatchIterator`: the plan loaded, chunks fetched ahead
+``split.py``       :func:`split`: parts of a dataset, whole patients apiece
+=================  ==============================================================
+"""
+
+from __future__ import annotations
+
+from .._lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    globals(),
+    {
+        "daskmri.batches.schema": ("BatchSchema", "RankPlan", "Stretch"),
+        "daskmri.batches.iterator": ("BatchIterator",),
+        "daskmri.batches.split": ("split",),
+    },
+)
