@@ -25,7 +25,8 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 # layout (scan) -> plan -> execute (run) -> sinks / store (sink) -> batches.
 _EXPORTS = {
     "daskmri.synth": ("synth",),
-    "daskmri.batches": ("BatchIterator", "BatchSchema", "split"),
+    "daskmri.batches": ("BatchIterator", "BatchSchema"),
+    "daskmri.batches.splitting": ("split",),
     "daskmri.schema": ("dropped",),
     "daskmri.dataset": ("load_dataset",),
     "daskmri.store": ("build", "BuildReport", "open_dataset", "check", "Freshness"),

@@ -4,7 +4,7 @@
 ``schema.py``      :class:`BatchSchema`: every epoch's order, rank shares, padding,
                    stretches of an epoch served by other configurations (pure)
 ``iterator.py``    :class:`BatchIterator`: the plan loaded, chunks fetched ahead
-``split.py``       :func:`split`: parts of a dataset, whole patients apiece
+``splitting.py``   :func:`split`: parts of a dataset, whole patients apiece
 =================  ==============================================================
 """
 
@@ -17,6 +17,6 @@ __getattr__, __dir__, __all__ = lazy_exports(
     {
         "daskmri.batches.schema": ("BatchSchema", "RankPlan", "Stretch"),
         "daskmri.batches.iterator": ("BatchIterator",),
-        "daskmri.batches.split": ("split",),
+        "daskmri.batches.splitting": ("split",),
     },
 )
