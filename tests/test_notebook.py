@@ -34,5 +34,11 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
         for out in cell.get("outputs", []) if out.get("output_type") == "error"
     ]  # fmt: skip
     assert errors == []
+    # Its figures show inline: the masks, a batch, an augmented batch.
+    pictures = [
+        out for cell in notebook.cells if cell.cell_type == "code"
+        for out in cell.get("outputs", []) if "image/png" in out.get("data", {})
+    ]  # fmt: skip
+    assert len(pictures) >= 3
     # It removed what it made (torch may keep a compiler cache there: not ours).
     assert [p.name for p in temp.iterdir() if not p.name.startswith("torchinductor")] == []
