@@ -12,7 +12,10 @@ stall fraction: the share of the time a simulated 10 ms training step spends
 waiting for its next batch. Every epoch must serve each record exactly once with
 the plain loop's pixels (a checksum) before its speed is shown. It also measures
 the iterator's peak memory (tracemalloc) on the Zarr store and on one 4x larger.
-Writes ``iterate.json`` and ``iterate.png`` in ``benchmarks/results``.
+A last row runs 2 ranks: two processes read one Zarr store at once, each its share
+of every epoch (``BatchIterator(rank=r, world_size=2)``): aggregate records/s, the
+stall of each rank, and the chunks each fetched. Writes ``iterate.json`` and
+``iterate.png`` in ``benchmarks/results``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import gc
 import json
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -61,6 +66,69 @@ def epoch(it) -> float:
     return time.perf_counter() - started
 
 
+def rank_worker(store: str, rank: int, world_size: int, repeat: int) -> None:
+    """One rank of the 2-rank row, in its own process: a checked warm-up epoch, then
+    (when the parent says go, so that the ranks run side by side) timed epochs and a
+    stall epoch. Prints one JSON line."""
+    ds = daskmri.open_dataset(store)
+    it = daskmri.BatchIterator(ds, batch_size=8, seed=0, rank=rank, world_size=world_size)
+    keys, total = [], 0.0
+    for batch in it:
+        real = ~batch["padding"]
+        ids, instances = batch["patient_id"][real].tolist(), batch["instance"][real].tolist()
+        keys.extend(zip(ids, instances, strict=True))
+        total += float(batch["image"][real].sum(dtype=np.float64))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    samples, chunks = [], []
+    for _ in range(repeat):
+        before = it.chunks_fetched
+        samples.append(epoch(it))
+        chunks.append(it.chunks_fetched - before)
+    stall_share, first = stall(it, STEP)
+    it.close()
+    out = {"keys": keys, "sum": total, "samples": samples, "chunks": chunks,
+           "stall": stall_share, "first": first, "batches": len(it)}  # fmt: skip
+    print(json.dumps(out), flush=True)
+
+
+def two_ranks(store: Path, repeat: int, truth: tuple, n: int) -> dict:
+    """The 2-rank row: both ranks' processes started, warmed up and checked, then timed
+    together; aggregate records/s is the whole epoch over the slower rank's time."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--rank-worker", str(store), str(r), "2", str(repeat)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        for r in range(2)
+    ]  # fmt: skip
+    try:
+        for p in procs:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError("a rank process failed before its first epoch")
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        ranks = [json.loads(p.communicate(timeout=1800)[0].splitlines()[-1]) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    keys = [tuple(k) for r in ranks for k in r["keys"]]
+    if checksum(keys, sum(r["sum"] for r in ranks)) != truth or len(keys) != n:
+        raise AssertionError("the 2 ranks did not serve the plain loop's records once")
+    slowest = [max(a, b) for a, b in zip(ranks[0]["samples"], ranks[1]["samples"], strict=True)]
+    return {
+        "source": "Zarr store, 2 ranks (2 processes, each its share)",
+        "samples": slowest,
+        "stall": max(r["stall"] for r in ranks),
+        "stall_per_rank": [r["stall"] for r in ranks],
+        "first_batch_s": max(r["first"] for r in ranks),
+        "chunks_per_rank": [r["chunks"][0] for r in ranks],
+        "batches_per_rank": [r["batches"] for r in ranks],
+    }
+
+
 def iterator_peak(ds) -> float:
     gc.collect()
     tracemalloc.start()
@@ -73,6 +141,9 @@ def iterator_peak(ds) -> float:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--rank-worker"]:
+        store, rank, world, repeat = sys.argv[2:6]
+        return rank_worker(store, int(rank), int(world), int(repeat))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=REAL_DATA)
     parser.add_argument("--records", type=int, default=2000)
@@ -136,6 +207,12 @@ def main() -> None:
     finally:
         client.close()
         cluster.close()
+    try:
+        rows.append(two_ranks(store, args.repeat, truth, n))
+    except Exception as exc:
+        rows.append({"source": "Zarr store, 2 ranks", "error": f"{type(exc).__name__}: {exc}"})
+    print(rows[-1], flush=True)
+    n_chunks = len(daskmri.open_dataset(store).image.chunks[0])
 
     # Peak memory of the iterator: the store, and a store 4x larger.
     big_root = replicate(args.data, 4 * args.records, work / "big")
@@ -165,6 +242,12 @@ def main() -> None:
             f"| {row['source']} | {med:.3f} | {min(row['samples']):.3f} | "
             f"{max(row['samples']):.3f} | {n / med:,.0f} | {n / med / plain_rate:.1f}x | "
             f"{stall_text} | {first} |"
+        )
+    if "chunks_per_rank" in rows[-1]:
+        print(
+            f"\n2 ranks: chunks fetched per epoch {rows[-1]['chunks_per_rank']} of {n_chunks}, "
+            f"batches per rank {rows[-1]['batches_per_rank']}, stall per rank "
+            + ", ".join(f"{s:.1%}" for s in rows[-1]["stall_per_rank"])
         )
     print(
         f"\niterator peak memory (tracemalloc): {memory['peak_mib'][0]:.0f} MiB for "

@@ -7,6 +7,11 @@ Needs the ``torch`` extra (``pip install 'daskmri[torch]'``)::
 
 ``batch_size=None`` because the iterator already makes the batches, and
 ``num_workers=0`` because it already fetches them in the background.
+
+Under DDP every process wraps the same iterator: it takes its ``rank`` and
+``world_size`` from ``torch.distributed``, serves its own share of each epoch, and
+every rank yields ``len(loader)`` batches, so no rank waits for ever in an
+all-reduce. ``batch["padding"]`` marks the records repeated to even out the shares.
 """
 
 from __future__ import annotations
@@ -30,14 +35,15 @@ __all__ = ["TorchBatches"]
 class TorchBatches(IterableDataset):
     """Batches of a :class:`~daskmri.BatchIterator` as tensors, one epoch per iteration.
 
-    ``image`` is a float32 tensor ``(batch, y, x)``, ``icontour`` and ``ocontour``
-    bool tensors, ``instance`` int64; ``patient_id`` stays a numpy array of str
-    (a tensor cannot hold text). Memory is shared with the batch, not copied.
+    ``image`` is a float32 tensor ``(batch, y, x)``, each mask a bool tensor,
+    ``instance`` int64 and ``padding`` bool; ``patient_id`` stays a numpy array of
+    str (a tensor cannot hold text). Memory is shared with the batch, not copied.
 
     Parameters
     ----------
     iterator : BatchIterator
-        What to serve; its epoch, state and seed are the iterator's.
+        What to serve; its epoch, state, seed, rank and world size are the
+        iterator's.
 
     Examples
     --------
