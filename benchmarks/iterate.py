@@ -140,6 +140,51 @@ def iterator_peak(ds) -> float:
         tracemalloc.stop()
 
 
+def timed_sources(root: Path, store: Path, repeat: int, truth: tuple) -> list[dict]:
+    """One row per source of the built dataset: a checked warm-up epoch, then timed
+    epochs and a stall epoch."""
+    from distributed import Client, LocalCluster
+
+    rows = []
+    sources = [
+        # scheduler= explicitly: the cluster below becomes the default client.
+        ("load_dataset, in local memory",
+         lambda: daskmri.load_dataset(root, scheduler="processes"), None),
+        ("Zarr store, local threads", lambda: daskmri.open_dataset(store), None),
+    ]  # fmt: skip
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
+    )
+    client = Client(cluster, set_as_default=False)
+    sources += [
+        ("load_dataset, persisted on a LocalCluster 2x1",
+         lambda: daskmri.load_dataset(root, client=client), client),
+        ("Zarr store, through a LocalCluster 2x1", lambda: daskmri.open_dataset(store), client),
+    ]  # fmt: skip
+    try:
+        for name, make, where in sources:
+            ds = make()
+            it = daskmri.BatchIterator(ds, batch_size=8, seed=0, client=where)
+            row = {"source": name}
+            try:
+                # Also the warm-up: every record once, with the plain loop's pixels.
+                if served(it) != truth:
+                    raise AssertionError("the epoch did not serve the plain loop's records")
+                samples = [epoch(it) for _ in range(repeat)]
+                row["samples"] = samples
+                row["stall"], row["first_batch_s"] = stall(it, STEP)
+            except Exception as exc:  # a failed configuration is shown, not left out
+                row["error"] = f"{type(exc).__name__}: {exc}"
+            finally:
+                it.close()
+            rows.append(row)
+            print(row, flush=True)
+    finally:
+        client.close()
+        cluster.close()
+    return rows
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--rank-worker"]:
         store, rank, world, repeat = sys.argv[2:6]
@@ -167,46 +212,9 @@ def main() -> None:
     rows = [{"source": "plain loop (parse every item, every epoch)", "samples": [plain_s]}]
     print(f"plain loop: {n} records in {plain_s:.2f} s ({n / plain_s:.0f} records/s)", flush=True)
 
-    from distributed import Client, LocalCluster
-
     store = work / "ds.zarr"
     daskmri.build(root, store)
-    sources = [
-        # scheduler= explicitly: the cluster below becomes the default client.
-        ("load_dataset, in local memory",
-         lambda: daskmri.load_dataset(root, scheduler="processes"), None),
-        ("Zarr store, local threads", lambda: daskmri.open_dataset(store), None),
-    ]  # fmt: skip
-    cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
-    )
-    client = Client(cluster, set_as_default=False)
-    sources += [
-        ("load_dataset, persisted on a LocalCluster 2x1",
-         lambda: daskmri.load_dataset(root, client=client), client),
-        ("Zarr store, through a LocalCluster 2x1", lambda: daskmri.open_dataset(store), client),
-    ]  # fmt: skip
-    try:
-        for name, make, where in sources:
-            ds = make()
-            it = daskmri.BatchIterator(ds, batch_size=8, seed=0, client=where)
-            row = {"source": name}
-            try:
-                # Also the warm-up: every record once, with the plain loop's pixels.
-                if served(it) != truth:
-                    raise AssertionError("the epoch did not serve the plain loop's records")
-                samples = [epoch(it) for _ in range(args.repeat)]
-                row["samples"] = samples
-                row["stall"], row["first_batch_s"] = stall(it, STEP)
-            except Exception as exc:  # a failed configuration is shown, not left out
-                row["error"] = f"{type(exc).__name__}: {exc}"
-            finally:
-                it.close()
-            rows.append(row)
-            print(row, flush=True)
-    finally:
-        client.close()
-        cluster.close()
+    rows += timed_sources(root, store, args.repeat, truth)
     try:
         rows.append(two_ranks(store, args.repeat, truth, n))
     except Exception as exc:
@@ -226,7 +234,25 @@ def main() -> None:
         ],
     }
 
-    plain_rate = n / plain_s
+    report(rows, n, n / plain_s, memory, n_chunks)
+    (args.out / "iterate.json").write_text(
+        json.dumps(
+            {
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "machine": versions(),
+                "records": n,
+                "rows": rows,
+                "memory": memory,
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    plot(rows, n, n / plain_s, args.out)
+
+
+def report(rows: list[dict], n: int, plain_rate: float, memory: dict, n_chunks: int) -> None:
+    """The table of one run, as Markdown."""
     print(f"\n## Epochs in batches of 8 ({n:,} real records, one run)\n")
     print("| source | median s | min s | max s | records/s | x plain loop | stall at 10 ms step "
           "| first batch s |")  # fmt: skip
@@ -254,22 +280,13 @@ def main() -> None:
         f"{memory['records'][0]:,} records, {memory['peak_mib'][1]:.0f} MiB for "
         f"{memory['records'][1]:,}"
     )
-    (args.out / "iterate.json").write_text(
-        json.dumps(
-            {
-                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "machine": versions(),
-                "records": n,
-                "rows": rows,
-                "memory": memory,
-            },
-            indent=2,
-            default=str,
-        )
-    )
+
+
+def plot(rows: list[dict], n: int, plain_rate: float, out: Path) -> None:
+    """records/s of each row, with the spread of the samples, on a log scale."""
     plt = pyplot()
     if plt is None:
-        print(f"wrote {args.out / 'iterate.json'} (no plot: matplotlib is not installed)")
+        print(f"wrote {out / 'iterate.json'} (no plot: matplotlib is not installed)")
         return
     ok = [r for r in rows if "samples" in r]
     rates = [n / statistics.median(r["samples"]) for r in ok]
@@ -290,8 +307,8 @@ def main() -> None:
     ax.set_title(f"Epochs in batches of 8, {n:,} real records")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(args.out / "iterate.png", dpi=120)
-    print(f"wrote {args.out / 'iterate.json'} and {args.out / 'iterate.png'}")
+    fig.savefig(out / "iterate.png", dpi=120)
+    print(f"wrote {out / 'iterate.json'} and {out / 'iterate.png'}")
 
 
 if __name__ == "__main__":

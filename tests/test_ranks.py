@@ -99,17 +99,29 @@ class TestShares:
         ranks = epoch_on_ranks(tiny, 5, batch_size=2, seed=0)
         assert [len(r) for r in ranks] == [1] * 5
         assert sorted(k for r in ranks for k in served(r)) == sorted(keys(tiny))
-        assert epoch_on_ranks(tiny, 5, batch_size=2, drop_last=True) == [[]] * 5
+        assert epoch_on_ranks(tiny, 5, batch_size=2, seed=0, drop_last=True) == [[]] * 5
 
     def test_bad_ranks_are_refused(self, reference):
         with pytest.raises(ValueError, match=r"rank must be an int in \[0, world_size=2\)"):
-            BatchIterator(reference, rank=2, world_size=2)
+            BatchIterator(reference, rank=2, world_size=2, seed=0)
         with pytest.raises(ValueError, match="world_size must be a positive int"):
-            BatchIterator(reference, rank=0, world_size=0)
+            BatchIterator(reference, rank=0, world_size=0, seed=0)
 
     def test_without_torch_distributed_the_defaults_are_one_process(self, reference):
         it = BatchIterator(reference)
         assert (it.rank, it.world_size) == (0, 1)
+        with pytest.raises(ValueError, match="rank was given without world_size"):
+            BatchIterator(reference, rank=1)
+        with pytest.raises(ValueError, match="world_size was given without rank"):
+            BatchIterator(reference, world_size=4)
+
+    def test_several_ranks_outside_a_process_group_need_one_seed(self, reference):
+        """A random seed per rank would give each its own epoch order: records lost and
+        repeated. Under torch.distributed rank 0's seed is sent to all (test_ddp.py)."""
+        with pytest.raises(ValueError, match="world_size=2 needs seed="):
+            BatchIterator(reference, rank=0, world_size=2)
+        with pytest.raises(ValueError, match="seed must be an int >= 0"):
+            BatchIterator(reference, seed=-1)
 
 
 def resume_union(ds, before: tuple[int, int], after: tuple[int, int], stop_after: int):
@@ -175,6 +187,24 @@ class TestElasticResume:
             assert it.state_dict()["history"] == [[2, 2, 1], [3, 1, 2]]
             rest += served(list(it))
         assert sorted(first + second + rest) == sorted(keys(reference))
+
+    def test_a_state_after_the_last_batch_is_the_next_epoch(self, reference):
+        it = BatchIterator(reference, batch_size=4, seed=0, rank=0, world_size=2)
+        epoch = iter(it)
+        for _ in range(len(it)):
+            next(epoch)
+        state = it.state_dict()  # before StopIteration: the epoch is all served
+        assert (state["epoch"], state["batch"], state["history"]) == (1, 0, [])
+        resumed = BatchIterator(reference, batch_size=2, seed=0, rank=0, world_size=3)
+        resumed.load_state_dict(state)
+        assert len(list(resumed)) == len(resumed) > 0 and resumed.epoch == 2
+
+    def test_states_from_elsewhere_are_refused(self, reference):
+        state = BatchIterator(reference, batch_size=4, seed=0).state_dict()
+        with pytest.raises(ValueError, match="format 99, newer"):
+            BatchIterator(reference, batch_size=4).load_state_dict({**state, "format": 99})
+        with pytest.raises(ValueError, match="batch 999 of an epoch of 4 batches"):
+            BatchIterator(reference, batch_size=4).load_state_dict({**state, "batch": 999})
 
     def test_same_world_size_resumes_batch_for_batch(self, reference):
         full = BatchIterator(reference, batch_size=2, seed=4, rank=1, world_size=2)
@@ -288,6 +318,22 @@ class TestTransform:
         assert str(first) in str(err.value) and "KeyError" in str(err.value)
         assert isinstance(err.value.__cause__, KeyError)
 
+    def test_an_error_is_named_even_when_the_transform_dropped_the_records(self, reference):
+        def careless(batch, rng):
+            batch.pop("patient_id")
+            raise RuntimeError("boom")
+
+        it = BatchIterator(reference, batch_size=4, seed=0, transform=careless)
+        with pytest.raises(DaskmriError, match=r"records \(patient_id, instance\) \[\("):
+            list(it)
+
+    def test_padding_stays_whatever_the_transform_returns(self, reference):
+        it = BatchIterator(reference, batch_size=3, seed=0, rank=1, world_size=3,
+                           transform=lambda b, rng: {"image": b["image"]})  # fmt: skip
+        batches = list(it)
+        assert all(set(b) == {"image", "padding"} for b in batches)
+        assert sum(int(b["padding"].sum()) for b in batches) == 1  # 16 records on 3 ranks
+
     def test_it_must_return_the_batch(self, reference):
         it = BatchIterator(reference, batch_size=4, seed=0, transform=lambda b, rng: None)
         with pytest.raises(DaskmriError, match="transform returned NoneType"):
@@ -318,6 +364,9 @@ class TestSplit:
 
         parts = daskmri.split(dataset([30, 20, 20, 10, 10, 5, 5]), (0.6, 0.2, 0.2), seed=1)
         assert [p.sizes["record"] for p in parts] == [60, 20, 20]
+        # Largest first alone would give 7 and 5; a swap of a 3 and a 2 evens it.
+        parts = daskmri.split(dataset([3, 3, 2, 2, 2]), (0.5, 0.5))
+        assert [p.sizes["record"] for p in parts] == [6, 6]
         equal = dataset([10] * 6)
         chosen = set()
         for seed in range(6):

@@ -67,15 +67,50 @@ def _chunks_of(ds, variables: Sequence[str], default: int = 64) -> tuple[int, ..
     return tuple(min(size, n - s) for s in range(0, n, size))
 
 
-def _ranks(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """``rank`` and ``world_size``, each from ``torch.distributed`` when not given and
-    a process group is up, else 0 and 1. torch is never imported here: a process
-    that runs DDP has imported it already."""
+def _process_group():
+    """``torch.distributed`` when a process group is up, else None. torch is never
+    imported here: a process that runs DDP has imported it already."""
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist
+    return None
+
+
+def _ranks(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """``rank`` and ``world_size``, each from the process group when not given, else
+    0 and 1; one without the other is refused outside a process group."""
+    dist = _process_group()
+    if dist is not None:
         rank = dist.get_rank() if rank is None else rank
         world_size = dist.get_world_size() if world_size is None else world_size
+    elif (rank is None) != (world_size is None):
+        given = "rank" if world_size is None else "world_size"
+        raise ValueError(
+            f"{given} was given without {'world_size' if given == 'rank' else 'rank'}, and "
+            "torch.distributed is not initialised; pass both (rank=r, world_size=n)"
+        )
     return (0 if rank is None else rank), (1 if world_size is None else world_size)
+
+
+def _seed(seed: int | None, world_size: int) -> int:
+    """The seed: every rank must share it, so a random one comes from rank 0 of the
+    process group; outside one, several ranks need an explicit seed."""
+    if seed is not None:
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0 or None, got {seed!r}")
+        return int(seed)
+    seed = int(np.random.SeedSequence().entropy % 2**63)
+    if world_size == 1:
+        return seed
+    dist = _process_group()
+    if dist is None:
+        raise ValueError(
+            f"world_size={world_size} needs seed=: every rank must plan the same epochs, "
+            "and a random seed would differ on each (pass the same seed=... on every rank)"
+        )
+    shared = [seed]
+    dist.broadcast_object_list(shared, src=0)  # a collective: every rank makes its iterator
+    return int(shared[0])
 
 
 class _Fetcher:
@@ -164,7 +199,10 @@ class BatchIterator:
         dataset order.
     seed : int, optional
         Seed of the whole sequence of epochs; random when None (and then kept in
-        :meth:`state_dict`). Every rank of a distributed run needs the same seed.
+        :meth:`state_dict`). Every rank needs the same seed: under
+        ``torch.distributed`` a random one is rank 0's, sent to all (a collective, so
+        every rank makes its iterator at the same point); several ranks outside a
+        process group need an explicit seed.
     prefetch : int
         Chunks fetched ahead, as futures.
     shuffle_chunks : int
@@ -207,7 +245,8 @@ class BatchIterator:
     Raises
     ------
     ValueError
-        If the dataset lacks a variable to serve, or an argument is out of range.
+        If the dataset lacks a variable to serve, an argument is out of range, or
+        several ranks outside a process group have no ``seed``.
 
     Examples
     --------
@@ -258,9 +297,8 @@ class BatchIterator:
             raise ValueError(f"prefetch must be an int >= 0, got {prefetch!r}")
         if transform is not None and not callable(transform):
             raise ValueError(f"transform must be callable (batch, rng) -> batch, got {transform!r}")
-        if seed is None:
-            seed = int(np.random.SeedSequence().entropy % 2**63)
         rank, world_size = _ranks(rank, world_size)
+        seed = _seed(seed, world_size)
         self.ds, self.variables, self.transform = ds, variables, transform
         self.prefetch, self.retries, self.timeout = prefetch, retries, timeout
         self.schema = BatchSchema(
@@ -296,25 +334,42 @@ class BatchIterator:
 
     @property
     def seed(self) -> int:
+        """The seed of every epoch's plan (the same on every rank)."""
         return self.schema.seed
 
     @property
     def rank(self) -> int:
+        """This process's share of every epoch."""
         return self.schema.rank
 
     @property
     def world_size(self) -> int:
+        """The number of shares of every epoch."""
         return self.schema.world_size
 
     def __len__(self) -> int:
-        """Batches this rank serves in the epoch (the rest of it, after a resume with
-        another world size or batch size)."""
+        """Batches this rank serves in the current stretch of the epoch: the whole
+        epoch, also after a resume with the same world size and batch size (which
+        goes on from ``state_dict()["batch"]``, as an uninterrupted run would); after
+        a resume with others, the batches of the rest of the epoch."""
         if not self._history:
             return len(self.schema)
         return self.schema.n_batches(len(self.schema.remaining(self.epoch, self._history)))
 
     def plan(self) -> RankPlan:
-        """This rank's plan for the current epoch: its records, padding and chunks."""
+        """This rank's plan for the current stretch of the epoch: its records (global
+        indices), padding, chunks and steps. Pure: loads nothing.
+
+        Examples
+        --------
+        >>> import numpy as np, xarray as xr
+        >>> ds = xr.Dataset({"image": ("record", np.zeros(5))},
+        ...                 coords={"patient_id": ("record", list("AABBC")),
+        ...                         "instance": ("record", np.arange(5))})
+        >>> plan = BatchIterator(ds, batch_size=2, seed=0, rank=1, world_size=2).plan()
+        >>> len(plan.records), plan.padding.tolist()  # 3 + 2 records: rank 1 repeats one
+        (3, [False, False, True])
+        """
         return self.schema.plan(self.epoch, self._history)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -343,21 +398,27 @@ class BatchIterator:
         Examples
         --------
         >>> it = BatchIterator.__new__(BatchIterator)
-        >>> it.schema = BatchSchema(chunks=(4,), batch_size=2, seed=5, world_size=2)
+        >>> it.schema = BatchSchema(chunks=(8,), batch_size=2, seed=5, world_size=2)
         >>> it.epoch, it._position, it._history = 3, 1, ()
         >>> state = it.state_dict()
         >>> state["epoch"], state["batch"], state["world_size"]
         (3, 1, 2)
+        >>> it._position = 2  # the last batch is out: the next epoch is where it stands
+        >>> it.state_dict()["epoch"], it.state_dict()["batch"]
+        (4, 0)
         """
         s = self.schema
+        epoch, position, history = self.epoch, self._position, self._history
+        if position and position >= len(self):
+            epoch, position, history = epoch + 1, 0, ()
         return {
             "format": STATE_FORMAT,
-            "epoch": self.epoch,
-            "batch": self._position,
+            "epoch": epoch,
+            "batch": position,
             "seed": s.seed,
             "batch_size": s.batch_size,
             "world_size": s.world_size,
-            "history": [[h.world_size, h.batch_size, h.batches] for h in self._history],
+            "history": [[h.world_size, h.batch_size, h.batches] for h in history],
             **self._settings(),
         }
 
@@ -370,8 +431,14 @@ class BatchIterator:
         Raises
         ------
         ValueError
-            If the state is from an iterator with other settings or another dataset.
+            If the state is from an iterator with other settings or another dataset,
+            or from a newer daskmri.
         """
+        if state.get("format", 1) > STATE_FORMAT:
+            raise ValueError(
+                f"the state has format {state['format']}, newer than this daskmri's "
+                f"({STATE_FORMAT}); upgrade daskmri to resume from it"
+            )
         for key, value in self._settings().items():
             if key in state and state[key] != value:
                 raise ValueError(
@@ -399,6 +466,11 @@ class BatchIterator:
         else:  # the saved stretch ends here; this configuration starts a new one
             finished = Stretch(saved.world_size, saved.batch_size, int(state["batch"]))
             self._history, self._position = (*history, finished), 0
+        if self._position > len(self):
+            raise ValueError(
+                f"the state says batch {self._position} of an epoch of {len(self)} batches; "
+                "it is from another dataset or was edited"
+            )
 
     def close(self) -> None:
         """Stop every epoch in progress and release every future it holds."""
@@ -634,10 +706,12 @@ def _transform(owner: BatchIterator, batch: dict, epoch: int, index: int) -> dic
     """``owner.transform`` on one batch, with its own seeded generator; a failure names
     the batch's records, since it is raised far from here, in the training loop."""
     rng = np.random.default_rng([owner.seed, epoch, 3, index])
+    # Named before the call: the transform may change or drop them.
+    records = list(zip(batch["patient_id"].tolist(), batch["instance"].tolist(), strict=True))
+    padding = batch["padding"]
     try:
         out = owner.transform(batch, rng)
     except Exception as exc:
-        records = list(zip(batch["patient_id"].tolist(), batch["instance"].tolist(), strict=True))
         raise DaskmriError(
             f"transform failed on batch {index} of epoch {epoch}, records "
             f"(patient_id, instance) {records}: {type(exc).__name__}: {exc}"
@@ -647,4 +721,5 @@ def _transform(owner: BatchIterator, batch: dict, epoch: int, index: int) -> dic
             f"transform returned {type(out).__name__}, not the batch; it must return a dict "
             "of arrays (transform(batch, rng) -> batch)"
         )
+    out.setdefault("padding", padding)  # always present, whatever the transform kept
     return out

@@ -169,6 +169,7 @@ class BatchSchema:
 
     @property
     def n_records(self) -> int:
+        """Records in the dataset."""
         return int(sum(self.chunks))
 
     @property
@@ -190,8 +191,25 @@ class BatchSchema:
         """Batches this rank serves in a whole epoch."""
         return self.n_batches(self.n_records)
 
-    def n_batches(self, n: int, *, world_size: int | None = None, batch_size: int | None = None):
-        """Batches each rank serves when ``n`` records are shared out."""
+    def n_batches(
+        self, n: int, *, world_size: int | None = None, batch_size: int | None = None
+    ) -> int:
+        """Batches each rank serves when ``n`` records are shared out.
+
+        Parameters
+        ----------
+        n : int
+            Records to share out.
+        world_size, batch_size : int, optional
+            Default: the schema's.
+
+        Examples
+        --------
+        >>> BatchSchema(chunks=(10,), batch_size=2, world_size=3).n_batches(10)  # 4, 3, 3 + pad
+        2
+        >>> BatchSchema(chunks=(10,), batch_size=2, world_size=3, drop_last=True).n_batches(10)
+        1
+        """
         w = self.world_size if world_size is None else world_size
         b = self.batch_size if batch_size is None else batch_size
         if self.drop_last:

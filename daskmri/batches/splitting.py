@@ -19,8 +19,9 @@ def split(ds, fractions: Sequence[float], *, by: str = "patient_id", seed: int =
     with every value of ``by`` (every patient) in exactly one part.
 
     Patients are dealt largest first, in an order shuffled by ``seed`` among equals,
-    each to the part furthest below its share, so the parts' record counts come as
-    close to ``fractions`` as whole patients allow. The parts keep the dataset's
+    each to the part furthest below its share; then single moves and swaps of
+    patients between parts are made while they bring the record counts closer to
+    ``fractions`` (the total distance to the targets). The parts keep the dataset's
     record order and stay lazy: nothing is computed.
 
     Parameters
@@ -107,4 +108,45 @@ def _deal(sizes: np.ndarray, fractions: np.ndarray, seed: int) -> np.ndarray:
         j = int(np.argmax(targets - filled))
         part_of[g] = j
         filled[j] += sizes[g]
+    while _improve(sizes, part_of, targets):
+        pass
     return part_of
+
+
+def _improve(sizes: np.ndarray, part_of: np.ndarray, targets: np.ndarray) -> bool:
+    """Make the one move or swap of groups between two parts that brings the parts'
+    totals closest to ``targets``, if any helps; whether one was made.
+
+    Examples
+    --------
+    >>> part_of = np.array([0, 1, 0, 1, 0])  # greedy: 7 against 5
+    >>> _improve(np.array([3, 3, 2, 2, 2]), part_of, np.array([6.0, 6.0])), part_of.tolist()
+    (True, [1, 1, 0, 0, 0])
+    """
+    filled = np.bincount(part_of, weights=sizes, minlength=len(targets))
+    best, change = 1e-9, None
+    for a in range(len(targets)):
+        for b in range(len(targets)):
+            if a == b:
+                continue
+            ga, gb = np.flatnonzero(part_of == a), np.flatnonzero(part_of == b)
+            # Moving d records from a to b: a move (d = size) or a swap (d = difference).
+            deltas = np.concatenate([sizes[ga], (sizes[ga][:, None] - sizes[gb][None, :]).ravel()])
+            now = abs(filled[a] - targets[a]) + abs(filled[b] - targets[b])
+            gain = (
+                now
+                - np.abs(filled[a] - deltas - targets[a])
+                - np.abs(filled[b] + deltas - targets[b])
+            )
+            k = int(np.argmax(gain)) if len(gain) else 0
+            if len(gain) and gain[k] > best:
+                best, change = gain[k], (a, b, ga, gb, k)
+    if change is None:
+        return False
+    a, b, ga, gb, k = change
+    if k < len(ga):
+        part_of[ga[k]] = b
+    else:
+        i, j = divmod(k - len(ga), len(gb))
+        part_of[ga[i]], part_of[gb[j]] = b, a
+    return True
