@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import daskmri
 from daskmri import synth
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sunnybrook"
@@ -39,6 +40,21 @@ def synth_root(tmp_path_factory) -> Path:
     """A read-only synthetic dataset shared by the session; copy it before damaging it."""
     root = tmp_path_factory.mktemp("synth") / "data"
     return synth.make_dataset(root, patients=PATIENTS, slices=SLICES, shape=SHAPE, seed=7)
+
+
+@pytest.fixture(scope="session")
+def reference(synth_root):
+    """The synthetic dataset in chunks of 3, in memory (numpy): the truth that batches
+    are compared with."""
+    return daskmri.load_dataset(synth_root, chunk_size=3, scheduler="sync").compute()
+
+
+@pytest.fixture(scope="session")
+def zarr_ds(synth_root, tmp_path_factory):
+    """The synthetic dataset in chunks of 3, built into a store and opened lazily."""
+    store = tmp_path_factory.mktemp("batches") / "ds.zarr"
+    daskmri.build(synth_root, store, chunk_size=3, scheduler="sync")
+    return daskmri.open_dataset(store)
 
 
 @pytest.fixture

@@ -32,19 +32,6 @@ def prefetch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("daskmri-prefetch")]
 
 
-@pytest.fixture(scope="module")
-def reference(synth_root):
-    """The dataset in memory (numpy), the truth every batch is compared with."""
-    return daskmri.load_dataset(synth_root, chunk_size=3, scheduler="sync").compute()
-
-
-@pytest.fixture(scope="module")
-def zarr_ds(synth_root, tmp_path_factory):
-    store = tmp_path_factory.mktemp("batches") / "ds.zarr"
-    daskmri.build(synth_root, store, chunk_size=3, scheduler="sync")
-    return daskmri.open_dataset(store)
-
-
 @pytest.fixture(params=["memory", "dask", "zarr"])
 def ds(request, reference, synth_root):
     if request.param == "memory":

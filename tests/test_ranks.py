@@ -15,18 +15,6 @@ from .test_batches import assert_batch_is_true, keys, lazy_dataset
 N_RECORDS = 16  # the session's synthetic dataset, in chunks of 3: 3, 3, 3, 3, 3, 1
 
 
-@pytest.fixture(scope="module")
-def reference(synth_root):
-    return daskmri.load_dataset(synth_root, chunk_size=3, scheduler="sync").compute()
-
-
-@pytest.fixture(scope="module")
-def zarr_ds(synth_root, tmp_path_factory):
-    store = tmp_path_factory.mktemp("ranks") / "ds.zarr"
-    daskmri.build(synth_root, store, chunk_size=3, scheduler="sync")
-    return daskmri.open_dataset(store)
-
-
 @pytest.fixture(params=["memory", "persisted", "zarr"])
 def ds(request, reference, synth_root):
     if request.param == "memory":
