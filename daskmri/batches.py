@@ -274,7 +274,8 @@ class BatchIterator:
     drop_last : bool
         Leave out the last, short, batch of each epoch.
     variables : sequence of str, optional
-        Data variables to serve; default ``image``, ``icontour``, ``ocontour``.
+        Data variables to serve; default ``image`` and every contour kind's mask
+        (``icontour``, ``ocontour`` in the Sunnybrook layout).
         ``patient_id`` and ``instance`` always come along.
     client : distributed.Client or str, optional
         Fetch through this cluster (``client.compute`` on each chunk's selection).
@@ -316,7 +317,10 @@ class BatchIterator:
         timeout: float = 300.0,
         security: Any = None,
     ) -> None:
-        variables = tuple(VARIABLES if variables is None else variables)
+        if variables is None:  # the image and every mask that has its has_<kind>
+            masks = [v for v in ds.data_vars if f"has_{v}" in ds.data_vars]
+            variables = ("image", *masks) if masks else VARIABLES
+        variables = tuple(variables)
         missing = [v for v in (*variables, *COORDS) if v not in ds.variables]
         if missing:
             raise ValueError(
