@@ -17,12 +17,13 @@ in :func:`daskmri.scan`, the rasterising in the worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,10 +110,26 @@ class Plane:
         return (self.uid, self.origin, self.orientation, self.spacing, self.gap)
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Read without pydicom's value validation: the real files carry UIDs that it
+    warns (and logs) about, hundreds of times in one scan. Not an error of ours."""
+    from pydicom import config
+
+    mode = config.settings.reading_validation_mode
+    config.settings.reading_validation_mode = config.IGNORE
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        config.settings.reading_validation_mode = mode
+
+
 def _floats(ds, name: str, count: int, path: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in ds.get(name) or ())
-    except (TypeError, ValueError):
+    except Exception:  # a damaged value fails as it is converted, with pydicom's types
         values = ()
     if len(values) != count or not all(np.isfinite(values)):
         raise RTStructError(
@@ -141,8 +158,7 @@ def read_plane(path: str | os.PathLike[str]) -> Plane:
 
     path = os.fspath(path)
     try:
-        with warnings.catch_warnings():  # real files carry UIDs pydicom warns about
-            warnings.simplefilter("ignore")
+        with _quiet():
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_PLANE_TAGS)
             uid = str(ds.get("SOPInstanceUID") or "").strip()
     except Exception as exc:
@@ -151,6 +167,11 @@ def read_plane(path: str | os.PathLike[str]) -> Plane:
         ) from None
     if not uid:
         raise RTStructError(path, "no SOPInstanceUID, so no contour can reference the slice")
+    with _quiet():
+        return _plane_of(path, uid, ds)
+
+
+def _plane_of(path: str, uid: str, ds) -> Plane:
     origin = _floats(ds, "ImagePositionPatient", 3, path)
     orientation = _floats(ds, "ImageOrientationPatient", 6, path)
     spacing = _floats(ds, "PixelSpacing", 2, path)
@@ -160,7 +181,7 @@ def read_plane(path: str | os.PathLike[str]) -> Plane:
     for name in ("SpacingBetweenSlices", "SliceThickness"):
         try:
             value = float(ds.get(name) or 0)
-        except (TypeError, ValueError):
+        except Exception:  # optional: a damaged spacing is as good as none
             value = 0.0
         if np.isfinite(value) and value > 0:
             gap = value
@@ -231,13 +252,15 @@ def read_structure_set(
     raw = read_bounded(
         path, limits, error=RTStructError, name="RTSTRUCT file", expected="an RTSTRUCT file"
     )
-    ds = _parse(path, raw)
     try:
-        return _structure_set(path, ds, limits)
+        with _quiet():
+            return _structure_set(path, _parse(path, raw), limits)
     except RTStructError:
         raise
     except Exception as exc:  # a damaged sequence fails wherever it is first touched
-        raise RTStructError(path, f"damaged structure set ({type(exc).__name__}: {exc})") from None
+        raise RTStructError(
+            path, f"damaged or truncated structure set ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _parse(path: str, raw: bytes):
@@ -245,8 +268,7 @@ def _parse(path: str, raw: bytes):
     from pydicom.errors import InvalidDicomError
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet():
             ds = pydicom.dcmread(io.BytesIO(raw))
             modality = str(ds.get("Modality", "")).strip()
     except InvalidDicomError:
@@ -257,6 +279,8 @@ def _parse(path: str, raw: bytes):
         raise RTStructError(
             path, f"damaged or truncated DICOM ({type(exc).__name__}: {exc})"
         ) from None
+    if not modality:
+        raise RTStructError(path, "no Modality: a truncated file, or not a structure set")
     if modality != "RTSTRUCT":
         raise RTStructError(
             path,
