@@ -374,11 +374,24 @@ def test_mutated_rtstructs_never_fail_the_scan(oblique, tmp_path):
 
 
 def test_read_plane_refuses_a_slice_that_cannot_be_placed(tmp_path):
+    from pydicom.uid import ExplicitVRBigEndian
+
+    from daskmri.dicom import PLANE_TAGS, read_text_tags
+
+    from .hostile import rewrite, with_syntax
+
     root = oblique_series(tmp_path / "data", slices=2)
     path = root / "dicoms" / "SYN0001" / "1.dcm"
-    from .hostile import rewrite
 
-    assert read_plane(path).gap == GAP
+    walked = read_plane(path)
+    assert walked.gap == GAP
+    # A file the header walk leaves to pydicom (big endian) gives the same plane.
+    other = tmp_path / "big.dcm"
+    with_syntax(path, other, ExplicitVRBigEndian)
+    assert read_text_tags(other, PLANE_TAGS) is None
+    assert read_plane(other) == walked
+    rewrite(path, path, SliceThickness=None, SpacingBetweenSlices=None)
+    assert read_plane(path).gap is None
     rewrite(path, path, ImageOrientationPatient=[1, 0, 0, 1, 0, 0])
     with pytest.raises(RTStructError, match="degenerate"):
         read_plane(path)
@@ -512,3 +525,25 @@ def test_a_reader_returning_the_wrong_number_of_masks_drops_its_record(three_kin
     ds = daskmri.load_dataset(three_kinds, layout=THREE, reader=two, scheduler="sync")
     assert ds.sizes["record"] == 0
     assert "one mask (or None) per contour kind" in daskmri.dropped(ds).reason[0]
+
+
+def test_without_a_slice_spacing_tag_half_the_gap_between_planes_is_the_limit():
+    from daskmri.rtstruct import Contour, StructureSet, assign
+
+    def plane(uid: str, z: float) -> Plane:
+        return Plane(uid, (0.0, 0.0, z), (1, 0, 0, 0, 1, 0), (1.0, 1.0), None)
+
+    planes = {1: plane("a", 0.0), 2: plane("b", 10.0), 3: plane("c", 20.0)}
+    square = np.array([[1, 1, 0], [5, 1, 0], [5, 5, 0]], dtype=float)
+    heights = (4.0, 16.0, 26.0)
+    contours = tuple(
+        Contour(1, "LV Endo", k, square + np.array([0, 0, z]), None) for k, z in enumerate(heights)
+    )
+    found = assign([StructureSet("rt.dcm", contours)], planes, [("icontour", "lv endo")])
+    assert found.picks == {1: {"icontour": [("rt.dcm", 0)]}, 3: {"icontour": [("rt.dcm", 1)]}}
+    assert [p[1].split(": ")[1] for p in found.problems] == [
+        "has no image reference and lies in no slice's plane; dropped"
+    ]
+    # One plane only and no tag: half a pixel is the limit.
+    alone = assign([StructureSet("rt.dcm", contours[:1])], {1: plane("a", 0.0)}, [("x", ".*")])
+    assert alone.picks == {} and len(alone.problems) == 1
