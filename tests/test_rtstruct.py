@@ -369,8 +369,10 @@ def test_mutated_rtstructs_never_fail_the_scan(oblique, tmp_path):
             outcomes.add("refused")
             assert exc.path == str(target)
         ds = daskmri.load_dataset(work, layout=oblique_layout(), scheduler="sync")
-        assert set(ds.instance.values.tolist()) <= {1, 2, 3}
-    assert outcomes, outcomes
+        # A flip may also make a valid contour of a broken one (a digit turned into a
+        # separator): any slice may then be a record, but nothing fails.
+        assert set(ds.instance.values.tolist()) <= set(range(1, 7))
+    assert outcomes - {"read"}, outcomes  # the damage really broke something
 
 
 def test_read_plane_refuses_a_slice_that_cannot_be_placed(tmp_path):
@@ -547,3 +549,44 @@ def test_without_a_slice_spacing_tag_half_the_gap_between_planes_is_the_limit():
     # One plane only and no tag: half a pixel is the limit.
     alone = assign([StructureSet("rt.dcm", contours[:1])], {1: plane("a", 0.0)}, [("x", ".*")])
     assert alone.picks == {} and len(alone.problems) == 1
+
+
+@pytest.mark.timeout(120 + 30 * FUZZ_CASES)
+def test_mutated_real_slices_under_the_rtstruct_layout_never_fail(real_rt, tmp_path):
+    """The mutation fuzz of test_reliability on the slices an RTSTRUCT places: the
+    scan reads their headers; a damaged one costs only its own record (or its
+    contours), never the scan, the build or another slice."""
+    from .test_reliability import mutate
+
+    work = tmp_path / "data"
+    shutil.copytree(real_rt, work)
+    table = daskmri.scan(work, layout=RT_LAYOUT)
+    pristine = daskmri.load_dataset(work, layout=RT_LAYOUT, scheduler="sync")
+    originals = {row.dicom_path: Path(row.dicom_path).read_bytes() for row in table.itertuples()}
+    touched = 0
+    for case in range(FUZZ_CASES):
+        rng = np.random.default_rng(100 + case)
+        for path, data in originals.items():
+            Path(path).write_bytes(data)
+        hit = {table.dicom_path.iloc[int(k)] for k in rng.choice(len(table), 6, replace=False)}
+        for path in hit:
+            Path(path).write_bytes(mutate(originals[path], rng, 256 * 256 * 2))
+        ds = daskmri.load_dataset(work, layout=RT_LAYOUT, scheduler="processes", chunk_size=8)
+        lost = daskmri.dropped(ds)
+        rt_rows = lost[lost.path.str.endswith("rt.dcm")]
+        # Only the mutated files are named, or the RTSTRUCT for a contour whose slice a
+        # mutation made unreadable or moved.
+        assert set(lost.path) - set(rt_rows.path) <= hit, case
+        assert rt_rows.reason.str.contains("no readable slice has|off the plane").all(), case
+        keys = list(zip(ds.patient_id.values, ds.instance.values.tolist(), strict=True))
+        expected = list(
+            zip(pristine.patient_id.values, pristine.instance.values.tolist(), strict=True)
+        )
+        untouched = [k for k, row in enumerate(table.itertuples()) if row.dicom_path not in hit]
+        assert {expected[k] for k in untouched} <= set(keys), case
+        assert_records_equal(
+            ds.isel(record=[keys.index(expected[k]) for k in untouched]),
+            pristine.isel(record=untouched),
+        )
+        touched += len(lost)
+    assert touched > 0
