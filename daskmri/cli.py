@@ -91,7 +91,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     table = scan(args.root, layout=layout, labels=args.labels)
     columns = [f"{kind}_path" for kind in layout.kinds]
     problems = table.attrs["problems"] + [
-        {"path": next((p for p in row[1:] if p), row[0]), "reason": row.problem}
+        {"path": row[0] or next((p for p in row[1:-1] if p), None), "reason": row.problem}
         for row in table[["dicom_path", *columns, "problem"]].itertuples(index=False)
         if row.problem is not None
     ]

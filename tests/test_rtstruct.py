@@ -590,3 +590,23 @@ def test_mutated_real_slices_under_the_rtstruct_layout_never_fail(real_rt, tmp_p
         )
         touched += len(lost)
     assert touched > 0
+
+
+def test_the_cli_takes_a_layout_file_and_its_kinds(three_kinds, tmp_path, capsys):
+    from daskmri.cli import main
+
+    saved = tmp_path / "three.json"
+    saved.write_text(json.dumps(THREE.to_dict()))
+    assert main(["scan", str(three_kinds), "--layout", str(saved), "--labels", "pcontour"]) == 0
+    out = capsys.readouterr().out
+    n = int(daskmri.scan(three_kinds, layout=THREE).pcontour_path.notna().sum())
+    assert f"records:     {n} (labels='pcontour')" in out and f"pcontour:    {n}" in out
+    for argv, message in (
+        (["--layout", str(saved), "--labels", "scar"], "invalid choice: 'scar'"),
+        (["--layout", str(tmp_path / "none.json")], "cannot read a layout from"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(["scan", str(three_kinds), *argv])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
