@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import logging
 import os
 import re
 import warnings
@@ -42,6 +43,8 @@ __all__ = [
     "read_structure_set",
     "structure_mask",
 ]
+
+logger = logging.getLogger(__name__)
 
 _CONTOUR_DATA = 0x30060050
 # Two slices whose planes are this close (mm) are the same plane (cine phases).
@@ -106,7 +109,9 @@ class Plane:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Read without pydicom's value validation: the real files carry UIDs that it
-    warns (and logs) about, hundreds of times in one scan. Not an error of ours."""
+    warns (and logs) about, hundreds of times in one scan. The setting is pydicom's
+    global one, restored on exit; two threads reading at once at worst let a warning
+    through."""
     from pydicom import config
 
     mode = config.settings.reading_validation_mode
@@ -264,13 +269,17 @@ def read_structure_set(
     )
     try:
         with _quiet():
-            return _structure_set(path, _parse(path, raw), limits)
+            structure = _structure_set(path, _parse(path, raw), limits)
     except RTStructError:
         raise
     except Exception as exc:  # a damaged sequence fails wherever it is first touched
         raise RTStructError(
             path, f"damaged or truncated structure set ({type(exc).__name__}: {exc})"
         ) from None
+    logger.debug(
+        "read %s: %d contours, %d left out", path, len(structure.contours), len(structure.problems)
+    )
+    return structure
 
 
 def _parse(path: str, raw: bytes):

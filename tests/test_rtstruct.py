@@ -610,3 +610,26 @@ def test_the_cli_takes_a_layout_file_and_its_kinds(three_kinds, tmp_path, capsys
         assert exit_.value.code == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_roi_of_two_kinds_is_a_contour_of_each_and_a_contour_of_no_roi_is_reported(tmp_path):
+    import pydicom
+
+    root = oblique_series(tmp_path / "data", slices=2)
+    rt = root / "rt" / "SYN0001" / "rt.dcm"
+    write_rtstruct(
+        rt, [Roi(1, "LV Endo", [_drawn(root, 1, A)]), Roi(2, "Scar", [_drawn(root, 2, A)])]
+    )
+    ds = pydicom.dcmread(rt)
+    ds.ROIContourSequence[1].ReferencedROINumber = 9  # names no StructureSetROI
+    ds.save_as(rt)
+    layout = oblique_layout({"icontour": "lv endo", "blood": "lv.*"})
+    loaded = daskmri.load_dataset(root, layout=layout, scheduler="sync")
+    assert loaded.instance.values.tolist() == [1]
+    np.testing.assert_array_equal(loaded.icontour.values[0], truth(A))
+    np.testing.assert_array_equal(loaded.blood.values[0], truth(A))
+    lost = daskmri.dropped(loaded)
+    assert lost.reason.tolist() == [
+        "contour 1: ROI number 9 has no StructureSetROI; dropped",
+        "ROI 'Scar' (number 2) matches no contour kind; ignored",
+    ]
