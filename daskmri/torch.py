@@ -30,10 +30,9 @@ __all__ = ["TorchBatches"]
 class TorchBatches(IterableDataset):
     """Batches of a :class:`~daskmri.BatchIterator` as tensors, one epoch per iteration.
 
-    ``image`` is a float32 tensor ``(batch, y, x)``, each contour kind's mask
-    (``icontour``, ``ocontour``, ...) a bool tensor, ``instance`` int64;
-    ``patient_id`` stays a numpy array of str (a tensor cannot hold text). Memory
-    is shared with the batch, not copied.
+    ``image`` is a float32 tensor ``(batch, y, x)``, ``icontour`` and ``ocontour``
+    bool tensors, ``instance`` int64; ``patient_id`` stays a numpy array of str
+    (a tensor cannot hold text). Memory is shared with the batch, not copied.
 
     Parameters
     ----------
