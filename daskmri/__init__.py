@@ -4,7 +4,7 @@ A typical session::
 
     import daskmri
     table = daskmri.scan("final_data")        # every record, no pixel I/O
-    ds = daskmri.load_dataset("final_data")   # image, icontour, ocontour along record
+    ds = daskmri.load_dataset("final_data")   # image and a mask per contour kind, along record
     daskmri.dropped(ds)                        # what was left out, and why
 """
 
@@ -39,13 +39,14 @@ _EXPORTS = {
         "DicomError",
         "LayoutError",
         "RecordError",
+        "RTStructError",
         "WorkerStartError",
     ),
     "daskmri.record": ("Record",),
     "daskmri.parse": ("read_record",),
     "daskmri.contours": ("polygon_mask", "read_contour"),
     "daskmri.dicom": ("read_dicom",),
-    "daskmri.layout": ("SERIES", "SUNNYBROOK", "Layout", "scan"),
+    "daskmri.layout": ("SERIES", "SUNNYBROOK", "ContourKind", "Layout", "RTStruct", "scan"),
     "daskmri.limits": ("Limits",),
     "daskmri.fit": ("to_source",),
     "daskmri.versions": ("show_versions",),

@@ -7,6 +7,7 @@ Run ``daskmri --help`` or ``daskmri COMMAND --help``. :func:`main` takes
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import DaskmriError
-from .layout import LABELS
+from .layout import Layout
 from .settings import SCHEDULERS
 
 # Commands import what they use when they run: the "processes" scheduler starts
@@ -86,17 +87,19 @@ class _Parser(argparse.ArgumentParser):
 def _cmd_scan(args: argparse.Namespace) -> int:
     from .layout import scan
 
-    table = scan(args.root, labels=args.labels)
+    layout = args.layout
+    table = scan(args.root, layout=layout, labels=args.labels)
+    columns = [f"{kind}_path" for kind in layout.kinds]
     problems = table.attrs["problems"] + [
-        {"path": r.dicom_path or r.icontour_path or r.ocontour_path, "reason": r.problem}
-        for r in table.itertuples()
-        if r.problem is not None
+        {"path": row[0] or next((p for p in row[1:-1] if p), None), "reason": row.problem}
+        for row in table[["dicom_path", *columns, "problem"]].itertuples(index=False)
+        if row.problem is not None
     ]
     print(f"root:        {table.attrs['root']}")
     print(f"patients:    {table.patient_id.nunique()}")
     print(f"records:     {len(table)} (labels={args.labels!r})")
-    print(f"i-contours:  {table.icontour_path.notna().sum()}")
-    print(f"o-contours:  {table.ocontour_path.notna().sum()}")
+    for kind, column in zip(layout.kinds, columns, strict=True):
+        print(f"{kind + ':':<12} {table[column].notna().sum()}")
     print(f"problems:    {len(problems)}")
     for problem in problems[: args.max_problems]:
         print(f"  {problem['path']}: {problem['reason']}")
@@ -147,9 +150,16 @@ def _fitting(args: argparse.Namespace) -> dict:
 
 
 def _demo_picks(ds) -> list[int]:
-    """Eight records for the overlay: with both contours first, every patient's first."""
+    """Eight records for the overlay: with every contour kind first, every patient's first."""
+    import numpy as np
+
+    from .schema import kinds_of
+
     n = ds.sizes["record"]
-    both = set((ds.has_icontour & ds.has_ocontour).values.nonzero()[0].tolist())
+    every = np.ones(n, dtype=bool)
+    for kind in kinds_of(ds):
+        every &= ds[f"has_{kind}"].values
+    both = set(every.nonzero()[0].tolist())
     patients = ds.patient_id.values
     firsts = [k for k in sorted(both) if k == min(j for j in both if patients[j] == patients[k])]
     rest = [k for k in sorted(both) if k not in firsts] + [k for k in range(n) if k not in both]
@@ -167,6 +177,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         ds = load_dataset(
             root,
+            layout=args.layout,
             chunk_size=args.chunk_size,
             labels=args.labels,
             progress=True,
@@ -244,6 +255,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     report = build(
         args.root,
         args.out,
+        layout=args.layout,
         chunk_size=args.chunk_size,
         labels=args.labels,
         mode=args.mode,
@@ -298,6 +310,32 @@ def _millimetres(value: str) -> float:
     return mm
 
 
+def _layout_file(value: str) -> Layout:
+    """A layout from a JSON file holding ``Layout.to_dict()``."""
+    try:
+        with open(value, encoding="utf-8") as fh:
+            return Layout.from_dict(json.load(fh))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"cannot read a layout from {value!r} ({exc}); write one with "
+            "json.dump(layout.to_dict(), file)"
+        ) from None
+
+
+def _add_layout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--layout",
+        type=_layout_file,
+        default=Layout(),
+        help="JSON file of daskmri.Layout(...).to_dict() (default: Sunnybrook)",
+    )
+    parser.add_argument(
+        "--labels",
+        default="any",
+        help="any (default), all, or a contour kind's name (i, o: Sunnybrook's aliases)",
+    )
+
+
 def _add_scheduler(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scheduler",
@@ -317,7 +355,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scan", help="list the records of a dataset folder (reads no pixels)")
     p.add_argument("root", help="dataset folder (Sunnybrook layout)")
-    p.add_argument("--labels", choices=LABELS, default="any")
+    _add_layout(p)
     p.add_argument("--max-problems", type=_count, default=20, help="problems to print")
     p.set_defaults(func=_cmd_scan)
 
@@ -328,7 +366,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="daskmri-demo.png", help="overlay PNG to write")
     _add_scheduler(p)
     p.add_argument("--chunk-size", type=_positive, default=64, help="records per chunk")
-    p.add_argument("--labels", choices=LABELS, default="any")
+    _add_layout(p)
     p.add_argument("--max-problems", type=_count, default=10, help="dropped records to print")
     p.add_argument(
         "--mixed",
@@ -345,7 +383,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="Zarr store: a path or an fsspec URL")
     _add_scheduler(p)
     p.add_argument("--chunk-size", type=_positive, default=64, help="records per chunk")
-    p.add_argument("--labels", choices=LABELS, default="any")
+    _add_layout(p)
     p.add_argument(
         "--mode",
         choices=("resume", "update", "overwrite"),
@@ -385,7 +423,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     wrote 1 patients x 2 slices to ...
     0
     """
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if hasattr(args, "layout"):
+        choices = args.layout.label_choices()
+        if args.labels not in choices:
+            shown = ", ".join(map(repr, choices))
+            parser.error(
+                f"argument --labels: invalid choice: {args.labels!r} (choose from {shown})"
+            )
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
     )

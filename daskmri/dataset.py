@@ -72,10 +72,12 @@ def load_dataset(
         guard.
     chunk_size : int
         Records per chunk (and per task).
-    labels : {"any", "i", "o", "all"}
-        Which slices to keep; see :func:`daskmri.scan`.
+    labels : str
+        Which slices to keep: ``"any"``, ``"all"`` or a contour kind's name (or
+        alias); see :func:`daskmri.scan`.
     reader : callable, optional
-        ``reader(record) -> (image, icontour_mask | None, ocontour_mask | None)``,
+        ``reader(record) -> (image, *masks)``, one mask (or None) per contour kind of
+        the layout, in its order (``(image, icontour, ocontour)`` for Sunnybrook),
         replacing :func:`read_record` (to stub, count or change parsing). It must be
         picklable for the process and distributed schedulers.
     limits : Limits, optional
@@ -100,9 +102,9 @@ def load_dataset(
     Returns
     -------
     xarray.Dataset
-        ``image`` (float32), ``icontour``, ``ocontour`` (bool) on
-        ``(record, y, x)``, chunked along ``record`` with known chunk sizes, plus
-        ``has_icontour``, ``has_ocontour`` and the coordinates ``patient_id``,
+        ``image`` (float32) and a bool mask per contour kind (``icontour``,
+        ``ocontour`` for Sunnybrook) on ``(record, y, x)``, chunked along ``record``
+        with known chunk sizes, plus ``has_<kind>`` and the coordinates ``patient_id``,
         ``original_id``, ``instance``. Chunks are ``chunk_size`` records, less the
         records dropped from them.
 
@@ -155,7 +157,8 @@ def _load(source: Source, parsing: Parsing, compute: Compute, client):
         shape = infer_shape(records, parsing.limits, spacing=parsing.spacing)
     shape = (0, 0) if shape is None else shape
     executor = executor_for(compute, client, len(plan.chunks))
-    sink = memory_sink(executor, plan.n_records, shape, fit=parsing.fit)
+    kinds = source.layout.kinds
+    sink = memory_sink(executor, plan.n_records, shape, fit=parsing.fit, kinds=kinds)
     try:
         with progress_bar(len(plan.chunks), compute.progress) as bar:
             results, isolation = executor.run(

@@ -30,7 +30,14 @@ ExplicitVRLittleEndian = "1.2.840.10008.1.2.1"
 DeflatedExplicitVRLittleEndian = "1.2.840.10008.1.2.1.99"
 ExplicitVRBigEndian = "1.2.840.10008.1.2.2"
 
-__all__ = ["read_dicom", "read_dicom_geometry", "read_dicom_shape", "read_slice"]
+__all__ = [
+    "PLANE_TAGS",
+    "read_dicom",
+    "read_dicom_geometry",
+    "read_dicom_shape",
+    "read_slice",
+    "read_text_tags",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +189,8 @@ def _skip_sequence(raw: bytes, pos: int, explicit: bool) -> int:
         pos = _walk(raw, start, explicit, None) if length == _UNDEFINED else start + length
 
 
-def _walk(raw: bytes, pos: int, explicit: bool, found: dict | None) -> int:
-    """Walk a dataset from ``pos``; collect wanted top-level tags into ``found``.
+def _walk(raw: bytes, pos: int, explicit: bool, found: dict | None, wanted: dict = _WANTED) -> int:
+    """Walk a dataset from ``pos``; collect ``wanted`` top-level tags into ``found``.
 
     ``found`` is None inside a nested item, which ends at its delimiter.
     """
@@ -200,8 +207,8 @@ def _walk(raw: bytes, pos: int, explicit: bool, found: dict | None) -> int:
             continue
         if start + length > end:
             raise _Fallback  # truncated: let pydicom read and describe it
-        if found is not None and tag in _WANTED:
-            name = _WANTED[tag]
+        if found is not None and tag in wanted:
+            name = wanted[tag]
             if (
                 vr is not None
                 and vr != _WANTED_VR.get(name, b"US")
@@ -219,21 +226,78 @@ def _walk(raw: bytes, pos: int, explicit: bool, found: dict | None) -> int:
     return pos
 
 
+def _dataset_start(raw: bytes) -> tuple[int, str] | None:
+    """Where the dataset starts after the file meta group, and its transfer syntax;
+    None unless the file is uncompressed little endian with a DICM marker."""
+    if len(raw) < 132 or raw[128:132] != b"DICM":
+        return None
+    pos, syntax = 132, None
+    while pos + 8 <= len(raw) and raw[pos : pos + 2] == b"\x02\x00":  # group 0002
+        tag, _, length, start = _element(raw, pos, True)
+        if length == _UNDEFINED:
+            return None
+        if tag == 0x00020010:
+            syntax = bytes(raw[start : start + length]).rstrip(b"\0 ").decode("ascii")
+        pos = start + length
+    if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        return None
+    return pos, syntax
+
+
+#: The text tags that place a slice in patient space (see :func:`read_text_tags`).
+PLANE_TAGS = {
+    0x00080018: "SOPInstanceUID",
+    0x00180050: "SliceThickness",
+    0x00180088: "SpacingBetweenSlices",
+    0x00200032: "ImagePositionPatient",
+    0x00200037: "ImageOrientationPatient",
+    0x00280030: "PixelSpacing",
+}
+
+
+def read_text_tags(
+    path: str | os.PathLike[str], tags: dict[int, str], *, limits: Limits = DEFAULT_LIMITS
+) -> dict[str, str] | None:
+    r"""The values of top-level text tags (UI, DS, CS, ...) of a DICOM file, by the
+    header walk and without pydicom: ``{name: text}`` for those present (padding
+    stripped, several values still joined by backslashes). None when the walk leaves
+    the file to pydicom (not uncompressed little endian, an element it does not
+    understand); read such a file with pydicom.
+
+    Raises
+    ------
+    DicomError
+        If the file cannot be read (missing, empty, over ``Limits.max_file_bytes``).
+
+    Examples
+    --------
+    >>> from daskmri import synth
+    >>> import tempfile
+    >>> root = synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=2, shape=(32, 48))
+    >>> found = read_text_tags(root / "dicoms" / "SYN0001" / "1.dcm", PLANE_TAGS)
+    >>> found["PixelSpacing"].split("\\")
+    ['1.25', '1.25']
+    """
+    path = os.fspath(path)
+    raw = _read_bytes(path, limits)
+    try:
+        begin = _dataset_start(raw)
+        if begin is None:
+            return None
+        found: dict = {}
+        _walk(raw, begin[0], begin[1] == ExplicitVRLittleEndian, found, tags)
+        return {name: bytes(v).decode("ascii").strip(" \0") for name, v in found.items()}
+    except (_Fallback, struct.error, UnicodeDecodeError, ValueError):
+        return None
+
+
 def _fast_header(raw: bytes) -> tuple[_Header, str] | None:
     """Wanted tags and the transfer syntax of a little-endian uncompressed file, or None."""
     try:
-        if len(raw) < 132 or raw[128:132] != b"DICM":
+        begin = _dataset_start(raw)
+        if begin is None:
             return None
-        pos, syntax = 132, None
-        while pos + 8 <= len(raw) and raw[pos : pos + 2] == b"\x02\x00":  # group 0002
-            tag, _, length, start = _element(raw, pos, True)
-            if length == _UNDEFINED:
-                return None
-            if tag == 0x00020010:
-                syntax = bytes(raw[start : start + length]).rstrip(b"\0 ").decode("ascii")
-            pos = start + length
-        if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            return None
+        pos, syntax = begin
         found: dict = {}
         _walk(raw, pos, syntax == ExplicitVRLittleEndian, found)
         header = _Header()

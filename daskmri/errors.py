@@ -72,6 +72,11 @@ class ContourError(RecordError):
     """A contour file is unreadable: bad line, too few points, non-finite, outside the image."""
 
 
+class RTStructError(RecordError):
+    """An RTSTRUCT file, or the slice position it needs, cannot be read: not DICOM,
+    truncated, not an RTSTRUCT, no structure set, a slice without its position."""
+
+
 class StoreError(DaskmriError):
     """A Zarr store cannot be used as asked: not a daskmri store, unfinished, or built
     differently; the message says which and what to run."""

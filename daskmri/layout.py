@@ -15,25 +15,176 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import LayoutError
+from .record import RTSlice
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["LABELS", "SERIES", "SUNNYBROOK", "Layout", "iter_records", "scan"]
+__all__ = [
+    "LABELS",
+    "SERIES",
+    "SUNNYBROOK",
+    "ContourKind",
+    "Layout",
+    "RTStruct",
+    "iter_records",
+    "scan",
+]
 
 logger = logging.getLogger(__name__)
 
+#: The ``labels=`` choices of the Sunnybrook layout; another layout's are
+#: :meth:`Layout.label_choices`.
 LABELS = ("any", "i", "o", "all")
 
-COLUMNS = [
-    "patient_id",
-    "original_id",
-    "instance",
-    "dicom_path",
-    "icontour_path",
-    "ocontour_path",
-    "problem",
-]
+#: Names a contour kind cannot take: the dataset's and the store's other entries.
+RESERVED = frozenset(
+    {"image", "any", "all", "status", "key", "fingerprint", "geometry", "done"}
+    | {"patient_id", "original_id", "instance", "record", "dicom", "problem"}
+)
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def _check_glob(owner: str, value: str, keys: tuple[str, ...]) -> None:
+    if not any("{" + key + "}" in value for key in keys):
+        wanted = " or ".join(f"'{{{key}}}'" for key in keys)
+        raise LayoutError(f"{owner}={value!r} must contain {wanted}")
+    if os.path.isabs(value) or ".." in value.split("/"):
+        raise LayoutError(f"{owner}={value!r} must stay inside the root")
+
+
+def _compile(owner: str, value: str, *, group: str | None = "instance") -> re.Pattern[str]:
+    try:
+        compiled = re.compile(value, 0 if group else re.IGNORECASE)
+    except re.error as exc:
+        raise LayoutError(f"{owner}={value!r} is not a valid regex: {exc}") from None
+    if group and group not in compiled.groupindex:
+        raise LayoutError(f"{owner}={value!r} needs a named group (?P<{group}>...)")
+    return compiled
+
+
+@dataclass(frozen=True)
+class ContourKind:
+    """One kind of hand-drawn contour in text files: a mask variable of the dataset.
+
+    Parameters
+    ----------
+    name : str
+        The mask variable's name (``has_<name>`` says which records have one); a
+        letter, then letters, digits or ``_``.
+    glob : str
+        Where the contour files are, relative to the root, formatted with
+        ``{original_id}`` (or ``{patient_id}``).
+    regex : str
+        Matched in full against a file's name; its ``instance`` group gives the
+        DICOM instance number the contour belongs to.
+    alias : str
+        Another ``labels=`` name for the kind (``"i"`` for ``icontour``), or ``""``.
+
+    Raises
+    ------
+    LayoutError
+        If the name is not a valid variable name or is reserved, the glob leaves
+        the root or names no id, or the regex is invalid or lacks ``instance``.
+
+    Examples
+    --------
+    >>> ContourKind("pcontour", glob="contourfiles/{original_id}/p-contours/*.txt",
+    ...             regex=r"IM-\\d+-(?P<instance>\\d+)-pcontour-manual\\.txt").name
+    'pcontour'
+    >>> ContourKind("has_x", glob="{original_id}/*.txt", regex="(?P<instance>1)")
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    daskmri.errors.LayoutError: ContourKind name 'has_x' is reserved or not a variable name ...
+    """
+
+    name: str
+    glob: str
+    regex: str
+    alias: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name(self.name)
+        _check_glob(f"ContourKind({self.name!r}).glob", self.glob, ("original_id", "patient_id"))
+        _compile(f"ContourKind({self.name!r}).regex", self.regex)
+        if self.alias and (self.alias in RESERVED or not _NAME.fullmatch(self.alias)):
+            raise LayoutError(f"ContourKind({self.name!r}).alias={self.alias!r} is not usable")
+
+
+def _check_name(name: object) -> None:
+    if (
+        not isinstance(name, str)
+        or not _NAME.fullmatch(name)
+        or name in RESERVED
+        or name.startswith("has_")
+    ):
+        raise LayoutError(
+            f"ContourKind name {name!r} is reserved or not a variable name (a letter, then "
+            "letters, digits or _; not has_..., image, any, all, ...)"
+        )
+
+
+@dataclass(frozen=True)
+class RTStruct:
+    """Contours from DICOM RTSTRUCT files: one structure set (or several) per patient.
+
+    Parameters
+    ----------
+    glob : str
+        Where a patient's RTSTRUCT files are, relative to the root, formatted with
+        ``{patient_id}`` (or ``{original_id}``).
+    rois : mapping of str to str
+        Contour kind name -> regular expression, matched in full and ignoring case
+        against each ROIName of the ``StructureSetROISequence``. Stored as a tuple
+        of pairs, in the given order.
+
+    Raises
+    ------
+    LayoutError
+        If a kind name is not usable, a regex is invalid, or there is no kind.
+
+    Examples
+    --------
+    >>> rt = RTStruct(glob="rtstruct/{patient_id}/*.dcm", rois={"icontour": "LV Endo.*"})
+    >>> rt.rois
+    (('icontour', 'LV Endo.*'),)
+    """
+
+    glob: str
+    rois: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        pairs = tuple(
+            (str(k), str(v))
+            for k, v in (self.rois.items() if isinstance(self.rois, dict) else self.rois)
+        )
+        object.__setattr__(self, "rois", pairs)
+        _check_glob("RTStruct.glob", self.glob, ("patient_id", "original_id"))
+        if not pairs:
+            raise LayoutError("RTStruct(rois=...) is empty; map at least one kind to an ROI regex")
+        for name, regex in pairs:
+            _check_name(name)
+            _compile(f"RTStruct.rois[{name!r}]", regex, group=None)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.rois)
+
+
+#: The Sunnybrook contour kinds.
+ICONTOUR = ContourKind(
+    "icontour",
+    glob="contourfiles/{original_id}/i-contours/*.txt",
+    regex=r"IM-\d+-(?P<instance>\d+)-icontour-manual\.txt",
+    alias="i",
+)
+OCONTOUR = ContourKind(
+    "ocontour",
+    glob="contourfiles/{original_id}/o-contours/*.txt",
+    regex=r"IM-\d+-(?P<instance>\d+)-ocontour-manual\.txt",
+    alias="o",
+)
 
 
 @dataclass(frozen=True)
@@ -42,8 +193,8 @@ class Layout:
 
     Globs are relative to the root and are formatted with ``{patient_id}`` (DICOM
     side) or ``{original_id}`` (contour side), the two columns of the link file.
-    Each ``*_regex`` is matched against a file's name and its ``instance`` group
-    gives the DICOM instance number the file belongs to.
+    ``dicom_regex`` is matched against a DICOM file's name and its ``instance``
+    group gives the instance number.
 
     Parameters
     ----------
@@ -55,8 +206,16 @@ class Layout:
         Column names in the link file.
     dicom_glob, dicom_regex : str
         Where the DICOM slices are, and how a file name gives its instance.
-    icontour_glob, icontour_regex, ocontour_glob, ocontour_regex : str
-        The same for inner and outer contour files.
+    contours : tuple of ContourKind
+        The contour kinds drawn in text files, in the order of the dataset's
+        variables; default Sunnybrook's ``icontour`` and ``ocontour``.
+    rtstruct : RTStruct, optional
+        Contour kinds read from DICOM RTSTRUCT files, after ``contours``.
+
+    Raises
+    ------
+    LayoutError
+        If a glob or regex is unusable, or two kinds share a name or an alias.
 
     Examples
     --------
@@ -69,8 +228,8 @@ class Layout:
     ...     dicom_glob="scans/{patient_id}/*.dcm",
     ...     dicom_regex=r"slice_(?P<instance>\\d+)\\.dcm",
     ... )
-    >>> mine.link_file
-    'pairs.csv'
+    >>> mine.link_file, mine.kinds
+    ('pairs.csv', ('icontour', 'ocontour'))
     """
 
     name: str = "sunnybrook"
@@ -79,32 +238,55 @@ class Layout:
     original_column: str = "original_id"
     dicom_glob: str = "dicoms/{patient_id}/*.dcm"
     dicom_regex: str = r"(?P<instance>\d+)\.dcm"
-    icontour_glob: str = "contourfiles/{original_id}/i-contours/*.txt"
-    icontour_regex: str = r"IM-\d+-(?P<instance>\d+)-icontour-manual\.txt"
-    ocontour_glob: str = "contourfiles/{original_id}/o-contours/*.txt"
-    ocontour_regex: str = r"IM-\d+-(?P<instance>\d+)-ocontour-manual\.txt"
+    contours: tuple[ContourKind, ...] = (ICONTOUR, OCONTOUR)
+    rtstruct: RTStruct | None = None
 
     def __post_init__(self) -> None:
-        for field, key in (
-            ("dicom_glob", "patient_id"),
-            ("icontour_glob", "original_id"),
-            ("ocontour_glob", "original_id"),
-        ):
-            value = getattr(self, field)
-            if "{" + key + "}" not in value:
-                raise LayoutError(f"Layout.{field}={value!r} must contain '{{{key}}}'")
-            if os.path.isabs(value) or ".." in value.split("/"):
-                raise LayoutError(f"Layout.{field}={value!r} must stay inside the root")
-        for field in ("dicom_regex", "icontour_regex", "ocontour_regex"):
-            value = getattr(self, field)
-            try:
-                compiled = re.compile(value)
-            except re.error as exc:
-                raise LayoutError(f"Layout.{field}={value!r} is not a valid regex: {exc}") from None
-            if "instance" not in compiled.groupindex:
-                raise LayoutError(f"Layout.{field}={value!r} needs a named group (?P<instance>...)")
+        object.__setattr__(self, "contours", tuple(self.contours))
+        _check_glob("Layout.dicom_glob", self.dicom_glob, ("patient_id",))
+        _compile("Layout.dicom_regex", self.dicom_regex)
+        if not all(isinstance(kind, ContourKind) for kind in self.contours):
+            raise LayoutError("Layout(contours=...) takes a tuple of daskmri.ContourKind")
+        names = [*self.kinds, *(k.alias for k in self.contours if k.alias)]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise LayoutError(f"contour kinds or aliases {repeated} are declared twice")
 
-    def to_dict(self) -> dict[str, str]:
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Every contour kind's name, in the order of the dataset's variables."""
+        rt = () if self.rtstruct is None else self.rtstruct.kinds
+        return (*(kind.name for kind in self.contours), *rt)
+
+    def label_choices(self) -> tuple[str, ...]:
+        """What ``labels=`` accepts: ``"any"``, ``"all"``, each kind and its alias.
+
+        Examples
+        --------
+        >>> SUNNYBROOK.label_choices()
+        ('any', 'all', 'icontour', 'ocontour', 'i', 'o')
+        """
+        aliases = tuple(kind.alias for kind in self.contours if kind.alias)
+        return ("any", "all", *self.kinds, *aliases)
+
+    def label_kind(self, labels: str) -> str:
+        """``labels`` with an alias replaced by its kind's name.
+
+        Raises
+        ------
+        ValueError
+            If ``labels`` is not one of :meth:`label_choices`.
+
+        Examples
+        --------
+        >>> SUNNYBROOK.label_kind("i"), SUNNYBROOK.label_kind("all")
+        ('icontour', 'all')
+        """
+        if labels not in self.label_choices():
+            raise ValueError(f"labels must be one of {self.label_choices()}, got {labels!r}")
+        return next((k.name for k in self.contours if k.alias == labels), labels)
+
+    def to_dict(self) -> dict:
         """Plain dict of the fields, for storing in dataset attributes.
 
         Examples
@@ -115,8 +297,34 @@ class Layout:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, str]) -> Layout:
-        """Inverse of :meth:`to_dict`."""
+    def from_dict(cls, values: dict) -> Layout:
+        """Inverse of :meth:`to_dict`; also reads the dict of a layout saved before
+        contour kinds were declared (fields ``icontour_glob``, ``icontour_regex``, ...).
+
+        Examples
+        --------
+        >>> old = {k: v for k, v in SUNNYBROOK.to_dict().items() if k != "contours"}
+        >>> old |= {"icontour_glob": ICONTOUR.glob, "icontour_regex": ICONTOUR.regex,
+        ...         "ocontour_glob": OCONTOUR.glob, "ocontour_regex": OCONTOUR.regex}
+        >>> Layout.from_dict(old) == SUNNYBROOK
+        True
+        """
+        values = dict(values)
+        if "icontour_glob" in values:
+            old = [(ICONTOUR, "icontour"), (OCONTOUR, "ocontour")]
+            values["contours"] = [
+                dataclasses.replace(
+                    kind, glob=values.pop(f"{n}_glob"), regex=values.pop(f"{n}_regex")
+                )
+                for kind, n in old
+            ]
+        values["contours"] = tuple(
+            k if isinstance(k, ContourKind) else ContourKind(**k)
+            for k in values.get("contours", ())
+        )
+        rt = values.get("rtstruct")
+        if isinstance(rt, dict):
+            values["rtstruct"] = RTStruct(rt["glob"], tuple(map(tuple, rt["rois"])))
         return cls(**values)
 
 
@@ -132,10 +340,10 @@ SERIES = Layout(
     original_column="annotation_set",
     dicom_glob="dicoms/{patient_id}/*/IM-*.dcm",
     dicom_regex=r"IM-\d+-(?P<instance>\d+)\.dcm",
-    icontour_glob="contourfiles/{original_id}/*/i-contours/*.txt",
-    icontour_regex=r"IM-\d+-(?P<instance>\d+)-icontour-manual\.txt",
-    ocontour_glob="contourfiles/{original_id}/*/o-contours/*.txt",
-    ocontour_regex=r"IM-\d+-(?P<instance>\d+)-ocontour-manual\.txt",
+    contours=(
+        dataclasses.replace(ICONTOUR, glob="contourfiles/{original_id}/*/i-contours/*.txt"),
+        dataclasses.replace(OCONTOUR, glob="contourfiles/{original_id}/*/o-contours/*.txt"),
+    ),
 )
 
 
@@ -283,15 +491,14 @@ def iter_records(
     >>> [row["instance"] for row in iter_records(root, problems=[])]
     [2, 3]
     """
-    if labels not in LABELS:
-        raise ValueError(f"labels must be one of {LABELS}, got {labels!r}")
     layout = SUNNYBROOK if layout is None else layout
+    wanted = layout.label_kind(labels)
     root = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root):
         raise LayoutError(f"dataset root {root!r} is not a folder")
     finder = _Finder(root, layout, problems)
     for ids in _patients(root, layout, problems):
-        yield from finder.records(ids, labels)
+        yield from finder.records(ids, wanted)
 
 
 def _patients(root: str, layout: Layout, problems: list[dict]) -> Iterator[dict[str, str]]:
@@ -328,40 +535,69 @@ class _Finder:
     def __init__(self, root: str, layout: Layout, problems: list[dict]) -> None:
         self.root, self.layout, self.problems = root, layout, problems
         self.root_real = os.path.realpath(root)
-        self.regexes = {
-            "DICOM": re.compile(layout.dicom_regex),
-            "i-contour": re.compile(layout.icontour_regex),
-            "o-contour": re.compile(layout.ocontour_regex),
+        self.regexes = {"DICOM": re.compile(layout.dicom_regex)} | {
+            kind.name: re.compile(kind.regex) for kind in layout.contours
         }
 
     def files(self, kind: str, pattern: str, ids: dict, fill: dict) -> dict[int, str]:
         found = _find(self.root, self.root_real, pattern.format(**fill), self.problems, ids)
         return _instances(found, self.regexes[kind], kind, ids, self.problems)
 
-    def records(self, ids: dict[str, str], labels: str) -> Iterator[dict]:
+    def records(self, ids: dict[str, str], wanted: str) -> Iterator[dict]:
         layout = self.layout
         fill = {key: glob.escape(value) for key, value in ids.items()}
         dicoms = self.files("DICOM", layout.dicom_glob, ids, fill)
-        inner = self.files("i-contour", layout.icontour_glob, ids, fill)
-        outer = self.files("o-contour", layout.ocontour_glob, ids, fill)
+        text = {k.name: self.files(k.name, k.glob, ids, fill) for k in layout.contours}
         if not dicoms:
             where = os.path.join(self.root, layout.dicom_glob.format(**fill))
             self.problems.append(_problem(where, "no DICOM files for this patient", **ids))
-        for instance in sorted(set(dicoms) | set(inner) | set(outer)):
-            i_path, o_path = inner.get(instance), outer.get(instance)
-            keep = {
-                "any": i_path is not None or o_path is not None,
-                "i": i_path is not None,
-                "o": o_path is not None,
-                "all": True,
-            }[labels]
-            if keep:
-                yield self._row(ids, instance, dicoms.get(instance), i_path, o_path)
+        rt = {} if layout.rtstruct is None or not dicoms else self.rtstruct(ids, fill, dicoms)
+        for instance in sorted(set(dicoms).union(*text.values())):
+            slice_rt = rt.get(instance)
+            contours = tuple((name, found.get(instance)) for name, found in text.items()) + tuple(
+                (kind, _first_path(slice_rt, kind)) for kind in layout.kinds[len(text) :]
+            )
+            present = [kind for kind, path in contours if path is not None]
+            if wanted == "all" or (present if wanted == "any" else wanted in present):
+                yield self._row(ids, instance, dicoms.get(instance), contours, slice_rt)
 
-    def _row(self, ids: dict, instance: int, dicom_path, i_path, o_path) -> dict:
+    def rtstruct(self, ids: dict, fill: dict, dicoms: dict[int, str]) -> dict[int, RTSlice]:
+        """The patient's RTSTRUCT contours, by instance. A slice whose position cannot
+        be read gets none (and is reported): no contour can be placed on it."""
+        from .rtstruct import RTStructError, assign, read_plane, read_structure_set
+
+        pattern = self.layout.rtstruct.glob.format(**fill)
+        paths = _find(self.root, self.root_real, pattern, self.problems, ids)
+        if not paths:
+            return {}
+        sets = []
+        for path in paths:
+            try:
+                sets.append(read_structure_set(path))
+            except RTStructError as exc:
+                self.problems.append(_problem(path, exc.reason, **ids))
+        planes = {}
+        for instance, path in dicoms.items():
+            try:
+                planes[instance] = read_plane(path)
+            except RTStructError as exc:
+                reason = f"{exc.reason}; the slice gets no RTSTRUCT contour"
+                self.problems.append(_problem(path, reason, **ids, instance=instance))
+        found = assign(sets, planes, self.layout.rtstruct.rois)
+        for path, reason, instance in found.problems:
+            self.problems.append(_problem(path, reason, **ids, instance=instance))
+        return {
+            instance: RTSlice(
+                planes[instance].as_tuple(),
+                tuple((kind, tuple(picks)) for kind, picks in kinds.items()),
+            )
+            for instance, kinds in found.picks.items()
+        }
+
+    def _row(self, ids: dict, instance: int, dicom_path, contours, slice_rt) -> dict:
         problem = None
         if dicom_path is None:
-            contour = os.path.basename(i_path or o_path)
+            contour = os.path.basename(next(path for _, path in contours if path))
             problem = (
                 f"contour {contour} has no DICOM: no file for instance {instance} "
                 f"of patient {ids['patient_id']} matches {self.layout.dicom_glob!r}"
@@ -370,10 +606,15 @@ class _Finder:
             **ids,
             "instance": instance,
             "dicom_path": dicom_path,
-            "icontour_path": i_path,
-            "ocontour_path": o_path,
+            **{f"{kind}_path": path for kind, path in contours},
             "problem": problem,
+            "rtstruct": slice_rt,
         }
+
+
+def _first_path(slice_rt: RTSlice | None, kind: str) -> str | None:
+    picks = () if slice_rt is None else slice_rt.of(kind)
+    return picks[0][0] if picks else None
 
 
 def scan(
@@ -391,19 +632,26 @@ def scan(
         The dataset folder.
     layout : Layout, optional
         File names and patterns; default :data:`SUNNYBROOK`.
-    labels : {"any", "i", "o", "all"}
-        ``"any"`` keeps slices with at least one contour, ``"i"``/``"o"`` slices
-        with that contour, ``"all"`` every slice.
+    labels : str
+        ``"any"`` keeps slices with at least one contour, a kind's name (or alias:
+        ``"i"``, ``"o"`` in the Sunnybrook layout) slices with that contour,
+        ``"all"`` every slice.
 
     Returns
     -------
     pandas.DataFrame
         One row per record sorted by ``(patient_id, instance)``, with columns
-        ``patient_id``, ``original_id``, ``instance``, ``dicom_path``,
-        ``icontour_path``, ``ocontour_path`` (None when absent) and ``problem``
-        (None, or why the record cannot be built, e.g. a contour without its
-        DICOM). ``attrs["problems"]`` lists what was found wrong outside any
-        record (bad link rows, links leaving the root, unmatched file names).
+        ``patient_id``, ``original_id``, ``instance``, ``dicom_path``, a
+        ``<kind>_path`` per contour kind (``icontour_path``, ``ocontour_path``; the
+        contour file, or the RTSTRUCT file that holds the slice's contours of that
+        kind; None when absent) and ``problem`` (None, or why the record cannot be
+        built, e.g. a contour without its DICOM); with an RTSTRUCT layout also
+        ``rtstruct``, the slice's plane and contours. ``attrs["problems"]`` lists
+        what was found wrong outside any record (bad link rows, links leaving the
+        root, unmatched file names, RTSTRUCT files and contours left out).
+
+    With an RTSTRUCT layout the scan also reads each patient's RTSTRUCT files and
+    the header (no pixels) of each of its slices, to give every contour its slice.
 
     Raises
     ------
@@ -427,9 +675,12 @@ def scan(
     layout = SUNNYBROOK if layout is None else layout
     problems: list[dict] = []
     records = list(iter_records(root, layout=layout, labels=labels, problems=problems))
-    table = pd.DataFrame.from_records(records, columns=COLUMNS)
+    paths = [f"{kind}_path" for kind in layout.kinds]
+    rt = [] if layout.rtstruct is None else ["rtstruct"]
+    columns = ["patient_id", "original_id", "instance", "dicom_path", *paths, "problem", *rt]
+    table = pd.DataFrame.from_records(records, columns=columns)
     table["instance"] = table["instance"].astype("int64")
-    for column in ("dicom_path", "icontour_path", "ocontour_path", "problem"):
+    for column in ("dicom_path", *paths, "problem", *rt):
         table[column] = table[column].astype(object).where(table[column].notna(), None)
     table.attrs = {"root": root, "layout": layout.to_dict(), "labels": labels, "problems": problems}
     logger.info("scanned %s: %d records, %d problems", root, len(table), len(problems))

@@ -29,8 +29,9 @@ from .errors import RecordError
 from .fit import GEOMETRY, Geometry, fit_image, paste, place
 from .limits import DEFAULT_LIMITS, Limits
 from .record import Fitted, Parsed, Record, drop_row
+from .rtstruct import Plane, structure_mask
 
-__all__ = ["ChunkResult", "Parsed", "Record", "Slots", "parse_chunk", "read_record"]
+__all__ = ["KINDS", "ChunkResult", "Parsed", "Record", "Slots", "parse_chunk", "read_record"]
 
 
 def read_record(
@@ -59,8 +60,9 @@ def read_record(
 
     Returns
     -------
-    (image, icontour, ocontour)
-        float32 image after the modality rescale; a boolean mask per contour, or
+    (image, *masks)
+        float32 image after the modality rescale; a boolean mask per contour kind
+        of the record (``(image, icontour, ocontour)`` in the Sunnybrook layout), or
         None where the record has no such contour; all in the frame. The tuple's
         ``geometry`` says where the source slice sits in it (:class:`Fitted`).
 
@@ -92,18 +94,26 @@ def read_record(
         )
     if geometry.scaled or image.shape != tuple(frame):
         image = fit_image(image, geometry, frame)
-    masks = []
-    for path in (record.icontour_path, record.ocontour_path):
-        if path is None:
-            masks.append(None)
-            continue
-        points = read_contour(
-            path, shape=(geometry.source_rows, geometry.source_columns), limits=limits
+    masks = [_mask(record, kind, path, geometry, frame, limits) for kind, path in record.contours]
+    return Fitted(image, *masks, geometry=geometry)
+
+
+def _mask(record: Record, kind: str, path, geometry: Geometry, frame, limits: Limits):
+    """One contour kind's mask of ``record`` in the frame, or None without a contour.
+
+    Rasterised in the frame from the mapped contour, by the mask rule: never a
+    shifted or interpolated mask."""
+    if path is None:
+        return None
+    source = (geometry.source_rows, geometry.source_columns)
+    picks = () if record.rtstruct is None else record.rtstruct.of(kind)
+    if picks:
+        plane = Plane(*record.rtstruct.plane)
+        return structure_mask(
+            picks, plane, shape=source, to_frame=geometry.to_frame, frame=frame, limits=limits
         )
-        # Rasterised in the frame from the mapped contour, by the mask rule: never a
-        # shifted or interpolated mask.
-        masks.append(polygon_mask(geometry.to_frame(points), frame))
-    return Fitted(image, masks[0], masks[1], geometry)
+    points = read_contour(path, shape=source, limits=limits)
+    return polygon_mask(geometry.to_frame(points), frame)
 
 
 def _placement(path: str, source, frame, source_spacing, fit: str, spacing) -> Geometry:
@@ -132,11 +142,11 @@ def _shape_error(
 class Slots:
     """A file-backed buffer with one slot per planned record, shared by processes.
 
-    Three arrays, ``image`` (float32), ``icontour`` and ``ocontour`` (bool), each
-    ``(n, rows, columns)``, lie back to back in a file in ``/dev/shm`` (memory, not
-    disk). Each chunk task opens the file and writes its records into their own
-    slots (with ``pwrite``); the caller maps it, so the pixels are never pickled
-    back to it.
+    The arrays ``image`` (float32) and one bool mask per contour kind (``kinds`` of
+    them), each ``(n, rows, columns)``, lie back to back in a file in ``/dev/shm``
+    (memory, not disk). Each chunk task opens the file and writes its records into
+    their own slots (with ``pwrite``); the caller maps it, so the pixels are never
+    pickled back to it.
 
     Use :meth:`create`, then :meth:`map` in the caller, which also unlinks the file:
     the mapping keeps the memory alive for as long as the arrays are referenced.
@@ -145,6 +155,7 @@ class Slots:
     path: str
     n: int
     shape: tuple[int, int]
+    kinds: int = 2
 
     @property
     def _plane(self) -> int:
@@ -152,10 +163,12 @@ class Slots:
 
     @property
     def nbytes(self) -> int:
-        return self.n * self._plane * (4 + 1 + 1)
+        return self.n * self._plane * (4 + self.kinds)
 
     @classmethod
-    def create(cls, n: int, shape: tuple[int, int], *, folder: str = "/dev/shm") -> Slots | None:
+    def create(
+        cls, n: int, shape: tuple[int, int], *, kinds: int = 2, folder: str = "/dev/shm"
+    ) -> Slots | None:
         """Make the buffer file, or return None when ``folder`` lacks the room.
 
         Examples
@@ -167,7 +180,7 @@ class Slots:
         """
         if n == 0:
             return None
-        needed = n * shape[0] * shape[1] * 6
+        needed = n * shape[0] * shape[1] * (4 + kinds)
         try:
             stat = os.statvfs(folder)
         except OSError:
@@ -178,10 +191,10 @@ class Slots:
         path = os.path.join(folder, f"daskmri-{uuid.uuid4().hex}.slots")
         with open(path, "wb") as fh:
             fh.truncate(needed)  # sparse: pages are only used as slots are written
-        return cls(path, n, (int(shape[0]), int(shape[1])))
+        return cls(path, n, (int(shape[0]), int(shape[1])), kinds)
 
-    def map(self, *, unlink: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Map the file and return ``(image, icontour, ocontour)`` views of it."""
+    def map(self, *, unlink: bool = True) -> tuple[np.ndarray, ...]:
+        """Map the file and return ``(image, *masks)`` views of it."""
         fd = os.open(self.path, os.O_RDWR)
         try:
             # MAP_POPULATE: the slots are already written, so map every page in one go
@@ -195,23 +208,25 @@ class Slots:
         plane, n = self._plane, self.n
         dims = (n, *self.shape)
         image = np.frombuffer(buffer, np.float32, n * plane, 0).reshape(dims)
-        inner = np.frombuffer(buffer, np.bool_, n * plane, 4 * n * plane).reshape(dims)
-        outer = np.frombuffer(buffer, np.bool_, n * plane, 5 * n * plane).reshape(dims)
-        return image, inner, outer
+        masks = [
+            np.frombuffer(buffer, np.bool_, n * plane, (4 + k) * n * plane).reshape(dims)
+            for k in range(self.kinds)
+        ]
+        return (image, *masks)
 
-    def write(self, fd: int, slot: int, image: np.ndarray, inner, outer) -> None:
+    def write(self, fd: int, slot: int, image: np.ndarray, masks: Sequence) -> None:
         """Write one record into its slot through ``fd`` (open on :attr:`path`).
 
         ``pwrite`` rather than stores into a mapping: the kernel then fills whole
         pages at once instead of faulting them in one by one, measured 2.2x faster.
-        Absent masks are not written; a fresh file reads as zeros there.
+        Absent masks (None) are not written; a fresh file reads as zeros there.
         """
         plane, n = self._plane, self.n
         os.pwrite(fd, np.ascontiguousarray(image, np.float32), 4 * plane * slot)
-        if inner is not None:
-            os.pwrite(fd, np.ascontiguousarray(inner, np.bool_), 4 * n * plane + plane * slot)
-        if outer is not None:
-            os.pwrite(fd, np.ascontiguousarray(outer, np.bool_), 5 * n * plane + plane * slot)
+        for k, mask in enumerate(masks):
+            if mask is not None:
+                offset = (4 + k) * n * plane + plane * slot
+                os.pwrite(fd, np.ascontiguousarray(mask, np.bool_), offset)
 
     def unlink(self) -> None:
         """Remove the file (mapped views stay valid); safe to call twice."""
@@ -233,23 +248,31 @@ def _zeros(shape: tuple[int, ...], dtype: type) -> np.ndarray:
 
 @dataclass
 class ChunkResult:
-    """What one chunk task returns: the survivors' pixels (None when they were
-    written to :class:`Slots`), which records survived, and why the rest failed."""
+    """What one chunk task returns: the survivors' pixels (``image`` and one array
+    per contour kind in ``masks``; None when they were written to :class:`Slots`),
+    which records survived, which of them have each kind (``has``), and why the
+    rest failed."""
 
     image: np.ndarray | None
-    icontour: np.ndarray | None
-    ocontour: np.ndarray | None
+    masks: dict[str, np.ndarray] | None
     kept: np.ndarray
-    has_icontour: np.ndarray
-    has_ocontour: np.ndarray
+    has: dict[str, np.ndarray]
     dropped: list[dict]
     #: Where each kept record's source slice sits in the frame: one row of the
     #: :data:`daskmri.fit.GEOMETRY` values per kept record.
     geometry: np.ndarray = field(default_factory=lambda: np.zeros((0, len(GEOMETRY))))
 
+    def array(self, name: str) -> np.ndarray:
+        """The pixels of variable ``name``: ``"image"`` or a contour kind."""
+        return self.image if name == "image" else self.masks[name]
+
     def summary(self) -> ChunkResult:
         """The same result without pixels: what travels to the client."""
-        return dataclasses.replace(self, image=None, icontour=None, ocontour=None)
+        return dataclasses.replace(self, image=None, masks=None)
+
+
+#: The Sunnybrook contour kinds, the default wherever kinds are not given.
+KINDS = ("icontour", "ocontour")
 
 
 def parse_chunk(
@@ -257,6 +280,7 @@ def parse_chunk(
     *,
     shape: tuple[int, int],
     reader: Callable[[Record], Parsed],
+    kinds: Sequence[str] = KINDS,
     slots: Slots | None = None,
     start: int = 0,
     compact: bool = True,
@@ -271,7 +295,9 @@ def parse_chunk(
     shape : (rows, columns)
         The dataset's image size; a record of another size is dropped.
     reader : callable
-        ``reader(record) -> (image, icontour | None, ocontour | None)``.
+        ``reader(record) -> (image, *masks)``: one mask (or None) per kind.
+    kinds : sequence of str
+        The layout's contour kinds, in order.
     slots : Slots, optional
         Write pixels into slots ``start .. start + len(records)`` of this buffer
         instead of returning them (slots of dropped records are left as they are).
@@ -294,37 +320,33 @@ def parse_chunk(
     >>> root = synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=4, shape=(32, 32))
     >>> plan = plan_chunks(daskmri.scan(root))
     >>> result = parse_chunk(plan.chunks[0], shape=(32, 32), reader=read_record)
-    >>> result.image.shape, result.dropped
-    ((3, 32, 32), [])
+    >>> result.image.shape, sorted(result.masks), result.dropped
+    ((3, 32, 32), ['icontour', 'ocontour'], [])
     """
-    n = len(records)
+    n, kinds = len(records), tuple(kinds)
     fd = None
     if slots is not None:
         fd = os.open(slots.path, os.O_WRONLY)
     else:
         image = _zeros((n, *shape), np.float32)
-        icontour = _zeros((n, *shape), np.bool_)
-        ocontour = _zeros((n, *shape), np.bool_)
-    has_i = np.zeros(n, dtype=bool)
-    has_o = np.zeros(n, dtype=bool)
+        masks = {kind: _zeros((n, *shape), np.bool_) for kind in kinds}
+    has = np.zeros((n, len(kinds)), dtype=bool)
     ok = np.zeros(n, dtype=bool)
     geometry = np.zeros((n, len(GEOMETRY)))
     failures: list[dict] = []
     try:
         for k, record in enumerate(records):
             try:
-                pixels, inner, outer, where = _in_frame(record, reader(record), shape, fit)
+                pixels, found, where = _in_frame(record, reader(record), shape, fit, kinds)
                 geometry[k] = where.row()
                 if fd is not None:
-                    slots.write(fd, start + k, pixels, inner, outer)
+                    slots.write(fd, start + k, pixels, found)
                 else:
                     image[k] = pixels
-                    # Absent masks stay as allocated: zeros.
-                    if inner is not None:
-                        icontour[k] = inner
-                    if outer is not None:
-                        ocontour[k] = outer
-                has_i[k], has_o[k] = inner is not None, outer is not None
+                    for kind, mask in zip(kinds, found, strict=True):
+                        if mask is not None:  # absent masks stay as allocated: zeros
+                            masks[kind][k] = mask
+                has[k] = [mask is not None for mask in found]
                 ok[k] = True
             except Exception as exc:  # one bad record must never fail the chunk
                 failures.append(drop_row(record, exc))
@@ -332,35 +354,43 @@ def parse_chunk(
         if fd is not None:
             os.close(fd)
     kept = np.flatnonzero(ok)
-    tables = (kept, has_i[kept], has_o[kept], failures, geometry[kept])
+    flags = {kind: has[kept, j] for j, kind in enumerate(kinds)}
     if slots is not None:
-        return ChunkResult(None, None, None, *tables)
+        return ChunkResult(None, None, kept, flags, failures, geometry[kept])
     if compact and len(kept) < n:
-        image, icontour, ocontour = image[kept], icontour[kept], ocontour[kept]
-    return ChunkResult(image, icontour, ocontour, *tables)
+        image, masks = image[kept], {kind: mask[kept] for kind, mask in masks.items()}
+    return ChunkResult(image, masks, kept, flags, failures, geometry[kept])
 
 
-def _in_frame(record: Record, parsed: Parsed, shape: tuple[int, int], fit: str) -> tuple:
-    """A reader's ``(image, icontour, ocontour)`` checked against the frame, and their
+def _in_frame(
+    record: Record, parsed: Parsed, shape: tuple[int, int], fit: str, kinds: tuple[str, ...]
+) -> tuple:
+    """A reader's ``(image, *masks)`` checked against the frame, and their
     :class:`~daskmri.fit.Geometry`: the default reader's, or that of a custom reader's
     image (centred in the frame with ``fit="pad_or_crop"``)."""
-    pixels, inner, outer = parsed
+    if len(parsed) != 1 + len(kinds):
+        raise RecordError(
+            record.dicom_path or "",
+            f"reader returned {len(parsed)} arrays; the layout needs the image and one "
+            f"mask (or None) per contour kind {list(kinds)}",
+        )
+    pixels, *masks = parsed
     geometry = getattr(parsed, "geometry", None)
     if pixels.shape != shape and geometry is None and fit == "pad_or_crop" and pixels.ndim == 2:
-        _check_masks(record, (inner, outer), pixels.shape)
+        _check_masks(record, masks, pixels.shape, kinds)
         geometry = place(pixels.shape, shape)
-        pixels, inner, outer = (
+        pixels, *masks = (
             None if a is None else paste(a, geometry.row_offset, geometry.column_offset, shape)
-            for a in (pixels, inner, outer)
+            for a in (pixels, *masks)
         )
     if pixels.shape != shape:
         raise _shape_error(record.dicom_path, pixels.shape, shape)
-    _check_masks(record, (inner, outer), shape)
-    return pixels, inner, outer, geometry or Geometry(*shape)
+    _check_masks(record, masks, shape, kinds)
+    return pixels, masks, geometry or Geometry(*shape)
 
 
-def _check_masks(record: Record, masks: tuple, shape: tuple[int, ...]) -> None:
-    for mask, name in zip(masks, ("icontour", "ocontour"), strict=True):
+def _check_masks(record: Record, masks: Sequence, shape: tuple[int, ...], kinds) -> None:
+    for mask, name in zip(masks, kinds, strict=True):
         if mask is not None and np.shape(mask) != tuple(shape):
             raise RecordError(
                 record.dicom_path, f"reader returned a {name} mask of shape {np.shape(mask)}"
@@ -373,6 +403,7 @@ def parse_partition(
     reader: Callable[[Record], Parsed],
     slots: Slots | None = None,
     fit: str = "drop",
+    kinds: Sequence[str] = KINDS,
 ) -> list[ChunkResult]:
     """One chunk task for a dataset held in memory: items are ``(slot, record)``
     pairs, because a task does not otherwise know where its chunk starts. A list,
@@ -380,6 +411,6 @@ def parse_partition(
     import only this module's light dependencies."""
     records = [record for _, record in items]
     chunk = parse_chunk(
-        records, shape=shape, reader=reader, slots=slots, start=items[0][0], fit=fit
+        records, shape=shape, reader=reader, kinds=kinds, slots=slots, start=items[0][0], fit=fit
     )
     return [chunk]

@@ -28,7 +28,7 @@ import numpy as np
 from .dicom import read_dicom_geometry
 from .errors import DaskmriError, RecordError
 from .fit import place
-from .layout import iter_records
+from .layout import Layout, iter_records
 from .limits import Limits
 from .record import Record
 from .settings import Source, check_chunk_size
@@ -90,22 +90,30 @@ def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64) -> ChunkPlan:
     """
     check_chunk_size(chunk_size)
     dropped: list[dict] = [dict(p) for p in table.attrs.get("problems", [])]
-    rows = (plan_row(row._asdict(), dropped) for row in table.itertuples(index=False))
+    kinds = Layout.from_dict(table.attrs["layout"]).kinds if "layout" in table.attrs else None
+    rows = (plan_row(row._asdict(), dropped, kinds) for row in table.itertuples(index=False))
     records = [record for record in rows if record is not None]
     chunks = tuple(tuple(records[i : i + chunk_size]) for i in range(0, len(records), chunk_size))
     return ChunkPlan(chunks=chunks, dropped=tuple(dropped))
 
 
-def plan_row(row: dict, dropped: list[dict]) -> Record | None:
+def plan_row(row: dict, dropped: list[dict], kinds: Sequence[str] | None = None) -> Record | None:
     """A scan row as a record to parse, or, when the scan found it unbuildable, None
-    and a :func:`daskmri.dropped` row appended to ``dropped``."""
+    and a :func:`daskmri.dropped` row appended to ``dropped``. ``kinds`` are the
+    layout's contour kinds (default: those of the row's ``<kind>_path`` keys)."""
+    if kinds is None:
+        kinds = [
+            key[: -len("_path")] for key in row if key.endswith("_path") and key != "dicom_path"
+        ]
+    contours = tuple((kind, row[f"{kind}_path"]) for kind in kinds)
     if row["problem"] is not None:
+        paths = [path for _, path in contours if path is not None]
         dropped.append(
             {
                 "patient_id": row["patient_id"],
                 "original_id": row["original_id"],
                 "instance": int(row["instance"]),
-                "path": row["icontour_path"] or row["ocontour_path"] or row["dicom_path"],
+                "path": paths[0] if paths else row["dicom_path"],
                 "reason": row["problem"],
             }
         )
@@ -115,8 +123,8 @@ def plan_row(row: dict, dropped: list[dict]) -> Record | None:
         row["original_id"],
         int(row["instance"]),
         row["dicom_path"],
-        row["icontour_path"],
-        row["ocontour_path"],
+        contours,
+        row.get("rtstruct"),
     )
 
 
@@ -125,7 +133,7 @@ def iter_plan(source: Source, *, problems: list[dict]) -> Iterator[Record]:
     unbuildable goes to ``problems`` as :func:`daskmri.dropped` rows."""
     rows = iter_records(source.root, layout=source.layout, labels=source.labels, problems=problems)
     for row in rows:
-        record = plan_row(row, problems)
+        record = plan_row(row, problems, source.layout.kinds)
         if record is not None:
             yield record
 
@@ -220,7 +228,7 @@ def record_fingerprint(record: Record, root: str) -> int:
     """
     files = "|".join(
         file_stat(path, root)
-        for path in (record.dicom_path, record.icontour_path, record.ocontour_path)
+        for path in (record.dicom_path, *(path for _, path in record.contours))
     )
     ids = f"{record.patient_id}\0{record.original_id}\0{record.instance}"
     return _hash64(f"{ids}\0{files}")

@@ -16,6 +16,8 @@ __all__ = ["overlay", "overlay_grid", "show", "write_png", "written_by_daskmri"]
 
 INNER_RGB = (255, 64, 64)
 OUTER_RGB = (64, 255, 96)
+#: The outline colour of each contour kind, in the layout's order (then again).
+PALETTE = (INNER_RGB, OUTER_RGB, (80, 160, 255), (255, 220, 0), (255, 0, 255), (0, 230, 230))
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -26,9 +28,14 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 
 def overlay(
-    image: np.ndarray, icontour: np.ndarray | None = None, ocontour: np.ndarray | None = None
+    image: np.ndarray,
+    icontour: np.ndarray | None = None,
+    ocontour: np.ndarray | None = None,
+    *more: np.ndarray | None,
 ) -> np.ndarray:
-    """Grey image with the outlines of the inner (red) and outer (green) masks.
+    """Grey image with the outlines of its masks: the first contour kind (the inner,
+    ``icontour``) red, the second (``ocontour``) green, further kinds (``more``) in
+    blue, yellow, magenta, cyan; earlier kinds are drawn over later ones.
 
     The grey scale spans the 1st to 99th percentile, so one bright pixel does
     not darken the picture.
@@ -50,7 +57,9 @@ def overlay(
     lo, hi = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
     grey = np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1)
     rgb = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=2)
-    for mask, colour in ((ocontour, OUTER_RGB), (icontour, INNER_RGB)):
+    masks = (icontour, ocontour, *more)
+    colours = [PALETTE[k % len(PALETTE)] for k in range(len(masks))]
+    for mask, colour in reversed(list(zip(masks, colours, strict=True))):
         if mask is not None:
             rgb[_outline(np.asarray(mask, dtype=bool))] = colour
     return rgb
@@ -78,16 +87,12 @@ def overlay_grid(ds, records=None, *, columns: int = 4) -> np.ndarray:
     records = list(records)
     if not records:
         raise ValueError("no records to draw")
-    sub = ds[["image", "icontour", "ocontour", "has_icontour", "has_ocontour"]].isel(record=records)
-    sub = sub.compute()
-    tiles = [
-        overlay(
-            sub.image.values[k],
-            sub.icontour.values[k] if sub.has_icontour.values[k] else None,
-            sub.ocontour.values[k] if sub.has_ocontour.values[k] else None,
-        )
-        for k in range(len(records))
-    ]
+    from .schema import kinds_of
+
+    kinds = kinds_of(ds)
+    sub = ds[["image", *kinds, *(f"has_{kind}" for kind in kinds)]].isel(record=records)
+    get = {name: sub[name].values for name in sub.data_vars}
+    tiles = [overlay(get["image"][k], *_masks(get, kinds, k)) for k in range(len(records))]
     height, width, _ = tiles[0].shape
     columns = max(1, min(columns, len(tiles)))
     rows = -(-len(tiles) // columns)
@@ -102,8 +107,16 @@ def overlay_grid(ds, records=None, *, columns: int = 4) -> np.ndarray:
     return mosaic
 
 
+def _masks(get: dict, kinds, k: int) -> list[np.ndarray | None]:
+    """Record ``k``'s mask of each kind, None where ``has_<kind>`` says it has none."""
+    return [
+        get[kind][k] if get.get(f"has_{kind}", np.ones(k + 1, bool))[k] else None for kind in kinds
+    ]
+
+
 def show(data, records=None, *, columns: int = 4, size: float = 2.5):
-    """Overlays for a notebook: image, i-contour (red) and o-contour (green) outlines.
+    """Overlays for a notebook: the image and the outline of each contour kind
+    (i-contour red, o-contour green, further kinds in the colours of :func:`overlay`).
 
     Parameters
     ----------
@@ -149,11 +162,15 @@ def show(data, records=None, *, columns: int = 4, size: float = 2.5):
     if not records:
         raise ValueError("no records to draw")
     if get is None:
-        sub = data[["image", "icontour", "ocontour", "has_icontour", "has_ocontour"]]
-        sub = sub.isel(record=records).compute()
+        from .schema import kinds_of
+
+        kinds = kinds_of(data)
+        names = ["image", *kinds, *(f"has_{kind}" for kind in kinds), "patient_id", "instance"]
+        sub = data[names].isel(record=records).compute()
         get = {name: sub[name].values for name in sub.variables}
         rows_of = range(len(records))
     else:
+        kinds = [k for k, v in get.items() if k != "image" and v.dtype == bool and v.ndim == 3]
         rows_of = records
     columns = max(1, min(columns, len(records)))
     nrows = -(-len(records) // columns)
@@ -161,11 +178,7 @@ def show(data, records=None, *, columns: int = 4, size: float = 2.5):
     for ax in axes.flat:
         ax.axis("off")
     for ax, k in zip(axes.flat, rows_of, strict=False):
-        inner, outer = get["icontour"][k], get["ocontour"][k]
-        if "has_icontour" in get:
-            inner = inner if get["has_icontour"][k] else None
-            outer = outer if get["has_ocontour"][k] else None
-        ax.imshow(overlay(get["image"][k], inner, outer))
+        ax.imshow(overlay(get["image"][k], *_masks(get, kinds, k)))
         ax.set_title(f"{get['patient_id'][k]} / {get['instance'][k]}", fontsize=8)
     fig.tight_layout()
     return fig

@@ -16,27 +16,40 @@ from .errors import RecordError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["DROPPED_COLUMNS", "Fitted", "Parsed", "Record", "drop_row", "dropped_table"]
+__all__ = [
+    "DROPPED_COLUMNS",
+    "Fitted",
+    "Parsed",
+    "RTSlice",
+    "Record",
+    "drop_row",
+    "dropped_table",
+]
 
-#: What a reader returns: float32 image and the inner/outer masks (None when the
-#: record has no such contour).
-Parsed = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
+#: What a reader returns: float32 image and one mask per contour kind, in the
+#: layout's order (None where the record has no such contour); for the Sunnybrook
+#: layout ``(image, icontour, ocontour)``.
+Parsed = tuple["np.ndarray | None", ...]
 
 
 class Fitted(tuple):
-    """What the default reader returns: ``(image, icontour, ocontour)`` in the
-    dataset's frame, as any reader does, plus ``geometry``: where the source slice
-    sits in the frame (a :class:`daskmri.fit.Geometry`). It unpacks as the 3-tuple."""
+    """What the default reader returns: ``(image, *masks)`` in the dataset's frame,
+    as any reader does, plus ``geometry``: where the source slice sits in the frame
+    (a :class:`daskmri.fit.Geometry`). It unpacks as the plain tuple."""
 
     geometry: object
 
-    def __new__(cls, image, icontour, ocontour, geometry) -> Fitted:
-        fitted = super().__new__(cls, (image, icontour, ocontour))
+    def __new__(cls, image, *masks, geometry) -> Fitted:
+        fitted = super().__new__(cls, (image, *masks))
         fitted.geometry = geometry
         return fitted
 
-    def __getnewargs__(self) -> tuple:
-        return (*self, self.geometry)
+    def __reduce__(self) -> tuple:
+        return (_fitted, (tuple(self), self.geometry))
+
+
+def _fitted(values: tuple, geometry) -> Fitted:
+    return Fitted(*values, geometry=geometry)
 
 
 #: The columns of :func:`daskmri.dropped`.
@@ -44,20 +57,62 @@ DROPPED_COLUMNS = ["patient_id", "original_id", "instance", "path", "reason"]
 
 
 @dataclass(frozen=True, slots=True)
+class RTSlice:
+    """A slice's RTSTRUCT contours, as :func:`daskmri.scan` assigned them: the
+    slice's plane (:meth:`daskmri.rtstruct.Plane.as_tuple`) and, per kind, the
+    ``(rtstruct_path, contour_index)`` of each contour."""
+
+    plane: tuple
+    picks: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
+
+    def of(self, kind: str) -> tuple[tuple[str, int], ...]:
+        return next((found for name, found in self.picks if name == kind), ())
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
-    """One image slice and its contour files: a row of :func:`daskmri.scan`."""
+    """One image slice and its contours: a row of :func:`daskmri.scan`.
+
+    ``contours`` holds ``(kind, path)`` for every contour kind of the layout, in its
+    order: the contour text file, the RTSTRUCT file that holds the slice's contours
+    of that kind (see ``rtstruct``), or None.
+
+    Examples
+    --------
+    >>> r = Record("P", "O", 3, "/d/3.dcm", (("icontour", "/c/i.txt"), ("ocontour", None)))
+    >>> r.kinds, r.path("icontour"), r.ocontour_path is None
+    (('icontour', 'ocontour'), '/c/i.txt', True)
+    """
 
     patient_id: str
     original_id: str
     instance: int
     dicom_path: str | None
-    icontour_path: str | None = None
-    ocontour_path: str | None = None
+    contours: tuple[tuple[str, str | None], ...] = ()
+    rtstruct: RTSlice | None = None
 
     @property
     def key(self) -> tuple[str, int]:
         """The record's identity in a dataset: ``(patient_id, instance)``."""
         return (self.patient_id, self.instance)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(kind for kind, _ in self.contours)
+
+    def path(self, kind: str) -> str | None:
+        """The file of this record's contour of ``kind``, or None."""
+        return next((path for name, path in self.contours if name == kind), None)
+
+    @property
+    def icontour_path(self) -> str | None:
+        """``path("icontour")``, as readers written for the Sunnybrook layout use."""
+        return self.path("icontour")
+
+    @property
+    def ocontour_path(self) -> str | None:
+        """``path("ocontour")``."""
+        return self.path("ocontour")
 
 
 def drop_row(record: Record, exc: BaseException) -> dict:

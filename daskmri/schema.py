@@ -20,9 +20,9 @@ if TYPE_CHECKING:
     import pandas as pd
     import xarray as xr
 
-__all__ = ["PIXELS", "dropped", "now", "provenance", "to_dataset"]
+__all__ = ["PIXELS", "dropped", "kinds_of", "now", "pixels", "provenance", "to_dataset"]
 
-#: The pixel variables, on ``(record, y, x)``, and their dtypes.
+#: The pixel variables of the Sunnybrook layout, on ``(record, y, x)``, and their dtypes.
 PIXELS = {"image": np.float32, "icontour": np.bool_, "ocontour": np.bool_}
 
 LONG_NAMES = {
@@ -30,6 +30,34 @@ LONG_NAMES = {
     "icontour": "inside the inner (i) contour",
     "ocontour": "inside the outer (o) contour",
 }
+
+
+def pixels(kinds: tuple[str, ...] | list[str]) -> dict[str, type]:
+    """The pixel variables of a dataset with these contour kinds, and their dtypes.
+
+    Examples
+    --------
+    >>> list(pixels(("icontour", "scar")))
+    ['image', 'icontour', 'scar']
+    """
+    return {"image": np.float32} | {kind: np.bool_ for kind in kinds}
+
+
+def kinds_of(ds: xr.Dataset) -> tuple[str, ...]:
+    """The contour kinds of a daskmri dataset: each mask variable with its ``has_``.
+
+    Examples
+    --------
+    >>> import tempfile, daskmri
+    >>> root = daskmri.synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=3, shape=(16, 16))
+    >>> kinds_of(daskmri.load_dataset(root, scheduler="sync"))
+    ('icontour', 'ocontour')
+    """
+    return tuple(
+        name
+        for name in ds.data_vars
+        if f"has_{name}" in ds.data_vars and ds[name].dims == ("record", "y", "x")
+    )
 
 
 def now() -> str:
@@ -47,6 +75,7 @@ def provenance(source: Source, parsing: Parsing) -> dict:
         "source": os.path.abspath(source.root),
         "layout": json.dumps(source.layout.to_dict()),
         "labels": source.labels,
+        "kinds": json.dumps(list(source.layout.kinds)),
         "chunk_size": parsing.chunk_size,
         "created_by": f"daskmri {__version__}",
         "created": now(),
@@ -56,17 +85,17 @@ def provenance(source: Source, parsing: Parsing) -> dict:
 def to_dataset(
     arrays: dict,
     *,
-    has_icontour: np.ndarray,
-    has_ocontour: np.ndarray,
+    has: dict[str, np.ndarray],
     patient_id: np.ndarray,
     original_id: np.ndarray,
     instance: np.ndarray,
     attrs: dict,
     geometry: np.ndarray | None = None,
 ) -> xr.Dataset:
-    """The daskmri dataset from its pixel ``arrays`` (``image``, ``icontour``,
-    ``ocontour``, each ``(record, y, x)``) and its per-record tables; ``geometry``
-    holds one row of :data:`daskmri.fit.GEOMETRY` values per record."""
+    """The daskmri dataset from its pixel ``arrays`` (``image`` and one mask per
+    contour kind, each ``(record, y, x)``) and its per-record tables: ``has`` says
+    which records have each kind; ``geometry`` holds one row of
+    :data:`daskmri.fit.GEOMETRY` values per record."""
     import xarray as xr
 
     n = len(instance)
@@ -76,8 +105,8 @@ def to_dataset(
         for j, name in enumerate(GEOMETRY)
     }
     ds = xr.Dataset(
-        {name: (("record", "y", "x"), arrays[name]) for name in PIXELS}
-        | {"has_icontour": ("record", has_icontour), "has_ocontour": ("record", has_ocontour)},
+        {name: (("record", "y", "x"), arrays[name]) for name in pixels(tuple(has))}
+        | {f"has_{kind}": ("record", np.asarray(flags, dtype=bool)) for kind, flags in has.items()},
         coords={
             "patient_id": ("record", np.array(patient_id, dtype=str)),
             "original_id": ("record", np.array(original_id, dtype=str)),
@@ -86,8 +115,8 @@ def to_dataset(
         | where,
         attrs=attrs,
     )
-    for name, long_name in LONG_NAMES.items():
-        ds[name].attrs.update(long_name=long_name)
+    for name in pixels(tuple(has)):
+        ds[name].attrs.update(long_name=LONG_NAMES.get(name, f"inside the {name} contour"))
     return ds
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .fit import FITS
-from .layout import LABELS, SUNNYBROOK, Layout
+from .layout import SUNNYBROOK, Layout
 from .limits import DEFAULT_LIMITS, Limits
 from .parse import read_record
 from .record import Parsed, Record
@@ -43,7 +43,7 @@ class Source:
     >>> Source.of("data", labels="x")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: labels must be one of ('any', 'i', 'o', 'all'), got 'x'
+    ValueError: labels must be one of ('any', 'all', 'icontour', 'ocontour', 'i', 'o'), got 'x'
     """
 
     root: str
@@ -51,10 +51,9 @@ class Source:
     labels: str = "any"
 
     def __post_init__(self) -> None:
-        if self.labels not in LABELS:
-            raise ValueError(f"labels must be one of {LABELS}, got {self.labels!r}")
         if not isinstance(self.layout, Layout):
             raise TypeError(f"layout must be a daskmri.Layout, got {type(self.layout).__name__}")
+        self.layout.label_kind(self.labels)  # raises for a label the layout does not have
 
     @classmethod
     def of(

@@ -21,9 +21,9 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .parse import ChunkResult, Slots, parse_partition
+from .parse import KINDS, ChunkResult, Slots, parse_partition
 from .plan import ChunkPlan
-from .schema import PIXELS, to_dataset
+from .schema import pixels, to_dataset
 
 __all__ = ["ClusterMemory", "LocalMemory", "assemble", "memory_sink"]
 
@@ -33,15 +33,23 @@ class LocalMemory:
     processes), in slots of a shared buffer when ``/dev/shm`` has the room."""
 
     def __init__(
-        self, n_records: int, shape: tuple[int, int], *, shared: bool, fit: str = "drop"
+        self,
+        n_records: int,
+        shape: tuple[int, int],
+        *,
+        shared: bool,
+        fit: str = "drop",
+        kinds: tuple[str, ...] = KINDS,
     ) -> None:
-        self.shape, self.fit = shape, fit
-        self.slots = Slots.create(n_records, shape) if shared else None
+        self.shape, self.fit, self.kinds = shape, fit, kinds
+        self.slots = Slots.create(n_records, shape, kinds=len(kinds)) if shared else None
         self._views: tuple[np.ndarray, ...] | None = None
 
     @property
     def task(self) -> Callable:
-        return functools.partial(parse_partition, shape=self.shape, slots=self.slots, fit=self.fit)
+        return functools.partial(
+            parse_partition, shape=self.shape, slots=self.slots, fit=self.fit, kinds=self.kinds
+        )
 
     def summaries(self, results: list) -> list[ChunkResult]:
         if self.slots is not None:
@@ -52,8 +60,8 @@ class LocalMemory:
         """The pixels ``name`` of one chunk: a view of the shared slots (the slots of
         dropped records skipped by a copy), or the chunk's own array."""
         if self._views is None:
-            return _wrap(getattr(result[0], name))
-        view = self._views[list(PIXELS).index(name)][slots]
+            return _wrap(result[0].array(name))
+        view = self._views[list(pixels(self.kinds)).index(name)][slots]
         kept = summary.kept
         return _wrap(view if len(kept) == slots.stop - slots.start else view[kept])
 
@@ -70,25 +78,34 @@ def _first_summary(chunk: list[ChunkResult]) -> ChunkResult:
 
 
 def _field(chunk: list[ChunkResult], name: str) -> np.ndarray:
-    return getattr(chunk[0], name)
+    return chunk[0].array(name)
 
 
 class ClusterMemory:
     """Chunks held on a cluster's workers, each on the worker that parsed it."""
 
-    def __init__(self, client: Any, shape: tuple[int, int], *, fit: str = "drop") -> None:
-        self.client, self.shape, self.fit = client, shape, fit
+    def __init__(
+        self,
+        client: Any,
+        shape: tuple[int, int],
+        *,
+        fit: str = "drop",
+        kinds: tuple[str, ...] = KINDS,
+    ) -> None:
+        self.client, self.shape, self.fit, self.kinds = client, shape, fit, kinds
 
     @property
     def task(self) -> Callable:
-        return functools.partial(parse_partition, shape=self.shape, slots=None, fit=self.fit)
+        return functools.partial(
+            parse_partition, shape=self.shape, slots=None, fit=self.fit, kinds=self.kinds
+        )
 
     def summaries(self, results: list) -> list[ChunkResult]:
         return self.client.gather(self.client.map(_first_summary, results))
 
     def block(self, result: Any, name: str, summary: ChunkResult, slots: slice) -> da.Array:
         value = dask.delayed(_field)(result, name)
-        return da.from_delayed(value, (len(summary.kept), *self.shape), PIXELS[name])
+        return da.from_delayed(value, (len(summary.kept), *self.shape), pixels(self.kinds)[name])
 
     def finish(self, ds: Any, results: list) -> Any:
         from distributed import futures_of, wait
@@ -107,11 +124,19 @@ class ClusterMemory:
         """The pixels belong to the dataset now."""
 
 
-def memory_sink(executor: Any, n_records: int, shape: tuple[int, int], *, fit: str = "drop"):
+def memory_sink(
+    executor: Any,
+    n_records: int,
+    shape: tuple[int, int],
+    *,
+    fit: str = "drop",
+    kinds: tuple[str, ...] = KINDS,
+):
     """The memory sink for ``executor``."""
     if executor.kind == "cluster":
-        return ClusterMemory(executor.client, shape, fit=fit)
-    return LocalMemory(n_records, shape, shared=executor.kind == "processes", fit=fit)
+        return ClusterMemory(executor.client, shape, fit=fit, kinds=kinds)
+    shared = executor.kind == "processes"
+    return LocalMemory(n_records, shape, shared=shared, fit=fit, kinds=kinds)
 
 
 def _wrap(array: np.ndarray) -> da.Array:
@@ -129,7 +154,8 @@ def assemble(plan: ChunkPlan, sink: Any, results: list, *, shape: tuple[int, int
     import json
 
     summaries = sink.summaries(results)
-    pieces: dict[str, list] = {name: [] for name in PIXELS}
+    dtypes = pixels(sink.kinds)
+    pieces: dict[str, list] = {name: [] for name in dtypes}
     kept = [[chunk[k] for k in s.kept] for chunk, s in zip(plan.chunks, summaries, strict=True)]
     dropped = list(plan.dropped)
     start = 0
@@ -137,17 +163,16 @@ def assemble(plan: ChunkPlan, sink: Any, results: list, *, shape: tuple[int, int
         slots, start = slice(start, start + len(chunk)), start + len(chunk)
         dropped.extend(summary.dropped)
         if len(summary.kept):
-            for name in PIXELS:
+            for name in dtypes:
                 pieces[name].append(sink.block(result, name, summary, slots))
     arrays = {
-        name: da.concatenate(parts) if parts else da.zeros((0, *shape), PIXELS[name], chunks=-1)
+        name: da.concatenate(parts) if parts else da.zeros((0, *shape), dtypes[name], chunks=-1)
         for name, parts in pieces.items()
     }
     records = [record for chunk in kept for record in chunk]
     ds = to_dataset(
         arrays,
-        has_icontour=_joined([s.has_icontour for s in summaries]),
-        has_ocontour=_joined([s.has_ocontour for s in summaries]),
+        has={kind: _joined([s.has[kind] for s in summaries]) for kind in sink.kinds},
         geometry=np.concatenate([s.geometry for s in summaries]) if summaries else None,
         patient_id=[r.patient_id for r in records],
         original_id=[r.original_id for r in records],

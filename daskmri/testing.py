@@ -29,10 +29,12 @@ def eager_load(
     """Load a dataset with a plain loop (no Dask), skipping records that fail.
 
     Returns numpy-backed variables with the same names, dims and coordinates as
-    :func:`daskmri.load_dataset`.
+    :func:`daskmri.load_dataset`. Contour text files only (no RTSTRUCT).
     """
     table = scan(root, layout=layout, labels=labels)
-    images, inner, outer, has_i, has_o, ids, spacings = [], [], [], [], [], [], []
+    kinds = [c[: -len("_path")] for c in table.columns if c.endswith("_path") and c != "dicom_path"]
+    images, ids, spacings = [], [], []
+    found: dict[str, list] = {kind: [] for kind in kinds}
     for row in table.itertuples():
         if row.problem is not None:
             continue
@@ -40,7 +42,8 @@ def eager_load(
             ds = pydicom.dcmread(row.dicom_path)
             image = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
             masks = []
-            for path in (row.icontour_path, row.ocontour_path):
+            for kind in kinds:
+                path = getattr(row, f"{kind}_path")
                 if path is None:
                     masks.append(None)
                 else:
@@ -51,10 +54,8 @@ def eager_load(
         if images and image.shape != images[0].shape:
             continue
         images.append(image)
-        inner.append(masks[0] if masks[0] is not None else np.zeros(image.shape, bool))
-        outer.append(masks[1] if masks[1] is not None else np.zeros(image.shape, bool))
-        has_i.append(masks[0] is not None)
-        has_o.append(masks[1] is not None)
+        for kind, mask in zip(kinds, masks, strict=True):
+            found[kind].append(mask)
         ids.append((row.patient_id, row.original_id, row.instance))
         spacing = ds.get("PixelSpacing")
         spacings.append([float(v) for v in spacing] if spacing else [np.nan, np.nan])
@@ -75,10 +76,11 @@ def eager_load(
     return xr.Dataset(
         {
             "image": (dims, np.stack(images) if images else np.zeros((0, *shape), np.float32)),
-            "icontour": (dims, np.stack(inner) if inner else np.zeros((0, *shape), bool)),
-            "ocontour": (dims, np.stack(outer) if outer else np.zeros((0, *shape), bool)),
-            "has_icontour": ("record", np.array(has_i, dtype=bool)),
-            "has_ocontour": ("record", np.array(has_o, dtype=bool)),
+        }
+        | {kind: (dims, _stack(masks, shape)) for kind, masks in found.items()}
+        | {
+            f"has_{kind}": ("record", np.array([m is not None for m in masks], dtype=bool))
+            for kind, masks in found.items()
         },
         coords={
             "patient_id": ("record", np.array([i[0] for i in ids], dtype=str)),
@@ -87,6 +89,12 @@ def eager_load(
         }
         | geometry,
     )
+
+
+def _stack(masks: list, shape: tuple[int, int]) -> np.ndarray:
+    """One kind's masks as ``(record, y, x)``, all False where a record has none."""
+    planes = [np.zeros(shape, bool) if mask is None else mask for mask in masks]
+    return np.stack(planes) if planes else np.zeros((0, *shape), bool)
 
 
 def assert_records_equal(actual: xr.Dataset, expected: xr.Dataset) -> None:

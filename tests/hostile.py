@@ -150,3 +150,54 @@ def pristine(root: Path) -> Path:
     if root.exists():
         shutil.rmtree(root)
     return synth.make_dataset(root, patients=PATIENTS, slices=SLICES, shape=SHAPE, seed=SEED)
+
+
+# -- RTSTRUCT files -------------------------------------------------------------
+
+
+def make_rtstruct_corpus(root: Path) -> tuple[Path, object, dict[str, tuple[Path, str]]]:
+    """One oblique series whose contours come in five RTSTRUCT files: a good one, a
+    truncated one, one whose ContourData is damaged, one with a NaN coordinate and one
+    that is an MR image. Returns the root, its layout, and for each problem the
+    file and reason fragment the scan must report (by a key naming the case). Slices
+    1 and 2 keep their masks; slice 3's contour is in the truncated file and is lost;
+    slice 4 keeps one good contour beside a damaged one; slice 5's only contour is NaN.
+    """
+    import numpy as np
+
+    from daskmri import Layout, RTStruct
+
+    from .rtstructs import Drawn, Roi, oblique_series, slice_header, to_patient, write_rtstruct
+
+    oblique_series(root, slices=6)
+    square = np.array([[10.5, 8.5], [30.5, 8.5], [30.5, 20.5], [10.5, 20.5]])
+
+    def drawn(instance: int) -> Drawn:
+        ds = slice_header(root, instance)
+        return Drawn(to_patient(square, ds), str(ds.SOPInstanceUID))
+
+    folder = root / "rt" / "SYN0001"
+    write_rtstruct(folder / "good.dcm", [Roi(1, "LV Endo", [drawn(1), drawn(2)])])
+    truncated = write_rtstruct(folder / "truncated.dcm", [Roi(1, "LV Endo", [drawn(3)])])
+    truncated.write_bytes(truncated.read_bytes()[:-120])
+    marked = drawn(4)
+    marked.points[1] = [123.25, 456.5, 789.75]
+    damaged = write_rtstruct(folder / "damaged.dcm", [Roi(1, "LV Endo", [marked, drawn(4)])])
+    damaged.write_bytes(damaged.read_bytes().replace(b"456.5", b"4x6.5", 1))
+    nan = drawn(5)
+    nan.points[0] = [111.25, 222.5, 333.75]
+    nan_file = write_rtstruct(folder / "nan.dcm", [Roi(1, "LV Endo", [nan])])
+    nan_file.write_bytes(nan_file.read_bytes().replace(b"222.5", b"nan  ", 1))
+    mr = write_rtstruct(folder / "mr.dcm", [Roi(1, "LV Endo", [drawn(6)])], modality="MR")
+    problems = {
+        "truncated": (truncated, "truncated"),
+        "damaged": (damaged, "contour 0 of ROI 'LV Endo': damaged ContourData"),
+        "nan": (nan_file, "contour 0 of ROI 'LV Endo': non-finite coordinates"),
+        "not an RTSTRUCT": (mr, "Modality is 'MR', not 'RTSTRUCT'"),
+    }
+    layout = Layout(
+        name="hostile-rt",
+        contours=(),
+        rtstruct=RTStruct(glob="rt/{patient_id}/*.dcm", rois={"icontour": "lv endo"}),
+    )
+    return root, layout, problems

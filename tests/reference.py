@@ -7,6 +7,11 @@ from fractions import Fraction
 import numpy as np
 
 
+def snap(points: np.ndarray) -> np.ndarray:
+    """The mask rule's first step, written out: coordinates to multiples of 1/1024 px."""
+    return np.round(np.asarray(points, dtype=np.float64) * 1024) / 1024
+
+
 def pnpoly_exact(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Even-odd inside test at integer pixel positions in exact rational arithmetic.
 

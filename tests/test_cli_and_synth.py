@@ -90,7 +90,7 @@ class TestCli:
         out = capsys.readouterr().out
         assert "patients:    2" in out
         assert "records:     16 (labels='any')" in out
-        assert "i-contours:  12" in out and "o-contours:  8" in out
+        assert "icontour:    12" in out and "ocontour:    8" in out
         assert "problems:    1" in out and "IM-0001-0002-icontour-manual.txt has no DICOM" in out
 
     def test_demo_on_a_folder(self, damaged_root, tmp_path, capsys):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import daskmri
-from daskmri import SERIES, Layout, LayoutError, scan
+from daskmri import SERIES, ContourKind, Layout, LayoutError, scan
 from daskmri.testing import assert_records_equal
 
 from .conftest import PATIENTS, SLICES
@@ -249,7 +249,7 @@ def test_layout_is_validated():
     with pytest.raises(LayoutError, match="needs a named group"):
         Layout(dicom_regex=r"\d+\.dcm")
     with pytest.raises(LayoutError, match="must stay inside the root"):
-        Layout(icontour_glob="../{original_id}/*.txt")
+        ContourKind("icontour", glob="../{original_id}/*.txt", regex="(?P<instance>1)")
     with pytest.raises(LayoutError, match="not a valid regex"):
         Layout(dicom_regex="(")
     with pytest.raises(ValueError, match="labels must be one of"):

@@ -58,7 +58,7 @@ def test_a_record_the_scan_found_broken_is_dropped_not_planned():
         }
     ]
     assert plan_row(row | {"problem": None, "dicom_path": "/d/4.dcm"}, dropped) == Record(
-        "P", "O", 4, "/d/4.dcm", None, "/c/o.txt"
+        "P", "O", 4, "/d/4.dcm", (("icontour", None), ("ocontour", "/c/o.txt"))
     )
 
 
@@ -143,7 +143,7 @@ class TestFingerprints:
             {"patient_id": "X"},
             {"original_id": "X"},
             {"instance": 999},
-            {"icontour_path": None},
+            {"contours": (("icontour", None), ("ocontour", record.ocontour_path))},
             {"dicom_path": record.dicom_path + ".gone"},
         ):
             fields = {s: getattr(record, s) for s in Record.__slots__} | change

@@ -246,6 +246,33 @@ def test_corpus_on_a_cluster(corpus, client):
     assert_corpus_outcome(ds, bad, reference)
 
 
+@pytest.fixture(scope="module")
+def rt_corpus(tmp_path_factory):
+    return hostile.make_rtstruct_corpus(tmp_path_factory.mktemp("rt-corpus") / "hostile")
+
+
+@pytest.mark.parametrize("how", ["sync", "processes", "store", "cluster"])
+def test_rtstruct_corpus_on_every_way_of_running(rt_corpus, how, request, tmp_path):
+    """Truncated, damaged, NaN and not-RTSTRUCT files cost only their own contours."""
+    root, layout, problems = rt_corpus
+    if how == "store":
+        daskmri.build(root, tmp_path / "rt.zarr", layout=layout, chunk_size=2)
+        ds = daskmri.open_dataset(tmp_path / "rt.zarr")
+    elif how == "cluster":
+        ds = daskmri.load_dataset(
+            root, layout=layout, chunk_size=2, client=request.getfixturevalue("client")
+        )
+    else:
+        ds = daskmri.load_dataset(root, layout=layout, chunk_size=2, scheduler=how)
+    assert ds.instance.values.tolist() == [1, 2, 4]
+    assert ds.icontour.values.sum(axis=(1, 2)).tolist() == [20 * 12] * 3  # columns 11-30, rows 9-20
+    lost = daskmri.dropped(ds)
+    assert len(lost) == len(problems), lost
+    for case, (path, fragment) in problems.items():
+        rows = lost[lost.path == str(path)]
+        assert len(rows) == 1 and fragment in rows.reason.iloc[0], (case, rows.reason.tolist())
+
+
 REAL_PATIENT = "SCD0000101"
 
 

@@ -4,11 +4,14 @@ chunk, resumable after a crash, and checked against its inputs.
 Layout of a store (a Zarr v3 group)::
 
     image     float32 (slot, y, x)   chunks (chunk_size, y, x)   written by the chunk tasks
-    icontour  bool    (slot, y, x)   chunks (chunk_size, y, x)   written by the chunk tasks
-    ocontour  bool    (slot, y, x)   chunks (chunk_size, y, x)   written by the chunk tasks
+    <kind>    bool    (slot, y, x)   chunks (chunk_size, y, x)   one per contour kind
+                                                                 (icontour, ocontour, ...)
     done      str     (chunk,)       chunks (1,)                 a task's marker, written last
     status    int8    (slot,)        pending / ok / dropped / retired, written by the client
-    has_icontour, has_ocontour, patient_id, original_id, instance, fingerprint  (slot,)
+    has_<kind>, patient_id, original_id, instance, fingerprint  (slot,)
+
+The kinds are the group's ``kinds`` attribute (a JSON list); a store without it (made
+before kinds were declared) holds ``icontour`` and ``ocontour``.
 
 There is one slot per planned record, so every chunk task knows its region before
 it runs and a retried task rewrites exactly that region: no record can be doubled

@@ -18,7 +18,6 @@ from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
 from ..errors import StoreError
-from .format import PIXELS
 from .reading import open_store
 from .spec import StoreSpec, what_is_there
 
@@ -77,11 +76,11 @@ class DaskmriBackendEntrypoint(BackendEntrypoint):
         slots = np.flatnonzero(opened.ok)
         arrays = {
             name: indexing.LazilyIndexedArray(StoreArray(opened.group[name], slots))
-            for name in PIXELS
+            for name in opened.pixel_names
         }
         ds = opened.dataset(arrays)
         record_chunks = tuple(len(keep) for keep in opened.keep_per_block if len(keep)) or (0,)
-        for name in PIXELS:
+        for name in opened.pixel_names:
             rows, columns = opened.group[name].shape[1:]
             chunks = {"record": record_chunks, "y": rows, "x": columns}
             ds[name].encoding.update(preferred_chunks=chunks)

@@ -258,10 +258,17 @@ def _existing(job: _Job) -> dict | None:
 
 
 def _check_settings(attrs: dict, job: _Job) -> None:
-    wanted = {
-        "labels": job.source.labels,
-        "layout": json.dumps(job.source.layout.to_dict()),
-    } | job.parsing.settings()
+    layout = job.source.layout
+    try:
+        stored = Layout.from_dict(json.loads(attrs.get("layout", "{}")))
+    except (TypeError, ValueError, KeyError):
+        stored = None
+    if stored != layout:
+        raise DaskmriError(
+            f"{job.spec.url!r} was built with another layout ({attrs.get('layout')}); pass the "
+            "same layout to add to it, or mode='overwrite' to rebuild it"
+        )
+    wanted = {"labels": job.source.labels} | job.parsing.settings()
     if job.parsing.shape is not None:
         wanted["shape"] = list(job.parsing.shape)
     for key, value in wanted.items():
@@ -351,7 +358,13 @@ class _Waves:
         self, job: _Job, slots: SlotPlan, inputs: Inputs, shape: tuple[int, int], executor: Executor
     ) -> None:
         self.job, self.slots, self.inputs, self.executor = job, slots, inputs, executor
-        self.sink = ZarrRegions(job.spec, shape, job.parsing.chunk_size, fit=job.parsing.fit)
+        self.sink = ZarrRegions(
+            job.spec,
+            shape,
+            job.parsing.chunk_size,
+            fit=job.parsing.fit,
+            kinds=job.source.layout.kinds,
+        )
         self.reader = job.parsing.reader_for(shape)
         self.size = max(WAVE_CHUNKS, 4 * executor.parallelism)
         self.wave: list[list[tuple[int, Record]]] = []
@@ -416,8 +429,8 @@ def _finish(
             f"chunks {missing[:10].tolist()} of {spec.url!r} were not written; run the build again"
         )
     spec.array("status")[:] = status
-    spec.array("has_icontour")[:] = state.has_icontour
-    spec.array("has_ocontour")[:] = state.has_ocontour
+    for kind, flags in state.has.items():
+        spec.array(f"has_{kind}")[:] = flags
     rows = dropped_rows(dataclasses.replace(state, status=status), inputs.scan_dropped)
     spec.group("r+").attrs.update(
         {

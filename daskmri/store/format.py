@@ -5,6 +5,7 @@ one (:func:`create`), growing it (:func:`resize`), naming its slots
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,7 +28,8 @@ FORMAT = 3
 PENDING, OK, DROPPED, RETIRED = 0, 1, 2, 3
 STATUS_NAMES = {PENDING: "pending", OK: "ok", DROPPED: "dropped", RETIRED: "retired"}
 
-PIXELS = ("image", "icontour", "ocontour")
+#: The contour kinds of a store made before kinds were recorded (attribute ``kinds``).
+OLD_KINDS = ("icontour", "ocontour")
 MARKER_BATCH = 4096
 #: Per-slot tables are small; a large chunk keeps them to a few objects in the store.
 TABLE_CHUNK = 1 << 17
@@ -54,20 +56,40 @@ def codecs(compressor: str) -> dict:
     raise ValueError(f"compressor must be one of {COMPRESSORS}, got {compressor!r}")
 
 
-PER_SLOT = (
-    ("status", "int8", PENDING),
-    ("has_icontour", "bool", False),
-    ("has_ocontour", "bool", False),
-    ("instance", "int64", 0),
-    ("key", "uint64", 0),
-    ("fingerprint", "uint64", 0),
-    ("patient_id", str, ""),
-    ("original_id", str, ""),
-)
+def kinds_in(attrs: dict) -> tuple[str, ...]:
+    """The contour kinds of a store, from its attributes.
 
-#: What a store is made of, besides its group's metadata: :func:`remove`
-#: deletes these and nothing else.
-ENTRIES = (*PIXELS, *(name for name, _, _ in PER_SLOT), "geometry", "done")
+    Examples
+    --------
+    >>> kinds_in({"kinds": '["icontour", "scar"]'}), kinds_in({})
+    (('icontour', 'scar'), ('icontour', 'ocontour'))
+    """
+    return tuple(json.loads(attrs["kinds"])) if "kinds" in attrs else OLD_KINDS
+
+
+def pixel_names(kinds: Sequence[str]) -> tuple[str, ...]:
+    """The pixel arrays of a store with these contour kinds."""
+    return ("image", *kinds)
+
+
+def per_slot(kinds: Sequence[str]) -> tuple[tuple[str, object, object], ...]:
+    """The per-slot arrays of a store with these contour kinds: name, dtype, fill."""
+    return (
+        ("status", "int8", PENDING),
+        *((f"has_{kind}", "bool", False) for kind in kinds),
+        ("instance", "int64", 0),
+        ("key", "uint64", 0),
+        ("fingerprint", "uint64", 0),
+        ("patient_id", str, ""),
+        ("original_id", str, ""),
+    )
+
+
+def entries(kinds: Sequence[str]) -> tuple[str, ...]:
+    """What a store is made of, besides its group's metadata: :func:`remove`
+    deletes these and nothing else."""
+    slot_names = (name for name, _, _ in per_slot(kinds))
+    return (*pixel_names(kinds), *slot_names, "geometry", "done")
 
 
 def create(
@@ -79,7 +101,8 @@ def create(
     attrs: dict,
 ) -> None:
     """Make an empty store (no slots yet) with ``complete`` false; slots are added
-    by :func:`resize` and :func:`write_slots`."""
+    by :func:`resize` and :func:`write_slots`. The contour kinds are those of
+    ``attrs["kinds"]``."""
     compressors = codecs(compressor)
     # Never mode="w": zarr would empty the folder first. The attributes go in the
     # group's first metadata: a build killed from here on finds a daskmri store that
@@ -92,10 +115,10 @@ def create(
         **spec.options(),
     )
     rows, columns = max(1, shape[0]), max(1, shape[1])
+    kinds = kinds_in(attrs)
     for name, dtype, fill in (
         ("image", "float32", 0.0),
-        ("icontour", "bool", False),
-        ("ocontour", "bool", False),
+        *((kind, "bool", False) for kind in kinds),
     ):
         group.create_array(
             name,
@@ -106,7 +129,7 @@ def create(
             dimension_names=("record", "y", "x"),
             **compressors,
         )
-    for name, dtype, fill in PER_SLOT:
+    for name, dtype, fill in per_slot(kinds):
         group.create_array(
             name,
             shape=(0,),
@@ -136,10 +159,11 @@ def resize(spec: StoreSpec, n_slots: int) -> None:
     """Grow (or shrink) every per-slot array to ``n_slots`` slots."""
     group = spec.group("r+")
     chunk_size = int(group.attrs["chunk_size"])
-    for name in PIXELS:
+    kinds = kinds_in(dict(group.attrs))
+    for name in pixel_names(kinds):
         array = group[name]
         array.resize((n_slots, *array.shape[1:]))
-    for name, _, _ in PER_SLOT:
+    for name, _, _ in per_slot(kinds):
         group[name].resize((n_slots,))
     group["geometry"].resize((n_slots, len(GEOMETRY)))
     group["done"].resize((-(-n_slots // chunk_size),))
@@ -186,9 +210,12 @@ def remove(spec: StoreSpec) -> None:
     # chunks are gone under a group that still claims to be complete. The group's
     # metadata goes last, so what is left is still known as a daskmri store.
     # Not `planned` either: a build that finds a removal cut short starts again.
+    kinds = OLD_KINDS
     with contextlib.suppress(Exception):
-        spec.group("r+").attrs.update({"complete": False, "planned": False})
-    for name in ENTRIES:
+        group = spec.group("r+")
+        group.attrs.update({"complete": False, "planned": False})
+        kinds = kinds_in(dict(group.attrs))
+    for name in entries(kinds):
         entry = f"{path.rstrip('/')}/{name}"
         if fs.isfile(f"{entry}/zarr.json"):
             fs.rm(entry, recursive=True)

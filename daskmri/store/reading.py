@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import StaleStoreWarning, StoreError
 from ..record import dropped_table
 from ..schema import to_dataset
-from .format import OK, PIXELS
+from .format import OK, kinds_in, pixel_names
 from .freshness import check
 from .spec import StoreSpec
 from .state import StoreState, read_state
@@ -114,7 +114,7 @@ def open_dataset(
             ),
             opened.keep_per_block,
         )
-        for name in PIXELS
+        for name in opened.pixel_names
     }
     ds = opened.dataset(arrays)
     if root is not None:
@@ -130,6 +130,7 @@ KEPT_ATTRS = (
     "source",
     "layout",
     "labels",
+    "kinds",
     "chunk_size",
     "created_by",
     "created",
@@ -154,6 +155,11 @@ class OpenStore:
         return self.state.attrs
 
     @property
+    def pixel_names(self) -> tuple[str, ...]:
+        """The store's pixel arrays: ``image`` and one per contour kind."""
+        return pixel_names(kinds_in(self.attrs))
+
+    @property
     def ok(self) -> np.ndarray:
         return self.state.status == OK
 
@@ -169,8 +175,7 @@ class OpenStore:
         state, ok = self.state, self.ok
         return to_dataset(
             arrays,
-            has_icontour=state.has_icontour[ok],
-            has_ocontour=state.has_ocontour[ok],
+            has={kind: flags[ok] for kind, flags in state.has.items()},
             patient_id=state.patient_id[ok],
             original_id=state.original_id[ok],
             instance=state.instance[ok],

@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..fit import GEOMETRY
-from ..parse import parse_chunk
+from ..parse import KINDS, parse_chunk
 from ..record import Parsed, Record
-from .format import PIXELS
+from .format import pixel_names
 from .spec import StoreSpec
 
 __all__ = ["ZarrRegions", "write_partition"]
@@ -26,6 +26,7 @@ def write_partition(
     spec: StoreSpec,
     chunk_size: int,
     fit: str = "drop",
+    kinds: Sequence[str] = KINDS,
 ) -> list[dict]:
     """One chunk task: parse the records and write them into their slots, then the
     chunk's ``done`` marker. Rerunning it rewrites the same objects with the same
@@ -33,20 +34,22 @@ def write_partition(
     records = [record for _, record in items]
     start = items[0][0]
     stop = start + len(records)
-    result = parse_chunk(records, shape=shape, reader=reader, compact=False, fit=fit)
-    for name in PIXELS:
-        _whole(spec.array(name))[start:stop] = getattr(result, name)
+    result = parse_chunk(records, shape=shape, reader=reader, kinds=kinds, compact=False, fit=fit)
+    for name in pixel_names(kinds):
+        _whole(spec.array(name))[start:stop] = result.array(name)
     geometry = np.zeros((len(records), len(GEOMETRY)))
     geometry[result.kept] = result.geometry
     _whole(spec.array("geometry"))[start:stop] = geometry
-    has_i = np.zeros(len(records), dtype=bool)
-    has_o = np.zeros(len(records), dtype=bool)
-    has_i[result.kept], has_o[result.kept] = result.has_icontour, result.has_ocontour
+    has = {}
+    for kind in kinds:
+        flags = np.zeros(len(records), dtype=bool)
+        flags[result.kept] = result.has[kind]
+        has[f"has_{kind}"] = flags.tolist()
     marker = {
         "chunk": start // chunk_size,
+        "size": len(records),
         "kept": result.kept.tolist(),
-        "has_icontour": has_i.tolist(),
-        "has_ocontour": has_o.tolist(),
+        **has,
         # The slot of each dropped record, so a later update can retire it.
         "dropped": [
             row | {"slot": start + records.index(r)}
@@ -77,9 +80,16 @@ class ZarrRegions:
     tasks write, so pixels never pass through the client, and return only markers."""
 
     def __init__(
-        self, spec: StoreSpec, shape: tuple[int, int], chunk_size: int, *, fit: str = "drop"
+        self,
+        spec: StoreSpec,
+        shape: tuple[int, int],
+        chunk_size: int,
+        *,
+        fit: str = "drop",
+        kinds: Sequence[str] = KINDS,
     ) -> None:
         self.spec, self.shape, self.chunk_size, self.fit = spec, shape, chunk_size, fit
+        self.kinds = tuple(kinds)
 
     @property
     def task(self) -> Callable:
@@ -89,4 +99,5 @@ class ZarrRegions:
             spec=self.spec,
             chunk_size=self.chunk_size,
             fit=self.fit,
+            kinds=self.kinds,
         )

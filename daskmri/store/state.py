@@ -10,7 +10,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .format import DROPPED, MARKER_BATCH, OK, PER_SLOT, PIXELS, RETIRED, read_attrs, resize
+from .format import (
+    DROPPED,
+    MARKER_BATCH,
+    OK,
+    RETIRED,
+    kinds_in,
+    per_slot,
+    pixel_names,
+    read_attrs,
+    resize,
+)
 from .spec import StoreSpec
 
 __all__ = ["Reconciled", "StoreState", "dropped_rows", "read_state", "reconcile", "repair"]
@@ -27,8 +37,8 @@ class StoreState:
     key: np.ndarray
     fingerprint: np.ndarray
     status: np.ndarray
-    has_icontour: np.ndarray
-    has_ocontour: np.ndarray
+    #: Which slots have each contour kind.
+    has: dict[str, np.ndarray] | None
     done: np.ndarray
     dropped: dict[int, list[dict]]
     patient_id: np.ndarray | None = None
@@ -49,7 +59,8 @@ def repair(spec: StoreSpec) -> None:
     leaves some longer than others. The extra slots have no identity, so the next
     build retires them."""
     group = spec.group("r")
-    names = (*PIXELS, *(n for n, _, _ in PER_SLOT), "geometry")
+    kinds = kinds_in(dict(group.attrs))
+    names = (*pixel_names(kinds), *(n for n, _, _ in per_slot(kinds)), "geometry")
     lengths = {name: group[name].shape[0] for name in names}
     if len(set(lengths.values())) > 1:
         logger.warning("per-slot arrays of %s have lengths %s; evening them", spec.url, lengths)
@@ -64,8 +75,7 @@ def read_state(spec: StoreSpec, *, markers: bool = True, names: bool = False) ->
     attrs = read_attrs(spec)
     group = spec.group("r")
     status = np.asarray(group["status"][:], dtype=np.int8)
-    has_i = np.asarray(group["has_icontour"][:], dtype=bool)
-    has_o = np.asarray(group["has_ocontour"][:], dtype=bool)
+    has = {kind: np.asarray(group[f"has_{kind}"][:], dtype=bool) for kind in kinds_in(attrs)}
     chunk_size = int(attrs["chunk_size"])
     done = np.zeros(-(-len(status) // chunk_size), dtype=bool)
     dropped: dict[int, list[dict]] = {}
@@ -79,14 +89,7 @@ def read_state(spec: StoreSpec, *, markers: bool = True, names: bool = False) ->
                 done[k] = True
                 if marker["dropped"]:
                     dropped[k] = marker["dropped"]
-                start = k * chunk_size
-                n = len(marker["has_icontour"])
-                region = slice(start, start + n)
-                values = np.full(n, DROPPED, dtype=np.int8)
-                values[marker["kept"]] = OK
-                status[region] = np.where(status[region] == RETIRED, RETIRED, values)
-                has_i[region] = marker["has_icontour"]
-                has_o[region] = marker["has_ocontour"]
+                _fold(marker, k * chunk_size, status, has)
     extra = {}
     if names:
         extra = {
@@ -99,12 +102,23 @@ def read_state(spec: StoreSpec, *, markers: bool = True, names: bool = False) ->
         key=np.asarray(group["key"][:], dtype=np.uint64),
         fingerprint=np.asarray(group["fingerprint"][:], dtype=np.uint64),
         status=status,
-        has_icontour=has_i,
-        has_ocontour=has_o,
+        has=has,
         done=done,
         dropped=dropped,
         **extra,
     )
+
+
+def _fold(marker: dict, start: int, status: np.ndarray, has: dict[str, np.ndarray]) -> None:
+    """A chunk's marker into the per-slot ``status`` and ``has`` arrays."""
+    # Markers written before contour kinds were declared have no "size".
+    n = int(marker["size"]) if "size" in marker else len(marker["has_icontour"])
+    region = slice(start, start + n)
+    values = np.full(n, DROPPED, dtype=np.int8)
+    values[marker["kept"]] = OK
+    status[region] = np.where(status[region] == RETIRED, RETIRED, values)
+    for kind, flags in has.items():
+        flags[region] = marker[f"has_{kind}"]
 
 
 def dropped_rows(state: StoreState, scan_dropped: Sequence[dict]) -> list[dict]:
@@ -147,7 +161,7 @@ def reconcile(state: StoreState, fingerprints: np.ndarray) -> Reconciled:
     >>> state = StoreState(
     ...     attrs={"chunk_size": 2}, key=np.zeros(4, np.uint64),
     ...     fingerprint=np.array([7, 8, 7, 9], np.uint64), status=np.zeros(4, np.int8),
-    ...     has_icontour=None, has_ocontour=None, done=np.array([False, True]), dropped={},
+    ...     has=None, done=np.array([False, True]), dropped={},
     ... )
     >>> plan = reconcile(state, np.array([7, 9, 5], np.uint64))
     >>> plan.reuse.tolist(), plan.retire.tolist(), plan.rerun.tolist()
