@@ -50,12 +50,14 @@ def start_scheduler(folder: Path, **popen) -> tuple[subprocess.Popen, str]:
         cwd=str(folder), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen,
     )  # fmt: skip
     deadline = time.monotonic() + WAIT
-    while not scheduler_file.exists():
+    while True:
+        # The file appears before its JSON is written: read it until it parses.
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            return proc, json.loads(scheduler_file.read_text())["address"]
         if proc.poll() is not None or time.monotonic() > deadline:
             _stop([proc])
             raise AssertionError("dask scheduler did not start")
         time.sleep(0.1)
-    return proc, json.loads(scheduler_file.read_text())["address"]
 
 
 def start_worker(
