@@ -23,6 +23,7 @@ collect_ignore = [] if importlib.util.find_spec("torch") else ["daskmri/torch.py
 #: pool exits, which this one has not yet.
 _SHM = "/dev/shm"
 _TEMP_PREFIXES = ("daskmri", "dask-", "pytest-")
+_SESSION_PREFIX = "daskmri-tests-"
 _SHM_PREFIXES = ("daskmri",)
 
 
@@ -39,7 +40,7 @@ def pytest_configure(config):
         "real": real,
         "before": _listing(real),
         "shm": _listing(_SHM),
-        "session": tempfile.mkdtemp(prefix="daskmri-tests-"),
+        "session": tempfile.mkdtemp(prefix=_SESSION_PREFIX),
         "TMPDIR": os.environ.get("TMPDIR"),
     }
     # Subprocesses (scripts, dask workers, the notebook's kernel) inherit it too.
@@ -66,8 +67,12 @@ def pytest_sessionfinish(session, exitstatus):
         os.environ["TMPDIR"] = state["TMPDIR"]
     # In the real temp folder, only names that tests and Dask make: other programs on
     # the machine may write there meanwhile.
+    # Another test session's own folder (daskmri-tests-*, removed by that session) is
+    # not this run's leftover: two checkouts may run their suites at once.
     left = own + sorted(
-        n for n in _listing(state["real"]) - state["before"] if n.startswith(_TEMP_PREFIXES)
+        n
+        for n in _listing(state["real"]) - state["before"]
+        if n.startswith(_TEMP_PREFIXES) and not n.startswith(_SESSION_PREFIX)
     )
     shm = sorted(name for name in _listing(_SHM) - state["shm"] if name.startswith(_SHM_PREFIXES))
     if left or shm:
