@@ -311,7 +311,7 @@ def plan_inputs(
         keys=np.array(keys, dtype=np.uint64),
         fingerprints=np.array(fingerprints, dtype=np.uint64),
         fingerprint=digest.hexdigest(
-            settings={"layout": source.layout.to_dict(), "labels": source.labels},
+            settings={"layout": source.layout.fingerprint_dict(), "labels": source.labels},
             problems=problems,
             link_stat=file_stat(os.path.join(root, source.layout.link_file), root),
         ),

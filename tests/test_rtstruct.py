@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -633,3 +634,84 @@ def test_an_roi_of_two_kinds_is_a_contour_of_each_and_a_contour_of_no_roi_is_rep
         "contour 1: ROI number 9 has no StructureSetROI; dropped",
         "ROI 'Scar' (number 2) matches no contour kind; ignored",
     ]
+
+
+# -- review findings -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern", ["rt/{patient_id}/rt.dcm", "rt/{patient_id}.dcm"])
+def test_a_literal_rtstruct_name_that_links_out_of_the_root_is_refused(tmp_path, pattern):
+    from .test_layout import watching
+
+    root = oblique_series(tmp_path / "data", slices=2)
+    outside = write_rtstruct(tmp_path / "outside" / "rt.dcm", [Roi(1, "LV Endo", [])])
+    link = root / pattern.format(patient_id="SYN0001")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(outside)
+    layout = Layout(contours=(), rtstruct=RTStruct(glob=pattern, rois={"icontour": "lv endo"}))
+    with watching(outside.parent) as hits:
+        table = daskmri.scan(root, layout=layout, labels="all")
+    assert hits == []
+    reasons = [(p["path"], p["reason"]) for p in table.attrs["problems"]]
+    assert reasons == [(str(link), "file is a link that leaves the root; not followed")]
+
+
+def test_a_literal_contour_name_that_links_out_of_the_root_is_refused(synth_root, tmp_path):
+    from .test_layout import watching
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    name = "IM-0001-0004-icontour-manual.txt"
+    inside = root / "contourfiles" / "SYN-C-1" / "i-contours" / name
+    outside = tmp_path / "outside" / name
+    outside.parent.mkdir()
+    shutil.move(inside, outside)
+    inside.symlink_to(outside)
+    glob = str(inside.relative_to(root)).replace("SYN-C-1", "{original_id}")
+    kind = dataclasses.replace(daskmri.layout.ICONTOUR, glob=glob)
+    with watching(outside.parent) as hits:
+        table = daskmri.scan(root, layout=Layout(contours=(kind,)), labels="all")
+    assert hits == []
+    assert str(inside) not in table.icontour_path.tolist()
+    leaving = [p for p in table.attrs["problems"] if "leaves the root" in p["reason"]]
+    assert [p["path"] for p in leaving] == [str(inside)]
+
+
+def test_a_store_of_the_previous_version_keeps_its_input_fingerprint(tmp_path):
+    """The input fingerprints the previous version (20e222c, before contour kinds)
+    computed for this synthetic folder with fixed file times: a Sunnybrook layout
+    must still give them, or every store it wrote reads as stale. (They change if
+    synth.make_dataset changes what it writes.)"""
+    from daskmri.plan import plan_inputs
+    from daskmri.settings import Source
+
+    pinned = {
+        "any": "2fd144b71c5541e5a7c494c380816671",
+        "all": "a08118bc4ee2ec0546b4f668f4cbe4c0",
+    }
+    for labels, fingerprint in pinned.items():
+        root = daskmri.synth.make_dataset(tmp_path / labels, patients=2, slices=5, shape=(16, 16))
+        for path in root.rglob("*"):
+            if path.is_file():
+                os.utime(path, ns=(10**18, 10**18))
+        assert plan_inputs(Source.of(root, None, labels)).fingerprint == fingerprint
+    # Any other layout hashes its own fields.
+    three = plan_inputs(Source.of(root, THREE, "all")).fingerprint
+    assert three != pinned["all"]
+
+
+@pytest.mark.parametrize(
+    "name", ["x", "y", "padding", "record", "row_offset", "source_column_spacing"]
+)
+def test_kind_names_the_dataset_or_batches_use_are_refused(name):
+    with pytest.raises(daskmri.LayoutError, match=f"is reserved.*rename the kind, e.g. '{name}_"):
+        ContourKind(name, glob="{original_id}/*.txt", regex="(?P<instance>1)")
+    with pytest.raises(daskmri.LayoutError, match="is reserved"):
+        RTStruct("rt/{patient_id}/*.dcm", {name: "lv endo"})
+
+
+def test_every_geometry_coordinate_is_reserved():
+    from daskmri.fit import GEOMETRY
+    from daskmri.layout import RESERVED
+
+    assert set(GEOMETRY) <= RESERVED
