@@ -715,3 +715,26 @@ def test_every_geometry_coordinate_is_reserved():
     from daskmri.layout import RESERVED
 
     assert set(GEOMETRY) <= RESERVED
+
+
+def test_editing_the_second_rtstruct_of_a_slice_makes_the_store_stale(tmp_path):
+    root = oblique_series(tmp_path / "data", slices=3)
+    first, second = root / "rt" / "SYN0001" / "a.dcm", root / "rt" / "SYN0001" / "b.dcm"
+    write_rtstruct(first, [Roi(1, "LV Endo", [_drawn(root, 1, A), _drawn(root, 2, A)])])
+    write_rtstruct(second, [Roi(1, "LV Endo", [_drawn(root, 1, A2)])])
+    layout, store = oblique_layout(), tmp_path / "ds.zarr"
+    # Slice 1's contours come from both files; its icontour_path names the first only.
+    assert daskmri.scan(root, layout=layout).icontour_path.tolist() == [str(first)] * 2
+    daskmri.build(root, store, layout=layout, chunk_size=1, scheduler="sync")
+    assert daskmri.check(store).fresh
+
+    write_rtstruct(second, [Roi(1, "LV Endo", [_drawn(root, 1, HOLE)])])
+    os.utime(second, ns=(10**18, 10**18))  # a new time even on a coarse clock
+    assert daskmri.check(store).changed == (("SYN0001", 1),)
+    result = daskmri.build(root, store, layout=layout, chunk_size=1, mode="update")
+    assert result.parsed_records == 1
+    fresh = daskmri.load_dataset(root, layout=layout, scheduler="sync")
+    # The re-parsed record takes a new slot: compare in key order.
+    stored = daskmri.open_dataset(store).sortby(["patient_id", "instance"])
+    assert_records_equal(stored, fresh)
+    assert np.array_equal(fresh.icontour.values[0], truth(A) | truth(HOLE))
