@@ -23,7 +23,7 @@ import io
 import logging
 import os
 import re
-import warnings
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -106,22 +106,34 @@ class Plane:
         return (self.uid, self.origin, self.orientation, self.spacing, self.gap)
 
 
+# Who is reading with pydicom's validation off (see _quiet).
+_QUIET_LOCK = threading.Lock()
+_quiet_readers = 0
+_quiet_restore = contextlib.ExitStack()
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Read without pydicom's value validation: the real files carry UIDs that it
-    warns (and logs) about, hundreds of times in one scan. The setting is pydicom's
-    global one, restored on exit; two threads reading at once at worst let a warning
-    through."""
+    warns (and logs) about, hundreds of times in one scan. pydicom has no per-read
+    setting, only a global one, so the first of any overlapping readers (threads,
+    or nested calls) turns it off and the last one restores it, under a lock: two
+    threads saving and restoring it each in turn could leave it off for good. No
+    warnings filter is touched (``warnings.catch_warnings`` is not thread-safe)."""
     from pydicom import config
 
-    mode = config.settings.reading_validation_mode
-    config.settings.reading_validation_mode = config.IGNORE
+    global _quiet_readers
+    with _QUIET_LOCK:
+        if _quiet_readers == 0:
+            _quiet_restore.enter_context(config.disable_value_validation())
+        _quiet_readers += 1
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
+        yield
     finally:
-        config.settings.reading_validation_mode = mode
+        with _QUIET_LOCK:
+            _quiet_readers -= 1
+            if _quiet_readers == 0:
+                _quiet_restore.close()
 
 
 def _floats(values: dict[str, str], name: str, count: int, path: str) -> tuple[float, ...]:

@@ -738,3 +738,43 @@ def test_editing_the_second_rtstruct_of_a_slice_makes_the_store_stale(tmp_path):
     stored = daskmri.open_dataset(store).sortby(["patient_id", "instance"])
     assert_records_equal(stored, fresh)
     assert np.array_equal(fresh.icontour.values[0], truth(A) | truth(HOLE))
+
+
+def test_reading_in_threads_leaves_pydicoms_settings_and_the_warning_filters_alone(oblique):
+    import threading
+    import warnings
+
+    from pydicom import config
+
+    from daskmri.rtstruct import _quiet
+
+    _, rt, _ = oblique
+    before = (config.settings.reading_validation_mode, list(warnings.filters))
+    # The interleaving two threads can make: each saving and restoring in turn
+    # would leave validation off and an "ignore" filter behind.
+    first, second = _quiet(), _quiet()
+    first.__enter__()
+    second.__enter__()
+    assert config.settings.reading_validation_mode == config.IGNORE
+    first.__exit__(None, None, None)
+    assert config.settings.reading_validation_mode == config.IGNORE  # second still reads
+    second.__exit__(None, None, None)
+    assert (config.settings.reading_validation_mode, warnings.filters) == before
+
+    start, failed = threading.Barrier(8), []
+
+    def read() -> None:
+        start.wait()
+        try:
+            for _ in range(10):
+                assert len(read_structure_set(rt).contours) == 8
+        except BaseException as exc:  # reported below, not lost in the thread
+            failed.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failed == []
+    assert (config.settings.reading_validation_mode, warnings.filters) == before
