@@ -80,6 +80,7 @@ OUTER = np.array([[6.5, 6.5], [40.5, 6.5], [40.5, 33.5], [6.5, 33.5]])
 HOLE = np.array([[15.5, 12.5], [30.5, 12.5], [30.5, 25.5], [15.5, 25.5]])
 SLANT = np.array([[8.0, 10.0], [30.0, 4.5], [38.0, 30.0], [12.5, 34.0]])
 ROIS = {"icontour": r"lv endo.*", "ocontour": r"lv epi"}
+EPI_3D = np.column_stack([EPI, np.zeros(len(EPI))])
 
 
 def oblique_layout(rois=None) -> Layout:
@@ -778,3 +779,93 @@ def test_reading_in_threads_leaves_pydicoms_settings_and_the_warning_filters_alo
         thread.join()
     assert failed == []
     assert (config.settings.reading_validation_mode, warnings.filters) == before
+
+
+def test_contour_data_over_the_point_limit_is_refused_before_it_is_split(tmp_path):
+    import tracemalloc
+
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+
+    from daskmri.limits import Limits
+
+    rt = write_rtstruct(tmp_path / "rt.dcm", [Roi(1, "LV Endo", [Drawn(EPI_3D, None)])])
+    ds = pydicom.dcmread(rt)
+    # 600,000 numbers (200,000 points) as raw text, as a file declares them; over
+    # 64 KiB, so in implicit VR (explicit VR has no DS that long).
+    text = b"\\".join([b"0"] * 600_000) + b" "
+    tag = pydicom.tag.Tag(0x30060050)
+    ds.ROIContourSequence[0].ContourSequence[0][tag] = RawDataElement(
+        tag, "DS", len(text), text, 0, True, True
+    )
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    ds.save_as(rt, enforce_file_format=True)
+    limits = Limits(max_contour_points=1000)
+    tracemalloc.start()
+    try:
+        found = read_structure_set(rt, limits=limits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found.contours == ()
+    assert found.problems == (
+        "contour 0 of ROI 'LV Endo': 200000 points, over Limits.max_contour_points=1000; dropped",
+    )
+    # The file is read whole (and pydicom copies the value): about 3 times its
+    # size; a Python string per number took over 11 times.
+    assert peak < 6 * rt.stat().st_size, peak / rt.stat().st_size
+
+
+def test_exactly_half_a_spacing_off_is_within_it_on_either_side(tmp_path):
+    from daskmri.rtstruct import Contour, StructureSet, assign
+
+    root = oblique_series(tmp_path / "data", slices=3)
+    planes = {k: read_plane(root / "dicoms" / "SYN0001" / f"{k}.dcm") for k in (1, 2, 3)}
+    contours = []
+    for side in (-1, 1):
+        drawn = _drawn(root, 2, SLANT, shift=side * GAP / 2)
+        contours.append(Contour(1, "LV Endo", len(contours), drawn.points, drawn.uid))
+    found = assign([StructureSet("rt.dcm", tuple(contours))], planes, [("icontour", "lv endo")])
+    assert found.picks == {2: {"icontour": [("rt.dcm", 0), ("rt.dcm", 1)]}}
+    assert found.problems == []
+    # Without a reference, such a contour lies in two planes, on either side.
+    unreferenced = tuple(dataclasses.replace(c, uid=None) for c in contours)
+    found = assign([StructureSet("rt.dcm", unreferenced)], planes, [("icontour", "lv endo")])
+    assert found.picks == {}
+    reasons = [reason.split(": ", 1)[1] for _, reason, _ in found.problems]
+    assert len(reasons) == 2
+    assert all(r.startswith("has no image reference and lies in the plane of 2") for r in reasons)
+    # Beyond the tie, the message shows the difference, never "4 mm, more than 4 mm".
+    far = _drawn(root, 2, SLANT, shift=GAP / 2 + 1e-4)
+    found = assign(
+        [StructureSet("rt.dcm", (Contour(1, "LV Endo", 0, far.points, far.uid),))],
+        planes,
+        [("icontour", "lv endo")],
+    )
+    assert (
+        "lies 4.0001 mm off the plane of its slice (instance 2), more than half the slice "
+        "spacing (4 mm)" in found.problems[0][1]
+    )
+
+
+def test_padded_roi_names_match_and_a_uid_two_slices_carry_is_reported(tmp_path):
+    from daskmri.rtstruct import assign
+
+    root = oblique_series(tmp_path / "data", slices=3)
+    rt = write_rtstruct(tmp_path / "rt.dcm", [Roi(1, " LV Endo ", [_drawn(root, 1, A)])])
+    structure = read_structure_set(rt)
+    assert structure.names == ((1, "LV Endo"),)
+    planes = {k: read_plane(root / "dicoms" / "SYN0001" / f"{k}.dcm") for k in (1, 2, 3)}
+    found = assign([structure], planes, [("icontour", "lv endo")])
+    assert found.picks == {1: {"icontour": [(str(rt), 0)]}} and found.problems == []
+    planes[3] = dataclasses.replace(planes[3], uid=planes[1].uid)  # a copied header
+    found = assign([structure], planes, [("icontour", "lv endo")])
+    assert found.picks == {}
+    assert found.problems == [
+        (
+            str(rt),
+            f"contour 0 of ROI 'LV Endo': references SOPInstanceUID {planes[1].uid}, which "
+            "slices [1, 3] all carry; give each slice its own SOPInstanceUID; dropped",
+            None,
+        )
+    ]
