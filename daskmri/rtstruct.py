@@ -87,6 +87,14 @@ class Plane:
         return np.stack([o[:3] * self.spacing[1], o[3:] * self.spacing[0]], axis=1)
 
     def normal(self) -> np.ndarray:
+        """The plane's unit normal: row direction x column direction, normalised
+        (the stored cosines are rounded, so their cross product is not unit length).
+
+        Examples
+        --------
+        >>> Plane("1.2", (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0), (1.0, 1.0)).normal().tolist()
+        [0.0, 0.0, 1.0]
+        """
         o = np.asarray(self.orientation, dtype=np.float64)
         n = np.cross(o[:3], o[3:])
         return n / np.linalg.norm(n)
@@ -565,6 +573,13 @@ def cached_structure_set(path: str, *, limits: Limits = DEFAULT_LIMITS) -> Struc
     ------
     RTStructError
         As :func:`read_structure_set`.
+
+    Examples
+    --------
+    >>> cached_structure_set("/no/such/rt.dcm")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    daskmri.errors.RTStructError: /no/such/rt.dcm: cannot read the RTSTRUCT file (No such ...)
     """
     try:
         st = os.stat(path)
@@ -611,6 +626,14 @@ def structure_mask(
         If a file cannot be read or a picked contour is no longer in it.
     ContourError
         If a contour maps outside the slice.
+
+    Examples
+    --------
+    A slice without contours of the kind has an empty mask of the frame:
+
+    >>> plane = Plane("1.2", (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0), (1.0, 1.0))
+    >>> structure_mask([], plane, shape=(4, 4), frame=(2, 3)).tolist()
+    [[False, False, False], [False, False, False]]
     """
     frame = shape if frame is None else frame
     rings: dict[tuple[str, int], np.ndarray] = {}
