@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import LayoutError
+from .fit import GEOMETRY
 from .record import RTSlice
 
 if TYPE_CHECKING:
@@ -37,10 +38,14 @@ logger = logging.getLogger(__name__)
 #: :meth:`Layout.label_choices`.
 LABELS = ("any", "i", "o", "all")
 
-#: Names a contour kind cannot take: the dataset's and the store's other entries.
+#: Names a contour kind cannot take: the dataset's dimensions, coordinates and other
+#: variables (a mask named ``x`` would become the ``x`` coordinate and be lost), the
+#: store's arrays, the ``labels=`` words and the batches' ``padding`` flags. The
+#: geometry coordinates come from :data:`daskmri.fit.GEOMETRY`, so they cannot drift.
 RESERVED = frozenset(
     {"image", "any", "all", "status", "key", "fingerprint", "geometry", "done"}
     | {"patient_id", "original_id", "instance", "record", "dicom", "problem"}
+    | {"x", "y", "padding", *GEOMETRY}
 )
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
@@ -121,7 +126,8 @@ def _check_name(name: object) -> None:
     ):
         raise LayoutError(
             f"ContourKind name {name!r} is reserved or not a variable name (a letter, then "
-            "letters, digits or _; not has_..., image, any, all, ...)"
+            "letters, digits or _; not has_... nor one of the dataset's other names: "
+            f"{', '.join(sorted(RESERVED))}); rename the kind, e.g. '{name}_mask'"
         )
 
 
@@ -296,6 +302,33 @@ class Layout:
         """
         return dataclasses.asdict(self)
 
+    def fingerprint_dict(self) -> dict:
+        """The fields as the input fingerprint of a store hashes them: :meth:`to_dict`,
+        except that a layout the previous version could express (exactly the two text
+        kinds ``icontour`` and ``ocontour``, no RTSTRUCT) gives that version's dict,
+        so that its stores stay fresh (see :meth:`from_dict` for the old shape).
+
+        Examples
+        --------
+        >>> sorted(SUNNYBROOK.fingerprint_dict())[:4]
+        ['dicom_glob', 'dicom_regex', 'icontour_glob', 'icontour_regex']
+        >>> "contours" in Layout(contours=(ICONTOUR,)).fingerprint_dict()
+        True
+        """
+        values = self.to_dict()
+        old = (ICONTOUR, OCONTOUR)
+        if self.rtstruct is not None or len(self.contours) != len(old):
+            return values
+        if any(
+            kind != dataclasses.replace(was, glob=kind.glob, regex=kind.regex)
+            for kind, was in zip(self.contours, old, strict=True)
+        ):
+            return values
+        del values["contours"], values["rtstruct"]
+        for kind in self.contours:
+            values |= {f"{kind.name}_glob": kind.glob, f"{kind.name}_regex": kind.regex}
+        return values
+
     @classmethod
     def from_dict(cls, values: dict) -> Layout:
         """Inverse of :meth:`to_dict`; also reads the dict of a layout saved before
@@ -377,7 +410,13 @@ def _find(root: str, root_real: str, pattern: str, problems: list[dict], ids: di
                 continue
             if literal:
                 candidate = os.path.join(directory, part)
-                if (last and os.path.lexists(candidate)) or (not last and os.path.isdir(candidate)):
+                if last and os.path.lexists(candidate):
+                    # A literal name obeys the wildcard's rule: a link out is not followed.
+                    if os.path.islink(candidate) and not _inside(candidate, root_real):
+                        problems.append(_leaves(candidate, ids))
+                    else:
+                        found.append(candidate)
+                elif not last and os.path.isdir(candidate):
                     found.append(candidate)
                 continue
             try:
@@ -389,19 +428,17 @@ def _find(root: str, root_real: str, pattern: str, problems: list[dict], ids: di
                     continue
                 if last:
                     if entry.is_symlink() and not _inside(entry.path, root_real):
-                        problems.append(
-                            _problem(
-                                entry.path,
-                                "file is a link that leaves the root; not followed",
-                                **ids,
-                            )
-                        )
+                        problems.append(_leaves(entry.path, ids))
                         continue
                     found.append(entry.path)
                 elif entry.is_dir():
                     found.append(entry.path)
         dirs = found
     return dirs
+
+
+def _leaves(path: str, ids: dict) -> dict:
+    return _problem(path, "file is a link that leaves the root; not followed", **ids)
 
 
 def _problem(path: str, reason: str, **ids: object) -> dict:

@@ -211,7 +211,8 @@ def record_key(patient_id: str, instance: int) -> int:
 
 def record_fingerprint(record: Record, root: str) -> int:
     """A record's identity (both ids and the instance) and the path (relative to
-    ``root``), size and modification time of each of its files, as one 64-bit
+    ``root``), size and modification time of each of its files (for RTSTRUCT
+    contours every structure set they come from, and which contours), as one 64-bit
     number. A touched, replaced or removed file, or a new pairing in the link file,
     changes it; moving the whole root does not.
 
@@ -231,6 +232,15 @@ def record_fingerprint(record: Record, root: str) -> int:
         for path in (record.dicom_path, *(path for _, path in record.contours))
     )
     ids = f"{record.patient_id}\0{record.original_id}\0{record.instance}"
+    if record.rtstruct is not None:
+        # Every RTSTRUCT file the slice's contours come from (``contours`` names only
+        # the first of each kind), and which contours: another slice's header can move
+        # a contour without any of this slice's files changing. A record without
+        # RTSTRUCT hashes as before, so that older stores stay fresh.
+        picks = record.rtstruct.picks
+        used = sorted({path for _, found in picks for path, _ in found})
+        chosen = [(kind, [(_relative(p, root), i) for p, i in found]) for kind, found in picks]
+        files += "|rt|" + "|".join(file_stat(path, root) for path in used) + repr(chosen)
     return _hash64(f"{ids}\0{files}")
 
 
@@ -311,7 +321,7 @@ def plan_inputs(
         keys=np.array(keys, dtype=np.uint64),
         fingerprints=np.array(fingerprints, dtype=np.uint64),
         fingerprint=digest.hexdigest(
-            settings={"layout": source.layout.to_dict(), "labels": source.labels},
+            settings={"layout": source.layout.fingerprint_dict(), "labels": source.labels},
             problems=problems,
             link_stat=file_stat(os.path.join(root, source.layout.link_file), root),
         ),

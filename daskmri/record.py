@@ -66,6 +66,15 @@ class RTSlice:
     picks: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
 
     def of(self, kind: str) -> tuple[tuple[str, int], ...]:
+        """The ``(rtstruct_path, contour_index)`` of the slice's contours of ``kind``;
+        empty when it has none.
+
+        Examples
+        --------
+        >>> rt = RTSlice(("1.2",), (("icontour", (("/rt/a.dcm", 0), ("/rt/b.dcm", 3))),))
+        >>> rt.of("icontour"), rt.of("ocontour")
+        ((('/rt/a.dcm', 0), ('/rt/b.dcm', 3)), ())
+        """
         return next((found for name, found in self.picks if name == kind), ())
 
 
@@ -98,6 +107,8 @@ class Record:
 
     @property
     def kinds(self) -> tuple[str, ...]:
+        """The contour kinds of the layout, in its order (whether or not this record
+        has a contour of each)."""
         return tuple(kind for kind, _ in self.contours)
 
     def path(self, kind: str) -> str | None:

@@ -23,7 +23,7 @@ import io
 import logging
 import os
 import re
-import warnings
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 _CONTOUR_DATA = 0x30060050
 # Two slices whose planes are this close (mm) are the same plane (cine phases).
 _SAME_PLANE_MM = 1e-3
+# A contour this much (mm) beyond half the slice spacing still counts as within it:
+# exactly half a spacing away is a tie that float noise must not decide.
+_HALF_GAP_SLACK_MM = 1e-6
 # A polygon whose area (mm^2) is under this is a line or a point.
 _MIN_AREA_MM2 = 1e-6
 
@@ -84,6 +87,14 @@ class Plane:
         return np.stack([o[:3] * self.spacing[1], o[3:] * self.spacing[0]], axis=1)
 
     def normal(self) -> np.ndarray:
+        """The plane's unit normal: row direction x column direction, normalised
+        (the stored cosines are rounded, so their cross product is not unit length).
+
+        Examples
+        --------
+        >>> Plane("1.2", (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0), (1.0, 1.0)).normal().tolist()
+        [0.0, 0.0, 1.0]
+        """
         o = np.asarray(self.orientation, dtype=np.float64)
         n = np.cross(o[:3], o[3:])
         return n / np.linalg.norm(n)
@@ -106,22 +117,34 @@ class Plane:
         return (self.uid, self.origin, self.orientation, self.spacing, self.gap)
 
 
+# Who is reading with pydicom's validation off (see _quiet).
+_QUIET_LOCK = threading.Lock()
+_quiet_readers = 0
+_quiet_restore = contextlib.ExitStack()
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Read without pydicom's value validation: the real files carry UIDs that it
-    warns (and logs) about, hundreds of times in one scan. The setting is pydicom's
-    global one, restored on exit; two threads reading at once at worst let a warning
-    through."""
+    warns (and logs) about, hundreds of times in one scan. pydicom has no per-read
+    setting, only a global one, so the first of any overlapping readers (threads,
+    or nested calls) turns it off and the last one restores it, under a lock: two
+    threads saving and restoring it each in turn could leave it off for good. No
+    warnings filter is touched (``warnings.catch_warnings`` is not thread-safe)."""
     from pydicom import config
 
-    mode = config.settings.reading_validation_mode
-    config.settings.reading_validation_mode = config.IGNORE
+    global _quiet_readers
+    with _QUIET_LOCK:
+        if _quiet_readers == 0:
+            _quiet_restore.enter_context(config.disable_value_validation())
+        _quiet_readers += 1
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
+        yield
     finally:
-        config.settings.reading_validation_mode = mode
+        with _QUIET_LOCK:
+            _quiet_readers -= 1
+            if _quiet_readers == 0:
+                _quiet_restore.close()
 
 
 def _floats(values: dict[str, str], name: str, count: int, path: str) -> tuple[float, ...]:
@@ -313,7 +336,9 @@ def _structure_set(path: str, ds, limits: Limits) -> StructureSet:
     if "ROIContourSequence" not in ds or "StructureSetROISequence" not in ds:
         raise RTStructError(path, "no ROIContourSequence or StructureSetROISequence")
     names = {
-        int(item.ROINumber): str(item.get("ROIName", "")) for item in ds.StructureSetROISequence
+        # DICOM pads a text value to an even length with a space.
+        int(item.ROINumber): str(item.get("ROIName", "")).strip()
+        for item in ds.StructureSetROISequence
     }
     contours: list[Contour] = []
     problems: list[str] = []
@@ -343,16 +368,16 @@ def _points(item, limits: Limits) -> np.ndarray:
     if kind != "CLOSED_PLANAR":
         raise ValueError(f"ContourGeometricType is {kind!r}, not a closed polygon")
     try:
-        values = _contour_data(item)
+        values = _contour_data(item, limits)
     except (TypeError, ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"damaged ContourData ({exc})") from None
+    except _TooManyPoints as exc:
+        raise ValueError(str(exc)) from None
     if len(values) % 3:
         raise ValueError(f"damaged ContourData ({len(values)} numbers, not x y z triples)")
     points = values.reshape(-1, 3)
     if len(points) > limits.max_contour_points:
-        raise ValueError(
-            f"{len(points)} points, over Limits.max_contour_points={limits.max_contour_points}"
-        )
+        raise ValueError(_too_many(len(points), limits))
     if not np.isfinite(points).all():
         raise ValueError("non-finite coordinates in ContourData")
     if len(points) < 3:
@@ -363,9 +388,25 @@ def _points(item, limits: Limits) -> np.ndarray:
     return points
 
 
-def _contour_data(item) -> np.ndarray:
+class _TooManyPoints(Exception):
+    """A ContourData over ``Limits.max_contour_points`` (not a damaged one)."""
+
+
+def _too_many(points: int, limits: Limits) -> str:
+    return f"{points} points, over Limits.max_contour_points={limits.max_contour_points}"
+
+
+def _contour_data(item, limits: Limits) -> np.ndarray:
     """ContourData as float64. pydicom would make a validated DSfloat of each number
-    (measured: 90% of reading a real structure set); numpy parses the raw text at once."""
+    (measured: 90% of reading a real structure set); numpy parses the raw text at once.
+
+    Raises
+    ------
+    _TooManyPoints
+        If the text holds more numbers than ``limits`` allows, counted before
+        anything is split: a Python string per number would cost about 12 times the
+        file's size, whatever the limit.
+    """
     raw = item.get_item(_CONTOUR_DATA)
     if raw is None:
         return np.empty(0)
@@ -373,6 +414,9 @@ def _contour_data(item) -> np.ndarray:
         return np.empty(0)
     if not isinstance(raw.value, bytes):  # already converted by pydicom
         return np.atleast_1d(np.asarray(raw.value, dtype=np.float64)).ravel()
+    numbers = raw.value.count(b"\\") + 1
+    if numbers > 3 * limits.max_contour_points:
+        raise _TooManyPoints(_too_many(numbers // 3, limits))
     text = raw.value.decode("ascii").strip(" \0")
     return np.array(text.split("\\"), dtype=np.float64) if text else np.empty(0)
 
@@ -438,7 +482,9 @@ def assign(
     ({7: {'icontour': [('rt.dcm', 0)]}}, [])
     """
     matchers = [(kind, re.compile(regex, re.IGNORECASE)) for kind, regex in rois]
-    by_uid = {plane.uid: instance for instance, plane in planes.items()}
+    by_uid: dict[str, list[int]] = {}
+    for instance, plane in sorted(planes.items()):
+        by_uid.setdefault(plane.uid, []).append(instance)
     half = _half_gaps(planes)
     found = Assigned({}, [])
     for structure in sets:
@@ -463,22 +509,32 @@ def assign(
 
 
 def _slice_of(
-    contour: Contour, planes: dict[int, Plane], by_uid: dict[str, int], half: dict[int, float]
+    contour: Contour,
+    planes: dict[int, Plane],
+    by_uid: dict[str, list[int]],
+    half: dict[int, float],
 ) -> tuple[int | None, str]:
     """The instance a contour goes to, and why not (``""`` when it does)."""
     if contour.uid is not None:
-        instance = by_uid.get(contour.uid)
-        if instance is None:
+        instances = by_uid.get(contour.uid, [])
+        if len(instances) > 1:
+            return None, (
+                f"references SOPInstanceUID {contour.uid}, which slices {instances} all carry; "
+                "give each slice its own SOPInstanceUID"
+            )
+        if not instances:
             return None, f"references SOPInstanceUID {contour.uid}, which no readable slice has"
+        instance = instances[0]
         off = float(np.abs(planes[instance].distance(contour.points)).max())
-        if off > half[instance]:
+        if off > half[instance] + _HALF_GAP_SLACK_MM:
+            shown, limit = _distinct(off, half[instance])
             return instance, (
-                f"lies {off:.3g} mm off the plane of its slice (instance {instance}), more "
-                f"than half the slice spacing ({half[instance]:.3g} mm)"
+                f"lies {shown} mm off the plane of its slice (instance {instance}), more "
+                f"than half the slice spacing ({limit} mm)"
             )
         return instance, ""
     off = {i: float(np.abs(p.distance(contour.points)).max()) for i, p in planes.items()}
-    near = sorted((d, i) for i, d in off.items() if d <= half[i])
+    near = sorted((d, i) for i, d in off.items() if d <= half[i] + _HALF_GAP_SLACK_MM)
     if not near:
         return None, "has no image reference and lies in no slice's plane"
     ties = [i for d, i in near if d - near[0][0] <= _SAME_PLANE_MM]
@@ -490,6 +546,15 @@ def _slice_of(
             "ContourImageSequence"
         )
     return near[0][1], ""
+
+
+def _distinct(value: float, limit: float) -> tuple[str, str]:
+    """``value`` and ``limit`` (``value > limit``) with as few decimals as show that
+    one is larger: never "3 mm off, more than 3 mm"."""
+    for digits in range(3, 16):
+        if float(f"{value:.{digits}g}") > float(f"{limit:.{digits}g}"):
+            break
+    return f"{value:.{digits}g}", f"{limit:.{digits}g}"
 
 
 # -- rasterising (on the workers) ---------------------------------------------------
@@ -508,6 +573,13 @@ def cached_structure_set(path: str, *, limits: Limits = DEFAULT_LIMITS) -> Struc
     ------
     RTStructError
         As :func:`read_structure_set`.
+
+    Examples
+    --------
+    >>> cached_structure_set("/no/such/rt.dcm")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    daskmri.errors.RTStructError: /no/such/rt.dcm: cannot read the RTSTRUCT file (No such ...)
     """
     try:
         st = os.stat(path)
@@ -554,6 +626,14 @@ def structure_mask(
         If a file cannot be read or a picked contour is no longer in it.
     ContourError
         If a contour maps outside the slice.
+
+    Examples
+    --------
+    A slice without contours of the kind has an empty mask of the frame:
+
+    >>> plane = Plane("1.2", (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0), (1.0, 1.0))
+    >>> structure_mask([], plane, shape=(4, 4), frame=(2, 3)).tolist()
+    [[False, False, False], [False, False, False]]
     """
     frame = shape if frame is None else frame
     rings: dict[tuple[str, int], np.ndarray] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -79,6 +80,7 @@ OUTER = np.array([[6.5, 6.5], [40.5, 6.5], [40.5, 33.5], [6.5, 33.5]])
 HOLE = np.array([[15.5, 12.5], [30.5, 12.5], [30.5, 25.5], [15.5, 25.5]])
 SLANT = np.array([[8.0, 10.0], [30.0, 4.5], [38.0, 30.0], [12.5, 34.0]])
 ROIS = {"icontour": r"lv endo.*", "ocontour": r"lv epi"}
+EPI_3D = np.column_stack([EPI, np.zeros(len(EPI))])
 
 
 def oblique_layout(rois=None) -> Layout:
@@ -632,4 +634,238 @@ def test_an_roi_of_two_kinds_is_a_contour_of_each_and_a_contour_of_no_roi_is_rep
     assert lost.reason.tolist() == [
         "contour 1: ROI number 9 has no StructureSetROI; dropped",
         "ROI 'Scar' (number 2) matches no contour kind; ignored",
+    ]
+
+
+# -- review findings -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern", ["rt/{patient_id}/rt.dcm", "rt/{patient_id}.dcm"])
+def test_a_literal_rtstruct_name_that_links_out_of_the_root_is_refused(tmp_path, pattern):
+    from .test_layout import watching
+
+    root = oblique_series(tmp_path / "data", slices=2)
+    outside = write_rtstruct(tmp_path / "outside" / "rt.dcm", [Roi(1, "LV Endo", [])])
+    link = root / pattern.format(patient_id="SYN0001")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(outside)
+    layout = Layout(contours=(), rtstruct=RTStruct(glob=pattern, rois={"icontour": "lv endo"}))
+    with watching(outside.parent) as hits:
+        table = daskmri.scan(root, layout=layout, labels="all")
+    assert hits == []
+    reasons = [(p["path"], p["reason"]) for p in table.attrs["problems"]]
+    assert reasons == [(str(link), "file is a link that leaves the root; not followed")]
+
+
+def test_a_literal_contour_name_that_links_out_of_the_root_is_refused(synth_root, tmp_path):
+    from .test_layout import watching
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    name = "IM-0001-0004-icontour-manual.txt"
+    inside = root / "contourfiles" / "SYN-C-1" / "i-contours" / name
+    outside = tmp_path / "outside" / name
+    outside.parent.mkdir()
+    shutil.move(inside, outside)
+    inside.symlink_to(outside)
+    glob = str(inside.relative_to(root)).replace("SYN-C-1", "{original_id}")
+    kind = dataclasses.replace(daskmri.layout.ICONTOUR, glob=glob)
+    with watching(outside.parent) as hits:
+        table = daskmri.scan(root, layout=Layout(contours=(kind,)), labels="all")
+    assert hits == []
+    assert str(inside) not in table.icontour_path.tolist()
+    leaving = [p for p in table.attrs["problems"] if "leaves the root" in p["reason"]]
+    assert [p["path"] for p in leaving] == [str(inside)]
+
+
+def test_a_store_of_the_previous_version_keeps_its_input_fingerprint(tmp_path):
+    """The input fingerprints the previous version (20e222c, before contour kinds)
+    computed for this synthetic folder with fixed file times: a Sunnybrook layout
+    must still give them, or every store it wrote reads as stale. (They change if
+    synth.make_dataset changes what it writes.)"""
+    from daskmri.plan import plan_inputs
+    from daskmri.settings import Source
+
+    pinned = {
+        "any": "2fd144b71c5541e5a7c494c380816671",
+        "all": "a08118bc4ee2ec0546b4f668f4cbe4c0",
+    }
+    for labels, fingerprint in pinned.items():
+        root = daskmri.synth.make_dataset(tmp_path / labels, patients=2, slices=5, shape=(16, 16))
+        for path in root.rglob("*"):
+            if path.is_file():
+                os.utime(path, ns=(10**18, 10**18))
+        assert plan_inputs(Source.of(root, None, labels)).fingerprint == fingerprint
+    # Any other layout hashes its own fields.
+    three = plan_inputs(Source.of(root, THREE, "all")).fingerprint
+    assert three != pinned["all"]
+
+
+@pytest.mark.parametrize(
+    "name", ["x", "y", "padding", "record", "row_offset", "source_column_spacing"]
+)
+def test_kind_names_the_dataset_or_batches_use_are_refused(name):
+    with pytest.raises(daskmri.LayoutError, match=f"is reserved.*rename the kind, e.g. '{name}_"):
+        ContourKind(name, glob="{original_id}/*.txt", regex="(?P<instance>1)")
+    with pytest.raises(daskmri.LayoutError, match="is reserved"):
+        RTStruct("rt/{patient_id}/*.dcm", {name: "lv endo"})
+
+
+def test_every_geometry_coordinate_is_reserved():
+    from daskmri.fit import GEOMETRY
+    from daskmri.layout import RESERVED
+
+    assert set(GEOMETRY) <= RESERVED
+
+
+def test_editing_the_second_rtstruct_of_a_slice_makes_the_store_stale(tmp_path):
+    root = oblique_series(tmp_path / "data", slices=3)
+    first, second = root / "rt" / "SYN0001" / "a.dcm", root / "rt" / "SYN0001" / "b.dcm"
+    write_rtstruct(first, [Roi(1, "LV Endo", [_drawn(root, 1, A), _drawn(root, 2, A)])])
+    write_rtstruct(second, [Roi(1, "LV Endo", [_drawn(root, 1, A2)])])
+    layout, store = oblique_layout(), tmp_path / "ds.zarr"
+    # Slice 1's contours come from both files; its icontour_path names the first only.
+    assert daskmri.scan(root, layout=layout).icontour_path.tolist() == [str(first)] * 2
+    daskmri.build(root, store, layout=layout, chunk_size=1, scheduler="sync")
+    assert daskmri.check(store).fresh
+
+    write_rtstruct(second, [Roi(1, "LV Endo", [_drawn(root, 1, HOLE)])])
+    os.utime(second, ns=(10**18, 10**18))  # a new time even on a coarse clock
+    assert daskmri.check(store).changed == (("SYN0001", 1),)
+    result = daskmri.build(root, store, layout=layout, chunk_size=1, mode="update")
+    assert result.parsed_records == 1
+    fresh = daskmri.load_dataset(root, layout=layout, scheduler="sync")
+    # The re-parsed record takes a new slot: compare in key order.
+    stored = daskmri.open_dataset(store).sortby(["patient_id", "instance"])
+    assert_records_equal(stored, fresh)
+    assert np.array_equal(fresh.icontour.values[0], truth(A) | truth(HOLE))
+
+
+def test_reading_in_threads_leaves_pydicoms_settings_and_the_warning_filters_alone(oblique):
+    import threading
+    import warnings
+
+    from pydicom import config
+
+    from daskmri.rtstruct import _quiet
+
+    _, rt, _ = oblique
+    before = (config.settings.reading_validation_mode, list(warnings.filters))
+    # The interleaving two threads can make: each saving and restoring in turn
+    # would leave validation off and an "ignore" filter behind.
+    first, second = _quiet(), _quiet()
+    first.__enter__()
+    second.__enter__()
+    assert config.settings.reading_validation_mode == config.IGNORE
+    first.__exit__(None, None, None)
+    assert config.settings.reading_validation_mode == config.IGNORE  # second still reads
+    second.__exit__(None, None, None)
+    assert (config.settings.reading_validation_mode, warnings.filters) == before
+
+    start, failed = threading.Barrier(8), []
+
+    def read() -> None:
+        start.wait()
+        try:
+            for _ in range(10):
+                assert len(read_structure_set(rt).contours) == 8
+        except BaseException as exc:  # reported below, not lost in the thread
+            failed.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failed == []
+    assert (config.settings.reading_validation_mode, warnings.filters) == before
+
+
+def test_contour_data_over_the_point_limit_is_refused_before_it_is_split(tmp_path):
+    import tracemalloc
+
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+
+    from daskmri.limits import Limits
+
+    rt = write_rtstruct(tmp_path / "rt.dcm", [Roi(1, "LV Endo", [Drawn(EPI_3D, None)])])
+    ds = pydicom.dcmread(rt)
+    # 600,000 numbers (200,000 points) as raw text, as a file declares them; over
+    # 64 KiB, so in implicit VR (explicit VR has no DS that long).
+    text = b"\\".join([b"0"] * 600_000) + b" "
+    tag = pydicom.tag.Tag(0x30060050)
+    ds.ROIContourSequence[0].ContourSequence[0][tag] = RawDataElement(
+        tag, "DS", len(text), text, 0, True, True
+    )
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    ds.save_as(rt, enforce_file_format=True)
+    limits = Limits(max_contour_points=1000)
+    tracemalloc.start()
+    try:
+        found = read_structure_set(rt, limits=limits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found.contours == ()
+    assert found.problems == (
+        "contour 0 of ROI 'LV Endo': 200000 points, over Limits.max_contour_points=1000; dropped",
+    )
+    # The file is read whole (and pydicom copies the value): about 3 times its
+    # size; a Python string per number took over 11 times.
+    assert peak < 6 * rt.stat().st_size, peak / rt.stat().st_size
+
+
+def test_exactly_half_a_spacing_off_is_within_it_on_either_side(tmp_path):
+    from daskmri.rtstruct import Contour, StructureSet, assign
+
+    root = oblique_series(tmp_path / "data", slices=3)
+    planes = {k: read_plane(root / "dicoms" / "SYN0001" / f"{k}.dcm") for k in (1, 2, 3)}
+    contours = []
+    for side in (-1, 1):
+        drawn = _drawn(root, 2, SLANT, shift=side * GAP / 2)
+        contours.append(Contour(1, "LV Endo", len(contours), drawn.points, drawn.uid))
+    found = assign([StructureSet("rt.dcm", tuple(contours))], planes, [("icontour", "lv endo")])
+    assert found.picks == {2: {"icontour": [("rt.dcm", 0), ("rt.dcm", 1)]}}
+    assert found.problems == []
+    # Without a reference, such a contour lies in two planes, on either side.
+    unreferenced = tuple(dataclasses.replace(c, uid=None) for c in contours)
+    found = assign([StructureSet("rt.dcm", unreferenced)], planes, [("icontour", "lv endo")])
+    assert found.picks == {}
+    reasons = [reason.split(": ", 1)[1] for _, reason, _ in found.problems]
+    assert len(reasons) == 2
+    assert all(r.startswith("has no image reference and lies in the plane of 2") for r in reasons)
+    # Beyond the tie, the message shows the difference, never "4 mm, more than 4 mm".
+    far = _drawn(root, 2, SLANT, shift=GAP / 2 + 1e-4)
+    found = assign(
+        [StructureSet("rt.dcm", (Contour(1, "LV Endo", 0, far.points, far.uid),))],
+        planes,
+        [("icontour", "lv endo")],
+    )
+    assert (
+        "lies 4.0001 mm off the plane of its slice (instance 2), more than half the slice "
+        "spacing (4 mm)" in found.problems[0][1]
+    )
+
+
+def test_padded_roi_names_match_and_a_uid_two_slices_carry_is_reported(tmp_path):
+    from daskmri.rtstruct import assign
+
+    root = oblique_series(tmp_path / "data", slices=3)
+    rt = write_rtstruct(tmp_path / "rt.dcm", [Roi(1, " LV Endo ", [_drawn(root, 1, A)])])
+    structure = read_structure_set(rt)
+    assert structure.names == ((1, "LV Endo"),)
+    planes = {k: read_plane(root / "dicoms" / "SYN0001" / f"{k}.dcm") for k in (1, 2, 3)}
+    found = assign([structure], planes, [("icontour", "lv endo")])
+    assert found.picks == {1: {"icontour": [(str(rt), 0)]}} and found.problems == []
+    planes[3] = dataclasses.replace(planes[3], uid=planes[1].uid)  # a copied header
+    found = assign([structure], planes, [("icontour", "lv endo")])
+    assert found.picks == {}
+    assert found.problems == [
+        (
+            str(rt),
+            f"contour 0 of ROI 'LV Endo': references SOPInstanceUID {planes[1].uid}, which "
+            "slices [1, 3] all carry; give each slice its own SOPInstanceUID; dropped",
+            None,
+        )
     ]

@@ -68,7 +68,13 @@ def kinds_in(attrs: dict) -> tuple[str, ...]:
 
 
 def pixel_names(kinds: Sequence[str]) -> tuple[str, ...]:
-    """The pixel arrays of a store with these contour kinds."""
+    """The pixel arrays of a store with these contour kinds.
+
+    Examples
+    --------
+    >>> pixel_names(("icontour", "scar"))
+    ('image', 'icontour', 'scar')
+    """
     return ("image", *kinds)
 
 
