@@ -220,11 +220,11 @@ def lazy_dataset(n: int, chunk: int = 64, size: int = 64) -> xr.Dataset:
     return xr.Dataset(
         {"image": (("record", "y", "x"), image),
          "icontour": (("record", "y", "x"), image % 2 == 0),
-         "ocontour": (("record", "y", "x"), image % 3 == 0)},
+         "ocontour": (("record", "y", "x"), image % 3 == 0),
+         "has_icontour": ("record", np.ones(n, bool)),
+         "has_ocontour": ("record", np.ones(n, bool))},
         coords={"patient_id": ("record", np.array(["P"] * n)),
-                "instance": ("record", np.arange(n)),
-                "has_icontour": ("record", np.ones(n, bool)),
-                "has_ocontour": ("record", np.ones(n, bool))},
+                "instance": ("record", np.arange(n))},
     )  # fmt: skip
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from dask.optimization import cull
 
 from ..errors import DaskmriError
+from ..schema import kinds_of
 from .schema import BatchSchema, RankPlan, Stretch
 
 __all__ = ["BatchIterator"]
@@ -40,21 +41,6 @@ COORDS = ("patient_id", "instance")
 STATE_FORMAT = 2
 
 Transform = Callable[[dict, np.random.Generator], dict]
-
-
-def default_variables(ds) -> tuple[str, ...]:
-    """``image`` and every mask that has a ``has_<name>`` flag beside it.
-
-    Examples
-    --------
-    >>> import xarray as xr
-    >>> ds = xr.Dataset({"image": ("record", [0.0]), "icontour": ("record", [True]),
-    ...                  "has_icontour": ("record", [True]), "note": ("record", [1])})
-    >>> default_variables(ds)
-    ('image', 'icontour')
-    """
-    masks = [str(name) for name in ds.data_vars if f"has_{name}" in ds.variables]
-    return ("image", *masks)
 
 
 def _chunks_of(ds, variables: Sequence[str], default: int = 64) -> tuple[int, ...]:
@@ -286,7 +272,7 @@ class BatchIterator:
         timeout: float = 300.0,
         security: Any = None,
     ) -> None:
-        variables = tuple(default_variables(ds) if variables is None else variables)
+        variables = tuple(("image", *kinds_of(ds)) if variables is None else variables)
         missing = [v for v in (*variables, *COORDS) if v not in ds.variables]
         if missing:
             raise ValueError(
