@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import xarray as xr
 import zarr
@@ -19,6 +21,7 @@ import daskmri
 from daskmri import StaleStoreError, StaleStoreWarning, StoreError, cli
 from daskmri.plan import plan_chunks
 from daskmri.store import OK, RETIRED, StoreSpec, read_state, write_partition
+from daskmri.store.reading import Blocks
 from daskmri.testing import assert_records_equal, eager_load, raise_if_dask_computes
 
 from .conftest import SHAPE
@@ -446,6 +449,84 @@ class TestReviewFindings:
         )  # fmt: skip
         report = daskmri.build(synth_root, store, scheduler="sync")
         assert report.records == 16 and daskmri.check(store).fresh
+
+
+class TestChunkReads:
+    """open_dataset reads each store chunk whole through :class:`Blocks` (the object's
+    bytes, decoded here), not zarr's read path: the same values as zarr reads, for
+    every compressor, and a damaged object fails by name."""
+
+    @pytest.fixture
+    def built(self, damaged_root, tmp_path):
+        # Drops in two chunks (one of them whole), and a short last chunk.
+        for instance in (4, 6, 7):
+            (damaged_root / "dicoms" / "SYN0001" / f"{instance}.dcm").write_bytes(b"broken")
+
+        def build(compressor: str = "blosc-lz4") -> Path:
+            store = tmp_path / f"{compressor}.zarr"
+            daskmri.build(
+                damaged_root, store, chunk_size=3, scheduler="sync", compressor=compressor
+            )
+            return store
+
+        return build
+
+    @staticmethod
+    def zarr_reads(store: Path) -> dict:
+        """Each pixel array of the store's records, read by zarr itself."""
+        ok = zarr.open_group(str(store), mode="r")["status"][:] == OK
+        group = zarr.open_group(str(store), mode="r")
+        return {name: group[name][:][ok] for name in ("image", "icontour", "ocontour")}
+
+    @staticmethod
+    def records_per_chunk(store: Path) -> tuple[int, ...]:
+        ok = zarr.open_group(str(store), mode="r")["status"][:] == OK
+        counts = [int(ok[s : s + 3].sum()) for s in range(0, len(ok), 3)]
+        return tuple(c for c in counts if c)
+
+    @pytest.mark.parametrize(
+        ("compressor", "codec"),
+        [("blosc-lz4", "blosc"), ("blosc-zstd", "blosc"), ("zstd", "zstd"), ("none", "none")],
+    )
+    def test_every_compressor_reads_as_zarr_reads_it(self, built, damaged_root, compressor, codec):
+        store = built(compressor)
+        group = zarr.open_group(str(store), mode="r")
+        assert Blocks.of(StoreSpec.of(store), group["image"]).codec == codec
+        ds = daskmri.open_dataset(store)
+        chunks = self.records_per_chunk(store)
+        assert ds.image.chunks[0] == chunks and len(set(chunks)) > 1  # aligned with the store
+        for name, expected in self.zarr_reads(store).items():
+            np.testing.assert_array_equal(ds[name].values, expected)
+            assert ds[name].dtype == expected.dtype
+        assert_records_equal(ds, eager_load(damaged_root))
+
+    def test_other_codecs_are_read_through_zarr(self, built):
+        store = built()
+        group = zarr.open_group(str(store), mode="r")
+        blocks = Blocks.of(StoreSpec.of(store), group["image"])
+        through_zarr = dataclasses.replace(blocks, codec=None)
+        key = group["image"].metadata.encode_chunk_key((5, 0, 0))
+        np.testing.assert_array_equal(through_zarr.read(key, 15, 1), blocks.read(key, 15, 1))
+        np.testing.assert_array_equal(blocks.read(key, 15, 1), group["image"][15:16])
+
+    def test_a_chunk_never_written_reads_as_zarr_fill(self, built):
+        store = built()
+        # Stores built before every chunk was written left all-empty mask chunks out.
+        os.remove(store / "icontour" / "c" / "0" / "0" / "0")
+        ds = daskmri.open_dataset(store)
+        expected = self.zarr_reads(store)["icontour"]
+        first = self.records_per_chunk(store)[0]
+        assert not expected[:first].any() and expected[first:].any()
+        np.testing.assert_array_equal(ds.icontour.values, expected)
+
+    def test_a_damaged_chunk_fails_by_name_with_the_fix(self, built):
+        store = built()
+        (store / "image" / "c" / "1" / "0" / "0").write_bytes(b"not blosc at all")
+        ds = daskmri.open_dataset(store)
+        first = ds.image[: self.records_per_chunk(store)[0]].values  # other chunks still read
+        assert first.shape[0] == self.records_per_chunk(store)[0]
+        with pytest.raises(StoreError, match=r"chunk 'c/1/0/0' of 'image'.*mode='overwrite'"):
+            ds.image.load()
 
 
 class TestXarrayBackend:

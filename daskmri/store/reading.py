@@ -4,8 +4,8 @@ engine="daskmri")``) and :func:`read_dropped`."""
 from __future__ import annotations
 
 import json
-import operator
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,33 +27,148 @@ if TYPE_CHECKING:
 __all__ = ["OpenStore", "open_dataset", "open_store", "read_dropped"]
 
 
-def _select(array, keep_per_block: list[np.ndarray]):
-    """The ``keep`` slots of each block of ``array``, one output chunk per store
-    chunk: chunks stay aligned with the store, which dask's fancy indexing does not
-    guarantee (it regroups the selected slots into chunks of its own)."""
+#: The codec chains of a daskmri store (``format.codecs``) that :class:`Blocks`
+#: decodes itself, by the name of the codec after the bytes codec.
+DECODED_HERE = ("blosc", "zstd", "none")
+
+
+def _codec_of(array) -> str | None:
+    """The codec of ``array`` when :class:`Blocks` can decode it itself: the bytes
+    codec in this machine's byte order, then blosc, zstd or nothing; else None."""
+    from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+
+    codecs = tuple(array.metadata.codecs)
+    if not codecs or not isinstance(codecs[0], BytesCodec):
+        return None
+    endian = codecs[0].endian
+    if endian is not None and endian.value != sys.byteorder and array.dtype.itemsize > 1:
+        return None
+    rest = codecs[1:]
+    if not rest:
+        return "none"
+    if len(rest) == 1 and isinstance(rest[0], BloscCodec):
+        return "blosc"
+    if len(rest) == 1 and isinstance(rest[0], ZstdCodec):
+        return "zstd"
+    return None
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Reads whole chunks of one pixel array of a store: one object per chunk, its
+    bytes decoded straight into a new array.
+
+    Zarr's own read path costs about twice the CPU of this for a whole chunk
+    (measured on a 16.8 MB image chunk with blosc-lz4: its indexing, an event-loop
+    round trip, a decode into a buffer of its own and a copy out of it); a daskmri
+    store's chunks are always read whole, with codecs it knows. An array with any
+    other codecs (``codec`` None) is read through zarr.
+    """
+
+    spec: StoreSpec
+    name: str
+    chunks: tuple[int, ...]
+    dtype: str
+    codec: str | None
+    fill_value: Any
+
+    @classmethod
+    def of(cls, spec: StoreSpec, array) -> Blocks:
+        codec = _codec_of(array)
+        return cls(
+            spec,
+            array.basename,
+            tuple(array.chunks),
+            str(array.dtype),
+            codec,
+            array.fill_value.item() if hasattr(array.fill_value, "item") else array.fill_value,
+        )
+
+    def read(self, key: str, start: int, rows: int) -> np.ndarray:
+        """The first ``rows`` rows of the chunk stored at ``key`` (which starts at
+        row ``start``).
+
+        Raises
+        ------
+        StoreError
+            If the chunk's object cannot be decoded (the store is damaged).
+        """
+        if self.codec is None:
+            return np.asarray(self.spec.array(self.name, mode="r")[start : start + rows])
+        out = np.empty(self.chunks, dtype=self.dtype)
+        raw = self._bytes(key)
+        if raw is None:  # never written: zarr's fill value, as zarr reads it
+            out[:rows] = self.fill_value
+            return out[:rows]
+        try:
+            self._decode(raw, out)
+        except Exception as exc:
+            raise StoreError(
+                f"chunk {key!r} of {self.name!r} in {self.spec.url!r} cannot be decoded "
+                f"({type(exc).__name__}: {exc}); the store is damaged: rebuild it with "
+                "daskmri.build(..., mode='overwrite')"
+            ) from None
+        return out[:rows]
+
+    def _bytes(self, key: str) -> bytes | None:
+        if "://" not in self.spec.url:
+            try:
+                with open(os.path.join(self.spec.url, self.name, key), "rb") as fh:
+                    return fh.read()
+            except FileNotFoundError:
+                return None
+        fs, path = self.spec.filesystem()
+        try:
+            return fs.cat_file(f"{path.rstrip('/')}/{self.name}/{key}")
+        except FileNotFoundError:
+            return None
+
+    def _decode(self, raw: bytes, out: np.ndarray) -> None:
+        flat = out.reshape(-1).view(np.uint8)
+        if self.codec == "none":
+            if len(raw) != flat.nbytes:
+                raise ValueError(f"{len(raw)} bytes, expected {flat.nbytes}")
+            flat[:] = np.frombuffer(raw, np.uint8)
+            return
+        import numcodecs
+
+        codec = numcodecs.Blosc() if self.codec == "blosc" else numcodecs.Zstd()
+        decoded = codec.decode(raw, out=flat)
+        if np.asarray(decoded).nbytes != flat.nbytes:
+            raise ValueError(f"{np.asarray(decoded).nbytes} bytes, expected {flat.nbytes}")
+
+
+def _read_block(blocks: Blocks, key: str, start: int, rows: int, keep) -> np.ndarray:
+    """A dask task: the ``keep`` rows (all when None) of one store chunk."""
+    values = blocks.read(key, start, rows)
+    return values if keep is None else values[keep]
+
+
+def _lazy(array, blocks: Blocks, keep_per_block: list[np.ndarray], token: str):
+    """The ``keep`` slots of each chunk of ``array``, one dask chunk per store chunk
+    (so chunks stay aligned with the store), each read by :class:`Blocks`."""
     # Here, not at the top: dask.array imports xarray and pandas, and worker processes
     # import this package (for write_partition).
     import dask.array as da
     from dask.base import tokenize
-    from dask.highlevelgraph import HighLevelGraph
 
-    name = "daskmri-select-" + tokenize(array.name, [k.tobytes() for k in keep_per_block])
+    name = f"daskmri-{blocks.name}-" + tokenize(token, [k.tobytes() for k in keep_per_block])
+    size, n = array.chunks[0], array.shape[0]
     graph: dict = {}
     sizes: list[int] = []
     for block, keep in enumerate(keep_per_block):
         if len(keep) == 0:
             continue
-        source = (array.name, block, 0, 0)
-        out = (name, len(sizes), 0, 0)
-        if len(keep) == array.chunks[0][block]:
-            graph[out] = (operator.getitem, source, (slice(None),))
-        else:
-            graph[out] = (operator.getitem, source, (keep,))
+        start = block * size
+        rows = min(size, n - start)
+        key = array.metadata.encode_chunk_key((block, *(0,) * (array.ndim - 1)))
+        selection = None if len(keep) == rows else keep
+        graph[(name, len(sizes), 0, 0)] = (_read_block, blocks, key, start, rows, selection)
         sizes.append(len(keep))
     if not sizes:
         return da.zeros((0, *array.shape[1:]), dtype=array.dtype, chunks=-1)
-    hlg = HighLevelGraph.from_collections(name, graph, dependencies=[array])
-    return da.Array(hlg, name, chunks=((*sizes,), *array.chunks[1:]), dtype=array.dtype)
+    chunks = ((*sizes,), *((s,) for s in array.shape[1:]))
+    return da.Array(graph, name, chunks=chunks, dtype=array.dtype)
 
 
 def open_dataset(
@@ -98,24 +213,17 @@ def open_dataset(
     >>> ds.sizes["record"], ds.image.chunks[0]
     (6, (4, 2))
     """
-    import dask.array as da
     from dask.base import tokenize
 
     spec = StoreSpec.of(store, storage_options)
     opened = open_store(spec)
-    arrays = {
-        # Named by the build, not only by the path: a store rebuilt in place must not
-        # hit data a cluster still holds from before.
-        name: _select(
-            da.from_zarr(
-                opened.group[name],
-                chunks=opened.group[name].chunks,
-                name=f"daskmri-{name}-{opened.attrs.get('build_id', '')}-{tokenize(spec.url)}",
-            ),
-            opened.keep_per_block,
-        )
-        for name in opened.pixel_names
-    }
+    # Named by the build, not only by the path: a store rebuilt in place must not hit
+    # data a cluster still holds from before.
+    token = tokenize(opened.attrs.get("build_id", ""), spec.url)
+    arrays = {}
+    for name in opened.pixel_names:
+        array = opened.group[name]
+        arrays[name] = _lazy(array, Blocks.of(spec, array), opened.keep_per_block, token)
     ds = opened.dataset(arrays)
     if root is not None:
         freshness = check(store, root, storage_options=storage_options)
