@@ -10,8 +10,8 @@ It measures, on the same files:
   "threads" (2), "processes" (2), a LocalCluster of 2 workers x 1 thread, one of
   1 worker x 2 threads, and a remote scheduler when ``--scheduler-address`` is given.
 * **Epochs** of ``BatchIterator`` in batches of 8, from the dataset built in local
-  memory and from the Zarr store: records/s, and the stall fraction with a
-  simulated 10 ms training step.
+  memory, from the Zarr store, and persisted on a LocalCluster of 2 workers x 1
+  thread: records/s, and the stall fraction with a simulated 10 ms training step.
 * **Peer loaders**, each parsing every item every epoch: a plain loop; the original
   design (one producer process, ``Queue(maxsize=2)``, random batches of 8);
   ``multiprocessing.Pool(2)``; ``torch.utils.data.DataLoader(num_workers=2)`` when
@@ -63,7 +63,7 @@ CONFIGS = [
     "LocalCluster 2 workers x 1 thread",
     "LocalCluster 1 worker x 2 threads",
 ]
-EPOCH_SOURCES = ["built in local memory", "Zarr store"]
+EPOCH_SOURCES = ["built in local memory", "Zarr store", "persisted on a LocalCluster 2x1"]
 
 
 def _mib(kib: float | None) -> float | None:
@@ -164,11 +164,25 @@ def _row_build(config: str, op: str, root: str, store: str, repeat: int, address
 def _row_epoch(source: str, root: str, store: str, repeat: int) -> dict:
     import daskmri
 
+    cleanup = []
     if source == "Zarr store":
         daskmri.build(root, store, mode="overwrite")
         ds = daskmri.open_dataset(store)
+    elif source == "persisted on a LocalCluster 2x1":
+        client, _, cleanup = _where("LocalCluster 2 workers x 1 thread", None)
+        ds = daskmri.load_dataset(root, client=client)  # held by the workers
     else:
         ds = daskmri.load_dataset(root, scheduler="processes")
+    try:
+        return _epochs(ds, repeat)
+    finally:
+        for close in cleanup:
+            close()
+
+
+def _epochs(ds, repeat: int) -> dict:
+    import daskmri
+
     it = daskmri.BatchIterator(ds, batch_size=8, seed=0)
     keys, total = [], 0.0
     for batch in it:  # the warm-up epoch, checked

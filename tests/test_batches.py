@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ import xarray as xr
 
 import daskmri
 from daskmri import BatchIterator, BatchSchema, DaskmriError
+from daskmri.batches.iterator import remote_workers
 
 from .conftest import SHAPE
 
@@ -388,6 +390,34 @@ class TestCluster:
         list(full)  # epoch 0; the state above was taken one batch into epoch 1
         expected = [keys(b) for b in full]
         assert [keys(b) for b in resumed] == expected[1:]
+
+    def test_chunks_compressed_on_the_workers_serve_the_same_batches(
+        self, cluster_ds, client, reference
+    ):
+        # On one machine the default is not to compress (moving costs less).
+        assert not BatchIterator(cluster_ds, batch_size=5, client=client).compress
+        it = BatchIterator(cluster_ds, batch_size=5, seed=4, client=client, compress=True)
+        batches = list(it)
+        local = list(BatchIterator(reference, batch_size=5, seed=4))
+        assert [keys(b) for b in batches] == [keys(b) for b in local]
+        for batch, expected in zip(batches, local, strict=True):
+            for name in ("image", "icontour", "ocontour"):
+                np.testing.assert_array_equal(batch[name], expected[name])
+                assert batch[name].dtype == expected[name].dtype
+            assert_batch_is_true(batch, reference)
+
+    def test_workers_on_another_host_are_remote(self):
+        class Reported:  # what a scheduler reports: worker addresses
+            def __init__(self, *addresses):
+                self.addresses = addresses
+
+            def scheduler_info(self, n_workers=-1):
+                return {"workers": {address: {} for address in self.addresses}}
+
+        assert not remote_workers(Reported("tcp://127.0.0.1:4000", "tcp://[::1]:4001"))
+        assert not remote_workers(Reported(f"tcp://{socket.gethostname()}:4000"))
+        assert remote_workers(Reported("tcp://127.0.0.1:4000", "tcp://203.0.113.7:4000"))
+        assert remote_workers(Reported("tls://gpu-node-7.example.org:8786"))
 
     def test_early_break_releases_every_future(self, cluster_ds, client):
         before = scheduler_tasks(client)
