@@ -72,3 +72,61 @@ def test_header_benchmark_checks_the_readers_agree(tmp_path):
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| method | ms/slice") and len(rows) == 8  # the header, 7 rows
     assert json.loads((tmp_path / "header.json").read_text())
+
+
+SHARDING = COMPARE.with_name("sharding.py")
+
+
+def test_sharding_benchmark_writes_a_table_json_and_plot(tmp_path):
+    """benchmarks/sharding.py on a tiny synthetic set: every layout measured."""
+    argv = [sys.executable, str(SHARDING), "--synthetic", "10", "--repeat", "1"]
+    out = subprocess.run(
+        [*argv, "--singles", "4", "--batches", "2", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| layout | objects | MiB | write s")
+    report = json.loads((tmp_path / "sharding.json").read_text())
+    assert report["records"] > 0 and report["repeat"] == 1
+    assert len(table) - 1 == len(report["rows"]) == 6  # the header, then one line per layout
+    for row in report["rows"]:
+        # Three arrays of one shard (or chunk) each, their zarr.json and the group's.
+        assert row["objects"] == 3 * row["tasks"] + 4 and row["bytes"] > 0
+        assert all(len(pairs) == 1 for pairs in row["samples"].values())
+        assert row["write_s"] > 0 and row["singles_cpu_s"] >= 0
+    objects = {row["layout"]: row["million_objects"] for row in report["rows"]}
+    assert objects["chunks 64 (today)"] == objects["shards 64 / inner 1"] == 78_203
+    assert objects["shards 256 / inner 64"] == objects["chunks 256"] < 78_203 / 3
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert (tmp_path / "sharding.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sharding_object_count_is_that_of_a_built_store(tmp_path):
+    """The arithmetic behind the 1M-record counts, checked against a real build."""
+    import importlib.util
+
+    import zarr
+
+    import daskmri
+
+    spec = importlib.util.spec_from_file_location("sharding_bench", SHARDING)
+    bench = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(SHARDING.parent))  # it imports benchmarks/common.py
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(SHARDING.parent))
+    root = daskmri.synth.make_dataset(tmp_path / "data", patients=2, slices=30, shape=(32, 32))
+    store = tmp_path / "s.zarr"
+    daskmri.build(root, store, chunk_size=8, scheduler="sync")
+    group = zarr.open_group(str(store), mode="r")
+    slots, tasks = group["status"].shape[0], group["done"].shape[0]
+    files = sum(1 for p in store.rglob("*") if p.is_file())
+    assert files == bench.store_objects(slots, tasks)
