@@ -24,6 +24,7 @@ in base order, cut into its own shares.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -172,10 +173,13 @@ class BatchSchema:
         """Records in the dataset."""
         return int(sum(self.chunks))
 
-    @property
+    @functools.cached_property
     def starts(self) -> np.ndarray:
-        """First record of each chunk."""
-        return np.concatenate([[0], np.cumsum(self.chunks)[:-1]]).astype(np.int64)
+        """First record of each chunk (read-only; computed once: the batch loop asks
+        for it twice a batch)."""
+        starts = np.concatenate([[0], np.cumsum(self.chunks)[:-1]]).astype(np.int64)
+        starts.flags.writeable = False
+        return starts
 
     @property
     def span(self) -> int:
