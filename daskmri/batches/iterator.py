@@ -111,12 +111,9 @@ class _Fetcher:
         self.coords = {name: np.asarray(ds[name].values) for name in COORDS}
         self.client = client
         self._graphs: dict[str, dict] = {}
-        self.executor = (
-            None
-            if client is not None
-            else concurrent.futures.ThreadPoolExecutor(
-                max_workers=threads, thread_name_prefix="daskmri-prefetch"
-            )
+        # Local loads, and gathers of persisted chunks from a cluster, run here.
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="daskmri-prefetch"
         )
 
     def submit(self, chunk: int, start: int, stop: int):
@@ -125,6 +122,11 @@ class _Fetcher:
         names = [n for n, a in self.arrays.items() if dask.is_dask_collection(a)]
         if not names:
             return _done({})
+        held = self._held(names, chunk)
+        if held is not None and not self.compress:
+            # Persisted: fetch the blocks straight from the workers that hold them, with
+            # no task to schedule.
+            return self.executor.submit(self._gather, names, held)
         # The blocks' own tasks (or, when persisted, their futures) and one task that
         # gathers them on the worker that holds them: no per-chunk dask array (whose
         # compute ends in a copy of every block, measured: 2.7 s of worker CPU per
@@ -138,6 +140,21 @@ class _Fetcher:
         packed = f"daskmri-pack-{uuid.uuid4().hex}"
         graph[packed] = (pack if self.compress else dict_of, names, keys)
         return self.client.get(graph, packed, sync=False)
+
+    def _held(self, names: list[str], chunk: int) -> list | None:
+        """The futures of block ``chunk`` of each variable when all are persisted on
+        the cluster, else None."""
+        futures = []
+        for name in names:
+            graph, key = self._block(name, chunk)
+            future = graph.get(key)
+            if len(graph) != 1 or not hasattr(future, "key") or not hasattr(future, "release"):
+                return None
+            futures.append(future)
+        return futures
+
+    def _gather(self, names: list[str], futures: list) -> dict[str, np.ndarray]:
+        return dict_of(names, self.client.gather(futures))
 
     def _block(self, name: str, chunk: int) -> tuple[dict, tuple]:
         """The tasks that make block ``chunk`` of variable ``name``, culled from the
@@ -163,8 +180,8 @@ class _Fetcher:
 
     def result(self, future, start: int, stop: int, timeout: float) -> dict[str, np.ndarray]:
         values = future.result(timeout=timeout)
-        if self.client is not None and self.compress:
-            values = unpack(values)
+        if self.compress and not isinstance(future, concurrent.futures.Future):
+            values = unpack(values)  # packed by a task on a worker
         arrays = {}
         for name, array in self.arrays.items():
             value = values[name] if name in values else array[start:stop]
@@ -180,9 +197,8 @@ class _Fetcher:
             future.cancel()
 
     def close(self) -> None:
-        if self.executor is not None:
-            # Wait: no prefetch thread may outlive the iterator.
-            self.executor.shutdown(wait=True, cancel_futures=True)
+        # Wait: no prefetch thread may outlive the iterator.
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 #: Arrays larger than this cross uncompressed: blosc takes at most 2 GiB at a time.
