@@ -58,6 +58,20 @@ def replicate(source: Path, records: int, workdir: Path | None = None) -> Path:
     return root
 
 
+def bench_root(data: Path, synthetic: int | None, records: int, work: Path) -> tuple[Path, str]:
+    """The dataset a benchmark runs on, made in ``work``, and a label for it: about
+    ``synthetic`` synthetic records when given, else ``data`` replicated to about
+    ``records`` (the script exits, saying why, when ``data`` is no dataset)."""
+    if synthetic is not None:
+        # Two thirds of synthetic slices carry a contour: 30 slices give 20 records.
+        patients = max(1, round(synthetic / 20))
+        root = daskmri.synth.make_dataset(work / "synthetic", patients=patients, slices=30)
+        return root, "synthetic"
+    if not (data / "link.csv").is_file():
+        sys.exit(f"no dataset at {data} (no link.csv); pass --data ROOT or --synthetic N")
+    return replicate(data, records, work / "real"), f"{data.name} replicated"
+
+
 def _link_tree(src: Path, dst: Path) -> None:
     for path in src.rglob("*"):
         target = dst / path.relative_to(src)

@@ -45,7 +45,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import pyplot, replicate, stall  # noqa: E402
+from common import bench_root, pyplot, stall  # noqa: E402
 
 RESULTS = HERE / "results"
 STEP = 0.010
@@ -252,16 +252,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="daskmri-compare-"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)  # made here: removed here
-    if args.synthetic is not None:
-        # Two thirds of synthetic slices carry a contour: 30 slices give 20 records.
-        patients = max(1, round(args.synthetic / 20))
-        root = daskmri.synth.make_dataset(work / "synthetic", patients=patients, slices=30)
-        label = "synthetic"
-    else:
-        if not (args.data / "link.csv").is_file():
-            sys.exit(f"no dataset at {args.data} (no link.csv)")
-        root = replicate(args.data, args.records, work)
-        label = f"{args.data.name} replicated"
+    root, label = bench_root(args.data, args.synthetic, args.records, work)
     n = len(daskmri.scan(root))
     store = work / "ds.zarr"
     print(f"{n} records ({label}) in {root}; {args.repeat} timed runs after a warm-up\n")

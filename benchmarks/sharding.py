@@ -48,7 +48,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import REAL_DATA, pyplot, replicate  # noqa: E402
+from common import REAL_DATA, bench_root, pyplot  # noqa: E402
 
 RESULTS = HERE / "results"
 ARRAYS = ("image", "icontour", "ocontour")
@@ -77,16 +77,7 @@ def load(args, work: Path) -> tuple[dict[str, np.ndarray], str]:
     """The arrays to write, in memory, and a label for what they are."""
     import daskmri
 
-    if args.synthetic is not None:
-        # Two thirds of synthetic slices carry a contour: 30 slices give 20 records.
-        patients = max(1, round(args.synthetic / 20))
-        root = daskmri.synth.make_dataset(work / "synthetic", patients=patients, slices=30)
-        label = "synthetic"
-    else:
-        if not (args.data / "link.csv").is_file():
-            sys.exit(f"no dataset at {args.data} (no link.csv); pass --data or --synthetic N")
-        root = replicate(args.data, args.records, work / "real")
-        label = f"{args.data.name} replicated"
+    root, label = bench_root(args.data, args.synthetic, args.records, work)
     ds = daskmri.load_dataset(root, scheduler="sync")
     data = {name: np.ascontiguousarray(ds[name].values) for name in ARRAYS}
     return data, label

@@ -13,25 +13,24 @@ import pytest
 COMPARE = Path(__file__).resolve().parents[1] / "benchmarks" / "compare.py"
 
 
-@pytest.mark.slow
-def test_compare_runs_and_writes_a_table_json_and_plot(tmp_path):
+def run_script(script: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a benchmark script in a fresh interpreter; fail with its stderr."""
     out = subprocess.run(
-        [
-            sys.executable,
-            str(COMPARE),
-            "--synthetic",
-            "30",
-            "--repeat",
-            "1",
-            "--out",
-            str(tmp_path),
-        ],
+        [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
         check=False,
     )
     assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+@pytest.mark.slow
+def test_compare_runs_and_writes_a_table_json_and_plot(tmp_path):
+    out = run_script(
+        COMPARE, "--synthetic", "30", "--repeat", "1", "--out", str(tmp_path), timeout=900
+    )
     table = [line for line in out.stdout.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| section | configuration | median s")
     report = json.loads((tmp_path / "compare.json").read_text())
@@ -59,15 +58,8 @@ def test_compare_runs_and_writes_a_table_json_and_plot(tmp_path):
 def test_header_benchmark_checks_the_readers_agree(tmp_path):
     """benchmarks/header.py on a synthetic fallback (no real sample at that path)."""
     header = COMPARE.with_name("header.py")
-    argv = [sys.executable, str(header), "--data", str(tmp_path / "none"), "--files", "6"]
-    out = subprocess.run(
-        [*argv, "--repeat", "1", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+    argv = ["--data", str(tmp_path / "none"), "--files", "6", "--repeat", "1"]
+    out = run_script(header, *argv, "--out", str(tmp_path))
     assert "synthetic" in out.stdout and "identical float32 arrays on all 6" in out.stdout
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| method | ms/slice") and len(rows) == 8  # the header, 7 rows
@@ -79,15 +71,8 @@ SHARDING = COMPARE.with_name("sharding.py")
 
 def test_sharding_benchmark_writes_a_table_json_and_plot(tmp_path):
     """benchmarks/sharding.py on a tiny synthetic set: every layout measured."""
-    argv = [sys.executable, str(SHARDING), "--synthetic", "10", "--repeat", "1"]
-    out = subprocess.run(
-        [*argv, "--singles", "4", "--batches", "2", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+    argv = ["--synthetic", "10", "--repeat", "1", "--singles", "4", "--batches", "2"]
+    out = run_script(SHARDING, *argv, "--out", str(tmp_path))
     table = [line for line in out.stdout.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| layout | objects | MiB | write s")
     report = json.loads((tmp_path / "sharding.json").read_text())
