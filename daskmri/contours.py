@@ -227,39 +227,49 @@ def polygon_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     height, width = (int(n) for n in shape)
     mask = np.zeros((height, width), dtype=bool)
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    pts = np.round(pts * SNAP) / SNAP
+    # rint is what np.round does with no decimals (half to even), without its wrapper.
+    pts = np.rint(pts * SNAP) / SNAP
     if len(pts) < 3 or height == 0 or width == 0:
         return mask
     x0, y0 = pts[:, 0], pts[:, 1]
     # The next vertex of each (np.roll is several times slower for short arrays).
     x1, y1 = np.concatenate((x0[1:], x0[:1])), np.concatenate((y0[1:], y0[:1]))
+    # The arrays here are small (a few hundred values), so the cost is the number of
+    # numpy calls: np.clip is spelled np.maximum + np.minimum (the same values, NaN
+    # included, without np.clip's Python wrapper), and like values share one call.
     # Pixels left of ceil(min x) or right of ceil(max x) are outside, so the work is
     # confined to the polygon's bounding box (a heart is a small part of the image).
-    c0, c1 = np.clip(np.ceil([x0.min(), x0.max()]), 0, width).astype(np.intp)
+    c0, c1 = _clip(np.ceil((x0.min(), x0.max())), width)
     box = c1 - c0
     if box == 0:
         return mask
     # PNPOLY's half-open rule: an edge crosses row r when exactly one end is above r,
     # so a vertex on a scanline counts once. For integer r that is ceil(low) <= r <
     # ceil(high): enumerate only those rows per edge instead of testing every row.
-    first = np.clip(np.ceil(np.minimum(y0, y1)), 0, height).astype(np.intp)
-    stop = np.clip(np.ceil(np.maximum(y0, y1)), 0, height).astype(np.intp)
+    first, stop = _clip(np.ceil((np.minimum(y0, y1), np.maximum(y0, y1))), height)
     spans = stop - first
     edge = np.repeat(np.arange(len(pts)), spans)
     if edge.size == 0:
         return mask
     r0 = int(first.min())
     r1 = int(stop.max())
-    row = first[edge] - r0 + (np.arange(edge.size) - (np.cumsum(spans) - spans)[edge])
+    # Row of each crossing, counted from r0: its edge's first row, plus its place
+    # among that edge's crossings.
+    row = np.arange(edge.size) + (first - r0 - (np.cumsum(spans) - spans))[edge]
     xa, xb, ya, yb = x0[edge], x1[edge], y0[edge], y1[edge]
     x_cross = xa + (xb - xa) * (row + r0 - ya) / (yb - ya)
     # A crossing toggles pixel c when c < x_cross, i.e. for c < ceil(x_cross).
-    col_stop = np.clip(np.ceil(x_cross), c0, c1).astype(np.intp) - c0
+    col_stop = np.minimum(np.maximum(np.ceil(x_cross), c0), c1).astype(np.intp) - c0
     toggles = np.bincount(row * (box + 1) + col_stop, minlength=(r1 - r0) * (box + 1))
     # Pixel parity = parity of crossings with col_stop <= c, because every row of a
     # closed polygon has an even number of crossings. For the same reason the running
     # sum carried over from earlier rows is even, so one flat (fast, contiguous)
     # cumsum serves all rows at once.
     parity = np.cumsum(toggles).reshape(r1 - r0, box + 1)[:, :box]
-    mask[r0:r1, c0:c1] = (parity & 1).astype(bool)
+    mask[r0:r1, c0:c1] = parity & 1  # assigned to bool: odd is True
     return mask
+
+
+def _clip(values: np.ndarray, top: int) -> np.ndarray:
+    """``values`` clipped to ``[0, top]``, as pixel indices."""
+    return np.minimum(np.maximum(values, 0), top).astype(np.intp)

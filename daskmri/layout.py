@@ -589,10 +589,13 @@ class _Finder:
             where = os.path.join(self.root, layout.dicom_glob.format(**fill))
             self.problems.append(_problem(where, "no DICOM files for this patient", **ids))
         rt = {} if layout.rtstruct is None or not dicoms else self.rtstruct(ids, fill, dicoms)
+        # Out of the loop: it runs for every slice of the patient, most without contours
+        # (27k slices for 2k records in the real sample), and layout.kinds builds tuples.
+        texts, rt_kinds = tuple(text.items()), layout.kinds[len(text) :]
         for instance in sorted(set(dicoms).union(*text.values())):
             slice_rt = rt.get(instance)
-            contours = tuple((name, found.get(instance)) for name, found in text.items()) + tuple(
-                (kind, _first_path(slice_rt, kind)) for kind in layout.kinds[len(text) :]
+            contours = tuple((name, found.get(instance)) for name, found in texts) + tuple(
+                (kind, _first_path(slice_rt, kind)) for kind in rt_kinds
             )
             present = [kind for kind, path in contours if path is not None]
             if wanted == "all" or (present if wanted == "any" else wanted in present):

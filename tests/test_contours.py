@@ -215,3 +215,24 @@ def test_synthetic_polygons_are_unambiguous_and_exact():
         np.testing.assert_array_equal(
             polygon_mask(points, (40, 52)), pnpoly_exact(points, (40, 52))
         )
+
+
+# Vertices on the pixel grid, on half and quarter pixels (edges and vertices exactly
+# on pixel positions, where the half-open rule decides), off the grid, and outside
+# the image: the cases where a rewrite of the rasteriser's arithmetic could flip a
+# pixel.
+_coordinate = st.one_of(
+    st.integers(-3, 14).map(float),
+    st.integers(-12, 56).map(lambda v: v / 4),
+    st.floats(-3, 14, allow_nan=False),
+)
+
+
+@settings(max_examples=100 * FUZZ_CASES, deadline=None)
+@given(
+    st.lists(st.tuples(_coordinate, _coordinate), min_size=3, max_size=12),
+    st.tuples(st.integers(1, 12), st.integers(1, 12)),
+)
+def test_polygon_mask_is_the_exact_even_odd_rule(vertices, shape):
+    points = np.array(vertices)
+    np.testing.assert_array_equal(polygon_mask(points, shape), pnpoly_exact(snap(points), shape))
