@@ -613,7 +613,7 @@ class _Epoch:
         self.owner = owner
         self.epoch = epoch
         self.position = position
-        self._queue: queue.Queue = queue.Queue(maxsize=READY_BATCHES)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # bounded by _produce
         self._stop = threading.Event()
         # The thread holds the generator, not this object: dropping the epoch (a
         # `break`) lets __del__ stop the thread.
@@ -672,19 +672,27 @@ class _Epoch:
 #: Batches assembled ahead of the training loop, and how often waits look up.
 READY_BATCHES = 2
 POLL = 0.1
+#: How often the batch thread looks for room in a full queue: from the first value,
+#: doubling up to the second while the queue stays full.
+ROOM_POLL = (0.0005, 0.005)
 
 
-def _produce(batches: Iterator[dict], ready: queue.Queue, stop: threading.Event) -> None:
+def _produce(batches: Iterator[dict], ready: queue.SimpleQueue, stop: threading.Event) -> None:
     """The batch thread: run the epoch's generator into ``ready`` until it ends, fails
-    or is told to stop; closing the generator releases its futures and threads."""
+    or is told to stop; closing the generator releases its futures and threads.
+
+    The thread looks for room itself rather than wait to be woken: a bounded queue
+    wakes it from inside every ``next()``, which cost the training loop about 85 us a
+    batch here (1% of a 10 ms step) against 18 us for a look every few ms."""
 
     def put(item) -> bool:
+        delay = ROOM_POLL[0]
         while not stop.is_set():
-            try:
-                ready.put(item, timeout=POLL)
+            if ready.qsize() < READY_BATCHES:
+                ready.put(item)
                 return True
-            except queue.Full:
-                continue
+            stop.wait(delay)
+            delay = min(2 * delay, ROOM_POLL[1])
         return False
 
     try:
