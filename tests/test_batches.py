@@ -323,6 +323,42 @@ class TestFailures:
         assert time.monotonic() - started < 30
 
 
+class TestWarmStart:
+    """While an epoch ends, the next epoch's first chunks are fetched, so its first
+    batch does not wait; what is fetched so is released on close, on a resume and
+    when an epoch is left early."""
+
+    def test_the_next_epochs_first_chunks_are_fetched_as_an_epoch_ends(self, zarr_ds, reference):
+        it = BatchIterator(zarr_ds, batch_size=4, seed=3)
+        first = list(it)
+        plan = it.plan()  # epoch 1's plan
+        chunks, starts, _ = plan.fetches(0)
+        needed = int(np.searchsorted(starts, plan.batch(0).stop))
+        assert it._warm is not None and it._warm.epoch == 1
+        assert [c for c, _ in it._warm.pending] == chunks[:needed].tolist()
+        assert prefetch_threads()  # held for the next epoch
+        second = list(it)
+        assert it.epoch_chunks == chunks.tolist()  # each chunk of the plan once, in order
+        with BatchIterator(reference, batch_size=4, seed=3) as fresh:
+            assert [keys(b) for b in first] == [keys(b) for b in fresh]
+            assert [keys(b) for b in second] == [keys(b) for b in fresh]
+        for batch in second:
+            assert_batch_is_true(batch, reference)
+        it.close()
+        assert it._warm is None and not prefetch_threads()
+
+    def test_a_resume_or_an_early_break_keeps_nothing(self, zarr_ds):
+        it = BatchIterator(zarr_ds, batch_size=4, seed=3)
+        list(it)
+        state = it.state_dict()
+        it.load_state_dict(state)
+        assert it._warm is None
+        for _ in it:
+            break
+        gc.collect()
+        assert it._warm is None and not prefetch_threads()
+
+
 class TestRelease:
     def test_break_exception_and_close_leave_no_threads(self, zarr_ds):
         it = BatchIterator(zarr_ds, batch_size=2, seed=0)
@@ -405,6 +441,15 @@ class TestCluster:
                 np.testing.assert_array_equal(batch[name], expected[name])
                 assert batch[name].dtype == expected[name].dtype
             assert_batch_is_true(batch, reference)
+
+    def test_a_warm_start_on_the_cluster_is_released_on_close(self, cluster_ds, client):
+        before = scheduler_tasks(client)
+        it = BatchIterator(cluster_ds, batch_size=2, seed=0, client=client)
+        list(it)
+        assert it._warm is not None and it._warm.pending
+        it.close()
+        gc.collect()
+        assert wait_for(lambda: scheduler_tasks(client) == before)
 
     def test_workers_on_another_host_are_remote(self):
         class Reported:  # what a scheduler reports: worker addresses

@@ -23,6 +23,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -427,6 +428,9 @@ class BatchIterator:
         self.epoch_chunks: list[int] = []
         self._live: weakref.WeakSet = weakref.WeakSet()
         self._closed = False
+        # The next epoch's first chunks, fetched while an epoch ends (see _Warm).
+        self._warm: _Warm | None = None
+        self._warm_lock = threading.Lock()
 
     def _client(self, client, security=None):
         if client is not None:
@@ -558,6 +562,9 @@ class BatchIterator:
                 "the state was saved mid-epoch by an earlier daskmri, whose epoch order "
                 "differs; resume from the start of an epoch (set state['batch'] = 0)"
             )
+        warm = self._swap_warm(None)  # fetched for an epoch that may not come now
+        if warm is not None:
+            warm.release()
         history = tuple(Stretch(*h) for h in state.get("history", ()))
         saved = Stretch(int(state.get("world_size", 1)), int(state["batch_size"]), 0)
         s = self.schema
@@ -585,6 +592,22 @@ class BatchIterator:
         self._closed = True
         for epoch in list(self._live):
             epoch.close()
+        warm = self._swap_warm(None)
+        if warm is not None:
+            warm.release()
+
+    def _swap_warm(self, warm: _Warm | None) -> _Warm | None:
+        with self._warm_lock:
+            old, self._warm = self._warm, warm
+            return old
+
+    def _keep_warm(self, warm: _Warm) -> bool:
+        """Keep the next epoch's first chunks for it, unless the iterator is closed."""
+        with self._warm_lock:
+            if self._closed or self._warm is not None:
+                return False
+            self._warm = warm
+            return True
 
     def _fetched(self, chunk: int, values: dict[str, np.ndarray]) -> None:
         self.chunks_fetched += 1
@@ -715,17 +738,20 @@ def _batches(
     plan = schema.plan(epoch, history)
     chunks, first, last = plan.fetches(min(position * schema.batch_size, len(plan.records)))
     done_after = dict(zip(chunks.tolist(), last.tolist(), strict=True))
-    threads = max(1, owner.prefetch)
-    fetcher = _Fetcher(owner.ds, owner.variables, owner.client, threads, owner.compress)
-    ahead = _Ahead(owner, fetcher, chunks)
+    fetcher, carried = _fetcher_for(owner, epoch, history, position, chunks)
+    ahead = _Ahead(owner, fetcher, chunks, carried)
     # Batch k of rank r is global batch `offset + k * world_size + r` of the epoch.
     offset = sum(h.world_size * h.batches for h in history)
     owner.epoch_chunks = []
+    following: list = []  # the next epoch's first chunks, once all of this one's are asked for
+    warmed = completed = False
     try:
         for k in range(position, len(plan)):
             where = plan.batch(k)
             needed = int(np.searchsorted(first, where.stop))  # chunks first used by now
             ahead.submit_until(needed + owner.prefetch)
+            if not warmed and ahead.submitted == len(ahead.chunks):
+                following, warmed = _warm_start(owner, epoch + 1, fetcher), True
             ahead.take_until(needed)
             records, in_chunk = plan.records[where], plan.chunks[where]
             batch = _assemble(ahead.loaded, in_chunk, records - schema.starts[in_chunk])
@@ -736,9 +762,56 @@ def _batches(
                 index = offset + k * schema.world_size + schema.rank
                 batch = _transform(owner, batch, epoch, index)
             yield batch
+        completed = True
     finally:
         ahead.release()
-        fetcher.close()
+        warm = _Warm(epoch + 1, fetcher, following)
+        if not (completed and following and owner._keep_warm(warm)):
+            warm.release()
+
+
+@dataclass
+class _Warm:
+    """The first chunks of epoch ``epoch``, submitted through ``fetcher`` while the
+    epoch before it ended, so that its first batch does not wait for them."""
+
+    epoch: int
+    fetcher: _Fetcher
+    pending: list[tuple[int, Any]]
+
+    def release(self) -> None:
+        for _, future in self.pending:
+            self.fetcher.release(future)
+        self.fetcher.close()
+
+
+def _warm_start(owner: BatchIterator, epoch: int, fetcher: _Fetcher) -> list[tuple[int, Any]]:
+    """Submit the chunks that the first batch of ``epoch`` (from its start) needs."""
+    schema = owner.schema
+    plan = schema.plan(epoch, ())
+    if not len(plan):
+        return []
+    chunks, first, _ = plan.fetches(0)
+    needed = int(np.searchsorted(first, plan.batch(0).stop))
+    return [
+        (c, fetcher.submit(c, schema.starts[c], schema.starts[c] + schema.chunks[c]))
+        for c in chunks[:needed].tolist()
+    ]
+
+
+def _fetcher_for(owner: BatchIterator, epoch: int, history, position: int, chunks: np.ndarray):
+    """The fetcher for an epoch and the futures it already holds: those of a warm
+    start that matches (this epoch, from its start), else a new fetcher."""
+    warm = owner._swap_warm(None)
+    if warm is not None:
+        carried = [c for c, _ in warm.pending]
+        if (warm.epoch, history, position) == (epoch, (), 0) and carried == list(
+            chunks[: len(carried)]
+        ):
+            return warm.fetcher, warm.pending
+        warm.release()
+    threads = max(1, owner.prefetch)
+    return _Fetcher(owner.ds, owner.variables, owner.client, threads, owner.compress), []
 
 
 class _Ahead:
@@ -746,10 +819,13 @@ class _Ahead:
     ``pending`` holds ``(chunk, future)`` in fetch order, ``loaded`` the arrays of the
     chunks in use."""
 
-    def __init__(self, owner: BatchIterator, fetcher: _Fetcher, chunks: np.ndarray) -> None:
+    def __init__(
+        self, owner: BatchIterator, fetcher: _Fetcher, chunks: np.ndarray, carried: list
+    ) -> None:
         self.owner, self.fetcher, self.chunks = owner, fetcher, chunks.tolist()
-        self.submitted = self.taken = 0
-        self.pending: collections.deque = collections.deque()
+        # Futures of the first chunks, submitted while the previous epoch ended.
+        self.pending: collections.deque = collections.deque(carried)
+        self.submitted, self.taken = len(carried), 0
         self.loaded: dict[int, dict[str, np.ndarray]] = {}
 
     def submit_until(self, n: int) -> None:
