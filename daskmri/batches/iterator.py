@@ -8,7 +8,9 @@ it is first needed and drops it after its last use, so it holds about
 ``shuffle_chunks`` chunks being served plus ``prefetch`` chunks fetched ahead:
 memory is bounded by the chunks in play, whatever the size of the dataset. A
 background thread assembles the batches (and runs ``transform``) while the training
-step runs.
+step runs. Once every chunk of an epoch has been asked for, the chunks that the next
+epoch's first batch needs are fetched too (a warm start), and kept for that epoch
+until it starts, :meth:`BatchIterator.close` or :meth:`BatchIterator.load_state_dict`.
 """
 
 from __future__ import annotations
