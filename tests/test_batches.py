@@ -464,6 +464,13 @@ class TestCluster:
         assert remote_workers(Reported("tcp://127.0.0.1:4000", "tcp://203.0.113.7:4000"))
         assert remote_workers(Reported("tls://gpu-node-7.example.org:8786"))
 
+        class Older(Reported):  # distributed before scheduler_info(n_workers=)
+            def scheduler_info(self):
+                return super().scheduler_info()
+
+        assert remote_workers(Older("tcp://203.0.113.7:4000"))
+        assert not remote_workers(Older("tcp://127.0.0.1:4000"))
+
     def test_early_break_releases_every_future(self, cluster_ds, client):
         before = scheduler_tasks(client)
         it = BatchIterator(cluster_ds, batch_size=2, seed=0, client=client, prefetch=3)

@@ -269,7 +269,11 @@ def remote_workers(client) -> bool:
     from distributed.utils import get_ip
 
     here = {"localhost", socket.gethostname(), get_ip()}
-    for address in client.scheduler_info(n_workers=-1).get("workers", {}):
+    try:
+        info = client.scheduler_info(n_workers=-1)  # every worker, not the first few
+    except TypeError:  # a distributed from before n_workers= lists them all
+        info = client.scheduler_info()
+    for address in info.get("workers", {}):
         host = get_address_host(address)
         try:
             if ipaddress.ip_address(host).is_loopback:
