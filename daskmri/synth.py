@@ -25,6 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from .errors import DaskmriError
 
 __all__ = [
+    "file_dataset",
     "make_dataset",
     "patient_ids",
     "patient_rescale",
@@ -171,6 +172,28 @@ def _one_spacing(value) -> bool:
     return value is None or np.isscalar(value) or pair
 
 
+def file_dataset(sop_class_uid: str, sop_instance_uid: str) -> pydicom.Dataset:
+    """An empty DICOM file dataset of one SOP class and instance, with the file meta
+    information (explicit VR little endian) and preamble that a DICOM file needs.
+
+    Examples
+    --------
+    >>> from pydicom.uid import MRImageStorage
+    >>> ds = file_dataset(MRImageStorage, "1.2.3")
+    >>> ds.SOPInstanceUID, ds.file_meta.MediaStorageSOPInstanceUID
+    ('1.2.3', '1.2.3')
+    """
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.preamble = b"\0" * 128
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class_uid, sop_instance_uid
+    return ds
+
+
 def _write_dicom(
     path: Path,
     pixels: np.ndarray,
@@ -181,16 +204,7 @@ def _write_dicom(
     rescale,
     spacing: tuple[float, float] | None,
 ) -> None:
-    sop_uid = generate_uid(entropy_srcs=[*uid_seed, str(instance)])
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.preamble = b"\0" * 128
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = sop_uid
+    ds = file_dataset(MRImageStorage, generate_uid(entropy_srcs=[*uid_seed, str(instance)]))
     ds.StudyInstanceUID = generate_uid(entropy_srcs=[*uid_seed, "study"])
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[*uid_seed, "series"])
     ds.Modality = "MR"

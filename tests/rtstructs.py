@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from daskmri import RTStruct, synth
@@ -55,15 +54,8 @@ class Roi:
 def write_rtstruct(path: Path, rois: Sequence[Roi], *, modality: str = "RTSTRUCT") -> Path:
     """An RTSTRUCT file holding ``rois``, its ContourData written as real files
     write it: decimal strings of at most 16 characters."""
-    uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RT_STORAGE
-    meta.MediaStorageSOPInstanceUID = uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.preamble = b"\0" * 128
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = RT_STORAGE, uid, modality
+    ds = synth.file_dataset(RT_STORAGE, generate_uid())
+    ds.Modality = modality
     ds.StructureSetLabel = "test"
     ds.StructureSetROISequence = [_roi_item(roi) for roi in rois]
     ds.ROIContourSequence = [_contour_item(roi) for roi in rois]

@@ -27,11 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["OpenStore", "open_dataset", "open_store", "read_dropped"]
 
 
-#: The codec chains of a daskmri store (``format.codecs``) that :class:`Blocks`
-#: decodes itself, by the name of the codec after the bytes codec.
-DECODED_HERE = ("blosc", "zstd", "none")
-
-
 def _codec_of(array) -> str | None:
     """The codec of ``array`` when :class:`Blocks` can decode it itself: the bytes
     codec in this machine's byte order, then blosc, zstd or nothing; else None."""
@@ -133,9 +128,9 @@ class Blocks:
         import numcodecs
 
         codec = numcodecs.Blosc() if self.codec == "blosc" else numcodecs.Zstd()
-        decoded = codec.decode(raw, out=flat)
-        if np.asarray(decoded).nbytes != flat.nbytes:
-            raise ValueError(f"{np.asarray(decoded).nbytes} bytes, expected {flat.nbytes}")
+        size = np.asarray(codec.decode(raw, out=flat)).nbytes
+        if size != flat.nbytes:
+            raise ValueError(f"{size} bytes, expected {flat.nbytes}")
 
 
 def _read_block(blocks: Blocks, key: str, start: int, rows: int, keep) -> np.ndarray:
