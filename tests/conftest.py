@@ -84,3 +84,15 @@ def client(local_cluster):
 
     with Client(local_cluster, timeout="30s") as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3 server (moto, its own process on 127.0.0.1) with a key and a bucket;
+    see tests/s3.py."""
+    for module in ("moto", "s3fs", "boto3"):
+        pytest.importorskip(module, reason=f"{module} is not installed: pip install -e '.[test]'")
+    from .s3 import s3_server
+
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
