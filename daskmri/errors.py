@@ -13,6 +13,11 @@ Every message names the file involved and, where there is one, the fix.
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 __all__ = [
     "ContourError",
     "DaskmriError",
@@ -24,7 +29,68 @@ __all__ = [
     "StaleStoreWarning",
     "StoreError",
     "WorkerStartError",
+    "redact",
 ]
+
+#: Option names (fsspec ``storage_options``, at any depth) whose values are secrets.
+_SECRET_NAME = re.compile(r"key|secret|token|pass|credential|signature|sas|auth", re.IGNORECASE)
+#: Environment variables that hold the credentials of object stores.
+SECRET_ENVIRONMENT = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "GOOGLE_OAUTH_ACCESS_TOKEN",
+)
+#: user:password@ in a URL, and the values of query parameters such as X-Amz-Signature=.
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@'\"]*@", re.IGNORECASE)
+_QUERY_SECRET = re.compile(
+    r"([?&][\w.-]*(?:signature|sig|token|key|secret|credential|password)[\w.-]*=)[^&\s'\"]+",
+    re.IGNORECASE,
+)
+#: Shorter values are not searched for: replacing "a" everywhere would garble the text.
+_MIN_SECRET = 4
+
+
+def _secrets(options: Any) -> Iterable[str]:
+    """The secret values in ``options``: those under a secret-looking name, at any depth."""
+    if isinstance(options, Mapping):
+        for name, value in options.items():
+            if isinstance(value, str) and _SECRET_NAME.search(str(name)):
+                yield value
+            else:
+                yield from _secrets(value)
+    elif isinstance(options, (list, tuple)):
+        for value in options:
+            yield from _secrets(value)
+
+
+def redact(text: str, options: Any = None) -> str:
+    """``text`` with every credential it may hold replaced by ``***``: the secret
+    values of ``options`` (fsspec ``storage_options``: ``key``, ``secret``, ``token``,
+    ... at any depth), those of the object stores' environment variables
+    (``AWS_SECRET_ACCESS_KEY``, ...), the ``user:password@`` of a URL and secret
+    query parameters (``X-Amz-Signature=...``). For messages, logs and attributes:
+    daskmri never writes a credential anywhere.
+
+    Examples
+    --------
+    >>> redact("s3://bucket/ds.zarr with key AKIA1234", {"key": "AKIA1234", "anon": False})
+    's3://bucket/ds.zarr with key ***'
+    >>> redact("https://me:hunter2@host/x?X-Amz-Signature=abc&part=1")
+    'https://***@host/x?X-Amz-Signature=***&part=1'
+    """
+    text = _USERINFO.sub(r"\1***@", str(text))
+    text = _QUERY_SECRET.sub(r"\1***", text)
+    environment = (os.environ.get(name) for name in SECRET_ENVIRONMENT)
+    found = {*_secrets(options), *(value for value in environment if value)}
+    for secret in sorted(found, key=len, reverse=True):  # longest first: one may hold another
+        if len(secret) >= _MIN_SECRET:
+            text = text.replace(secret, "***")
+    return text
 
 
 class DaskmriError(Exception):

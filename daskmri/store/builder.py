@@ -208,7 +208,9 @@ def build(
     # A client made here from an address is closed when the build ends: nothing of
     # the result stays on the cluster. Its workers are checked before anything is
     # written.
-    with client_for(compute, source.root, keep=False) as client:
+    with client_for(compute, source.root, keep=False) as client, spec.reaching("write to"):
+        # A key that may read but not write, or workers without the credentials,
+        # fail here: one line, naming the fix.
         return _build(job, client)
 
 
@@ -265,7 +267,7 @@ def _check_settings(attrs: dict, job: _Job) -> None:
         stored = None
     if stored != layout:
         raise DaskmriError(
-            f"{job.spec.url!r} was built with another layout ({attrs.get('layout')}); pass the "
+            f"{job.spec.shown!r} was built with another layout ({attrs.get('layout')}); pass the "
             "same layout to add to it, or mode='overwrite' to rebuild it"
         )
     wanted = {"labels": job.source.labels} | job.parsing.settings()
@@ -274,7 +276,7 @@ def _check_settings(attrs: dict, job: _Job) -> None:
     for key, value in wanted.items():
         if attrs.get(key) != value:
             raise DaskmriError(
-                f"{job.spec.url!r} was built with {key}={attrs.get(key)!r}, not {value!r}; "
+                f"{job.spec.shown!r} was built with {key}={attrs.get(key)!r}, not {value!r}; "
                 "pass the same value to add to it, or mode='overwrite' to rebuild it"
             )
 
@@ -347,7 +349,7 @@ def _up_to_date(job: _Job, state: StoreState, inputs: Inputs) -> BuildReport | N
     ok = int((state.status == fmt.OK).sum())
     dropped = len(json.loads(attrs["dropped"]))
     seconds = time.perf_counter() - job.started
-    return BuildReport(job.spec.url, ok, dropped, 0, int(state.done.sum()), 0, 0, seconds)
+    return BuildReport(job.spec.shown, ok, dropped, 0, int(state.done.sum()), 0, 0, seconds)
 
 
 class _Waves:
@@ -426,7 +428,7 @@ def _finish(
     missing = np.flatnonzero((slots.need > 0) & ~state.done)
     if len(missing):
         raise DaskmriError(
-            f"chunks {missing[:10].tolist()} of {spec.url!r} were not written; run the build again"
+            f"chunks {missing[:10].tolist()} of {spec.shown!r} were not written; run the build again"
         )
     spec.array("status")[:] = status
     for kind, flags in state.has.items():
@@ -443,7 +445,7 @@ def _finish(
         }
     )
     report = BuildReport(
-        spec.url,
+        spec.shown,
         int((status == fmt.OK).sum()),
         len(rows),
         slots.n_chunks,

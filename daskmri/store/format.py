@@ -193,12 +193,12 @@ def read_attrs(spec: StoreSpec) -> dict:
     attrs = dict(spec.group("r").attrs)
     if not made_by_daskmri(attrs):
         raise StoreError(
-            f"{spec.url!r} is not a daskmri store; build one with daskmri.build(root, store) "
+            f"{spec.shown!r} is not a daskmri store; build one with daskmri.build(root, store) "
             "at a path that does not exist yet"
         )
     if attrs["format"] != FORMAT:
         raise StoreError(
-            f"{spec.url!r} was made by another version of daskmri (store format "
+            f"{spec.shown!r} was made by another version of daskmri (store format "
             f"{attrs['format']}, this version reads {FORMAT}); rebuild it with "
             "daskmri.build(..., mode='overwrite')"
         )

@@ -110,7 +110,7 @@ def check(
     gone = np.flatnonzero(current & ~np.isin(state.key, inputs.keys))
     removed = tuple((str(state.patient_id[k]), int(state.instance[k])) for k in gone)
     return Freshness(
-        store=spec.url,
+        store=spec.shown,
         root=os.fspath(root),
         complete=bool(attrs.get("complete")),
         changed=changed,

@@ -99,7 +99,7 @@ class Blocks:
             self._decode(raw, out)
         except Exception as exc:
             raise StoreError(
-                f"chunk {key!r} of {self.name!r} in {self.spec.url!r} cannot be decoded "
+                f"chunk {key!r} of {self.name!r} in {self.spec.shown!r} cannot be decoded "
                 f"({type(exc).__name__}: {exc}); the store is damaged: rebuild it with "
                 "daskmri.build(..., mode='overwrite')"
             ) from None
@@ -299,11 +299,11 @@ def open_store(spec: StoreSpec) -> OpenStore:
     state = read_state(spec, markers=False, names=True)
     if not state.attrs.get("complete"):
         raise StoreError(
-            f"the build of {spec.url!r} never finished, so it may lack records; run the same "
+            f"the build of {spec.shown!r} never finished, so it may lack records; run the same "
             "daskmri.build(...) (or `daskmri build`) again to finish it: complete chunks are "
             "kept, the rest are parsed"
         )
-    return OpenStore(spec.url, spec.group("r"), state)
+    return OpenStore(spec.shown, spec.group("r"), state)
 
 
 def read_dropped(

@@ -4,26 +4,99 @@ daskmri deletes or overwrites only what it made."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import zarr
 
-from ..errors import StoreError
+from ..errors import StoreError, redact
 
 __all__ = ["StoreSpec", "claim", "made_by_daskmri", "refuse_inside_dataset", "what_is_there"]
 
 
-@dataclass(frozen=True)
+#: The fix for a store that cannot be reached, said in every such error.
+REACH_FIX = (
+    "check the URL and that its bucket exists, the credentials (storage_options "
+    "key/secret/token, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment of "
+    "the client and of every worker) and the endpoint (endpoint_url or AWS_ENDPOINT_URL)"
+)
+#: The packages of the object stores' clients: their exceptions mean the store
+#: cannot be reached (a refused key, no such endpoint, a timeout).
+_CLIENT_PACKAGES = (
+    "botocore",
+    "aiobotocore",
+    "aiohttp",
+    "s3fs",
+    "gcsfs",
+    "google",
+    "adlfs",
+    "azure",
+)
+
+
+@dataclass(frozen=True, repr=False)
 class StoreSpec:
     """Where a store lives: a local path or an fsspec URL that zarr accepts,
     plus fsspec ``storage_options``. Small and picklable: each chunk task gets one
-    and opens the store itself, so pixels never pass through the client."""
+    and opens the store itself, so pixels never pass through the client.
+
+    Its ``repr`` and :attr:`shown` never show a credential (``storage_options``
+    are left out, a URL's ``user:password@`` is masked): use them in messages."""
 
     url: str
     storage_options: tuple[tuple[str, Any], ...] = ()
+
+    def __repr__(self) -> str:
+        return f"StoreSpec({self.shown!r})"
+
+    @property
+    def shown(self) -> str:
+        """The URL as messages, logs and attributes may show it: no credential."""
+        return redact(self.url, dict(self.storage_options))
+
+    def redact(self, text: str) -> str:
+        """``text`` without this store's credentials (nor the environment's)."""
+        return redact(text, dict(self.storage_options))
+
+    @contextlib.contextmanager
+    def reaching(self, doing: str = "reach") -> Iterator[None]:
+        """Turn the errors of an object store that cannot be reached (refused
+        credentials, no such bucket or endpoint) into one :class:`StoreError` line
+        that names the fix and holds no credential.
+
+        Raises
+        ------
+        StoreError
+            Saying what failed, why (redacted) and :data:`REACH_FIX`.
+        """
+        try:
+            yield
+        except StoreError:
+            raise
+        except Exception as exc:
+            if "://" not in self.url or not _unreachable(exc):
+                raise
+            reason = self.redact(" ".join(f"{type(exc).__name__}: {exc}".split()))
+            raise StoreError(
+                f"cannot {doing} the store {self.shown!r} ({reason}); {REACH_FIX}"
+            ) from None
+
+    def bucket_missing(self) -> bool:
+        """Whether the store's URL names a bucket (or container) that does not exist:
+        no store can be made there. False for a path, or where there are no buckets."""
+        if "://" not in self.url:
+            return False
+        fs, path = self.filesystem()
+        split = getattr(fs, "split_path", None)  # s3fs, gcsfs, adlfs: (bucket, key, ...)
+        if split is None:
+            return False
+        bucket = split(path)[0]
+        with self.reaching("reach the bucket of"):
+            return bool(bucket) and not fs.exists(bucket)
 
     @classmethod
     def of(cls, store: str | os.PathLike[str], storage_options: dict | None = None) -> StoreSpec:
@@ -52,14 +125,20 @@ class StoreSpec:
 
     def group(self, mode: str = "r"):
         try:
-            return zarr.open_group(self.url, mode=mode, **self.options())
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+            with self.reaching("open"):
+                return zarr.open_group(self.url, mode=mode, **self.options())
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            if self.bucket_missing():
+                raise StoreError(
+                    f"no Zarr store at {self.shown!r}: its bucket does not exist; {REACH_FIX}"
+                ) from None
             raise StoreError(
-                f"no Zarr store at {self.url!r}; make one with daskmri.build(root, store)"
-            ) from exc
+                f"no Zarr store at {self.shown!r}; make one with daskmri.build(root, store)"
+            ) from None
 
     def array(self, name: str, mode: str = "r+"):
-        return zarr.open_array(self.url, path=name, mode=mode, **self.options())
+        with self.reaching("open"):
+            return zarr.open_array(self.url, path=name, mode=mode, **self.options())
 
     def filesystem(self):
         """The fsspec filesystem and the path in it.
@@ -75,9 +154,9 @@ class StoreSpec:
         try:
             return fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
         except (ImportError, ValueError) as exc:
-            reason = " ".join(str(exc).split())
+            reason = self.redact(" ".join(str(exc).split()))
             raise StoreError(
-                f"cannot open the store {self.url!r}: {reason}; check the URL, and install "
+                f"cannot open the store {self.shown!r}: {reason}; check the URL, and install "
                 "the fsspec backend for its protocol (s3fs for s3://, gcsfs for gs://, ...)"
             ) from None
 
@@ -88,19 +167,20 @@ def what_is_there(spec: StoreSpec) -> str:
     ``"zarr"`` (a Zarr node daskmri did not make) or ``"other"`` (a folder of other
     things). Reads one small metadata object at most."""
     fs, path = spec.filesystem()
-    if not fs.exists(path):
-        return "absent"
-    if not fs.isdir(path):
-        return "file"
-    if not fs.ls(path, detail=False):
-        return "empty"
-    metadata = f"{path.rstrip('/')}/zarr.json"
-    if not fs.isfile(metadata):
-        return "other"
-    try:
-        node = json.loads(fs.cat_file(metadata))
-    except (OSError, ValueError):
-        return "other"
+    with spec.reaching("reach"):
+        if not fs.exists(path):
+            return "absent"
+        if not fs.isdir(path):
+            return "file"
+        if not fs.ls(path, detail=False):
+            return "empty"
+        metadata = f"{path.rstrip('/')}/zarr.json"
+        if not fs.isfile(metadata):
+            return "other"
+        try:
+            node = json.loads(fs.cat_file(metadata))
+        except (OSError, ValueError):
+            return "other"
     if not isinstance(node, dict) or node.get("node_type") != "group":
         return "zarr"
     return "daskmri" if made_by_daskmri(node.get("attributes")) else "zarr"
@@ -144,12 +224,16 @@ def claim(spec: StoreSpec, *, root: str | os.PathLike[str] | None = None) -> str
         if getattr(fs, "local_file", False):  # a path, file://, local://, ...
             refuse_inside_dataset(path, root, what="the store path")
     there = what_is_there(spec)
+    if there == "absent" and spec.bucket_missing():
+        raise StoreError(
+            f"cannot make a store at {spec.shown!r}: its bucket does not exist; {REACH_FIX}"
+        )
     fix = "pass a path that does not exist yet (or an empty folder) for the store"
     if there == "file":
-        raise StoreError(f"{spec.url!r} is a file, not a daskmri store; {fix}")
+        raise StoreError(f"{spec.shown!r} is a file, not a daskmri store; {fix}")
     if there == "zarr":
         raise StoreError(
-            f"{spec.url!r} is a Zarr store that daskmri did not make, and daskmri never "
+            f"{spec.shown!r} is a Zarr store that daskmri did not make, and daskmri never "
             f"overwrites what it did not make (not even with mode='overwrite'); {fix}"
         )
     if there == "other":
@@ -157,7 +241,7 @@ def claim(spec: StoreSpec, *, root: str | os.PathLike[str] | None = None) -> str
         names = sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         raise StoreError(
-            f"{spec.url!r} holds files that daskmri did not make ({shown}), and daskmri "
+            f"{spec.shown!r} holds files that daskmri did not make ({shown}), and daskmri "
             f"never deletes or overwrites them (not even with mode='overwrite'); {fix}"
         )
     return there
@@ -185,6 +269,15 @@ def refuse_inside_dataset(
             f"{what} {path!r} lies inside the dataset folder {root!r}, which "
             "daskmri reads; write outside the dataset folder"
         )
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says an object store cannot be reached: access refused, or
+    any error of the store's client library (no endpoint, no connection, ...)."""
+    # Not any ConnectionError or TimeoutError: a lost cluster raises those too.
+    if isinstance(exc, PermissionError):
+        return True
+    return type(exc).__module__.split(".")[0] in _CLIENT_PACKAGES
 
 
 def _inside(path: str, folder: str) -> bool:

@@ -63,7 +63,7 @@ def repair(spec: StoreSpec) -> None:
     names = (*pixel_names(kinds), *(n for n, _, _ in per_slot(kinds)), "geometry")
     lengths = {name: group[name].shape[0] for name in names}
     if len(set(lengths.values())) > 1:
-        logger.warning("per-slot arrays of %s have lengths %s; evening them", spec.url, lengths)
+        logger.warning("per-slot arrays of %s have lengths %s; evening them", spec.shown, lengths)
         resize(spec, max(lengths.values()))
 
 
