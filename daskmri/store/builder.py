@@ -428,7 +428,8 @@ def _finish(
     missing = np.flatnonzero((slots.need > 0) & ~state.done)
     if len(missing):
         raise DaskmriError(
-            f"chunks {missing[:10].tolist()} of {spec.shown!r} were not written; run the build again"
+            f"chunks {missing[:10].tolist()} of {spec.shown!r} were not written; "
+            "run the build again"
         )
     spec.array("status")[:] = status
     for kind, flags in state.has.items():
