@@ -79,9 +79,10 @@ class Blocks:
             array.fill_value.item() if hasattr(array.fill_value, "item") else array.fill_value,
         )
 
-    def read(self, key: str, start: int, rows: int) -> np.ndarray:
+    def read(self, key: str, start: int, rows: int, fetched: dict | None = None) -> np.ndarray:
         """The first ``rows`` rows of the chunk stored at ``key`` (which starts at
-        row ``start``).
+        row ``start``); its bytes from ``fetched`` (by array name, see :func:`fetch`)
+        when given, else fetched here.
 
         Raises
         ------
@@ -91,7 +92,7 @@ class Blocks:
         if self.codec is None:
             return np.asarray(self.spec.array(self.name, mode="r")[start : start + rows])
         out = np.empty(self.chunks, dtype=self.dtype)
-        raw = self._bytes(key)
+        raw = self._bytes(key) if fetched is None else fetched[self.name]
         if raw is None:  # never written: zarr's fill value, as zarr reads it
             out[:rows] = self.fill_value
             return out[:rows]
@@ -133,15 +134,45 @@ class Blocks:
             raise ValueError(f"{size} bytes, expected {flat.nbytes}")
 
 
-def _read_block(blocks: Blocks, key: str, start: int, rows: int, keep) -> np.ndarray:
+def fetch(blocks: tuple[Blocks, ...], key: str) -> dict[str, bytes | None]:
+    """A dask task: the objects of one store chunk of several pixel arrays of a store
+    at a URL, requested at once (s3fs, gcsfs, ... send them concurrently), by array
+    name; None for a chunk never written.
+
+    On an object store each request costs its latency (tens of ms), not its bytes:
+    fetched one after another, a chunk's image and masks cost three latencies.
+
+    Raises
+    ------
+    OSError
+        If an object cannot be read for another reason than not being there.
+    """
+    fs, path = blocks[0].spec.filesystem()
+    paths = {b.name: f"{path.rstrip('/')}/{b.name}/{key}" for b in blocks}
+    got = fs.cat(list(paths.values()), on_error="return")
+    got = {fs._strip_protocol(k): v for k, v in got.items()}
+    out: dict[str, bytes | None] = {}
+    for name, where in paths.items():
+        value = got.get(fs._strip_protocol(where), FileNotFoundError(where))
+        if isinstance(value, FileNotFoundError):
+            value = None
+        elif isinstance(value, BaseException):
+            raise value
+        out[name] = value
+    return out
+
+
+def _read_block(blocks: Blocks, key: str, start: int, rows: int, keep, fetched=None) -> np.ndarray:
     """A dask task: the ``keep`` rows (all when None) of one store chunk."""
-    values = blocks.read(key, start, rows)
+    values = blocks.read(key, start, rows, fetched)
     return values if keep is None else values[keep]
 
 
-def _lazy(array, blocks: Blocks, keep_per_block: list[np.ndarray], token: str):
+def _lazy(array, blocks: Blocks, keep_per_block: list[np.ndarray], token: str, shared=None):
     """The ``keep`` slots of each chunk of ``array``, one dask chunk per store chunk
-    (so chunks stay aligned with the store), each read by :class:`Blocks`."""
+    (so chunks stay aligned with the store), each read by :class:`Blocks`. With
+    ``shared`` (the :func:`fetch` tasks of a store at a URL, by block), each block
+    is decoded from the bytes its block's fetch task got."""
     # Here, not at the top: dask.array imports xarray and pandas, and worker processes
     # import this package (for write_partition).
     import dask.array as da
@@ -158,7 +189,12 @@ def _lazy(array, blocks: Blocks, keep_per_block: list[np.ndarray], token: str):
         rows = min(size, n - start)
         key = array.metadata.encode_chunk_key((block, *(0,) * (array.ndim - 1)))
         selection = None if len(keep) == rows else keep
-        graph[(name, len(sizes), 0, 0)] = (_read_block, blocks, key, start, rows, selection)
+        task = (_read_block, blocks, key, start, rows, selection)
+        if shared is not None:
+            # A key of the task's graph: dask runs it once for all the arrays.
+            graph[shared[block][0]] = shared[block][1]
+            task = (*task, shared[block][0])
+        graph[(name, len(sizes), 0, 0)] = task
         sizes.append(len(keep))
     if not sizes:
         return da.zeros((0, *array.shape[1:]), dtype=array.dtype, chunks=-1)
@@ -215,16 +251,38 @@ def open_dataset(
     # Named by the build, not only by the path: a store rebuilt in place must not hit
     # data a cluster still holds from before.
     token = tokenize(opened.attrs.get("build_id", ""), spec.url)
+    blocks = {name: Blocks.of(spec, opened.group[name]) for name in opened.pixel_names}
+    shared = _shared_fetches(spec, opened, blocks, token)
     arrays = {}
     for name in opened.pixel_names:
-        array = opened.group[name]
-        arrays[name] = _lazy(array, Blocks.of(spec, array), opened.keep_per_block, token)
+        array, keep = opened.group[name], opened.keep_per_block
+        share = shared if blocks[name].codec is not None else None  # else read through zarr
+        arrays[name] = _lazy(array, blocks[name], keep, token, share)
     ds = opened.dataset(arrays)
     if root is not None:
         freshness = check(store, root, storage_options=storage_options)
         if not freshness.fresh:
             warnings.warn(str(freshness), StaleStoreWarning, stacklevel=2)
     return ds
+
+
+def _shared_fetches(spec: StoreSpec, opened: OpenStore, blocks: dict, token: str) -> list | None:
+    """For a store at a URL, one :func:`fetch` task per store chunk that gets the
+    objects of every pixel array at once, as ``(key, task)`` by block; None for a
+    local store (a file read costs no latency worth hiding). Arrays that
+    :class:`Blocks` cannot decode itself are read through zarr, and left out."""
+    from dask.base import tokenize
+
+    readable = tuple(b for b in blocks.values() if b.codec is not None)
+    if "://" not in spec.url or len(readable) < 2:
+        return None
+    name = "daskmri-fetch-" + tokenize(token, [k.tobytes() for k in opened.keep_per_block])
+    array = opened.group[readable[0].name]
+    shared = []
+    for block in range(len(opened.keep_per_block)):
+        key = array.metadata.encode_chunk_key((block, *(0,) * (array.ndim - 1)))
+        shared.append(((name, block), (fetch, readable, key)))
+    return shared
 
 
 #: The store attributes a dataset carries.
