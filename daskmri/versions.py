@@ -20,6 +20,11 @@ _PACKAGES = (
     "pandas",
     "zarr",
     "numcodecs",
+    # the stores at URLs: fsspec and its object-store backends
+    "fsspec",
+    "s3fs",
+    "gcsfs",
+    "adlfs",
     "loky",
     "tqdm",
     "matplotlib",
