@@ -151,7 +151,9 @@ def test_a_store_built_by_workers_with_explicit_options_equals_the_local_store(
         assert_records_equal(ds, local)
         freshness = daskmri.check(url, storage_options=options)
         assert freshness.fresh, str(freshness)
-        assert_same_batches(_batches(ds), _batches(local))
+        expected = _batches(local)
+        assert_same_batches(_batches(ds), expected)
+        assert_same_batches(_batches(ds, client=client), expected)  # read by the workers
         lazily = xr.open_dataset(url, engine="daskmri", chunks={}, storage_options=options)
         assert_records_equal(lazily, local)
     assert report.records == 16 and report.parsed_chunks == 4
