@@ -36,11 +36,14 @@ def write_partition(
     start = items[0][0]
     stop = start + len(records)
     result = parse_chunk(records, shape=shape, reader=reader, kinds=kinds, compact=False, fit=fit)
-    for name in pixel_names(kinds):
-        _whole(_open(spec, name))[start:stop] = result.array(name)
     geometry = np.zeros((len(records), len(GEOMETRY)))
     geometry[result.kept] = result.geometry
-    _whole(_open(spec, "geometry"))[start:stop] = geometry
+    values = {name: result.array(name) for name in pixel_names(kinds)} | {"geometry": geometry}
+    if "://" in spec.url:
+        _write_at_once(spec, start, values)
+    else:
+        for name, array in values.items():
+            _whole(_open(spec, name))[start:stop] = array
     has = {}
     for kind in kinds:
         flags = np.zeros(len(records), dtype=bool)
@@ -68,6 +71,28 @@ def _open(spec: StoreSpec, name: str):
     probing for v2 metadata. Measured: 3.6 vs 5.4 ms CPU for the five opens of a chunk
     task."""
     return zarr.open_array(spec.url, path=name, mode="r+", zarr_format=3, **spec.options())
+
+
+def _write_at_once(spec: StoreSpec, start: int, values: dict[str, np.ndarray]) -> None:
+    """Open and write every array of a chunk's region at once, through zarr's async
+    API: on an object store each open (a metadata read) and each write costs a round
+    trip, and one after another they cost a chunk task ten of them."""
+    import asyncio
+
+    import zarr.api.asynchronous as za
+    from zarr.core.sync import sync
+
+    async def one(name: str, array: np.ndarray) -> None:
+        opened = await za.open_array(
+            store=spec.url, path=name, mode="r+", zarr_format=3, **spec.options()
+        )
+        region = slice(start, start + len(array))
+        await opened.with_config({"write_empty_chunks": True}).setitem(region, array)
+
+    async def every() -> None:
+        await asyncio.gather(*(one(name, array) for name, array in values.items()))
+
+    sync(every())
 
 
 def _whole(array):
