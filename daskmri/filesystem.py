@@ -10,6 +10,7 @@ imported only for a URL.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -57,6 +58,7 @@ class FileSystem:
     protocol: str = ""
     options: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
     blobs: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    listings: Mapping[str, list] | None = field(default=None, repr=False, compare=False)
 
     @property
     def local(self) -> bool:
@@ -136,21 +138,48 @@ class FileSystem:
             # left out, so that read() asks again and reports it in its own words.
             if isinstance(data, bytes | bytearray):
                 blobs[path] = bytes(data)
-        return FileSystem(self.protocol, self.options, blobs)
+        return FileSystem(self.protocol, self.options, blobs, self.listings)
 
     def entries(self, folder: str) -> list[tuple[str, str, bool]]:
         """``(name, path, is_folder)`` of what ``folder`` holds, sorted by name;
         empty when there is no such folder. Only for a URL (a local scan uses
         ``os.scandir``, which also tells links apart)."""
+        if self.listings is not None and folder in self.listings:
+            return self.listings[folder]
         try:
             listed = self.fsspec().ls(self.key(folder), detail=True)
         except (FileNotFoundError, NotADirectoryError):
             return []
+        return self._entries(listed)
+
+    def _entries(self, listed: list[dict]) -> list[tuple[str, str, bool]]:
         found = []
         for info in listed:
             name = info["name"].rstrip("/")
             found.append((name.rsplit("/", 1)[-1], self.url(name), info["type"] == "directory"))
         return sorted(found)
+
+    def listed(self, folders: Iterable[str]) -> FileSystem:
+        """This filesystem holding the listings of ``folders``, made concurrently
+        (an async filesystem such as s3fs); a folder that fails to list is left out,
+        so that :meth:`entries` asks again and raises its error."""
+        wanted = sorted(set(folders))
+        fs = self.fsspec()
+        if not wanted or not getattr(fs, "async_impl", False):
+            return self
+        from fsspec.asyn import sync
+
+        async def gather():
+            calls = [fs._ls(self.key(folder), detail=True) for folder in wanted]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        listings = {}
+        for folder, listed in zip(wanted, sync(fs.loop, gather), strict=True):
+            if isinstance(listed, FileNotFoundError | NotADirectoryError):
+                listings[folder] = []
+            elif not isinstance(listed, BaseException):
+                listings[folder] = self._entries(listed)
+        return FileSystem(self.protocol, self.options, self.blobs, listings)
 
     def is_folder(self, path: str) -> bool:
         if self.local:

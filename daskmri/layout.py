@@ -8,6 +8,7 @@ import dataclasses
 import fnmatch
 import glob
 import io
+import itertools
 import logging
 import os
 import re
@@ -39,6 +40,9 @@ logger = logging.getLogger(__name__)
 #: The ``labels=`` choices of the Sunnybrook layout; another layout's are
 #: :meth:`Layout.label_choices`.
 LABELS = ("any", "i", "o", "all")
+
+#: Patients whose folders a scan of a store lists at once (see _Finder.listed_ahead).
+LIST_AHEAD = 64
 
 #: The largest link file read (a million patients' rows take about 50 MB).
 LINK_FILE_BYTES = 1 << 30
@@ -463,6 +467,14 @@ def _find_at_url(fs: FileSystem, root: str, pattern: str) -> list[str]:
     return dirs
 
 
+def _first_listing(root: str, pattern: str) -> str:
+    """The folder that :func:`_find_at_url` lists first for ``pattern``: the one that
+    holds its first wildcard part (or its file)."""
+    parts = pattern.split("/")
+    literal = next((k for k, part in enumerate(parts) if glob.escape(part) != part), len(parts) - 1)
+    return "/".join([root, *parts[:literal]])
+
+
 def _leaves(path: str, ids: dict) -> dict:
     return _problem(path, "file is a link that leaves the root; not followed", **ids)
 
@@ -566,7 +578,8 @@ def iter_records(
         hint = "" if fs.local else " (nothing is stored under this prefix); check the URL"
         raise LayoutError(f"dataset root {root!r} is not a folder{hint}")
     finder = _Finder(root, layout, problems, fs)
-    for ids in _patients(root, layout, problems, fs):
+    patients = _patients(root, layout, problems, fs)
+    for ids in patients if fs.local else finder.listed_ahead(patients):
         yield from finder.records(ids, wanted)
 
 
@@ -621,6 +634,21 @@ class _Finder:
         self.regexes = {"DICOM": re.compile(layout.dicom_regex)} | {
             kind.name: re.compile(kind.regex) for kind in layout.contours
         }
+
+    def listed_ahead(self, patients: Iterator[dict]) -> Iterator[dict]:
+        """``patients``, with the folders their globs list first listed at once, for
+        :data:`LIST_AHEAD` patients at a time: on a store each listing is a request,
+        whose latency would otherwise add up patient by patient."""
+        layout = self.layout
+        patterns = [layout.dicom_glob, *(kind.glob for kind in layout.contours)]
+        patterns += [] if layout.rtstruct is None else [layout.rtstruct.glob]
+        while batch := list(itertools.islice(patients, LIST_AHEAD)):
+            folders = []
+            for ids in batch:
+                fill = {key: glob.escape(value) for key, value in ids.items()}
+                folders += [_first_listing(self.root, p.format(**fill)) for p in patterns]
+            self.fs = self.fs.listed(folders)
+            yield from batch
 
     def find(self, pattern: str, ids: dict) -> list[str]:
         if not self.fs.local:

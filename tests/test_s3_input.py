@@ -88,8 +88,11 @@ def test_build_from_a_url_on_workers_with_credentials_in_their_environment(
     assert report.dropped == 0
     assert_records_equal(daskmri.open_dataset(store), reference)
     assert daskmri.check(store).fresh
-    ds = daskmri.load_dataset(s3_root, chunk_size=3, client=s3_cluster)
-    assert_records_equal(ds, reference)
+    from distributed import Client
+
+    with Client(s3_cluster, timeout="30s", set_as_default=False) as client:
+        ds = daskmri.load_dataset(s3_root, chunk_size=3, client=client)
+        assert_records_equal(ds, reference)
 
 
 def test_staleness_after_an_object_is_rewritten(s3, synth_root, tmp_path):
