@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import datetime
 import json
 import shutil
@@ -44,9 +45,68 @@ sys.path.insert(0, str(HERE.parent))  # tests.s3: the server the tests use
 from common import REAL_DATA, bench_root, pyplot  # noqa: E402
 
 import daskmri  # noqa: E402
+import daskmri.layout  # noqa: E402
 import daskmri.parse  # noqa: E402
 
 RESULTS = HERE / "results"
+
+
+class Latency:
+    """A TCP proxy on 127.0.0.1 in front of the S3 server that holds every chunk of
+    bytes a client sends for ``seconds`` before passing it on: a request then costs
+    a round trip, as it does to a cloud store, which moto on loopback does not.
+    Runs its own event loop in a thread; :meth:`close` stops it."""
+
+    def __init__(self, upstream: str, seconds: float) -> None:
+        import asyncio
+        import threading
+
+        host, port = upstream.removeprefix("http://").split(":")
+        self.seconds, self.upstream = seconds, (host, int(port))
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+        self.thread = threading.Thread(target=self._serve, args=(started,), daemon=True)
+        self.thread.start()
+        if not started.wait(30):
+            raise RuntimeError("the latency proxy did not start")
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def _serve(self, started) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._pair, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        started.set()
+        self.loop.run_forever()
+        server.close()
+
+    async def _pair(self, reader, writer) -> None:
+        import asyncio
+
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        await asyncio.gather(
+            self._pipe(reader, up_writer, self.seconds),
+            self._pipe(up_reader, writer, 0.0),
+            return_exceptions=True,
+        )
+
+    @staticmethod
+    async def _pipe(reader, writer, delay: float) -> None:
+        import asyncio
+
+        try:
+            while data := await reader.read(1 << 16):
+                if delay:
+                    await asyncio.sleep(delay)
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
 
 
 def _checksum(ds) -> list:
@@ -64,11 +124,19 @@ def _timed(run, repeat: int) -> tuple[list[float], object]:
     return samples, result
 
 
-def _sequential_fetch():
-    """The chunk task's concurrent fetch turned off (in this process: the sync rows)."""
-    concurrent = daskmri.parse.fetched
-    daskmri.parse.fetched = lambda records: records
-    return lambda: setattr(daskmri.parse, "fetched", concurrent)
+def _one_at_a_time(name: str):
+    """The concurrent fetch of a chunk's files, or the scan's listing of 64 patients'
+    folders at once, turned off in this process (so in rows that parse here, sync);
+    returns what turns it back on."""
+    if "one request" in name:
+        concurrent = daskmri.parse.fetched
+        daskmri.parse.fetched = lambda records: records
+        return lambda: setattr(daskmri.parse, "fetched", concurrent)
+    if "patient by patient" in name:
+        ahead = daskmri.layout._Finder.listed_ahead
+        daskmri.layout._Finder.listed_ahead = lambda self, patients: patients
+        return lambda: setattr(daskmri.layout._Finder, "listed_ahead", ahead)
+    return lambda: None
 
 
 def _epoch(store: str, options: dict | None) -> float:
@@ -99,7 +167,12 @@ def _plan(root: Path, url: str, work: Path, s3) -> list[tuple]:
     here, there = str(work / "ds.zarr"), f"s3://{s3.bucket}/bench/ds.zarr"
     return [
         ("scan", "local", lambda: len(daskmri.scan(root))),
-        ("scan", "S3", lambda: len(daskmri.scan(url, source_options=src))),
+        (
+            "scan",
+            "S3, 64 patients listed at once",
+            lambda: len(daskmri.scan(url, source_options=src)),
+        ),
+        ("scan", "S3, patient by patient", lambda: len(daskmri.scan(url, source_options=src))),
         ("load_dataset (sync)", "local", lambda: daskmri.load_dataset(root, scheduler="sync")),
         (
             "load_dataset (sync)",
@@ -124,7 +197,7 @@ def _plan(root: Path, url: str, work: Path, s3) -> list[tuple]:
 
 
 def _row(section: str, name: str, run, repeat: int) -> dict:
-    restore = _sequential_fetch() if "one request" in name else (lambda: None)
+    restore = _one_at_a_time(name)
     row = {"section": section, "configuration": name}
     try:
         samples, result = _timed(run, repeat)
@@ -188,6 +261,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--latency-ms", type=float, default=20.0, help="added to every request (default 20)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     from daskmri.versions import versions
@@ -199,13 +275,31 @@ def main() -> None:
     n = len(daskmri.scan(root))
     with s3_server(work) as s3:
         url = s3.upload(root, "data")
-        print(f"{n} records ({label}); S3 at {s3.endpoint}; {args.repeat} runs after a warm-up\n")
-        rows = [_row(*row, args.repeat) for row in _plan(root, url, work, s3)]
+        proxy = Latency(s3.endpoint, args.latency_ms / 1000)
+        try:
+            slow = dataclasses.replace(s3, endpoint=proxy.endpoint)
+            print(
+                f"{n} records ({label}); S3 at {s3.endpoint}, {args.latency_ms:g} ms added per "
+                f"request; {args.repeat} runs after a warm-up\n"
+            )
+            rows = [_row(*row, args.repeat) for row in _plan(root, url, work, slow)]
+        finally:
+            proxy.close()
     _compare(rows, n)
     info = versions()
-    print(f"\n{n:,} records ({label}), {datetime.date.today()}, {info['cpu_count']} cores\n")
+    print(
+        f"\n{n:,} records ({label}), {datetime.date.today()}, {info['cpu_count']} cores, "
+        f"{args.latency_ms:g} ms per S3 request\n"
+    )
     _table(rows)
-    report = {"records": n, "label": label, "repeat": args.repeat, "machine": info, "rows": rows}
+    report = {
+        "records": n,
+        "label": label,
+        "repeat": args.repeat,
+        "latency_ms": args.latency_ms,
+        "machine": info,
+        "rows": rows,
+    }
     (args.out / "objectstore.json").write_text(json.dumps(report, indent=1, default=str))
     _plot(rows, args.out / "objectstore.png", f"{n:,} records")
 

@@ -175,3 +175,26 @@ def test_a_url_that_holds_credentials_is_refused_without_echoing_it(s3):
     with pytest.raises(daskmri.LayoutError) as info:
         daskmri.scan(f"s3://me:{s3.secret}@{s3.bucket}/synth")
     assert s3.secret not in str(info.value) and "source_options=" in str(info.value)
+
+
+def test_the_command_line_scans_and_builds_from_a_url_with_the_environments_key(
+    s3, s3_root, synth_root, tmp_path
+):
+    import subprocess
+    import sys
+
+    env = os.environ | s3.env()
+    cli = [sys.executable, "-m", "daskmri.cli"]
+    out = subprocess.run(
+        [*cli, "scan", s3_root], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"records:     {len(daskmri.scan(synth_root))} " in out.stdout
+    store = tmp_path / "ds.zarr"
+    out = subprocess.run(
+        [*cli, "build", s3_root, "--out", str(store), "--scheduler", "sync"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert s3.secret not in out.stdout + out.stderr
+    assert daskmri.open_dataset(store).sizes["record"] == len(daskmri.scan(synth_root))
