@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from .errors import ContourError
+from .filesystem import LOCAL, FileSystem
 from .limits import DEFAULT_LIMITS, Limits, read_bounded
 
 __all__ = ["SNAP", "check_points", "polygon_mask", "read_contour"]
@@ -32,6 +33,7 @@ def read_contour(
     *,
     shape: tuple[int, int] | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    fs: FileSystem = LOCAL,
 ) -> np.ndarray:
     """Read a contour file into an ``(N, 2)`` float64 array of ``(x, y)`` points.
 
@@ -47,6 +49,9 @@ def read_contour(
         one pixel of the image.
     limits : Limits
         ``max_file_bytes`` and ``max_contour_points`` bound what is read.
+    fs : FileSystem
+        Where ``path`` is (:data:`~daskmri.filesystem.LOCAL` by default; a
+        record's ``fs`` for a dataset at a URL).
 
     Returns
     -------
@@ -72,7 +77,12 @@ def read_contour(
     """
     path = os.fspath(path)
     raw = read_bounded(
-        path, limits, error=ContourError, name="contour file", expected="a contour text file"
+        path,
+        limits,
+        error=ContourError,
+        name="contour file",
+        expected="a contour text file",
+        fs=fs,
     )
     try:
         text = raw.decode("utf-8-sig")

@@ -43,6 +43,7 @@ def load_dataset(
     security=None,
     fit: str = "drop",
     spacing: tuple[float, float] | None = None,
+    source_options: dict | None = None,
 ) -> xr.Dataset:
     """Parse a dataset folder into a chunked ``xarray.Dataset`` of images and masks.
 
@@ -56,7 +57,7 @@ def load_dataset(
     Parameters
     ----------
     root : str or os.PathLike
-        Dataset folder.
+        Dataset folder: a local path, or an fsspec URL (``s3://bucket/data``).
     layout : Layout, optional
         File names and patterns; default Sunnybrook.
     client : None, distributed.Client or str
@@ -98,6 +99,11 @@ def load_dataset(
         Show a progress bar while parsing.
     security : distributed.Security, optional
         TLS settings when ``client`` is a ``tls://`` address.
+    source_options : dict, optional
+        For a ``root`` at a URL: its fsspec filesystem's options (credentials,
+        ``endpoint_url``, ...); they travel with the tasks to the workers. Without
+        them, the backend reads its environment (``AWS_ACCESS_KEY_ID``, ...) on the
+        client and on every worker.
 
     Returns
     -------
@@ -127,12 +133,12 @@ def load_dataset(
     0
     """
     started = time.perf_counter()
-    source = Source.of(root, layout, labels)
+    source = Source.of(root, layout, labels, source_options)
     parsing = Parsing(
         chunk_size=chunk_size, limits=limits, shape=shape, reader=reader, fit=fit, spacing=spacing
     )
     compute = Compute(client=client, scheduler=scheduler, security=security, progress=progress)
-    with client_for(compute, source.root, keep=True) as client:
+    with client_for(compute, source.root, keep=True, fs=source.fs) as client:
         ds, isolation = _load(source, parsing, compute, client)
     logger.info(
         "loaded %d records (%d dropped, %d isolated as killers in %.1f s) from %s in %.2f s",
@@ -149,7 +155,12 @@ def load_dataset(
 def _load(source: Source, parsing: Parsing, compute: Compute, client):
     """Scan, plan, run and assemble, once the settings are checked and the cluster
     (if any) reached."""
-    table = scan(source.root, layout=source.layout, labels=source.labels)
+    table = scan(
+        source.root,
+        layout=source.layout,
+        labels=source.labels,
+        source_options=dict(source.fs.options) or None,
+    )
     plan = plan_chunks(table, chunk_size=parsing.chunk_size)
     shape = parsing.shape
     if plan.n_records and shape is None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import DicomError
+from .filesystem import LOCAL, FileSystem
 from .limits import DEFAULT_LIMITS, Limits, read_bounded
 
 if TYPE_CHECKING:
@@ -256,7 +257,11 @@ PLANE_TAGS = {
 
 
 def read_text_tags(
-    path: str | os.PathLike[str], tags: dict[int, str], *, limits: Limits = DEFAULT_LIMITS
+    path: str | os.PathLike[str],
+    tags: dict[int, str],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    fs: FileSystem = LOCAL,
 ) -> dict[str, str] | None:
     r"""The values of top-level text tags (UI, DS, CS, ...) of a DICOM file, by the
     header walk and without pydicom: ``{name: text}`` for those present (padding
@@ -279,7 +284,7 @@ def read_text_tags(
     ['1.25', '1.25']
     """
     path = os.fspath(path)
-    raw = _read_bytes(path, limits)
+    raw = _read_bytes(path, limits, fs)
     try:
         begin = _dataset_start(raw)
         if begin is None:
@@ -338,8 +343,10 @@ def _spacing(values: list) -> tuple[float, float] | None:
     return spacing
 
 
-def _read_bytes(path: str, limits: Limits) -> bytes:
-    raw = read_bounded(path, limits, error=DicomError, name="DICOM file", expected="a DICOM file")
+def _read_bytes(path: str, limits: Limits, fs: FileSystem = LOCAL) -> bytes:
+    raw = read_bounded(
+        path, limits, error=DicomError, name="DICOM file", expected="a DICOM file", fs=fs
+    )
     if not raw:
         raise DicomError(path, "empty file (0 bytes), expected a DICOM file")
     return raw
@@ -434,16 +441,16 @@ def _geometry(path: str, ds: pydicom.Dataset, limits: Limits) -> tuple[int, int,
 
 
 def read_dicom_shape(
-    path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS
+    path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS, fs: FileSystem = LOCAL
 ) -> tuple[int, int]:
     """``(Rows, Columns)`` of a DICOM file without decoding its pixels: the first two
     values of :func:`read_dicom_geometry`, and the same errors."""
-    rows, cols, _ = read_dicom_geometry(path, limits=limits)
+    rows, cols, _ = read_dicom_geometry(path, limits=limits, fs=fs)
     return rows, cols
 
 
 def read_dicom_geometry(
-    path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS
+    path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS, fs: FileSystem = LOCAL
 ) -> tuple[int, int, tuple[float, float] | None]:
     """``(Rows, Columns, PixelSpacing)`` of a DICOM file without decoding its pixels;
     the spacing is ``(row_mm, column_mm)``, or None when the file has none.
@@ -462,7 +469,7 @@ def read_dicom_geometry(
     (32, 48, (1.25, 1.25))
     """
     path = os.fspath(path)
-    ds, _ = _header(path, _read_bytes(path, limits))
+    ds, _ = _header(path, _read_bytes(path, limits, fs))
     rows, cols, _ = _geometry(path, ds, limits)
     return rows, cols, ds.get("PixelSpacing")
 
@@ -505,10 +512,10 @@ def read_dicom(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS)
 
 
 def read_slice(
-    path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS
+    path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS, fs: FileSystem = LOCAL
 ) -> tuple[np.ndarray, tuple[float, float] | None]:
     """:func:`read_dicom`'s pixels and the slice's PixelSpacing (``(row_mm,
-    column_mm)`` or None), from one read of the file.
+    column_mm)`` or None), from one read of the file (on ``fs``: local by default).
 
     Raises
     ------
@@ -516,7 +523,7 @@ def read_slice(
         As :func:`read_dicom`.
     """
     path = os.fspath(path)
-    raw = _read_bytes(path, limits)
+    raw = _read_bytes(path, limits, fs)
     ds, syntax = _header(path, raw)
     return _pixels(path, raw, ds, syntax, limits), ds.get("PixelSpacing")
 

@@ -7,6 +7,8 @@ import csv
 import dataclasses
 import fnmatch
 import glob
+import io
+import itertools
 import logging
 import os
 import re
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import LayoutError
+from .filesystem import LOCAL, FileSystem, TooLarge, split_root
 from .fit import GEOMETRY
 from .record import RTSlice
 
@@ -37,6 +40,12 @@ logger = logging.getLogger(__name__)
 #: The ``labels=`` choices of the Sunnybrook layout; another layout's are
 #: :meth:`Layout.label_choices`.
 LABELS = ("any", "i", "o", "all")
+
+#: Patients whose folders a scan of a store lists at once (see _Finder.listed_ahead).
+LIST_AHEAD = 64
+
+#: The largest link file read (a million patients' rows take about 50 MB).
+LINK_FILE_BYTES = 1 << 30
 
 #: Names a contour kind cannot take: the dataset's dimensions, coordinates and other
 #: variables (a mask named ``x`` would become the ``x`` coordinate and be lost), the
@@ -437,6 +446,35 @@ def _find(root: str, root_real: str, pattern: str, problems: list[dict], ids: di
     return dirs
 
 
+def _find_at_url(fs: FileSystem, root: str, pattern: str) -> list[str]:
+    """:func:`_find` on a store: one listing per folder that a wildcard part
+    searches, none for a literal folder on the way (a missing one lists as empty).
+    A store has no links, and the ids were checked, so no path can leave the root."""
+    dirs = [root]
+    parts = pattern.split("/")
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if glob.escape(part) == part and not last:
+            dirs = [f"{directory}/{part}" for directory in dirs]
+            continue
+        regex = re.compile(fnmatch.translate(part))
+        dirs = [
+            path
+            for directory in dirs
+            for name, path, is_folder in fs.entries(directory)
+            if regex.match(name) and (last or is_folder)
+        ]
+    return dirs
+
+
+def _first_listing(root: str, pattern: str) -> str:
+    """The folder that :func:`_find_at_url` lists first for ``pattern``: the one that
+    holds its first wildcard part (or its file)."""
+    parts = pattern.split("/")
+    literal = next((k for k, part in enumerate(parts) if glob.escape(part) != part), len(parts) - 1)
+    return "/".join([root, *parts[:literal]])
+
+
 def _leaves(path: str, ids: dict) -> dict:
     return _problem(path, "file is a link that leaves the root; not followed", **ids)
 
@@ -452,20 +490,23 @@ def _problem(path: str, reason: str, **ids: object) -> dict:
     }
 
 
-def _read_link(root: str, layout: Layout) -> list[tuple[int, dict[str, str]]]:
+def _read_link(root: str, layout: Layout, fs: FileSystem) -> list[tuple[int, dict[str, str]]]:
     path = os.path.join(root, layout.link_file)
-    if not os.path.isfile(path):
+    try:
+        raw = fs.read(path, LINK_FILE_BYTES)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise LayoutError(
             f"no link file at {path}. Is {root!r} a dataset root in the {layout.name!r} layout? "
             "Pass layout=daskmri.Layout(link_file=...) for another layout."
-        )
+        ) from None
+    except TooLarge:
+        raise LayoutError(f"{path} is over {LINK_FILE_BYTES} bytes; is it the link file?") from None
     try:
         # utf-8-sig drops a BOM; newline="" lets csv handle CRLF.
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            reader = csv.DictReader(fh)
-            header = [name.strip() for name in reader.fieldnames or []]
-            reader.fieldnames = header
-            rows = list(enumerate(reader, start=2))
+        reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig"), newline=""))
+        header = [name.strip() for name in reader.fieldnames or []]
+        reader.fieldnames = header
+        rows = list(enumerate(reader, start=2))
     except UnicodeDecodeError as exc:
         raise LayoutError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     wanted = [layout.patient_column, layout.original_column]
@@ -515,10 +556,11 @@ def iter_records(
     layout: Layout | None = None,
     labels: str = "any",
     problems: list[dict],
+    fs: FileSystem = LOCAL,
 ) -> Iterator[dict]:
-    """The rows of :func:`scan`, one dict at a time, in the same order, holding only
-    one patient's file listing at a time; what is wrong outside any record is
-    appended to ``problems`` as it is found.
+    """The rows of :func:`scan` (of the folder ``root`` on ``fs``), one dict at a
+    time, in the same order, holding only one patient's file listing at a time;
+    what is wrong outside any record is appended to ``problems`` as it is found.
 
     Examples
     --------
@@ -530,22 +572,39 @@ def iter_records(
     """
     layout = SUNNYBROOK if layout is None else layout
     wanted = layout.label_kind(labels)
-    root = os.path.abspath(os.fspath(root))
-    if not os.path.isdir(root):
-        raise LayoutError(f"dataset root {root!r} is not a folder")
-    finder = _Finder(root, layout, problems)
-    for ids in _patients(root, layout, problems):
+    root = os.path.abspath(os.fspath(root)) if fs.local else os.fspath(root)
+    fs.forget_listings(root)  # a store: list what is there now, not what was cached
+    if not _is_folder(fs, root):
+        hint = "" if fs.local else " (nothing is stored under this prefix); check the URL"
+        raise LayoutError(f"dataset root {root!r} is not a folder{hint}")
+    finder = _Finder(root, layout, problems, fs)
+    patients = _patients(root, layout, problems, fs)
+    for ids in patients if fs.local else finder.listed_ahead(patients):
         yield from finder.records(ids, wanted)
 
 
-def _patients(root: str, layout: Layout, problems: list[dict]) -> Iterator[dict[str, str]]:
+def _is_folder(fs: FileSystem, root: str) -> bool:
+    try:
+        return fs.is_folder(root)
+    except OSError as exc:  # a store that refuses: credentials, endpoint, bucket
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise LayoutError(
+            f"cannot list the dataset root {root!r}: {reason}; check the credentials "
+            "(source_options=, or the environment: AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...) "
+            "and that the bucket exists"
+        ) from None
+
+
+def _patients(
+    root: str, layout: Layout, problems: list[dict], fs: FileSystem
+) -> Iterator[dict[str, str]]:
     """The link file's ``{patient_id, original_id}`` rows, in patient id order (so
     records come out sorted by (patient_id, instance) without holding them all to
     sort them); rows with unsafe or repeated ids go to ``problems``."""
     seen: set[str] = set()
     link = os.path.join(root, layout.link_file)
     rows = sorted(
-        _read_link(root, layout), key=lambda r: (r[1].get(layout.patient_column) or "").strip()
+        _read_link(root, layout, fs), key=lambda r: (r[1].get(layout.patient_column) or "").strip()
     )
     for line, row in rows:
         patient_id = (row.get(layout.patient_column) or "").strip()
@@ -569,15 +628,35 @@ def _patients(root: str, layout: Layout, problems: list[dict]) -> Iterator[dict[
 class _Finder:
     """One patient's files, found by the layout's globs under the root."""
 
-    def __init__(self, root: str, layout: Layout, problems: list[dict]) -> None:
-        self.root, self.layout, self.problems = root, layout, problems
-        self.root_real = os.path.realpath(root)
+    def __init__(self, root: str, layout: Layout, problems: list[dict], fs: FileSystem) -> None:
+        self.root, self.layout, self.problems, self.fs = root, layout, problems, fs
+        self.root_real = os.path.realpath(root) if fs.local else root
         self.regexes = {"DICOM": re.compile(layout.dicom_regex)} | {
             kind.name: re.compile(kind.regex) for kind in layout.contours
         }
 
+    def listed_ahead(self, patients: Iterator[dict]) -> Iterator[dict]:
+        """``patients``, with the folders their globs list first listed at once, for
+        :data:`LIST_AHEAD` patients at a time: on a store each listing is a request,
+        whose latency would otherwise add up patient by patient."""
+        layout = self.layout
+        patterns = [layout.dicom_glob, *(kind.glob for kind in layout.contours)]
+        patterns += [] if layout.rtstruct is None else [layout.rtstruct.glob]
+        while batch := list(itertools.islice(patients, LIST_AHEAD)):
+            folders = []
+            for ids in batch:
+                fill = {key: glob.escape(value) for key, value in ids.items()}
+                folders += [_first_listing(self.root, p.format(**fill)) for p in patterns]
+            self.fs = self.fs.listed(folders)
+            yield from batch
+
+    def find(self, pattern: str, ids: dict) -> list[str]:
+        if not self.fs.local:
+            return _find_at_url(self.fs, self.root, pattern)
+        return _find(self.root, self.root_real, pattern, self.problems, ids)
+
     def files(self, kind: str, pattern: str, ids: dict, fill: dict) -> dict[int, str]:
-        found = _find(self.root, self.root_real, pattern.format(**fill), self.problems, ids)
+        found = self.find(pattern.format(**fill), ids)
         return _instances(found, self.regexes[kind], kind, ids, self.problems)
 
     def records(self, ids: dict[str, str], wanted: str) -> Iterator[dict]:
@@ -606,20 +685,21 @@ class _Finder:
         be read gets none (and is reported): no contour can be placed on it."""
         from .rtstruct import RTStructError, assign, read_plane, read_structure_set
 
-        pattern = self.layout.rtstruct.glob.format(**fill)
-        paths = _find(self.root, self.root_real, pattern, self.problems, ids)
+        paths = self.find(self.layout.rtstruct.glob.format(**fill), ids)
         if not paths:
             return {}
+        # On a store: the patient's files fetched at once, not one request per file.
+        fs = self.fs.prefetch([*paths, *dicoms.values()])
         sets = []
         for path in paths:
             try:
-                sets.append(read_structure_set(path))
+                sets.append(read_structure_set(path, fs=fs))
             except RTStructError as exc:
                 self.problems.append(_problem(path, exc.reason, **ids))
         planes = {}
         for instance, path in dicoms.items():
             try:
-                planes[instance] = read_plane(path)
+                planes[instance] = read_plane(path, fs=fs)
             except RTStructError as exc:
                 reason = f"{exc.reason}; the slice gets no RTSTRUCT contour"
                 self.problems.append(_problem(path, reason, **ids, instance=instance))
@@ -658,7 +738,11 @@ def _first_path(slice_rt: RTSlice | None, kind: str) -> str | None:
 
 
 def scan(
-    root: str | os.PathLike[str], layout: Layout | None = None, labels: str = "any"
+    root: str | os.PathLike[str],
+    layout: Layout | None = None,
+    labels: str = "any",
+    *,
+    source_options: dict | None = None,
 ) -> pd.DataFrame:
     """List every record (one image slice with its contours) under ``root``.
 
@@ -669,13 +753,17 @@ def scan(
     Parameters
     ----------
     root : str or os.PathLike
-        The dataset folder.
+        The dataset folder: a local path, or an fsspec URL (``s3://bucket/data``;
+        the protocol's backend installed, e.g. ``pip install 'daskmri[s3]'``).
     layout : Layout, optional
         File names and patterns; default :data:`SUNNYBROOK`.
     labels : str
         ``"any"`` keeps slices with at least one contour, a kind's name (or alias:
         ``"i"``, ``"o"`` in the Sunnybrook layout) slices with that contour,
         ``"all"`` every slice.
+    source_options : dict, optional
+        For a URL: its fsspec filesystem's options (credentials, ``endpoint_url``,
+        ...). Without them the backend reads its usual environment variables.
 
     Returns
     -------
@@ -696,7 +784,8 @@ def scan(
     Raises
     ------
     LayoutError
-        If there is no link file or it lacks the layout's columns.
+        If there is no link file or it lacks the layout's columns; if the root is
+        not a folder, or a store refuses to list it (the message names the fix).
     ValueError
         If ``labels`` is not one of the choices.
 
@@ -711,10 +800,10 @@ def scan(
     """
     import pandas as pd  # here, not at the top: worker processes import this module
 
-    root = os.path.abspath(os.fspath(root))
+    fs, root = split_root(root, source_options)
     layout = SUNNYBROOK if layout is None else layout
     problems: list[dict] = []
-    records = list(iter_records(root, layout=layout, labels=labels, problems=problems))
+    records = list(iter_records(root, layout=layout, labels=labels, problems=problems, fs=fs))
     paths = [f"{kind}_path" for kind in layout.kinds]
     rt = [] if layout.rtstruct is None else ["rtstruct"]
     columns = ["patient_id", "original_id", "instance", "dicom_path", *paths, "problem", *rt]
@@ -723,5 +812,7 @@ def scan(
     for column in ("dicom_path", *paths, "problem", *rt):
         table[column] = table[column].astype(object).where(table[column].notna(), None)
     table.attrs = {"root": root, "layout": layout.to_dict(), "labels": labels, "problems": problems}
+    if not fs.local:
+        table.attrs["fs"] = fs  # for plan_chunks: the records read through it
     logger.info("scanned %s: %d records, %d problems", root, len(table), len(problems))
     return table

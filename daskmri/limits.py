@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from .errors import RecordError
+from .filesystem import LOCAL, FileSystem, TooLarge
 
 __all__ = ["DEFAULT_LIMITS", "Limits", "read_bounded"]
 
@@ -46,12 +46,18 @@ DEFAULT_LIMITS = Limits()
 
 
 def read_bounded(
-    path: str, limits: Limits, *, error: type[RecordError], name: str, expected: str
+    path: str,
+    limits: Limits,
+    *,
+    error: type[RecordError],
+    name: str,
+    expected: str,
+    fs: FileSystem = LOCAL,
 ) -> bytes:
-    """The bytes of ``path``, refused (``error``) before reading when the file is
-    larger than ``limits.max_file_bytes``, or missing, a directory or unreadable.
-    ``name`` is what the messages call the file (``"DICOM file"``), ``expected``
-    what a directory was expected to be (``"a DICOM file"``).
+    """The bytes of ``path`` on ``fs``, refused (``error``) before reading when the
+    file is larger than ``limits.max_file_bytes``, or missing, a directory or
+    unreadable. ``name`` is what the messages call the file (``"DICOM file"``),
+    ``expected`` what a directory was expected to be (``"a DICOM file"``).
 
     Examples
     --------
@@ -61,14 +67,12 @@ def read_bounded(
     daskmri.errors.RecordError: /no/such: file does not exist
     """
     try:
-        size = os.stat(path).st_size
-        if size > limits.max_file_bytes:
-            raise error(
-                path, f"{name} is {size} bytes, over Limits.max_file_bytes={limits.max_file_bytes}"
-            )
-        with open(path, "rb") as fh:
-            # Sized by the stat above: read(n) would allocate n bytes up front.
-            return fh.read(size + 1)
+        return fs.read(path, limits.max_file_bytes)
+    except TooLarge as exc:
+        size = "" if exc.size is None else f"{exc.size} bytes, "
+        raise error(
+            path, f"{name} is {size}over Limits.max_file_bytes={limits.max_file_bytes}"
+        ) from None
     except IsADirectoryError:
         raise error(path, f"is a directory, expected {expected}") from None
     except FileNotFoundError:

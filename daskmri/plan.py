@@ -27,6 +27,7 @@ import numpy as np
 
 from .dicom import read_dicom_geometry
 from .errors import DaskmriError, RecordError
+from .filesystem import LOCAL, FileSystem
 from .fit import place
 from .layout import Layout, iter_records
 from .limits import Limits
@@ -77,7 +78,8 @@ def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64) -> ChunkPlan:
     """Split a :func:`daskmri.scan` table into chunks of ``chunk_size`` records.
 
     Records the scan already found broken (``problem`` set) and the scan's own
-    problems go to ``dropped`` and are never parsed.
+    problems go to ``dropped`` and are never parsed. The records read their files
+    through the filesystem the scan listed (``table.attrs["fs"]``; local without it).
 
     Examples
     --------
@@ -91,16 +93,20 @@ def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64) -> ChunkPlan:
     check_chunk_size(chunk_size)
     dropped: list[dict] = [dict(p) for p in table.attrs.get("problems", [])]
     kinds = Layout.from_dict(table.attrs["layout"]).kinds if "layout" in table.attrs else None
-    rows = (plan_row(row._asdict(), dropped, kinds) for row in table.itertuples(index=False))
+    fs = table.attrs.get("fs", LOCAL)
+    rows = (plan_row(row._asdict(), dropped, kinds, fs) for row in table.itertuples(index=False))
     records = [record for record in rows if record is not None]
     chunks = tuple(tuple(records[i : i + chunk_size]) for i in range(0, len(records), chunk_size))
     return ChunkPlan(chunks=chunks, dropped=tuple(dropped))
 
 
-def plan_row(row: dict, dropped: list[dict], kinds: Sequence[str] | None = None) -> Record | None:
+def plan_row(
+    row: dict, dropped: list[dict], kinds: Sequence[str] | None = None, fs: FileSystem = LOCAL
+) -> Record | None:
     """A scan row as a record to parse, or, when the scan found it unbuildable, None
     and a :func:`daskmri.dropped` row appended to ``dropped``. ``kinds`` are the
-    layout's contour kinds (default: those of the row's ``<kind>_path`` keys)."""
+    layout's contour kinds (default: those of the row's ``<kind>_path`` keys), ``fs``
+    where its files are."""
     if kinds is None:
         kinds = [
             key[: -len("_path")] for key in row if key.endswith("_path") and key != "dicom_path"
@@ -125,15 +131,18 @@ def plan_row(row: dict, dropped: list[dict], kinds: Sequence[str] | None = None)
         row["dicom_path"],
         contours,
         row.get("rtstruct"),
+        fs,
     )
 
 
 def iter_plan(source: Source, *, problems: list[dict]) -> Iterator[Record]:
     """The records to parse, in scan order, one at a time. Everything the scan found
     unbuildable goes to ``problems`` as :func:`daskmri.dropped` rows."""
-    rows = iter_records(source.root, layout=source.layout, labels=source.labels, problems=problems)
+    rows = iter_records(
+        source.root, layout=source.layout, labels=source.labels, problems=problems, fs=source.fs
+    )
     for row in rows:
-        record = plan_row(row, problems, source.layout.kinds)
+        record = plan_row(row, problems, source.layout.kinds, source.fs)
         if record is not None:
             yield record
 
@@ -156,7 +165,7 @@ def infer_shape(
     errors = []
     for record in itertools.islice(records, tries):
         try:
-            rows, columns, own = read_dicom_geometry(record.dicom_path, limits=limits)
+            rows, columns, own = read_dicom_geometry(record.dicom_path, limits=limits, fs=record.fs)
         except RecordError as exc:
             errors.append(str(exc))
             continue
@@ -187,15 +196,13 @@ def _relative(path: str, root: str) -> str:
     return path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)
 
 
-def file_stat(path: str | None, root: str) -> str:
-    """A file's path relative to ``root``, size and modification time, as text."""
+def file_stat(path: str | None, root: str, fs: FileSystem = LOCAL) -> str:
+    """A file's path relative to ``root``, and what identifies its version on ``fs``
+    (size and modification time; on a store, size and ETag), as text."""
     if path is None:
         return "-"
-    try:
-        st = os.stat(path)
-    except OSError:
-        return f"{_relative(path, root)}:missing"
-    return f"{_relative(path, root)}:{st.st_size}:{st.st_mtime_ns}"
+    version = fs.stat(path)
+    return f"{_relative(path, root)}:{'missing' if version is None else version}"
 
 
 def _hash64(text: str) -> int:
@@ -227,8 +234,9 @@ def record_fingerprint(record: Record, root: str) -> int:
     >>> record_fingerprint(record, str(root)) != before
     True
     """
+    fs = record.fs
     files = "|".join(
-        file_stat(path, root)
+        file_stat(path, root, fs)
         for path in (record.dicom_path, *(path for _, path in record.contours))
     )
     ids = f"{record.patient_id}\0{record.original_id}\0{record.instance}"
@@ -240,7 +248,7 @@ def record_fingerprint(record: Record, root: str) -> int:
         picks = record.rtstruct.picks
         used = sorted({path for _, found in picks for path, _ in found})
         chosen = [(kind, [(_relative(p, root), i) for p, i in found]) for kind, found in picks]
-        files += "|rt|" + "|".join(file_stat(path, root) for path in used) + repr(chosen)
+        files += "|rt|" + "|".join(file_stat(path, root, fs) for path in used) + repr(chosen)
     return _hash64(f"{ids}\0{files}")
 
 
@@ -323,7 +331,7 @@ def plan_inputs(
         fingerprint=digest.hexdigest(
             settings={"layout": source.layout.fingerprint_dict(), "labels": source.labels},
             problems=problems,
-            link_stat=file_stat(os.path.join(root, source.layout.link_file), root),
+            link_stat=file_stat(os.path.join(root, source.layout.link_file), root, source.fs),
         ),
         scan_dropped=tuple(problems),
         names=tuple(found) if names else None,

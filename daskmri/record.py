@@ -6,12 +6,13 @@ Imported by worker processes, so it needs numpy only (pandas inside a function).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import RecordError
+from .filesystem import LOCAL, FileSystem
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -99,6 +100,9 @@ class Record:
     dicom_path: str | None
     contours: tuple[tuple[str, str | None], ...] = ()
     rtstruct: RTSlice | None = None
+    #: Where the paths are: the local disk, or the store of a dataset at a URL (a
+    #: reader reads through it: ``record.fs.read(path, max_bytes)``).
+    fs: FileSystem = field(default=LOCAL, repr=False, compare=False)
 
     @property
     def key(self) -> tuple[str, int]:

@@ -32,6 +32,7 @@ import numpy as np
 from .contours import check_points, polygon_mask
 from .dicom import PLANE_TAGS, read_text_tags
 from .errors import DicomError, RTStructError
+from .filesystem import LOCAL, FileSystem
 from .limits import DEFAULT_LIMITS, Limits, read_bounded
 
 __all__ = [
@@ -159,7 +160,9 @@ def _floats(values: dict[str, str], name: str, count: int, path: str) -> tuple[f
     return numbers
 
 
-def read_plane(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) -> Plane:
+def read_plane(
+    path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS, fs: FileSystem = LOCAL
+) -> Plane:
     """The :class:`Plane` of a DICOM slice, from its header (no pixels are read).
 
     Raises
@@ -179,17 +182,22 @@ def read_plane(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS)
     try:
         # The header walk reads the six tags in a tenth of pydicom's time; pydicom
         # reads what the walk leaves to it (compressed, big endian, odd elements).
-        found = read_text_tags(path, PLANE_TAGS, limits=limits)
+        found = read_text_tags(path, PLANE_TAGS, limits=limits, fs=fs)
     except DicomError as exc:
         raise RTStructError(path, f"cannot read the slice header ({exc.reason})") from None
-    values = _pydicom_plane_tags(path) if found is None else found
+    if found is None:
+        # pydicom reads a local file itself, and a store's object from its bytes.
+        source = path if fs.local else io.BytesIO(fs.read(path, limits.max_file_bytes))
+        values = _pydicom_plane_tags(path, source)
+    else:
+        values = found
     uid = values.get("SOPInstanceUID", "")
     if not uid:
         raise RTStructError(path, "no SOPInstanceUID, so no contour can reference the slice")
     return _plane_of(path, uid, values)
 
 
-def _pydicom_plane_tags(path: str) -> dict[str, str]:
+def _pydicom_plane_tags(path: str, source) -> dict[str, str]:
     """:data:`~daskmri.dicom.PLANE_TAGS` read by pydicom, as text like the walk's."""
     import pydicom
     from pydicom.multival import MultiValue
@@ -197,7 +205,7 @@ def _pydicom_plane_tags(path: str) -> dict[str, str]:
     names = list(PLANE_TAGS.values())
     try:
         with _quiet():
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=names)
+            ds = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=names)
             return {
                 name: "\\".join(map(str, value)) if isinstance(value, MultiValue) else str(value)
                 for name in names
@@ -251,7 +259,7 @@ class StructureSet:
 
 
 def read_structure_set(
-    path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS
+    path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS, fs: FileSystem = LOCAL
 ) -> StructureSet:
     """Read an RTSTRUCT file's contours.
 
@@ -288,8 +296,12 @@ def read_structure_set(
     """
     path = os.fspath(path)
     raw = read_bounded(
-        path, limits, error=RTStructError, name="RTSTRUCT file", expected="an RTSTRUCT file"
+        path, limits, error=RTStructError, name="RTSTRUCT file", expected="an RTSTRUCT file", fs=fs
     )
+    return _from_bytes(path, raw, limits)
+
+
+def _from_bytes(path: str, raw: bytes, limits: Limits) -> StructureSet:
     try:
         with _quiet():
             structure = _structure_set(path, _parse(path, raw), limits)
@@ -566,7 +578,15 @@ def _cached(path: str, size: int, mtime_ns: int, limits: Limits) -> StructureSet
     return read_structure_set(path, limits=limits)
 
 
-def cached_structure_set(path: str, *, limits: Limits = DEFAULT_LIMITS) -> StructureSet:
+@functools.lru_cache(maxsize=8)
+def _cached_bytes(path: str, raw: bytes, limits: Limits) -> StructureSet:
+    # A store's object, keyed by its bytes (fetched with the chunk's other files).
+    return _from_bytes(path, raw, limits)
+
+
+def cached_structure_set(
+    path: str, *, limits: Limits = DEFAULT_LIMITS, fs: FileSystem = LOCAL
+) -> StructureSet:
     """:func:`read_structure_set`, read once per process for all the slices it covers.
 
     Raises
@@ -581,6 +601,10 @@ def cached_structure_set(path: str, *, limits: Limits = DEFAULT_LIMITS) -> Struc
     ...
     daskmri.errors.RTStructError: /no/such/rt.dcm: cannot read the RTSTRUCT file (No such ...)
     """
+    if not fs.local:
+        name, expected = "RTSTRUCT file", "an RTSTRUCT file"
+        raw = read_bounded(path, limits, error=RTStructError, name=name, expected=expected, fs=fs)
+        return _cached_bytes(path, raw, limits)
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -596,6 +620,7 @@ def structure_mask(
     to_frame=None,
     frame: tuple[int, int] | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    fs: FileSystem = LOCAL,
 ) -> np.ndarray:
     """The mask of a slice's contours ``picks`` (``(path, index)`` pairs): even-odd
     within each ROI, united across ROIs.
@@ -614,6 +639,8 @@ def structure_mask(
         The mask's shape; default ``shape``.
     limits : Limits
         Bounds for reading the files.
+    fs : FileSystem
+        Where the files are (local by default).
 
     Returns
     -------
@@ -638,7 +665,7 @@ def structure_mask(
     frame = shape if frame is None else frame
     rings: dict[tuple[str, int], np.ndarray] = {}
     for path, index in picks:
-        structure = cached_structure_set(path, limits=limits)
+        structure = cached_structure_set(path, limits=limits, fs=fs)
         contour = next((c for c in structure.contours if c.index == index), None)
         if contour is None:
             raise RTStructError(path, f"contour {index} is gone; the file changed since the scan")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -72,7 +71,7 @@ def provenance(source: Source, parsing: Parsing) -> dict:
         fitted["spacing"] = list(parsing.spacing)
     return {
         "title": "MRI slices and contour masks",
-        "source": os.path.abspath(source.root),
+        "source": source.root,  # already absolute, or a URL
         "layout": json.dumps(source.layout.to_dict()),
         "labels": source.labels,
         "kinds": json.dumps(list(source.layout.kinds)),

@@ -14,11 +14,12 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .filesystem import LOCAL, FileSystem, split_root
 from .fit import FITS
 from .layout import SUNNYBROOK, Layout
 from .limits import DEFAULT_LIMITS, Limits
@@ -49,6 +50,8 @@ class Source:
     root: str
     layout: Layout = SUNNYBROOK
     labels: str = "any"
+    #: Where the root is: the local disk, or the store of a root at a URL.
+    fs: FileSystem = field(default=LOCAL, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.layout, Layout):
@@ -57,10 +60,17 @@ class Source:
 
     @classmethod
     def of(
-        cls, root: str | os.PathLike[str], layout: Layout | None = None, labels: str = "any"
+        cls,
+        root: str | os.PathLike[str],
+        layout: Layout | None = None,
+        labels: str = "any",
+        options: dict | None = None,
     ) -> Source:
+        """The source at ``root``: a local folder, or an fsspec URL whose filesystem
+        takes ``options`` (``source_options=``)."""
         layout = SUNNYBROOK if layout is None else layout
-        return cls(os.path.abspath(os.fspath(root)), layout, labels)
+        fs, root = split_root(root, options)
+        return cls(root, layout, labels, fs)
 
 
 def check_chunk_size(chunk_size: int) -> None:

@@ -56,13 +56,15 @@ class S3Server:
 
         return s3fs.S3FileSystem(**self.options(), skip_instance_cache=True)
 
-    def upload(self, folder: Path, prefix: str) -> str:
-        """Copy ``folder`` (links followed) to ``s3://bucket/prefix``; returns the URL."""
+    def upload(self, folder: Path, prefix: str, batch: int = 256) -> str:
+        """Copy ``folder`` (links followed) to ``s3://bucket/prefix``, ``batch`` files
+        at a time concurrently; returns the URL."""
         fs = self.filesystem()
-        for path in sorted(Path(folder).rglob("*")):
-            if path.is_file():
-                key = f"{self.bucket}/{prefix}/{path.relative_to(folder).as_posix()}"
-                fs.pipe_file(key, path.read_bytes())
+        files = [path for path in sorted(Path(folder).rglob("*")) if path.is_file()]
+        base = f"{self.bucket}/{prefix}"
+        for start in range(0, len(files), batch):
+            chunk = files[start : start + batch]
+            fs.pipe({f"{base}/{p.relative_to(folder).as_posix()}": p.read_bytes() for p in chunk})
         return f"s3://{self.bucket}/{prefix}"
 
 

@@ -5,7 +5,6 @@ isolation, the results (pixels or markers) staying on the workers."""
 from __future__ import annotations
 
 import contextlib
-import os
 import select
 import socket
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 import dask
 
 from ..errors import DaskmriError
+from ..filesystem import LOCAL, FileSystem
 from ..settings import Compute
 from ._killers import find_killers
 from ._tasks import chunk_tasks
@@ -180,13 +180,17 @@ def connect(client: Any = None, *, security: Any = None) -> Iterator[Any]:
             resolved.close()
 
 
-def _worker_facts(root: str | None) -> dict:
+def _worker_facts(root: str | None, fs: FileSystem = LOCAL) -> dict:
     from .. import __version__
 
-    return {"version": __version__, "sees_root": root is None or os.path.isdir(root)}
+    try:
+        sees = root is None or fs.is_folder(root)
+    except OSError:  # a store that refuses this worker (its credentials, its endpoint)
+        sees = False
+    return {"version": __version__, "sees_root": sees}
 
 
-def check_workers(client, root: str | None = None) -> None:
+def check_workers(client, root: str | None = None, fs: FileSystem = LOCAL) -> None:
     """Fail in one line, before any work, when the cluster's workers cannot import
     daskmri or cannot see the data folder (rather than with a deep traceback from
     the first task, or a hang).
@@ -196,7 +200,7 @@ def check_workers(client, root: str | None = None) -> None:
     DaskmriError
         Naming the workers and the fix.
     """
-    facts = client.run(_worker_facts, root, on_error="return")
+    facts = client.run(_worker_facts, root, fs, on_error="return")
     broken = {w: f for w, f in facts.items() if isinstance(f, BaseException)}
     if broken:
         worker, error = next(iter(broken.items()))
@@ -206,6 +210,12 @@ def check_workers(client, root: str | None = None) -> None:
             f"{reason}); install the same environment as the client on every worker"
         )
     blind = [w for w, f in facts.items() if not f["sees_root"]]
+    if blind and not fs.local:
+        raise DaskmriError(
+            f"{len(blind)} of {len(facts)} workers cannot list the dataset at {root} (e.g. "
+            f"{blind[0]}); give every worker the client's credentials and endpoint "
+            "(source_options=, or the same environment variables)"
+        )
     if blind:
         raise DaskmriError(
             f"{len(blind)} of {len(facts)} workers cannot see the data folder {root} "
@@ -249,9 +259,11 @@ def wait_on_cluster(client, futures, *, no_workers_timeout: float = NO_WORKERS_T
             )
 
 
-def client_for(compute: Compute, root: str, *, keep: bool) -> contextlib.AbstractContextManager:
+def client_for(
+    compute: Compute, root: str, *, keep: bool, fs: FileSystem = LOCAL
+) -> contextlib.AbstractContextManager:
     """The client for ``compute`` (None for a local scheduler), its workers checked
-    against ``root``, as a context manager. With ``keep`` the client stays open (a
+    against ``root`` on ``fs``, as a context manager. With ``keep`` the client stays open (a
     dataset whose pixels live on the cluster needs it); otherwise a client made here
     from an address is closed on exit. The cluster comes first: an address that is
     wrong fails before a long scan."""
@@ -260,16 +272,18 @@ def client_for(compute: Compute, root: str, *, keep: bool) -> contextlib.Abstrac
     if keep:
         client = resolve_client(compute.client, security=compute.security)
         if client is not None:
-            check_workers(client, root)
+            check_workers(client, root, fs)
         return contextlib.nullcontext(client)
-    return _checked(connect(compute.client, security=compute.security), root)
+    return _checked(connect(compute.client, security=compute.security), root, fs)
 
 
 @contextlib.contextmanager
-def _checked(connection: contextlib.AbstractContextManager, root: str) -> Iterator[Any]:
+def _checked(
+    connection: contextlib.AbstractContextManager, root: str, fs: FileSystem
+) -> Iterator[Any]:
     with connection as client:
         if client is not None:
-            check_workers(client, root)
+            check_workers(client, root, fs)
         yield client
 
 

@@ -119,6 +119,7 @@ def build(
     compressor: str | None = None,
     storage_options: dict | None = None,
     progress: bool = False,
+    source_options: dict | None = None,
 ) -> BuildReport:
     """Parse a dataset folder into a Zarr store, written by the workers chunk by chunk.
 
@@ -137,7 +138,7 @@ def build(
     Parameters
     ----------
     root : str or os.PathLike
-        Dataset folder.
+        Dataset folder: a local path, or an fsspec URL (``s3://bucket/data``).
     store : str or os.PathLike
         Local path or fsspec URL (``"s3://bucket/ds.zarr"``) of the Zarr store. On
         a cluster, every worker must be able to write there.
@@ -158,9 +159,12 @@ def build(
         For a new store; ``"blosc-lz4"`` by default, chosen by measurement
         (``benchmarks/scale.py``).
     storage_options : dict, optional
-        fsspec options for a URL.
+        fsspec options for a store at a URL (the store's filesystem).
     progress : bool
         Show a progress bar (chunks done) on stderr.
+    source_options : dict, optional
+        fsspec options for a ``root`` at a URL (the dataset's filesystem): see
+        :func:`load_dataset`.
 
     Returns
     -------
@@ -192,7 +196,7 @@ def build(
     started = time.perf_counter()
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    source = Source.of(root, layout, labels)
+    source = Source.of(root, layout, labels, source_options)
     parsing = Parsing(
         chunk_size=chunk_size, limits=limits, shape=shape, reader=reader, fit=fit, spacing=spacing
     )
@@ -208,7 +212,10 @@ def build(
     # A client made here from an address is closed when the build ends: nothing of
     # the result stays on the cluster. Its workers are checked before anything is
     # written.
-    with client_for(compute, source.root, keep=False) as client, spec.reaching("write to"):
+    with (
+        client_for(compute, source.root, keep=False, fs=source.fs) as client,
+        spec.reaching("write to"),
+    ):
         # A key that may read but not write, or workers without the credentials,
         # fail here: one line, naming the fix.
         return _build(job, client)
@@ -340,10 +347,11 @@ def _up_to_date(job: _Job, state: StoreState, inputs: Inputs) -> BuildReport | N
     same_inputs = inputs.fingerprint == attrs.get("input_fingerprint")
     if not same_inputs and job.mode == "resume":
         options = dict(job.spec.storage_options)
-        raise StaleStoreError(
-            f"{check(job.spec.url, inputs.root, storage_options=options)} "
-            "(or mode='overwrite' to rebuild it all)"
+        source_options = dict(job.source.fs.options) or None
+        freshness = check(
+            job.spec.url, inputs.root, storage_options=options, source_options=source_options
         )
+        raise StaleStoreError(f"{freshness} (or mode='overwrite' to rebuild it all)")
     if not (same_inputs and attrs.get("complete")):
         return None
     ok = int((state.status == fmt.OK).sum())

@@ -70,12 +70,15 @@ def check(
     root: str | os.PathLike[str] | None = None,
     *,
     storage_options: dict | None = None,
+    source_options: dict | None = None,
 ) -> Freshness:
     """Compare a store with its dataset folder (by default the folder it was built from).
 
     The folder is scanned again with the store's layout and labels, and every
-    file's size and modification time is compared with the fingerprints kept in
-    the store. No pixel is read.
+    file's size and modification time (on an object store: size and ETag) is
+    compared with the fingerprints kept in the store. No pixel is read.
+    ``storage_options`` are the store's fsspec options, ``source_options`` the
+    dataset folder's, when either is at a URL.
 
     Returns
     -------
@@ -100,7 +103,8 @@ def check(
     attrs = state.attrs
     root = attrs["source"] if root is None else os.fspath(root)
     layout = Layout.from_dict(json.loads(attrs["layout"]))
-    inputs = plan_inputs(Source.of(root, layout, attrs["labels"]), names=True)
+    source = Source.of(root, layout, attrs["labels"], source_options)
+    inputs = plan_inputs(source, names=True)
     current = (state.status != RETIRED) & (state.fingerprint != 0)
     same = np.isin(inputs.fingerprints, state.fingerprint[current])
     known = np.isin(inputs.keys, state.key[current])
@@ -111,7 +115,7 @@ def check(
     removed = tuple((str(state.patient_id[k]), int(state.instance[k])) for k in gone)
     return Freshness(
         store=spec.shown,
-        root=os.fspath(root),
+        root=source.root,
         complete=bool(attrs.get("complete")),
         changed=changed,
         added=added,

@@ -207,6 +207,7 @@ def open_dataset(
     *,
     root: str | os.PathLike[str] | None = None,
     storage_options: dict | None = None,
+    source_options: dict | None = None,
 ) -> xr.Dataset:
     """Open a store made by :func:`daskmri.build` as the daskmri dataset, lazily.
 
@@ -218,7 +219,9 @@ def open_dataset(
         The dataset folder. When given, the store is checked against it and a
         :class:`~daskmri.errors.StaleStoreWarning` says what changed since the build.
     storage_options : dict, optional
-        Passed to fsspec for URLs.
+        Passed to fsspec for a store at a URL.
+    source_options : dict, optional
+        Passed to fsspec for a ``root`` at a URL.
 
     Returns
     -------
@@ -260,7 +263,9 @@ def open_dataset(
         arrays[name] = _lazy(array, blocks[name], keep, token, share)
     ds = opened.dataset(arrays)
     if root is not None:
-        freshness = check(store, root, storage_options=storage_options)
+        freshness = check(
+            store, root, storage_options=storage_options, source_options=source_options
+        )
         if not freshness.fresh:
             warnings.warn(str(freshness), StaleStoreWarning, stacklevel=2)
     return ds

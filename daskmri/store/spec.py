@@ -221,8 +221,8 @@ def claim(spec: StoreSpec, *, root: str | os.PathLike[str] | None = None) -> str
     """
     if root is not None:
         fs, path = spec.filesystem()
-        if getattr(fs, "local_file", False):  # a path, file://, local://, ...
-            refuse_inside_dataset(path, root, what="the store path")
+        local = getattr(fs, "local_file", False)  # a path, file://, local://, ...
+        refuse_inside_dataset(path if local else spec.url, root, what="the store path")
     there = what_is_there(spec)
     if there == "absent" and spec.bucket_missing():
         raise StoreError(
@@ -258,7 +258,14 @@ def refuse_inside_dataset(
     StoreError
         Saying which, and to write outside the dataset folder.
     """
-    path, root = os.path.realpath(os.fspath(path)), os.path.realpath(os.fspath(root))
+    path, root = os.fspath(path), os.fspath(root)
+    if ("://" in path) != ("://" in root):
+        return  # one on this disk, the other at a URL
+    if "://" in path:
+        # Object stores have no links: the URLs say it all (a trailing / aside).
+        path, root = path.rstrip("/"), root.rstrip("/")
+    else:
+        path, root = os.path.realpath(path), os.path.realpath(root)
     if path == root or _inside(root, path):
         raise StoreError(
             f"{what} {path!r} is (or holds) the dataset folder {root!r}; writing "
