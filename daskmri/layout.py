@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import LayoutError
+from .errors import LayoutError, redact
 from .filesystem import LOCAL, FileSystem, TooLarge, split_root
 from .fit import GEOMETRY
 from .record import RTSlice
@@ -587,7 +587,7 @@ def _is_folder(fs: FileSystem, root: str) -> bool:
     try:
         return fs.is_folder(root)
     except OSError as exc:  # a store that refuses: credentials, endpoint, bucket
-        reason = " ".join(str(exc).split()) or type(exc).__name__
+        reason = redact(" ".join(str(exc).split()) or type(exc).__name__, dict(fs.options))
         raise LayoutError(
             f"cannot list the dataset root {root!r}: {reason}; check the credentials "
             "(source_options=, or the environment: AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...) "
