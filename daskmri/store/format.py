@@ -4,19 +4,20 @@ one (:func:`create`), growing it (:func:`resize`), naming its slots
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Sequence
 
 import numpy as np
-import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.core.sync import sync
 
 from ..errors import StoreError
 from ..fit import GEOMETRY
 from ..plan import record_key
 from ..record import Record
-from .spec import StoreSpec, made_by_daskmri, what_is_there
+from .spec import StoreSpec, at_once, made_by_daskmri, what_is_there
 
 __all__ = ["COMPRESSORS", "DEFAULT_COMPRESSOR", "FORMAT", "create", "read_attrs", "remove"]
 
@@ -109,84 +110,105 @@ def create(
     """Make an empty store (no slots yet) with ``complete`` false; slots are added
     by :func:`resize` and :func:`write_slots`. The contour kinds are those of
     ``attrs["kinds"]``."""
-    compressors = codecs(compressor)
     # Never mode="w": zarr would empty the folder first. The attributes go in the
     # group's first metadata: a build killed from here on finds a daskmri store that
     # is not `planned` yet, and starts again.
-    group = zarr.create_group(
-        spec.url,
-        overwrite=False,
-        zarr_format=3,
-        attributes=attrs | {"complete": False, "planned": False, "format": FORMAT},
-        **spec.options(),
-    )
+    import zarr.api.asynchronous as za
+
+    arrays = _arrays(chunk_size, shape, compressor, kinds_in(attrs))
+
+    async def every() -> None:
+        group = await za.create_group(
+            store=spec.url,
+            overwrite=False,
+            zarr_format=3,
+            attributes=attrs | {"complete": False, "planned": False, "format": FORMAT},
+            **spec.options(),
+        )
+        # All at once: on an object store each array's creation is a few round trips.
+        await asyncio.gather(*(group.create_array(**a) for a in arrays))
+
+    sync(every())
+
+
+def _arrays(chunk_size: int, shape: tuple[int, int], compressor: str, kinds) -> list[dict]:
+    """The arguments of every array of a new store."""
     rows, columns = max(1, shape[0]), max(1, shape[1])
-    kinds = kinds_in(attrs)
-    for name, dtype, fill in (
-        ("image", "float32", 0.0),
-        *((kind, "bool", False) for kind in kinds),
-    ):
-        group.create_array(
-            name,
+    pixels = [("image", "float32", 0.0), *((kind, "bool", False) for kind in kinds)]
+    arrays = [
+        dict(
+            name=name,
             shape=(0, *shape),
             chunks=(chunk_size, rows, columns),
             dtype=dtype,
             fill_value=fill,
             dimension_names=("record", "y", "x"),
-            **compressors,
+            **codecs(compressor),
         )
-    for name, dtype, fill in per_slot(kinds):
-        group.create_array(
-            name,
-            shape=(0,),
-            chunks=(TABLE_CHUNK,),
-            dtype=dtype,
-            fill_value=fill,
-            dimension_names=("record",),
-        )
+        for name, dtype, fill in pixels
+    ]
+    arrays += [
+        dict(name=name, shape=(0,), chunks=(TABLE_CHUNK,), dtype=dtype, fill_value=fill)
+        | {"dimension_names": ("record",)}
+        for name, dtype, fill in per_slot(kinds)
+    ]
     # Written by the chunk tasks, so chunked as the pixels: no two tasks ever write the
     # same object. One row of daskmri.fit.GEOMETRY values per slot.
-    group.create_array(
-        "geometry",
-        shape=(0, len(GEOMETRY)),
-        chunks=(chunk_size, len(GEOMETRY)),
-        dtype="float64",
-        fill_value=0.0,
-        dimension_names=("record", "geometry"),
+    geometry = (chunk_size, len(GEOMETRY))
+    arrays.append(
+        dict(name="geometry", shape=(0, len(GEOMETRY)), chunks=geometry, dtype="float64")
+        | {"fill_value": 0.0, "dimension_names": ("record", "geometry")}
     )
     # One object per chunk: each task writes its own marker, so no two tasks ever
     # write the same object.
-    group.create_array(
-        "done", shape=(0,), chunks=(1,), dtype=str, fill_value="", dimension_names=("chunk",)
+    arrays.append(
+        dict(name="done", shape=(0,), chunks=(1,), dtype=str, fill_value="")
+        | {"dimension_names": ("chunk",)}
     )
+    return arrays
 
 
 def resize(spec: StoreSpec, n_slots: int) -> None:
-    """Grow (or shrink) every per-slot array to ``n_slots`` slots."""
-    group = spec.group("r+")
-    chunk_size = int(group.attrs["chunk_size"])
-    kinds = kinds_in(dict(group.attrs))
-    for name in pixel_names(kinds):
-        array = group[name]
-        array.resize((n_slots, *array.shape[1:]))
-    for name, _, _ in per_slot(kinds):
-        group[name].resize((n_slots,))
-    group["geometry"].resize((n_slots, len(GEOMETRY)))
-    group["done"].resize((-(-n_slots // chunk_size),))
+    """Grow (or shrink) every per-slot array to ``n_slots`` slots, all at once."""
+    attrs = dict(spec.group("r").attrs)
+    chunk_size = int(attrs["chunk_size"])
+    kinds = kinds_in(attrs)
+    rows = {name: n_slots for name in (*pixel_names(kinds), "geometry")}
+    rows |= {name: n_slots for name, _, _ in per_slot(kinds)}
+    rows["done"] = -(-n_slots // chunk_size)
+    at_once(spec, {name: _resizer(n) for name, n in rows.items()})
+
+
+def _resizer(n: int):
+    async def resize(array) -> None:
+        await array.resize((n, *array.shape[1:]))
+
+    return resize
 
 
 def write_slots(
     spec: StoreSpec, start: int, records: Sequence[Record], fingerprints: Sequence[int]
 ) -> None:
-    """Write planned records' identities into slots ``start ..`` (client side)."""
+    """Write planned records' identities into slots ``start ..`` (client side), the
+    five arrays at once."""
     stop = start + len(records)
     if stop == start:
         return
-    spec.array("patient_id")[start:stop] = np.array([r.patient_id for r in records], dtype=object)
-    spec.array("original_id")[start:stop] = np.array([r.original_id for r in records], dtype=object)
-    spec.array("instance")[start:stop] = np.array([r.instance for r in records], dtype=np.int64)
-    spec.array("key")[start:stop] = np.array([record_key(*r.key) for r in records], np.uint64)
-    spec.array("fingerprint")[start:stop] = np.asarray(fingerprints, dtype=np.uint64)
+    values = {
+        "patient_id": np.array([r.patient_id for r in records], dtype=object),
+        "original_id": np.array([r.original_id for r in records], dtype=object),
+        "instance": np.array([r.instance for r in records], dtype=np.int64),
+        "key": np.array([record_key(*r.key) for r in records], np.uint64),
+        "fingerprint": np.asarray(fingerprints, dtype=np.uint64),
+    }
+    at_once(spec, {name: _writer(slice(start, stop), v) for name, v in values.items()})
+
+
+def _writer(region: slice, values: np.ndarray):
+    async def write(array) -> None:
+        await array.setitem(region, values)
+
+    return write
 
 
 def read_attrs(spec: StoreSpec) -> dict:
@@ -221,8 +243,12 @@ def remove(spec: StoreSpec) -> None:
         group = spec.group("r+")
         group.attrs.update({"complete": False, "planned": False})
         kinds = kinds_in(dict(group.attrs))
-    for name in entries(kinds):
-        entry = f"{path.rstrip('/')}/{name}"
-        if fs.isfile(f"{entry}/zarr.json"):
-            fs.rm(entry, recursive=True)
-    fs.rm(f"{path.rstrip('/')}/zarr.json")
+    base = path.rstrip("/")
+    names = entries(kinds)
+    # Which arrays are there: their metadata read together (a byte of each), not one
+    # request after another; then removed together.
+    found = fs.cat_ranges([f"{base}/{name}/zarr.json" for name in names], 0, 1, on_error="return")
+    ours = [f"{base}/{n}" for n, got in zip(names, found, strict=True) if isinstance(got, bytes)]
+    if ours:
+        fs.rm(ours, recursive=True)
+    fs.rm(f"{base}/zarr.json")

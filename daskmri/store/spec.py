@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,14 @@ import zarr
 
 from ..errors import StoreError, redact
 
-__all__ = ["StoreSpec", "claim", "made_by_daskmri", "refuse_inside_dataset", "what_is_there"]
+__all__ = [
+    "StoreSpec",
+    "at_once",
+    "claim",
+    "made_by_daskmri",
+    "refuse_inside_dataset",
+    "what_is_there",
+]
 
 
 #: The fix for a store that cannot be reached, said in every such error.
@@ -159,6 +166,39 @@ class StoreSpec:
                 f"cannot open the store {self.shown!r}: {reason}; check the URL, and install "
                 "the fsspec backend for its protocol (s3fs for s3://, gcsfs for gs://, ...)"
             ) from None
+
+
+def at_once(
+    spec: StoreSpec, work: dict[str, Callable[[Any], Awaitable[Any]]], *, mode: str = "r+"
+) -> dict[str, Any]:
+    """Open the arrays named in ``work`` concurrently (zarr's async API) and await
+    ``work[name](array)`` on each, all together; returns the results by name. On an
+    object store each open and each read or write is a round trip: one after another,
+    the client's metadata work of a build cost hundreds of them.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> spec = StoreSpec.of(tempfile.mkdtemp() + "/s.zarr")
+    >>> _ = zarr.create_array(spec.url, shape=(3,), dtype="int8", fill_value=7)
+    >>> at_once(spec, {"": lambda a: a.getitem(slice(None))})[""].tolist()
+    [7, 7, 7]
+    """
+    import asyncio
+
+    import zarr.api.asynchronous as za
+    from zarr.core.sync import sync
+
+    async def one(name: str):
+        opened = await za.open_array(
+            store=spec.url, path=name, mode=mode, zarr_format=3, **spec.options()
+        )
+        return await work[name](opened)
+
+    async def every():
+        return await asyncio.gather(*(one(name) for name in work))
+
+    return dict(zip(work, sync(every()), strict=True))
 
 
 def what_is_there(spec: StoreSpec) -> str:

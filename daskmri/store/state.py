@@ -21,7 +21,7 @@ from .format import (
     read_attrs,
     resize,
 )
-from .spec import StoreSpec
+from .spec import StoreSpec, at_once
 
 __all__ = ["Reconciled", "StoreState", "dropped_rows", "read_state", "reconcile", "repair"]
 
@@ -74,8 +74,12 @@ def read_state(spec: StoreSpec, *, markers: bool = True, names: bool = False) ->
     stays at a few bytes per slot."""
     attrs = read_attrs(spec)
     group = spec.group("r")
-    status = np.asarray(group["status"][:], dtype=np.int8)
-    has = {kind: np.asarray(group[f"has_{kind}"][:], dtype=bool) for kind in kinds_in(attrs)}
+    kinds = kinds_in(attrs)
+    wanted = ["status", "key", "fingerprint", *(f"has_{kind}" for kind in kinds)]
+    wanted += ["patient_id", "original_id", "instance"] if names else []
+    tables = at_once(spec, {name: _whole for name in wanted}, mode="r")
+    status = np.asarray(tables["status"], dtype=np.int8)
+    has = {kind: np.asarray(tables[f"has_{kind}"], dtype=bool) for kind in kinds}
     chunk_size = int(attrs["chunk_size"])
     done = np.zeros(-(-len(status) // chunk_size), dtype=bool)
     dropped: dict[int, list[dict]] = {}
@@ -93,20 +97,24 @@ def read_state(spec: StoreSpec, *, markers: bool = True, names: bool = False) ->
     extra = {}
     if names:
         extra = {
-            "patient_id": np.asarray(group["patient_id"][:], dtype=object),
-            "original_id": np.asarray(group["original_id"][:], dtype=object),
-            "instance": np.asarray(group["instance"][:], dtype=np.int64),
+            "patient_id": np.asarray(tables["patient_id"], dtype=object),
+            "original_id": np.asarray(tables["original_id"], dtype=object),
+            "instance": np.asarray(tables["instance"], dtype=np.int64),
         }
     return StoreState(
         attrs=attrs,
-        key=np.asarray(group["key"][:], dtype=np.uint64),
-        fingerprint=np.asarray(group["fingerprint"][:], dtype=np.uint64),
+        key=np.asarray(tables["key"], dtype=np.uint64),
+        fingerprint=np.asarray(tables["fingerprint"], dtype=np.uint64),
         status=status,
         has=has,
         done=done,
         dropped=dropped,
         **extra,
     )
+
+
+async def _whole(array):
+    return await array.getitem(slice(None))
 
 
 def _fold(marker: dict, start: int, status: np.ndarray, has: dict[str, np.ndarray]) -> None:
