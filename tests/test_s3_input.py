@@ -198,3 +198,21 @@ def test_the_command_line_scans_and_builds_from_a_url_with_the_environments_key(
     assert out.returncode == 0, out.stderr
     assert s3.secret not in out.stdout + out.stderr
     assert daskmri.open_dataset(store).sizes["record"] == len(daskmri.scan(synth_root))
+
+
+def test_an_rtstruct_layout_at_a_url_equals_the_local_one(s3, tmp_path_factory):
+    from .test_rtstruct import oblique as make_oblique
+    from .test_rtstruct import oblique_layout
+
+    root, _, _ = make_oblique.__wrapped__(tmp_path_factory)
+    url = s3.upload(root, "oblique")
+    layout = oblique_layout()
+    remote = daskmri.load_dataset(
+        url, layout=layout, chunk_size=2, scheduler="processes", source_options=s3.options()
+    )
+    local = daskmri.load_dataset(root, layout=layout, chunk_size=2, scheduler="processes")
+    assert_records_equal(remote, local)
+    assert remote.sizes["record"] == 3
+    assert [p.replace(url, str(root)) for p in daskmri.dropped(remote)["path"]] == list(
+        daskmri.dropped(local)["path"]
+    )
