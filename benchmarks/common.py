@@ -72,6 +72,16 @@ def bench_root(data: Path, synthetic: int | None, records: int, work: Path) -> t
     return replicate(data, records, work / "real"), f"{data.name} replicated"
 
 
+def bench_dataset(args, prefix: str) -> tuple[Path, Path, str, int]:
+    """A work folder made for this run (removed at exit), the dataset made in it from
+    ``args.data`` / ``args.synthetic`` / ``args.records`` (see :func:`bench_root`), its
+    label and its number of records."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # made here: removed here
+    root, label = bench_root(args.data, args.synthetic, args.records, work)
+    return work, root, label, len(daskmri.scan(root))
+
+
 def _link_tree(src: Path, dst: Path) -> None:
     for path in src.rglob("*"):
         target = dst / path.relative_to(src)

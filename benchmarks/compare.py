@@ -27,15 +27,12 @@ machine information) and ``compare.png`` (with matplotlib) in ``--out``.
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime
 import json
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -45,7 +42,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import bench_root, pyplot, stall  # noqa: E402
+from common import bench_dataset, pyplot, stall  # noqa: E402
 
 RESULTS = HERE / "results"
 STEP = 0.010
@@ -247,13 +244,9 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    import daskmri
     from daskmri.versions import versions
 
-    work = Path(tempfile.mkdtemp(prefix="daskmri-compare-"))
-    atexit.register(shutil.rmtree, work, ignore_errors=True)  # made here: removed here
-    root, label = bench_root(args.data, args.synthetic, args.records, work)
-    n = len(daskmri.scan(root))
+    work, root, label, n = bench_dataset(args, "daskmri-compare-")
     store = work / "ds.zarr"
     print(f"{n} records ({label}) in {root}; {args.repeat} timed runs after a warm-up\n")
 

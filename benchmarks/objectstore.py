@@ -25,14 +25,11 @@ where a cloud store's is 10-100 ms, and its throughput is far lower.
 from __future__ import annotations
 
 import argparse
-import atexit
 import dataclasses
 import datetime
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # tests.s3: the server the tests use
 
-from common import REAL_DATA, bench_root, pyplot  # noqa: E402
+from common import REAL_DATA, bench_dataset, pyplot  # noqa: E402
 
 import daskmri  # noqa: E402
 import daskmri.layout  # noqa: E402
@@ -269,10 +266,7 @@ def main() -> None:
     from daskmri.versions import versions
     from tests.s3 import s3_server
 
-    work = Path(tempfile.mkdtemp(prefix="daskmri-objectstore-"))
-    atexit.register(shutil.rmtree, work, ignore_errors=True)  # made here: removed here
-    root, label = bench_root(args.data, args.synthetic, args.records, work)
-    n = len(daskmri.scan(root))
+    work, root, label, n = bench_dataset(args, "daskmri-objectstore-")
     with s3_server(work) as s3:
         url = s3.upload(root, "data")
         proxy = Latency(s3.endpoint, args.latency_ms / 1000)
