@@ -161,7 +161,7 @@ def _load(source: Source, parsing: Parsing, compute: Compute, client):
         labels=source.labels,
         source_options=dict(source.fs.options) or None,
     )
-    plan = plan_chunks(table, chunk_size=parsing.chunk_size)
+    plan = plan_chunks(table, chunk_size=parsing.chunk_size, fs=source.fs)
     shape = parsing.shape
     if plan.n_records and shape is None:
         records = (r for chunk in plan.chunks for r in chunk)

@@ -45,8 +45,9 @@ SECRET_ENVIRONMENT = (
     "AZURE_STORAGE_CONNECTION_STRING",
     "GOOGLE_OAUTH_ACCESS_TOKEN",
 )
-#: user:password@ in a URL, and the values of query parameters such as X-Amz-Signature=.
-_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@'\"]*@", re.IGNORECASE)
+#: user:password@ in a URL (the password may hold a /; Azure's container@account, with
+#: no colon, is no secret), and the values of query parameters such as X-Amz-Signature=.
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@'\":]*:[^\s@'\"]*@", re.IGNORECASE)
 _QUERY_SECRET = re.compile(
     r"([?&][\w.-]*(?:signature|sig|token|key|secret|credential|password)[\w.-]*=)[^&\s'\"]+",
     re.IGNORECASE,

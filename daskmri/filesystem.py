@@ -12,23 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import LayoutError, MissingExtraError
+from .errors import LayoutError, MissingExtraError, redact
 
 __all__ = ["LOCAL", "FileSystem", "TooLarge", "split_root"]
 
-#: Bytes a prefetch asks for per object: the default ``Limits.max_file_bytes`` and
-#: one more, so that an object over the limit is seen to be over it without being
-#: read whole. (A reader with a larger limit reads such an object again, in full.)
-PREFETCH_BYTES = 256 * 2**20 + 1
-
-#: ``scheme://user:password@`` (the password may hold a /) or ``scheme://token@``: a
-#: URL that carries a secret.
-_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/@]*@|[^@/]*:[^@]*@)")
+#: Bytes a prefetch asks for per object: enough for any slice or contour file (a
+#: 1024x1024 float32 slice is 4 MiB), while a chunk of 64 hostile objects of any size
+#: holds at most 64 times this. A larger object is read again alone, its size checked
+#: against ``Limits.max_file_bytes`` before it is read.
+PREFETCH_BYTES = 8 * 2**20
 
 _BACKENDS = {"s3": "s3fs (pip install 'daskmri[s3]')", "gs": "gcsfs", "gcs": "gcsfs"}
 
@@ -102,12 +98,13 @@ class FileSystem:
             return _read_local(path, max_bytes)
         if self.blobs is not None and path in self.blobs:
             data = self.blobs[path]
-            if isinstance(data, BaseException):
-                raise data
-            if len(data) <= max_bytes:
+            if len(data) < PREFETCH_BYTES:  # the whole object
+                if len(data) > max_bytes:
+                    raise TooLarge(len(data))
                 return data
-            if len(data) < PREFETCH_BYTES or max_bytes < PREFETCH_BYTES:
-                raise TooLarge(len(data) if len(data) < PREFETCH_BYTES else None)
+            if max_bytes < PREFETCH_BYTES:  # over the limit: known without reading it all
+                raise TooLarge(None)
+            # Cut short by the prefetch, and allowed: read below, whole.
         return self._read_remote(path, max_bytes)
 
     def _read_remote(self, path: str, max_bytes: int) -> bytes:
@@ -182,6 +179,7 @@ class FileSystem:
         return FileSystem(self.protocol, self.options, self.blobs, listings)
 
     def is_folder(self, path: str) -> bool:
+        """Whether ``path`` is a folder (on a store: a prefix that holds objects)."""
         if self.local:
             return os.path.isdir(path)
         return bool(self.fsspec().isdir(self.key(path)))
@@ -258,7 +256,7 @@ def split_root(root: str | os.PathLike[str], options: dict | None = None) -> tup
                 f"{text!r} is a local folder, so pass no source_options"
             )
         return LOCAL, os.path.abspath(text)
-    if _USERINFO.match(text):
+    if redact(text) != text:  # user:password@, or ?X-Amz-Signature=... and the like
         # Not echoed: the URL is the secret.
         raise LayoutError(
             "the dataset URL holds credentials; pass them in source_options= "

@@ -586,7 +586,7 @@ def iter_records(
 def _is_folder(fs: FileSystem, root: str) -> bool:
     try:
         return fs.is_folder(root)
-    except OSError as exc:  # a store that refuses: credentials, endpoint, bucket
+    except Exception as exc:  # a store that refuses: credentials, endpoint, bucket
         reason = redact(" ".join(str(exc).split()) or type(exc).__name__, dict(fs.options))
         raise LayoutError(
             f"cannot list the dataset root {root!r}: {reason}; check the credentials "
@@ -812,7 +812,5 @@ def scan(
     for column in ("dicom_path", *paths, "problem", *rt):
         table[column] = table[column].astype(object).where(table[column].notna(), None)
     table.attrs = {"root": root, "layout": layout.to_dict(), "labels": labels, "problems": problems}
-    if not fs.local:
-        table.attrs["fs"] = fs  # for plan_chunks: the records read through it
     logger.info("scanned %s: %d records, %d problems", root, len(table), len(problems))
     return table

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import RecordError
+from .errors import RecordError, redact
 from .filesystem import LOCAL, FileSystem, TooLarge
 
 __all__ = ["DEFAULT_LIMITS", "Limits", "read_bounded"]
@@ -78,4 +78,5 @@ def read_bounded(
     except FileNotFoundError:
         raise error(path, f"{name} does not exist") from None
     except OSError as exc:
-        raise error(path, f"cannot read {name}: {exc.strerror or exc}") from None
+        reason = redact(str(exc.strerror or exc), dict(fs.options))
+        raise error(path, f"cannot read {name}: {reason}") from None

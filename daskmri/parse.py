@@ -416,11 +416,16 @@ def fetched(records: Sequence[Record]) -> Sequence[Record]:
     >>> fetched([r])[0] is r
     True
     """
-    remote = [r for r in records if not r.fs.local]
-    if not remote:
+    groups: dict[int, list[Record]] = {}
+    for record in records:
+        if not record.fs.local:  # records of one scan share one fs object
+            groups.setdefault(id(record.fs), []).append(record)
+    if not groups:
         return records
-    fs = remote[0].fs.prefetch(path for r in remote for path in _files(r))
-    return [r if r.fs.local else dataclasses.replace(r, fs=fs) for r in records]
+    held = {}
+    for key, group in groups.items():
+        held[key] = group[0].fs.prefetch(path for r in group for path in _files(r))
+    return [r if r.fs.local else dataclasses.replace(r, fs=held[id(r.fs)]) for r in records]
 
 
 def _files(record: Record) -> list[str]:

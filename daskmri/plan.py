@@ -74,12 +74,12 @@ class ChunkPlan:
         return [list(enumerate(c, start)) for c, start in zip(self.chunks, starts, strict=False)]
 
 
-def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64) -> ChunkPlan:
+def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64, fs: FileSystem = LOCAL) -> ChunkPlan:
     """Split a :func:`daskmri.scan` table into chunks of ``chunk_size`` records.
 
     Records the scan already found broken (``problem`` set) and the scan's own
     problems go to ``dropped`` and are never parsed. The records read their files
-    through the filesystem the scan listed (``table.attrs["fs"]``; local without it).
+    through ``fs``: the filesystem the scan listed (local by default).
 
     Examples
     --------
@@ -93,7 +93,6 @@ def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64) -> ChunkPlan:
     check_chunk_size(chunk_size)
     dropped: list[dict] = [dict(p) for p in table.attrs.get("problems", [])]
     kinds = Layout.from_dict(table.attrs["layout"]).kinds if "layout" in table.attrs else None
-    fs = table.attrs.get("fs", LOCAL)
     rows = (plan_row(row._asdict(), dropped, kinds, fs) for row in table.itertuples(index=False))
     records = [record for record in rows if record is not None]
     chunks = tuple(tuple(records[i : i + chunk_size]) for i in range(0, len(records), chunk_size))

@@ -51,7 +51,7 @@ class Source:
     layout: Layout = SUNNYBROOK
     labels: str = "any"
     #: Where the root is: the local disk, or the store of a root at a URL.
-    fs: FileSystem = field(default=LOCAL, repr=False)
+    fs: FileSystem = field(default=LOCAL, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.layout, Layout):

@@ -14,6 +14,7 @@ import pytest
 import daskmri
 from daskmri.parse import fetched
 from daskmri.plan import plan_chunks
+from daskmri.settings import Source
 from daskmri.testing import assert_records_equal
 
 from . import hostile
@@ -59,7 +60,8 @@ def test_load_dataset_at_a_url_equals_the_local_one(s3, s3_root, reference, sche
 
 def test_a_chunk_fetches_all_its_files_in_one_call(s3, s3_root):
     table = daskmri.scan(s3_root, source_options=s3.options())
-    records = plan_chunks(table, chunk_size=4).chunks[0]
+    records = plan_chunks(table, chunk_size=4, fs=Source.of(s3_root, options=s3.options()).fs)
+    records = records.chunks[0]
     assert all(r.fs.protocol == "s3" and r.fs.blobs is None for r in records)
     held = fetched(records)
     files = {p for r in records for p in (r.dicom_path, *(c for _, c in r.contours)) if p}
@@ -216,3 +218,31 @@ def test_an_rtstruct_layout_at_a_url_equals_the_local_one(s3, tmp_path_factory):
     assert [p.replace(url, str(root)) for p in daskmri.dropped(remote)["path"]] == list(
         daskmri.dropped(local)["path"]
     )
+
+
+def test_a_prefetched_object_cut_short_is_read_again_whole_or_refused(monkeypatch):
+    import fsspec
+
+    from daskmri import filesystem
+    from daskmri.filesystem import FileSystem, TooLarge
+
+    monkeypatch.setattr(filesystem, "PREFETCH_BYTES", 11)
+    fsspec.filesystem("memory").pipe("/prefetch/big", b"0123456789abcdef")  # 16 bytes
+    fsspec.filesystem("memory").pipe("/prefetch/small", b"0123")
+    held = FileSystem("memory").prefetch(["memory:///prefetch/big", "memory:///prefetch/small"])
+    assert len(held.blobs["memory:///prefetch/big"]) == 11  # cut short
+    assert held.read("memory:///prefetch/big", 100) == b"0123456789abcdef"  # read again
+    with pytest.raises(TooLarge):
+        held.read("memory:///prefetch/big", 10)
+    assert held.read("memory:///prefetch/small", 4) == b"0123"
+    with pytest.raises(TooLarge):
+        held.read("memory:///prefetch/small", 3)
+    fsspec.filesystem("memory").rm("/prefetch", recursive=True)
+
+
+def test_redact_masks_a_password_that_holds_a_slash_and_keeps_azure_containers():
+    assert daskmri.errors.redact("s3://AKIAX:ab/cd+ef@bucket/x") == "s3://***@bucket/x"
+    url = "abfs://container@account.dfs.core.windows.net/data"
+    assert daskmri.errors.redact(url) == url
+    with pytest.raises(daskmri.LayoutError, match="holds credentials"):
+        daskmri.scan("s3://bucket/data?X-Amz-Signature=abcdef")

@@ -97,6 +97,26 @@ class TestStorePaths:
         assert fs.ls("/theirs", detail=False) == ["/theirs/keep.txt"]
         fs.rm("/theirs", recursive=True)
 
+    def test_a_store_path_with_a_wildcard_is_refused_and_its_siblings_untouched(
+        self, synth_root, tmp_path
+    ):
+        # fsspec deletes by glob: an overwrite of "ds[12].zarr" would remove ds1 and ds2.
+        for name in ("ds1.zarr", "ds2.zarr"):
+            daskmri.build(synth_root, tmp_path / name, scheduler="sync")
+        before = snapshot(tmp_path)
+        with pytest.raises(StoreError, match="wildcard"):
+            daskmri.build(synth_root, tmp_path / "ds[12].zarr", mode="overwrite", scheduler="sync")
+        assert snapshot(tmp_path) == before
+
+    def test_a_store_url_inside_a_dataset_url_is_refused(self):
+        from daskmri.store.spec import refuse_inside_dataset
+
+        with pytest.raises(StoreError, match="lies inside the dataset"):
+            refuse_inside_dataset("s3://bucket/data/ds.zarr", "s3://bucket/data")
+        with pytest.raises(StoreError, match="or holds"):
+            refuse_inside_dataset("s3://bucket", "s3://bucket/data/")
+        refuse_inside_dataset("s3://bucket/data2/ds.zarr", "s3://bucket/data")  # a sibling
+
     def test_a_zarr_store_with_daskmri_like_attributes_is_still_not_ours(
         self, synth_root, tmp_path
     ):

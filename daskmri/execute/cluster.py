@@ -15,7 +15,7 @@ from typing import Any
 
 import dask
 
-from ..errors import DaskmriError
+from ..errors import DaskmriError, redact
 from ..filesystem import LOCAL, FileSystem
 from ..settings import Compute
 from ._killers import find_killers
@@ -185,7 +185,7 @@ def _worker_facts(root: str | None, fs: FileSystem = LOCAL) -> dict:
 
     try:
         sees = root is None or fs.is_folder(root)
-    except OSError:  # a store that refuses this worker (its credentials, its endpoint)
+    except Exception:  # a store that refuses this worker: its credentials, its endpoint
         sees = False
     return {"version": __version__, "sees_root": sees}
 
@@ -204,7 +204,7 @@ def check_workers(client, root: str | None = None, fs: FileSystem = LOCAL) -> No
     broken = {w: f for w, f in facts.items() if isinstance(f, BaseException)}
     if broken:
         worker, error = next(iter(broken.items()))
-        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        reason = redact(" ".join(f"{type(error).__name__}: {error}".split()), dict(fs.options))
         raise DaskmriError(
             f"{len(broken)} of {len(facts)} workers cannot run daskmri (e.g. {worker}: "
             f"{reason}); install the same environment as the client on every worker"

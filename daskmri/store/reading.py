@@ -149,11 +149,11 @@ def fetch(blocks: tuple[Blocks, ...], key: str) -> dict[str, bytes | None]:
     """
     fs, path = blocks[0].spec.filesystem()
     paths = {b.name: f"{path.rstrip('/')}/{b.name}/{key}" for b in blocks}
-    got = fs.cat(list(paths.values()), on_error="return")
-    got = {fs._strip_protocol(k): v for k, v in got.items()}
+    # cat_ranges, not cat: cat would expand a store path with [ or * in it as a glob,
+    # and read another store's chunk.
+    found = fs.cat_ranges(list(paths.values()), None, None, on_error="return")
     out: dict[str, bytes | None] = {}
-    for name, where in paths.items():
-        value = got.get(fs._strip_protocol(where), FileNotFoundError(where))
+    for name, value in zip(paths, found, strict=True):
         if isinstance(value, FileNotFoundError):
             value = None
         elif isinstance(value, BaseException):

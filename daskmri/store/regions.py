@@ -15,7 +15,7 @@ from ..fit import GEOMETRY
 from ..parse import KINDS, parse_chunk
 from ..record import Parsed, Record
 from .format import pixel_names
-from .spec import StoreSpec
+from .spec import StoreSpec, at_once
 
 __all__ = ["ZarrRegions", "write_partition"]
 
@@ -74,25 +74,18 @@ def _open(spec: StoreSpec, name: str):
 
 
 def _write_at_once(spec: StoreSpec, start: int, values: dict[str, np.ndarray]) -> None:
-    """Open and write every array of a chunk's region at once, through zarr's async
-    API: on an object store each open (a metadata read) and each write costs a round
-    trip, and one after another they cost a chunk task ten of them."""
-    import asyncio
+    """Open and write every array of a chunk's region at once: on an object store
+    each open (a metadata read) and each write costs a round trip, and one after
+    another they cost a chunk task ten of them."""
+    at_once(spec, {name: _region_writer(start, array) for name, array in values.items()})
 
-    import zarr.api.asynchronous as za
-    from zarr.core.sync import sync
 
-    async def one(name: str, array: np.ndarray) -> None:
-        opened = await za.open_array(
-            store=spec.url, path=name, mode="r+", zarr_format=3, **spec.options()
-        )
-        region = slice(start, start + len(array))
-        await opened.with_config({"write_empty_chunks": True}).setitem(region, array)
+def _region_writer(start: int, values: np.ndarray):
+    async def write(array) -> None:
+        region = slice(start, start + len(values))
+        await array.with_config({"write_empty_chunks": True}).setitem(region, values)
 
-    async def every() -> None:
-        await asyncio.gather(*(one(name, array) for name, array in values.items()))
-
-    sync(every())
+    return write
 
 
 def _whole(array):

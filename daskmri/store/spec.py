@@ -259,6 +259,13 @@ def claim(spec: StoreSpec, *, root: str | os.PathLike[str] | None = None) -> str
     ...
     daskmri.errors.StoreError: ... holds files that daskmri did not make ...
     """
+    if any(c in spec.url for c in "*?["):
+        # fsspec reads these as wildcards when it deletes (overwrite, a shrinking
+        # resize): a store "ds[12].zarr" would delete ds1.zarr and ds2.zarr.
+        raise StoreError(
+            f"the store path {spec.shown!r} holds a wildcard character (*, ? or [); "
+            "daskmri writes only to store paths without them: rename it"
+        )
     if root is not None:
         fs, path = spec.filesystem()
         local = getattr(fs, "local_file", False)  # a path, file://, local://, ...
@@ -328,4 +335,6 @@ def _unreachable(exc: BaseException) -> bool:
 
 
 def _inside(path: str, folder: str) -> bool:
+    if "://" in path:  # commonpath would fold the // of a URL
+        return path.startswith(folder.rstrip("/") + "/")
     return path != folder and os.path.commonpath([path, folder]) == folder
