@@ -246,7 +246,7 @@ def _plot(rows: list[dict], path: Path, label: str) -> None:
     ax.barh(names[::-1], [r["records_per_s"] for r in ok][::-1], color="tab:blue")
     ax.set_xscale("log")
     ax.set_xlabel("records/s (log)")
-    ax.set_title(f"local disk vs a local S3 server (moto), {label}")
+    ax.set_title(f"local disk vs S3 (moto), {label}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
