@@ -115,3 +115,26 @@ def test_sharding_object_count_is_that_of_a_built_store(tmp_path):
     slots, tasks = group["status"].shape[0], group["done"].shape[0]
     files = sum(1 for p in store.rglob("*") if p.is_file())
     assert files == bench.store_objects(slots, tasks)
+
+
+OBJECTSTORE = COMPARE.parent / "objectstore.py"
+
+
+@pytest.mark.slow
+def test_objectstore_benchmark_runs_against_the_s3_server(tmp_path):
+    for module in ("moto", "s3fs", "boto3"):
+        pytest.importorskip(module, reason=f"{module} is not installed: pip install -e '.[test]'")
+    out = run_script(
+        OBJECTSTORE,
+        *("--synthetic", "20", "--repeat", "1", "--latency-ms", "5", "--out", str(tmp_path)),
+        timeout=600,
+    )
+    table = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    report = json.loads((tmp_path / "objectstore.json").read_text())
+    assert report["latency_ms"] == 5 and len(table) - 1 == len(report["rows"]) == 11
+    for row in report["rows"]:
+        # Every S3 row served the local run's records and pixels (the script checks).
+        assert "error" not in row, row
+        assert row["records_per_s"] > 0 and row["x_local"] > 0
+    sections = {row["section"] for row in report["rows"]}
+    assert {"scan", "load_dataset (sync)", "build (2 processes)"} <= sections
