@@ -96,3 +96,15 @@ def s3(tmp_path_factory):
 
     with s3_server(tmp_path_factory.mktemp("s3")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def s3_cluster(s3, tmp_path_factory):
+    """``dask scheduler`` and two ``dask worker`` processes that get the S3 endpoint
+    and key only through their environment (as a user's cloud workers do); yields
+    the address."""
+    from .test_remote_cluster import REPO, cluster
+
+    env = os.environ | s3.env() | {"PYTHONPATH": str(REPO)}
+    with cluster(tmp_path_factory.mktemp("s3-cluster"), {"w0": {}, "w1": {}}, env=env) as found:
+        yield found[0]

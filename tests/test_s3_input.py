@@ -18,7 +18,6 @@ from daskmri.settings import Source
 from daskmri.testing import assert_records_equal
 
 from . import hostile
-from .test_remote_cluster import REPO, cluster
 
 
 def _local(table, root, url):
@@ -69,15 +68,6 @@ def test_a_chunk_fetches_all_its_files_in_one_call(s3, s3_root):
     assert held[0].fs.blobs[records[0].dicom_path] == s3.filesystem().cat_file(
         records[0].dicom_path
     )
-
-
-@pytest.fixture(scope="module")
-def s3_cluster(s3, tmp_path_factory):
-    """``dask scheduler`` and two ``dask worker`` processes that get the S3 endpoint
-    and key only through their environment, as cloud workers do."""
-    env = os.environ | s3.env() | {"PYTHONPATH": str(REPO)}
-    with cluster(tmp_path_factory.mktemp("s3cluster"), {"w0": {}, "w1": {}}, env=env) as found:
-        yield found[0]
 
 
 def test_build_from_a_url_on_workers_with_credentials_in_their_environment(

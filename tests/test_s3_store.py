@@ -25,21 +25,11 @@ from daskmri.store import StoreSpec
 from daskmri.testing import assert_records_equal
 
 from .readers import parsed
-from .test_remote_cluster import REPO, WAIT, cluster, worker_pids
+from .test_remote_cluster import REPO, WAIT, worker_pids
 
 pytest.importorskip("s3fs", reason="s3fs is not installed: pip install -e '.[test]'")
 
 CHUNK = 4
-
-
-@pytest.fixture(scope="module")
-def s3_cluster(s3, tmp_path_factory):
-    """``dask scheduler`` and two ``dask worker`` processes whose environment holds
-    the S3 endpoint and key (as a user's cluster would); yields the address."""
-    folder = tmp_path_factory.mktemp("s3-cluster")
-    env = os.environ | s3.env() | {"PYTHONPATH": str(REPO)}
-    with cluster(folder, {"w0": {}, "w1": {}}, env=env) as (address, _):
-        yield address
 
 
 @pytest.fixture
