@@ -17,7 +17,7 @@ from ..errors import StoreError
 from ..fit import GEOMETRY
 from ..plan import record_key
 from ..record import Record
-from .spec import StoreSpec, at_once, made_by_daskmri, what_is_there
+from .spec import StoreSpec, at_once, made_by_daskmri, what_is_there, writer
 
 __all__ = ["COMPRESSORS", "DEFAULT_COMPRESSOR", "FORMAT", "create", "read_attrs", "remove"]
 
@@ -201,14 +201,7 @@ def write_slots(
         "key": np.array([record_key(*r.key) for r in records], np.uint64),
         "fingerprint": np.asarray(fingerprints, dtype=np.uint64),
     }
-    at_once(spec, {name: _writer(slice(start, stop), v) for name, v in values.items()})
-
-
-def _writer(region: slice, values: np.ndarray):
-    async def write(array) -> None:
-        await array.setitem(region, values)
-
-    return write
+    at_once(spec, {name: writer(slice(start, stop), v) for name, v in values.items()})
 
 
 def read_attrs(spec: StoreSpec) -> dict:

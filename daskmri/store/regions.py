@@ -15,7 +15,7 @@ from ..fit import GEOMETRY
 from ..parse import KINDS, parse_chunk
 from ..record import Parsed, Record
 from .format import pixel_names
-from .spec import StoreSpec, at_once
+from .spec import StoreSpec, at_once, writer
 
 __all__ = ["ZarrRegions", "write_partition"]
 
@@ -77,15 +77,13 @@ def _write_at_once(spec: StoreSpec, start: int, values: dict[str, np.ndarray]) -
     """Open and write every array of a chunk's region at once: on an object store
     each open (a metadata read) and each write costs a round trip, and one after
     another they cost a chunk task ten of them."""
-    at_once(spec, {name: _region_writer(start, array) for name, array in values.items()})
-
-
-def _region_writer(start: int, values: np.ndarray):
-    async def write(array) -> None:
-        region = slice(start, start + len(values))
-        await array.with_config({"write_empty_chunks": True}).setitem(region, values)
-
-    return write
+    at_once(
+        spec,
+        {
+            name: writer(slice(start, start + len(array)), array, write_empty=True)
+            for name, array in values.items()
+        },
+    )
 
 
 def _whole(array):

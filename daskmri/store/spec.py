@@ -22,6 +22,7 @@ __all__ = [
     "made_by_daskmri",
     "refuse_inside_dataset",
     "what_is_there",
+    "writer",
 ]
 
 
@@ -199,6 +200,18 @@ def at_once(
         return await asyncio.gather(*(one(name) for name in work))
 
     return dict(zip(work, sync(every()), strict=True))
+
+
+def writer(region: slice, values, *, write_empty: bool = False):
+    """An :func:`at_once` job that writes ``values`` into ``region`` of its array;
+    with ``write_empty``, also chunks that hold only the fill value (zarr would scan
+    each chunk first to skip them)."""
+
+    async def write(array) -> None:
+        target = array.with_config({"write_empty_chunks": True}) if write_empty else array
+        await target.setitem(region, values)
+
+    return write
 
 
 def what_is_there(spec: StoreSpec) -> str:
