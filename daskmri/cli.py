@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import DaskmriError
+from .errors import DaskmriError, ReaderError
 from .layout import Layout
 from .settings import SCHEDULERS
 
@@ -437,6 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.func(args)
+    except ReaderError:
+        raise  # a bug in daskmri's reader: its traceback is what a report needs
     except (DaskmriError, OSError) as exc:
         # What a user can cause (a bad folder, a refused path, a cluster that is not
         # there) is one line; a bug still shows its traceback.

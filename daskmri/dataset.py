@@ -44,6 +44,7 @@ def load_dataset(
     fit: str = "drop",
     spacing: tuple[float, float] | None = None,
     source_options: dict | None = None,
+    on_error: str = "raise",
 ) -> xr.Dataset:
     """Parse a dataset folder into a chunked ``xarray.Dataset`` of images and masks.
 
@@ -51,8 +52,8 @@ def load_dataset(
     chunks of ``chunk_size`` records (:func:`daskmri.plan.plan_chunks`), run by an
     executor with one task per chunk (:mod:`daskmri.execute`), and kept in memory,
     here or on the cluster (:mod:`daskmri.sinks`). Each task parses its records; a
-    record that fails is dropped and reported by :func:`dropped`, and never fails
-    the build.
+    record whose files are damaged is dropped and reported by :func:`dropped`, and
+    never fails the build (a bug in a reader does: see ``on_error``).
 
     Parameters
     ----------
@@ -80,7 +81,15 @@ def load_dataset(
         ``reader(record) -> (image, *masks)``, one mask (or None) per contour kind of
         the layout, in its order (``(image, icontour, ocontour)`` for Sunnybrook),
         replacing :func:`read_record` (to stub, count or change parsing). It must be
-        picklable for the process and distributed schedulers.
+        picklable for the process and distributed schedulers. For bad data it
+        raises :class:`~daskmri.errors.RecordError` (or an ``OSError``): the record
+        is dropped with that reason.
+    on_error : {"raise", "drop"}
+        What any other exception from the reader does, being a bug rather than bad
+        data: ``"raise"`` (the default) stops the load with a
+        :class:`~daskmri.errors.ReaderError` that names the record and chains the
+        exception; ``"drop"`` drops the record, the exception's type and message as
+        its reason (for a reader whose library raises anything on a damaged file).
     limits : Limits, optional
         Bounds for the default reader.
     shape : (rows, columns), optional
@@ -121,6 +130,8 @@ def load_dataset(
     DaskmriError
         If no DICOM gives an image size (and ``shape`` is not given), or the
         scheduler address cannot be reached.
+    ReaderError
+        If the reader raises anything but a data error, with ``on_error="raise"``.
 
     Examples
     --------
@@ -135,7 +146,13 @@ def load_dataset(
     started = time.perf_counter()
     source = Source.of(root, layout, labels, source_options)
     parsing = Parsing(
-        chunk_size=chunk_size, limits=limits, shape=shape, reader=reader, fit=fit, spacing=spacing
+        chunk_size=chunk_size,
+        limits=limits,
+        shape=shape,
+        reader=reader,
+        fit=fit,
+        spacing=spacing,
+        on_error=on_error,
     )
     compute = Compute(client=client, scheduler=scheduler, security=security, progress=progress)
     with client_for(compute, source.root, keep=True, fs=source.fs) as client:

@@ -8,22 +8,33 @@ Two families:
 * :class:`DaskmriError` subclasses that are not record errors stop the call,
   because nothing useful can be built (no ``link.csv``, a bad argument, ...).
 
+Bad data is dropped; bugs are raised. :data:`DATA_ERRORS` are what a damaged file
+raises (a :class:`RecordError`, or an ``OSError`` from a file that cannot be read).
+Anything else a reader raises is a bug, in daskmri or in a user's ``reader=``: it
+reaches the caller as a :class:`ReaderError` that names the record, with the
+original exception chained as its ``__cause__`` (``on_error="drop"`` turns those
+into dropped rows too).
+
 Every message names the file involved and, where there is one, the fix.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import re
+import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = [
+    "DATA_ERRORS",
     "ContourError",
     "DaskmriError",
     "DicomError",
     "LayoutError",
     "MissingExtraError",
+    "ReaderError",
     "RecordError",
     "StaleStoreError",
     "StaleStoreWarning",
@@ -142,6 +153,67 @@ class ContourError(RecordError):
 class RTStructError(RecordError):
     """An RTSTRUCT file, or the slice position it needs, cannot be read: not DICOM,
     truncated, not an RTSTRUCT, no structure set, a slice without its position."""
+
+
+#: What a damaged or unreadable file raises: dropped as its record's reason, never raised.
+DATA_ERRORS: tuple[type[BaseException], ...] = (RecordError, OSError)
+
+
+class ReaderError(DaskmriError, RuntimeError):
+    """Reading one record raised something that is not a data error: a bug in a
+    ``reader=`` or in daskmri. Raised in the caller, naming the record; the original
+    exception is the ``__cause__`` (its traceback from the worker, where it ran in
+    another process, is in its notes).
+
+    Parameters
+    ----------
+    record : str
+        Which record, in words (patient, instance, file).
+    cause : BaseException
+        What the reader raised.
+
+    Examples
+    --------
+    >>> error = ReaderError("patient P1, instance 3 (/d/3.dcm)", TypeError("bad"))
+    >>> str(error).split(". ")[0]
+    'reading patient P1, instance 3 (/d/3.dcm) raised TypeError: bad'
+    >>> type(error.__cause__).__name__
+    'TypeError'
+    """
+
+    def __init__(self, record: str, cause: BaseException, where: str | None = None) -> None:
+        if where and where not in getattr(cause, "__notes__", ()):
+            cause.add_note(where)
+        super().__init__(
+            f"reading {record} raised {type(cause).__name__}: {cause}. That is a bug, not "
+            "bad data: in a reader= (fix it, raise daskmri.errors.RecordError for data it "
+            'must drop, or pass on_error="drop") or in daskmri (please report it, with '
+            "daskmri.show_versions())"
+        )
+        self.record = record
+        self.cause = cause
+        self.__cause__ = cause
+
+    def __reduce__(self) -> tuple:
+        # Pickling keeps only args: carry the cause so that it survives the trip from a
+        # worker process and is chained again on arrival, with the traceback it had
+        # there (a traceback does not pickle) as a note on it.
+        where = None
+        if self.cause.__traceback__ is not None:
+            frames = "".join(traceback.format_tb(self.cause.__traceback__))
+            where = f"Traceback in the worker (most recent call last):\n{frames.rstrip()}"
+        return (type(self), (self.record, _portable(self.cause), where))
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else a RuntimeError that says what it was: an
+    exception class whose ``__init__`` takes other arguments than its ``args`` does
+    not unpickle, and would hide the error that carries it."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+    return exc
 
 
 class StoreError(DaskmriError):

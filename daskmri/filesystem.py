@@ -11,7 +11,9 @@ imported only for a URL.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -217,12 +219,19 @@ LOCAL = FileSystem()
 
 
 def _read_local(path: str, max_bytes: int) -> bytes:
-    size = os.stat(path).st_size
-    if size > max_bytes:
-        raise TooLarge(size)
-    with open(path, "rb") as fh:
+    # O_NONBLOCK: opening a FIFO named like a slice would otherwise wait for a writer
+    # forever; the stat of the open file then refuses anything but a regular file.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)", path)
+        if info.st_size > max_bytes:
+            raise TooLarge(info.st_size)
         # Sized by the stat above: read(n) would allocate n bytes up front.
-        return fh.read(size + 1)
+        return fh.read(info.st_size + 1)
 
 
 def split_root(root: str | os.PathLike[str], options: dict | None = None) -> tuple[FileSystem, str]:

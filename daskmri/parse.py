@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import mmap
 import os
 import uuid
@@ -25,13 +26,24 @@ import numpy as np
 
 from .contours import polygon_mask, read_contour
 from .dicom import read_slice
-from .errors import RecordError
+from .errors import DATA_ERRORS, ReaderError, RecordError
 from .fit import GEOMETRY, Geometry, fit_image, paste, place
 from .limits import DEFAULT_LIMITS, Limits
 from .record import Fitted, Parsed, Record, drop_row
 from .rtstruct import Plane, structure_mask
 
-__all__ = ["KINDS", "ChunkResult", "Parsed", "Record", "Slots", "parse_chunk", "read_record"]
+__all__ = [
+    "KINDS",
+    "ChunkResult",
+    "Dropping",
+    "Parsed",
+    "Record",
+    "Slots",
+    "parse_chunk",
+    "read_record",
+]
+
+logger = logging.getLogger(__name__)
 
 
 def read_record(
@@ -292,7 +304,12 @@ def parse_chunk(
     compact: bool = True,
     fit: str = "drop",
 ) -> ChunkResult:
-    """Parse one chunk of records; a record that fails is dropped, never raised.
+    """Parse one chunk of records; a record whose data is bad is dropped.
+
+    A data error (:data:`~daskmri.errors.DATA_ERRORS`: a damaged or unreadable file)
+    drops its record with the reason; anything else the reader raises is a bug and
+    is raised as a :class:`~daskmri.errors.ReaderError` naming the record (wrap the
+    reader in :class:`Dropping` to drop those too).
 
     Parameters
     ----------
@@ -318,6 +335,12 @@ def parse_chunk(
         drop its record, or centre it and its masks in the frame (an integer shift,
         so the masks stay exact).
 
+    Raises
+    ------
+    ReaderError
+        If the reader raises anything but a data error, naming the record, with
+        the reader's exception as its cause.
+
     Examples
     --------
     >>> import tempfile, daskmri
@@ -328,6 +351,7 @@ def parse_chunk(
     >>> result = parse_chunk(plan.chunks[0], shape=(32, 32), reader=read_record)
     >>> result.image.shape, sorted(result.masks), result.dropped
     ((3, 32, 32), ['icontour', 'ocontour'], [])
+
     """
     n, kinds = len(records), tuple(kinds)
     records = fetched(records)
@@ -343,20 +367,21 @@ def parse_chunk(
     failures: list[dict] = []
     try:
         for k, record in enumerate(records):
-            try:
-                pixels, found, where = _in_frame(record, reader(record), shape, fit, kinds)
-                geometry[k] = where.row()
-                if fd is not None:
-                    slots.write(fd, start + k, pixels, found)
-                else:
-                    image[k] = pixels
-                    for kind, mask in zip(kinds, found, strict=True):
-                        if mask is not None:  # absent masks stay as allocated: zeros
-                            masks[kind][k] = mask
-                has[k] = [mask is not None for mask in found]
-                ok[k] = True
-            except Exception as exc:  # one bad record must never fail the chunk
-                failures.append(drop_row(record, exc))
+            read = _read_one(record, reader, shape, fit, kinds)
+            if isinstance(read, dict):
+                failures.append(read)
+                continue
+            pixels, found, where = read
+            geometry[k] = where.row()
+            if fd is not None:
+                slots.write(fd, start + k, pixels, found)
+            else:
+                image[k] = pixels
+                for kind, mask in zip(kinds, found, strict=True):
+                    if mask is not None:  # absent masks stay as allocated: zeros
+                        masks[kind][k] = mask
+            has[k] = [mask is not None for mask in found]
+            ok[k] = True
     finally:
         if fd is not None:
             os.close(fd)
@@ -367,6 +392,53 @@ def parse_chunk(
     if compact and len(kept) < n:
         image, masks = image[kept], {kind: mask[kept] for kind, mask in masks.items()}
     return ChunkResult(image, masks, kept, flags, failures, geometry[kept])
+
+
+def _read_one(
+    record: Record,
+    reader: Callable[[Record], Parsed],
+    shape: tuple[int, int],
+    fit: str,
+    kinds: tuple[str, ...],
+) -> tuple | dict:
+    """``(pixels, masks, geometry)`` of one record in the frame, or its
+    :func:`~daskmri.dropped` row when its data is bad. Any other exception is a bug
+    (in the reader or here): raised, naming the record."""
+    try:
+        return _in_frame(record, reader(record), shape, fit, kinds)
+    except DATA_ERRORS as exc:  # one bad file drops its record, never the chunk
+        logger.debug("dropped %s", record.describe(), exc_info=exc)
+        return drop_row(record, exc)
+    except Exception as exc:
+        raise ReaderError(record.describe(), exc) from exc
+
+
+@dataclass(frozen=True)
+class Dropping:
+    """A reader that drops its record on any exception (``on_error="drop"``), not
+    only on the data errors (:data:`~daskmri.errors.DATA_ERRORS`) that every reader
+    drops: for a reader that raises whatever its library raises on a damaged file.
+    The reason keeps the exception's type.
+
+    Examples
+    --------
+    >>> def fussy(record):
+    ...     raise ValueError("no such thing")
+    >>> Dropping(fussy)(Record("P", "O", 1, "/d/1.dcm"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    daskmri.errors.RecordError: /d/1.dcm: ValueError: no such thing
+    """
+
+    reader: Callable[[Record], Parsed]
+
+    def __call__(self, record: Record) -> Parsed:
+        try:
+            return self.reader(record)
+        except DATA_ERRORS:
+            raise
+        except Exception as exc:
+            raise RecordError(record.dicom_path or "", f"{type(exc).__name__}: {exc}") from exc
 
 
 def _in_frame(

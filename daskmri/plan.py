@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .dicom import read_dicom_geometry
-from .errors import DaskmriError, RecordError
+from .errors import DATA_ERRORS, DaskmriError, ReaderError
 from .filesystem import LOCAL, FileSystem
 from .fit import place
 from .layout import Layout, iter_records
@@ -160,14 +160,19 @@ def infer_shape(
     ------
     DaskmriError
         If none of them gives one; the message says to pass ``shape=``.
+    ReaderError
+        If reading a header raises anything but a data error (a bug), naming the
+        record.
     """
     errors = []
     for record in itertools.islice(records, tries):
         try:
             rows, columns, own = read_dicom_geometry(record.dicom_path, limits=limits, fs=record.fs)
-        except RecordError as exc:
+        except DATA_ERRORS as exc:  # the parse drops this record with the same reason
             errors.append(str(exc))
             continue
+        except Exception as exc:
+            raise ReaderError(record.describe(), exc) from exc
         if spacing is None:
             return rows, columns
         if own is None:

@@ -109,6 +109,16 @@ class Record:
         """The record's identity in a dataset: ``(patient_id, instance)``."""
         return (self.patient_id, self.instance)
 
+    def describe(self) -> str:
+        """The record in words, for messages.
+
+        Examples
+        --------
+        >>> Record("P1", "O1", 3, "/d/3.dcm").describe()
+        'patient P1, instance 3 (/d/3.dcm)'
+        """
+        return f"patient {self.patient_id}, instance {self.instance} ({self.dicom_path})"
+
     @property
     def kinds(self) -> tuple[str, ...]:
         """The contour kinds of the layout, in its order (whether or not this record

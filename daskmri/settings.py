@@ -23,13 +23,16 @@ from .filesystem import LOCAL, FileSystem, split_root
 from .fit import FITS
 from .layout import SUNNYBROOK, Layout
 from .limits import DEFAULT_LIMITS, Limits
-from .parse import read_record
+from .parse import Dropping, read_record
 from .record import Parsed, Record
 
-__all__ = ["SCHEDULERS", "Compute", "Parsing", "Source", "check_chunk_size"]
+__all__ = ["ON_ERROR", "SCHEDULERS", "Compute", "Parsing", "Source", "check_chunk_size"]
 
 #: The local schedulers (``scheduler=``); a cluster is ``client=``.
 SCHEDULERS = ("sync", "threads", "processes")
+#: What a reader's exceptions that are not data errors do (``on_error=``): stop the
+#: call, naming the record, or drop the record like a damaged file.
+ON_ERROR = ("raise", "drop")
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,9 @@ class Parsing:
     """Records per chunk (and per task), the bounds on what is read, the frame
     (``shape``; None: the first readable DICOM's size, resampled to ``spacing`` if
     given), how slices of another size meet it (``fit``), the pixel ``spacing`` to
-    resample to (None: none), and the reader (None: :func:`daskmri.read_record`).
+    resample to (None: none), the reader (None: :func:`daskmri.read_record`), and what
+    an exception from it that is not a data error does (``on_error``: ``"raise"`` a
+    :class:`~daskmri.errors.ReaderError` naming the record, or ``"drop"`` the record).
 
     Examples
     --------
@@ -100,9 +105,12 @@ class Parsing:
     reader: Callable[[Record], Parsed] | None = None
     fit: str = "drop"
     spacing: tuple[float, float] | None = None
+    on_error: str = "raise"
 
     def __post_init__(self) -> None:
         check_chunk_size(self.chunk_size)
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
         if self.limits is None:
             object.__setattr__(self, "limits", DEFAULT_LIMITS)
         if self.shape is not None:
@@ -119,12 +127,14 @@ class Parsing:
 
     def reader_for(self, shape: tuple[int, int]) -> Callable[[Record], Parsed]:
         """The reader to run: the user's, or :func:`~daskmri.read_record` bound to
-        the limits and the dataset's image size."""
-        if self.reader is not None:
-            return self.reader
-        return functools.partial(
-            read_record, limits=self.limits, shape=shape, fit=self.fit, spacing=self.spacing
-        )
+        the limits and the dataset's image size; wrapped in
+        :class:`~daskmri.parse.Dropping` for ``on_error="drop"``."""
+        reader = self.reader
+        if reader is None:
+            reader = functools.partial(
+                read_record, limits=self.limits, shape=shape, fit=self.fit, spacing=self.spacing
+            )
+        return Dropping(reader) if self.on_error == "drop" else reader
 
     def settings(self) -> dict:
         """What a store records of these settings (and a resumed build must match)."""

@@ -113,3 +113,24 @@ class Unloadable:
 
 def _fail_to_load():
     raise ImportError("no module named 'somewhere_else'")
+
+
+class Buggy:
+    """The default reader, raising ``error`` (an exception instance) on one record:
+    a bug in a user's reader when the error is not a data error."""
+
+    def __init__(self, patient_id: str, instance: int, error: BaseException) -> None:
+        self.key, self.error = (patient_id, instance), error
+
+    def __call__(self, record: Record):
+        if (record.patient_id, record.instance) == self.key:
+            raise self.error
+        return read_record(record)
+
+
+class OddError(Exception):
+    """An exception whose ``__init__`` takes other arguments than its ``args``: it
+    pickles, but does not unpickle."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"odd {code}: {detail}")

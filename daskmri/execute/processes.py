@@ -15,7 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from ..errors import DaskmriError, WorkerStartError
+from ..errors import DaskmriError, ReaderError, WorkerStartError
 from ._killers import find_killers
 from .isolation import CrashPolicy, Isolation
 
@@ -261,6 +261,9 @@ class ProcessWorkers:
                 lost_since = min(lost_since, sent)
             elif isinstance(error, BrokenProcessPool):
                 raise _broken(error)
+            elif isinstance(error, ReaderError):
+                # loky chains the worker's traceback text in place of the cause.
+                raise error from error.cause
             elif error is not None:
                 raise error
             else:

@@ -120,6 +120,7 @@ def build(
     storage_options: dict | None = None,
     progress: bool = False,
     source_options: dict | None = None,
+    on_error: str = "raise",
 ) -> BuildReport:
     """Parse a dataset folder into a Zarr store, written by the workers chunk by chunk.
 
@@ -150,7 +151,7 @@ def build(
         whose files changed or appeared; their new versions are appended (see
         the README on record order). ``"overwrite"`` deletes what daskmri made
         of the store (never other files) and builds it again.
-    layout, labels, chunk_size, shape, fit, spacing, limits, reader
+    layout, labels, chunk_size, shape, fit, spacing, limits, reader, on_error
         What to read and how, as for :func:`daskmri.load_dataset` (checked the
         same way, by :mod:`daskmri.settings`).
     client, scheduler, security
@@ -182,6 +183,9 @@ def build(
     DaskmriError
         If the store was built with another ``chunk_size``, ``labels``, ``layout``
         or ``shape``, or the files changed while the build ran.
+    ReaderError
+        If the reader raises anything but a data error, with ``on_error="raise"``;
+        the chunks written so far stay, and the build resumes from them.
 
     Examples
     --------
@@ -198,7 +202,13 @@ def build(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     source = Source.of(root, layout, labels, source_options)
     parsing = Parsing(
-        chunk_size=chunk_size, limits=limits, shape=shape, reader=reader, fit=fit, spacing=spacing
+        chunk_size=chunk_size,
+        limits=limits,
+        shape=shape,
+        reader=reader,
+        fit=fit,
+        spacing=spacing,
+        on_error=on_error,
     )
     compute = Compute(client=client, scheduler=scheduler, security=security, progress=progress)
     compressor = fmt.DEFAULT_COMPRESSOR if compressor is None else compressor
