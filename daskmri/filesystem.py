@@ -74,9 +74,9 @@ class FileSystem:
 
         try:
             return fsspec.filesystem(self.protocol, **dict(self.options))
-        except ImportError:
+        except ImportError as exc:  # chained: the backend may be there but broken
             backend = _BACKENDS.get(self.protocol, f"the fsspec backend for {self.protocol}://")
-            raise MissingExtraError(f"{self.protocol}:// needs {backend}") from None
+            raise MissingExtraError(f"{self.protocol}:// needs {backend}") from exc
 
     def url(self, path: str) -> str:
         """``path`` as fsspec lists it, with the protocol (what records carry)."""

@@ -592,7 +592,7 @@ def _is_folder(fs: FileSystem, root: str) -> bool:
             f"cannot list the dataset root {root!r}: {reason}; check the credentials "
             "(source_options=, or the environment: AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...) "
             "and that the bucket exists"
-        ) from None
+        ) from None  # the backend's exception may hold a credential; the reason is redacted
 
 
 def _patients(

@@ -79,4 +79,4 @@ def read_bounded(
         raise error(path, f"{name} does not exist") from None
     except OSError as exc:
         reason = redact(str(exc.strerror or exc), dict(fs.options))
-        raise error(path, f"cannot read {name}: {reason}") from None
+        raise error(path, f"cannot read {name}: {reason}") from exc

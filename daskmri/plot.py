@@ -148,10 +148,10 @@ def show(data, records=None, *, columns: int = 4, size: float = 2.5):
     """
     try:
         import matplotlib.pyplot as plt
-    except ImportError:
+    except ImportError as exc:  # chained: matplotlib may be there but broken
         from .errors import MissingExtraError
 
-        raise MissingExtraError("matplotlib", "plot", "daskmri.plot.show") from None
+        raise MissingExtraError("matplotlib", "plot", "daskmri.plot.show") from exc
     if isinstance(data, dict):
         n = len(data["image"])
         get = {k: np.asarray(v) for k, v in data.items()}

@@ -184,10 +184,17 @@ def read_plane(
         # reads what the walk leaves to it (compressed, big endian, odd elements).
         found = read_text_tags(path, PLANE_TAGS, limits=limits, fs=fs)
     except DicomError as exc:
-        raise RTStructError(path, f"cannot read the slice header ({exc.reason})") from None
+        raise RTStructError(path, f"cannot read the slice header ({exc.reason})") from exc
     if found is None:
         # pydicom reads a local file itself, and a store's object from its bytes.
-        source = path if fs.local else io.BytesIO(fs.read(path, limits.max_file_bytes))
+        if fs.local:
+            source = path
+        else:
+            name, expected = "DICOM file", "a DICOM file"
+            raw = read_bounded(
+                path, limits, error=RTStructError, name=name, expected=expected, fs=fs
+            )
+            source = io.BytesIO(raw)
         values = _pydicom_plane_tags(path, source)
     else:
         values = found
@@ -214,7 +221,7 @@ def _pydicom_plane_tags(path: str, source) -> dict[str, str]:
     except Exception as exc:
         raise RTStructError(
             path, f"cannot read the slice header ({type(exc).__name__}: {exc})"
-        ) from None
+        ) from exc
 
 
 def _plane_of(path: str, uid: str, values: dict[str, str]) -> Plane:
@@ -310,7 +317,7 @@ def _from_bytes(path: str, raw: bytes, limits: Limits) -> StructureSet:
     except Exception as exc:  # a damaged sequence fails wherever it is first touched
         raise RTStructError(
             path, f"damaged or truncated structure set ({type(exc).__name__}: {exc})"
-        ) from None
+        ) from exc
     logger.debug(
         "read %s: %d contours, %d left out", path, len(structure.contours), len(structure.problems)
     )
@@ -332,7 +339,7 @@ def _parse(path: str, raw: bytes):
     except Exception as exc:
         raise RTStructError(
             path, f"damaged or truncated DICOM ({type(exc).__name__}: {exc})"
-        ) from None
+        ) from exc
     if not modality:
         raise RTStructError(path, "no Modality: a truncated file, or not a structure set")
     if modality != "RTSTRUCT":
@@ -608,7 +615,7 @@ def cached_structure_set(
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise RTStructError(path, f"cannot read the RTSTRUCT file ({exc.strerror})") from None
+        raise RTStructError(path, f"cannot read the RTSTRUCT file ({exc.strerror})") from exc
     return _cached(path, st.st_size, st.st_mtime_ns, limits)
 
 

@@ -26,8 +26,8 @@ from .errors import DaskmriError, MissingExtraError
 try:
     import torch
     from torch.utils.data import IterableDataset, get_worker_info
-except ImportError:
-    raise MissingExtraError("torch", "torch", "daskmri.torch") from None
+except ImportError as exc:  # chained: torch may be there but broken
+    raise MissingExtraError("torch", "torch", "daskmri.torch") from exc
 
 __all__ = ["TorchBatches"]
 

@@ -98,7 +98,7 @@ def resolve_client(client: Any = None, *, security: Any = None):
             raise DaskmriError(
                 f"cannot reach a Dask scheduler at {client!r} within {CONNECT_TIMEOUT} ({exc}). "
                 "Is `dask scheduler` running there, and is the address right?"
-            ) from None
+            ) from exc
     if type(client).__name__ == "Client":
         return client
     raise TypeError(

@@ -103,7 +103,7 @@ class Blocks:
                 f"chunk {key!r} of {self.name!r} in {self.spec.shown!r} cannot be decoded "
                 f"({type(exc).__name__}: {exc}); the store is damaged: rebuild it with "
                 "daskmri.build(..., mode='overwrite')"
-            ) from None
+            ) from exc
         return out[:rows]
 
     def _bytes(self, key: str) -> bytes | None:

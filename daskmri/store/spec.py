@@ -89,6 +89,7 @@ class StoreSpec:
             if "://" not in self.url or not _unreachable(exc):
                 raise
             reason = self.redact(" ".join(f"{type(exc).__name__}: {exc}".split()))
+            # Not chained: the backend's exception may hold a credential (reason is redacted).
             raise StoreError(
                 f"cannot {doing} the store {self.shown!r} ({reason}); {REACH_FIX}"
             ) from None
@@ -162,7 +163,7 @@ class StoreSpec:
         try:
             return fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
         except (ImportError, ValueError) as exc:
-            reason = self.redact(" ".join(str(exc).split()))
+            reason = self.redact(" ".join(str(exc).split()))  # not chained: see reaching()
             raise StoreError(
                 f"cannot open the store {self.shown!r}: {reason}; check the URL, and install "
                 "the fsspec backend for its protocol (s3fs for s3://, gcsfs for gs://, ...)"
