@@ -273,13 +273,13 @@ def _identity(client: Any) -> dict:
 def client_for_futures(
     futures: Sequence[Any], client: Any = None, *, security: Any = None
 ) -> Reached:
-    """The client to fetch data through, some of it persisted as ``futures``
-    (possibly none): ``client`` when given, else the futures' own client.
+    """The client to fetch data persisted as ``futures`` (maybe none) through.
 
-    A persisted dataset's futures belong to the client that persisted them, but any
-    client of the same scheduler can use them in a graph; so ``client`` may be another
-    client, or an address, of that scheduler (an address equal to the futures' own
-    client's reuses it). A client made here from an address is not made the default.
+    ``client`` when given, else the futures' own client. A persisted dataset's
+    futures belong to the client that persisted them, but any client of the same
+    scheduler can use them in a graph; so ``client`` may be another client, or an
+    address, of that scheduler (an address equal to the futures' own client's reuses
+    it). A client made here from an address is not made the default.
 
     Raises
     ------
@@ -287,6 +287,11 @@ def client_for_futures(
         If the futures' client is closed (the cluster has let their data go), or
         ``client`` is for another scheduler than the futures'; and as
         :func:`resolve_client`.
+
+    Examples
+    --------
+    >>> client_for_futures([])  # nothing persisted, no client asked for: local
+    Reached(client=None, made=False)
     """
     owner = futures[0].client if futures else None
     if owner is not None and owner.status in ("closing", "closed"):
