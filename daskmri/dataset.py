@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import xarray as xr
 
-from .execute import client_for, executor_for, progress_bar
+from .execute import client_for, close_with, executor_for, progress_bar
 from .layout import Layout, scan
 from .limits import Limits
 from .plan import infer_shape, plan_chunks
@@ -65,7 +65,10 @@ def load_dataset(
         Where to run. A client or a scheduler address runs on that cluster and the
         pixels stay there (the result is persisted on the workers). None uses the
         current default client if there is one (unless ``scheduler`` is given), else
-        a local scheduler.
+        a local scheduler. A client made here from an address (which becomes the
+        default client, as ``Client(address)`` does) is closed by ``ds.close()``, or
+        once the dataset and every selection of it are garbage; a client you pass
+        is never closed.
     scheduler : {"sync", "threads", "processes"}, optional
         Local scheduler when there is no client. The default, ``"processes"``,
         is the fast one: parsing is pure-Python pydicom work that holds the GIL,
@@ -155,8 +158,10 @@ def load_dataset(
         on_error=on_error,
     )
     compute = Compute(client=client, scheduler=scheduler, security=security, progress=progress)
-    with client_for(compute, source.root, keep=True, fs=source.fs) as client:
+    with client_for(compute, source.root, keep=True, fs=source.fs) as (client, made):
         ds, isolation = _load(source, parsing, compute, client)
+    if made:
+        _owns(ds, client)
     logger.info(
         "loaded %d records (%d dropped, %d isolated as killers in %.1f s) from %s in %.2f s",
         ds.sizes["record"],
@@ -167,6 +172,16 @@ def load_dataset(
         time.perf_counter() - started,
     )
     return ds
+
+
+def _owns(ds: xr.Dataset, client) -> None:
+    """Tie a client made from an address to the dataset whose pixels it holds:
+    ``ds.close()`` closes it, and so does the end of the last dataset that shares
+    those pixels (a selection, a split) when it is garbage."""
+    from distributed import futures_of
+
+    close_with(client, futures_of(ds))
+    ds.set_close(client.close)
 
 
 def _load(source: Source, parsing: Parsing, compute: Compute, client):

@@ -127,10 +127,11 @@ class _Fetcher:
             return _done({})
         blocks = [self._block(name, chunk) for name in names]
         held = [graph[key] for graph, key in blocks if len(graph) == 1]
-        if not self.compress and len(held) == len(names) and all(map(_is_future, held)):
+        if not self.compress and len(held) == len(names) and _one_client(held):
             # Persisted: fetch the blocks straight from the workers that hold them, with
-            # no task to schedule.
-            return self.executor.submit(self._gather, names, held)
+            # no task to schedule, through the futures' own client (only it may gather
+            # them; self.client may be another client of the same scheduler).
+            return self.executor.submit(_gather, names, held)
         # The blocks' own tasks (or, when persisted, their futures) and one task that
         # gathers them on the worker that holds them: no per-chunk dask array (whose
         # compute ends in a copy of every block, measured: 2.7 s of worker CPU per
@@ -141,9 +142,6 @@ class _Fetcher:
         packed = f"daskmri-pack-{uuid.uuid4().hex}"
         graph[packed] = (pack if self.compress else dict_of, names, [key for _, key in blocks])
         return self.client.get(graph, packed, sync=False)
-
-    def _gather(self, names: list[str], futures: list) -> dict[str, np.ndarray]:
-        return dict_of(names, self.client.gather(futures))
 
     def _block(self, name: str, chunk: int) -> tuple[dict, tuple]:
         """The tasks that make block ``chunk`` of variable ``name``, culled from the
@@ -278,6 +276,16 @@ def _is_future(value) -> bool:
     return hasattr(value, "key") and hasattr(value, "release")
 
 
+def _one_client(values: list) -> bool:
+    """Whether ``values`` are all futures of one client (which can gather them)."""
+    return all(map(_is_future, values)) and len({id(v.client) for v in values}) == 1
+
+
+def _gather(names: list[str], futures: list) -> dict[str, np.ndarray]:
+    """A persisted chunk's blocks, gathered by the client they belong to."""
+    return dict_of(names, futures[0].client.gather(futures))
+
+
 def _done(value):
     future = concurrent.futures.Future()
     future.set_result(value)
@@ -327,7 +335,10 @@ class BatchIterator:
     client : distributed.Client or str, optional
         Fetch through this cluster (each chunk's own tasks, gathered on a worker).
         By default a dataset persisted on a cluster is fetched through that
-        cluster's client; anything else through a local thread pool.
+        cluster's client; anything else through a local thread pool. For a
+        persisted dataset it must be (a client of, or the address of) the scheduler
+        that holds it. A client made here from an address is closed by
+        :meth:`close` (or when the iterator is garbage); a client you pass never is.
     compress : bool, optional
         With a client: compress each chunk on its worker before it crosses to this
         process (blosc-lz4, lossless; :func:`pack`). By default only when a worker is
@@ -351,6 +362,10 @@ class BatchIterator:
     ValueError
         If the dataset lacks a variable to serve, an argument is out of range, or
         several ranks outside a process group have no ``seed``.
+    DaskmriError
+        If ``client`` is for another scheduler than the one holding a persisted
+        dataset, the client that persisted it is closed, or the address cannot be
+        reached.
 
     Examples
     --------
@@ -416,7 +431,7 @@ class BatchIterator:
             rank=rank,
             world_size=world_size,
         )
-        self.client = self._client(client, security)
+        self.client, self._made_client = self._client(client, security)
         if compress is None:
             compress = self.client is not None and remote_workers(self.client)
         self.compress = bool(compress)
@@ -432,16 +447,15 @@ class BatchIterator:
         self._warm_lock = threading.Lock()
 
     def _client(self, client, security=None):
-        if client is not None:
-            from ..execute import resolve_client
+        """The client to fetch through (None: local threads), and whether it was made
+        here from an address (then :meth:`close` closes it)."""
+        if client is None and "distributed" not in sys.modules:
+            return None, False  # nothing can be persisted on a cluster
+        from distributed import futures_of
 
-            return resolve_client(client, security=security)
-        try:
-            from distributed import futures_of
-        except ImportError:  # pragma: no cover - distributed is a core dependency
-            return None
-        futures = futures_of(self.ds)
-        return futures[0].client if futures else None
+        from ..execute import client_for_futures
+
+        return client_for_futures(futures_of(self.ds), client, security=security)
 
     @property
     def seed(self) -> int:
@@ -585,11 +599,15 @@ class BatchIterator:
             )
 
     def close(self) -> None:
-        """Stop every epoch in progress and release every future it holds."""
+        """Stop every epoch in progress and release every future it holds; close the
+        client made from a ``client=`` address (never a client that was passed)."""
         self._closed = True
         for epoch in list(self._live):
             epoch.close()
         self._drop_warm()
+        if getattr(self, "_made_client", False):  # False too when __init__ failed early
+            self._made_client = False
+            self.client.close()
 
     def _drop_warm(self) -> None:
         """Release the next epoch's first chunks, if any are held."""

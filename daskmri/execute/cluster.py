@@ -10,8 +10,9 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import dask
 
@@ -24,9 +25,13 @@ from .isolation import CrashPolicy, Isolation
 
 __all__ = [
     "ClusterExecutor",
+    "Reached",
     "check_workers",
     "client_for",
+    "client_for_futures",
+    "close_with",
     "connect",
+    "open_client",
     "probe_scheduler",
     "resolve_client",
     "wait_on_cluster",
@@ -54,7 +59,7 @@ def _default_client() -> Any:
         return None
 
 
-def resolve_client(client: Any = None, *, security: Any = None):
+def resolve_client(client: Any = None, *, security: Any = None, default: bool = True):
     """Return the ``distributed.Client`` to use, or None for a local scheduler.
 
     Parameters
@@ -62,9 +67,14 @@ def resolve_client(client: Any = None, *, security: Any = None):
     client : None, distributed.Client or str
         A client is used as is. A string is a scheduler address
         (``"tcp://10.0.0.5:8786"``) to connect to; like ``Client(address)`` the new
-        client becomes the default one. None picks, in order, the
-        current default client if one exists, then the ``scheduler-address`` of
-        the Dask config (``DASK_SCHEDULER_ADDRESS``), else None (local).
+        client becomes the default one (unless ``default`` is False). None picks, in
+        order, the current default client if one exists, then the
+        ``scheduler-address`` of the Dask config (``DASK_SCHEDULER_ADDRESS``), else
+        None (local).
+    security : distributed.Security, optional
+        TLS settings for a client made from a ``tls://`` address.
+    default : bool
+        Whether a client made here from an address becomes the default client.
 
     Raises
     ------
@@ -93,7 +103,9 @@ def resolve_client(client: Any = None, *, security: Any = None):
         try:
             # As Client(address) does, this becomes the default client: the returned
             # dataset's data live on that cluster and .compute() must find it.
-            return Client(client, timeout=CONNECT_TIMEOUT, security=security)
+            return Client(
+                client, timeout=CONNECT_TIMEOUT, security=security, set_as_default=default
+            )
         except OSError as exc:
             raise DaskmriError(
                 f"cannot reach a Dask scheduler at {client!r} within {CONNECT_TIMEOUT} ({exc}). "
@@ -166,18 +178,143 @@ def probe_scheduler(address: str) -> None:
             )
 
 
+class Reached(NamedTuple):
+    """The client for a ``client=`` argument (None: a local scheduler), and whether
+    daskmri made it from an address. A client daskmri made is daskmri's to close; one
+    the caller gave, or the default client, never is."""
+
+    client: Any
+    made: bool
+
+
+def open_client(client: Any = None, *, security: Any = None, default: bool = True) -> Reached:
+    """:func:`resolve_client`, saying whether the client was made here.
+
+    Raises
+    ------
+    DaskmriError, TypeError
+        As :func:`resolve_client`.
+
+    Examples
+    --------
+    >>> open_client(None)  # no cluster running here
+    Reached(client=None, made=False)
+    """
+    existing = _default_client() if client is None else client
+    resolved = resolve_client(client, security=security, default=default)
+    return Reached(resolved, resolved is not None and resolved is not existing)
+
+
 @contextlib.contextmanager
 def connect(client: Any = None, *, security: Any = None) -> Iterator[Any]:
     """:func:`resolve_client` for work whose results are not left on the cluster:
     a client made here from an address is closed on exit; a client that already
     existed is left as it was."""
-    existing = _default_client() if client is None else client
-    resolved = resolve_client(client, security=security)
+    reached = open_client(client, security=security)
     try:
-        yield resolved
+        yield reached.client
     finally:
-        if resolved is not None and resolved is not existing:
-            resolved.close()
+        if reached.made:
+            reached.client.close()
+
+
+def close_with(client: Any, futures: Iterable[Any]) -> None:
+    """Close ``client`` once every one of ``futures`` is garbage (at once if there are
+    none): a client made for a dataset's pixels lives exactly as long as they do,
+    whatever datasets (selections, splits) share them.
+
+    The close runs in a thread of its own: the last future may be collected in any
+    thread, the client's event loop thread included, where a close would wait on
+    itself. At interpreter exit distributed closes its clients itself.
+
+    Examples
+    --------
+    >>> class Client:
+    ...     def close(self):
+    ...         print("closed")
+    >>> close_with(Client(), [])
+    closed
+    """
+    futures = list(futures)
+    if not futures:
+        client.close()
+        return
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def gone() -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            closer = threading.Thread(
+                target=_close_quietly, args=(client,), name="daskmri-close-client", daemon=True
+            )
+            closer.start()
+
+    for future in futures:
+        weakref.finalize(future, gone).atexit = False
+
+
+def _close_quietly(client: Any) -> None:
+    with contextlib.suppress(Exception):  # a scheduler already gone: nothing to close
+        client.close()
+
+
+def _identity(client: Any) -> dict:
+    """The scheduler's id and address, as the scheduler itself gives them (an
+    address string may name it otherwise: a host name for an IP)."""
+    try:
+        return client.scheduler_info(n_workers=0)
+    except TypeError:  # a distributed from before n_workers=
+        return client.scheduler_info()
+
+
+def client_for_futures(
+    futures: Sequence[Any], client: Any = None, *, security: Any = None
+) -> Reached:
+    """The client to fetch data persisted as ``futures`` (maybe none) through.
+
+    ``client`` when given, else the futures' own client. A persisted dataset's
+    futures belong to the client that persisted them, but any client of the same
+    scheduler can use them in a graph; so ``client`` may be another client, or an
+    address, of that scheduler (an address equal to the futures' own client's reuses
+    it). A client made here from an address is not made the default.
+
+    Raises
+    ------
+    DaskmriError
+        If the futures' client is closed (the cluster has let their data go), or
+        ``client`` is for another scheduler than the futures'; and as
+        :func:`resolve_client`.
+
+    Examples
+    --------
+    >>> client_for_futures([])  # nothing persisted, no client asked for: local
+    Reached(client=None, made=False)
+    """
+    owner = futures[0].client if futures else None
+    if owner is not None and owner.status in ("closing", "closed"):
+        raise DaskmriError(
+            "the dataset's pixels were persisted through a client that is now closed, so the "
+            "cluster has let them go; load the dataset again and keep its client open while "
+            "you use it"
+        )
+    if client is None or (owner is not None and client == owner.scheduler.address):
+        return Reached(owner, False)
+    reached = open_client(client, security=security, default=False)
+    if owner is None or reached.client is owner:
+        return reached
+    theirs, ours = _identity(owner), _identity(reached.client)
+    if theirs.get("id") != ours.get("id"):
+        if reached.made:
+            reached.client.close()
+        raise DaskmriError(
+            f"the dataset's pixels are held by the scheduler at {theirs.get('address')}, but "
+            f"client= is for the scheduler at {ours.get('address')}; pass client=None (the "
+            "dataset's own client) or that scheduler's address, or load the dataset on this one"
+        )
+    return reached
 
 
 def _worker_facts(root: str | None, fs: FileSystem = LOCAL) -> dict:
@@ -261,30 +398,30 @@ def wait_on_cluster(client, futures, *, no_workers_timeout: float = NO_WORKERS_T
 
 def client_for(
     compute: Compute, root: str, *, keep: bool, fs: FileSystem = LOCAL
-) -> contextlib.AbstractContextManager:
-    """The client for ``compute`` (None for a local scheduler), its workers checked
-    against ``root`` on ``fs``, as a context manager. With ``keep`` the client stays open (a
-    dataset whose pixels live on the cluster needs it); otherwise a client made here
-    from an address is closed on exit. The cluster comes first: an address that is
+) -> contextlib.AbstractContextManager[Reached]:
+    """The :class:`Reached` client for ``compute`` (None for a local scheduler), its
+    workers checked against ``root`` on ``fs``, as a context manager. A client made
+    here from an address is closed on exit, or with ``keep`` (a dataset whose pixels
+    live on the cluster needs it) only when the body fails: then it is the caller's
+    to close (see :func:`close_with`). The cluster comes first: an address that is
     wrong fails before a long scan."""
     if compute.scheduler is not None:
-        return contextlib.nullcontext(None)
-    if keep:
-        client = resolve_client(compute.client, security=compute.security)
-        if client is not None:
-            check_workers(client, root, fs)
-        return contextlib.nullcontext(client)
-    return _checked(connect(compute.client, security=compute.security), root, fs)
+        return contextlib.nullcontext(Reached(None, False))
+    return _checked(compute, root, fs, keep)
 
 
 @contextlib.contextmanager
-def _checked(
-    connection: contextlib.AbstractContextManager, root: str, fs: FileSystem
-) -> Iterator[Any]:
-    with connection as client:
-        if client is not None:
-            check_workers(client, root, fs)
-        yield client
+def _checked(compute: Compute, root: str, fs: FileSystem, keep: bool) -> Iterator[Reached]:
+    reached = open_client(compute.client, security=compute.security)
+    kept = False
+    try:
+        if reached.client is not None:
+            check_workers(reached.client, root, fs)
+        yield reached
+        kept = keep
+    finally:
+        if reached.made and not kept:
+            reached.client.close()
 
 
 class ClusterExecutor:

@@ -223,7 +223,7 @@ def build(
     # the result stays on the cluster. Its workers are checked before anything is
     # written.
     with (
-        client_for(compute, source.root, keep=False, fs=source.fs) as client,
+        client_for(compute, source.root, keep=False, fs=source.fs) as (client, _),
         spec.reaching("write to"),
     ):
         # A key that may read but not write, or workers without the credentials,
