@@ -141,6 +141,10 @@ class RecordError(DaskmriError):
         self.path = str(path)
         self.reason = reason
 
+    def __reduce__(self) -> tuple:
+        # args holds the joined message: rebuild from the parts, as __init__ takes them.
+        return (type(self), (self.path, self.reason))
+
 
 class DicomError(RecordError):
     """A DICOM file is unreadable: truncated, not DICOM, no pixels, too large, ..."""

@@ -116,15 +116,17 @@ def _fail_to_load():
 
 
 class Buggy:
-    """The default reader, raising ``error`` (an exception instance) on one record:
-    a bug in a user's reader when the error is not a data error."""
+    """The default reader, raising ``error(*args)`` on one record: a bug in a user's
+    reader when the error is not a data error. The exception is made where the reader
+    runs, as a user's would be (an instance carried in the reader would have to
+    unpickle in the worker first)."""
 
-    def __init__(self, patient_id: str, instance: int, error: BaseException) -> None:
-        self.key, self.error = (patient_id, instance), error
+    def __init__(self, patient_id: str, instance: int, error: type, *args) -> None:
+        self.key, self.error, self.args = (patient_id, instance), error, args
 
     def __call__(self, record: Record):
         if (record.patient_id, record.instance) == self.key:
-            raise self.error
+            raise self.error(*self.args)
         return read_record(record)
 
 

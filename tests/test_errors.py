@@ -51,7 +51,7 @@ def first_dicom(root: Path) -> Path:
 
 @pytest.mark.parametrize("scheduler", ["sync", "threads", "processes"])
 def test_a_bug_in_a_reader_is_raised_naming_the_record(synth_root, scheduler):
-    reader = Buggy(*FIRST, TypeError("unsupported operand"))
+    reader = Buggy(*FIRST, TypeError, "unsupported operand")
     with pytest.raises(ReaderError) as info:
         daskmri.load_dataset(synth_root, chunk_size=4, scheduler=scheduler, reader=reader)
     error = info.value
@@ -63,7 +63,7 @@ def test_a_bug_in_a_reader_is_raised_naming_the_record(synth_root, scheduler):
 
 
 def test_a_bug_on_a_cluster_is_raised_with_the_workers_traceback(synth_root, client):
-    reader = Buggy(*FIRST, KeyError("lost"))
+    reader = Buggy(*FIRST, KeyError, "lost")
     with pytest.raises(ReaderError, match="patient SYN0001, instance 2") as info:
         daskmri.load_dataset(synth_root, chunk_size=4, client=client, reader=reader)
     cause = info.value.__cause__
@@ -75,7 +75,7 @@ def test_a_bug_on_a_cluster_is_raised_with_the_workers_traceback(synth_root, cli
 
 
 def test_a_bug_in_local_workers_keeps_the_cause_and_its_traceback(synth_root):
-    reader = Buggy(*FIRST, ZeroDivisionError("division by zero"))
+    reader = Buggy(*FIRST, ZeroDivisionError, "division by zero")
     with pytest.raises(ReaderError) as info:
         daskmri.load_dataset(synth_root, chunk_size=4, scheduler="processes", reader=reader)
     cause = info.value.__cause__
@@ -84,7 +84,7 @@ def test_a_bug_in_local_workers_keeps_the_cause_and_its_traceback(synth_root):
 
 
 def test_an_exception_that_does_not_unpickle_still_names_the_record(synth_root):
-    reader = Buggy(*FIRST, OddError(7, "checksum"))
+    reader = Buggy(*FIRST, OddError, 7, "checksum")
     with pytest.raises(ReaderError, match="instance 2") as info:
         daskmri.load_dataset(synth_root, chunk_size=4, scheduler="processes", reader=reader)
     cause = info.value.__cause__
@@ -94,7 +94,7 @@ def test_an_exception_that_does_not_unpickle_still_names_the_record(synth_root):
 
 def test_a_bug_stops_a_build_and_the_build_resumes_once_fixed(synth_root, reference, tmp_path):
     store = tmp_path / "ds.zarr"
-    reader = Buggy(*FIRST, AttributeError("'NoneType' object has no attribute 'shape'"))
+    reader = Buggy(*FIRST, AttributeError, "'NoneType' object has no attribute 'shape'")
     with pytest.raises(ReaderError, match="instance 2"):
         daskmri.build(synth_root, store, chunk_size=4, scheduler="sync", reader=reader)
     report = daskmri.build(synth_root, store, chunk_size=4, scheduler="sync")
@@ -103,7 +103,7 @@ def test_a_bug_stops_a_build_and_the_build_resumes_once_fixed(synth_root, refere
 
 
 def test_on_error_drop_makes_every_failure_a_row(synth_root, reference):
-    reader = Buggy(*FIRST, TypeError("unsupported operand"))
+    reader = Buggy(*FIRST, TypeError, "unsupported operand")
     ds = daskmri.load_dataset(
         synth_root, chunk_size=4, scheduler="processes", reader=reader, on_error="drop"
     )
@@ -121,23 +121,22 @@ def test_on_error_is_checked_before_anything_runs(synth_root):
 @pytest.mark.parametrize(
     "error",
     [
-        ContourError("/c/x.txt", "line 3: 'x y' is not two numbers"),
-        DicomError("/d/2.dcm", "truncated"),
-        FileNotFoundError(2, "No such file or directory", "/d/2.dcm"),
+        (ContourError, "/c/x.txt", "line 3: 'x y' is not two numbers"),
+        (DicomError, "/d/2.dcm", "truncated"),
+        (FileNotFoundError, 2, "No such file or directory", "/d/2.dcm"),
     ],
     ids=["ContourError", "DicomError", "OSError"],
 )
 def test_data_errors_from_a_reader_are_dropped(synth_root, reference, error):
-    ds = daskmri.load_dataset(
-        synth_root, chunk_size=4, scheduler="sync", reader=Buggy(*FIRST, error)
-    )
+    reader = Buggy(*FIRST, *error)
+    ds = daskmri.load_dataset(synth_root, chunk_size=4, scheduler="sync", reader=reader)
     lost = daskmri.dropped(ds)
     assert lost[["patient_id", "instance"]].values.tolist() == [list(FIRST)]
     assert_records_equal(ds, without(reference, FIRST))
 
 
 def test_dropped_records_are_logged_at_debug_with_their_exception(synth_root, caplog):
-    reader = Buggy(*FIRST, DicomError("/d/2.dcm", "truncated"))
+    reader = Buggy(*FIRST, DicomError, "/d/2.dcm", "truncated")
     with caplog.at_level(logging.DEBUG, logger="daskmri.parse"):
         daskmri.load_dataset(synth_root, chunk_size=4, scheduler="sync", reader=reader)
     (found,) = [r for r in caplog.records if r.name == "daskmri.parse"]
@@ -272,3 +271,9 @@ def test_rtstruct_planes_survive_a_damaged_first_slice(rt_root, tmp_path, how):
     assert_records_equal(ds, full.isel(record=[1, 2, 3]))
     lost = daskmri.dropped(ds)
     assert lost.path.str.endswith("1.dcm").any(), lost
+
+
+@pytest.mark.parametrize("kind", [DicomError, ContourError, daskmri.errors.RTStructError])
+def test_record_errors_pickle_whole(kind):
+    error = pickle.loads(pickle.dumps(kind("/d/1.dcm", "truncated")))
+    assert (type(error), error.path, error.reason) == (kind, "/d/1.dcm", "truncated")
