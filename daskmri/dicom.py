@@ -292,13 +292,15 @@ def _uid_text(value: memoryview) -> str:
 
 
 def _ds_text(value: memoryview) -> str:
-    """A DS value as pydicom reads it; ValueError where pydicom's conversion raises
-    (an item that is no number), so that the walk steps aside there too."""
-    items = [item.strip() for item in _numeric_text(value).split("\\")]
+    """A DS value as pydicom reads it; ValueError where an item is no number to
+    ``float`` (pydicom raises there, or keeps that item as text), so that the walk
+    steps aside. The items are not stripped first: ``str.strip`` removes characters
+    (``\\x1c``) that ``float`` refuses."""
+    items = _numeric_text(value).split("\\")
     for item in items:
-        if item:
+        if item.strip():
             float(item)
-    return "\\".join(items)
+    return "\\".join(item.strip() for item in items)
 
 
 #: The plane tags (see :func:`read_text_tags`).

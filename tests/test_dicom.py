@@ -427,8 +427,11 @@ class TestHeaderWalk:
             (b"\x20\x00\x32\x00DS", b"\x20\x00\x32\x00FD"),  # pydicom reads binary doubles
             (b"\x08\x00\x18\x00UI", b"\x08\x00\x18\x00AT"),  # pydicom reads tags
             (b'DS"\x00-158', b'DS"\x00\x00158'),  # a DS that is no number: pydicom raises
+            # An item that str.strip() would clean but float() refuses: pydicom keeps it
+            # as text, and the plane assignment cannot use it.
+            (b"DS6\x001.000000\\", b"DS6\x001.00000\x1c\\"),
         ],
-        ids=["DS as FD", "UI as AT", "DS led by NUL"],
+        ids=["DS as FD", "UI as AT", "DS led by NUL", "DS item ending in 0x1c"],
     )
     def test_text_tags_it_cannot_read_as_pydicom_does_are_left_to_it(self, tmp_path, old, new):
         data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
