@@ -227,17 +227,20 @@ def _with_syntax(uid: str) -> Callable[[bytes], bytes]:
         if start is None:
             return raw
         value = uid.encode() + (b"\0" if len(uid) % 2 else b"")
+        syntax = b"\x02\x00\x10\x00UI" + struct.pack("<H", len(value)) + value
         meta, pos = bytearray(), 132
         while pos < start:
             tag, vr = raw[pos : pos + 4], raw[pos + 4 : pos + 6]
             long = vr.decode("latin-1") in _LONG_VRS
             head = 12 if long else 8
             length = struct.unpack_from("<I" if long else "<H", raw, pos + (8 if long else 6))[0]
-            if tag == b"\x02\x00\x10\x00":
-                meta += tag + vr + struct.pack("<H", len(value)) + value
-            elif tag != b"\x02\x00\x00\x00":  # the group length is recomputed below
-                meta += raw[pos : pos + head + length]
+            if struct.unpack("<HH", tag)[1] >= 0x0010 and syntax:
+                meta += syntax  # in its place, replacing the old one or where it lacks
+                syntax = b""
+            if tag not in (b"\x02\x00\x10\x00", b"\x02\x00\x00\x00"):
+                meta += raw[pos : pos + head + length]  # the group length is recomputed
             pos += head + length
+        meta += syntax
         group = b"\x02\x00\x00\x00UL" + struct.pack("<HI", 4, len(meta))
         return raw[:132] + group + bytes(meta) + raw[start:]
 
@@ -395,16 +398,18 @@ def cases(seed: int = SEED, counts: dict[str, int] = COUNTS) -> list[Case]:
     files = shipped_files()
     raws = {path: path.read_bytes() for path in files}
     profiles = {path: profile(raw) for path, raw in raws.items()}
-    found = [Case(path) for path in files]
+    found = {case.id: case for case in map(Case, files)}
     rng = np.random.default_rng(seed)
     for kind, count in counts.items():
         make, fits = _MAKERS[kind]
         pool = [path for path in files if fits(profiles[path])]
         weights = np.array([3.0 if profiles[path].grey else 1.0 for path in pool])
-        for k in rng.choice(len(pool), size=count, p=weights / weights.sum()):
-            path = pool[k]
-            found.append(Case(path, make(rng, raws[path], profiles[path])))
-    return found + regressions()
+        wanted = len(found) + count
+        while len(found) < wanted:  # a mutation drawn twice is drawn again
+            path = pool[rng.choice(len(pool), p=weights / weights.sum())]
+            case = Case(path, make(rng, raws[path], profiles[path]))
+            found.setdefault(case.id, case)
+    return [*found.values(), *regressions()]
 
 
 def regressions() -> list[Case]:
