@@ -269,6 +269,12 @@ def _dataset_start(raw: bytes) -> tuple[int, str] | None:
         pos = start + length
     if syntax not in _LITTLE_ENDIAN:
         return None
+    # pydicom reads the dataset in the VR encoding its first element shows (two capital
+    # letters where an explicit VR would be), whatever the transfer syntax says.
+    vr = raw[pos + 4 : pos + 6]
+    looks_explicit = len(vr) == 2 and all(0x40 < c < 0x5B for c in vr)
+    if len(vr) == 2 and looks_explicit != (syntax == ExplicitVRLittleEndian):
+        return None
     return pos, syntax
 
 

@@ -219,7 +219,7 @@ def _emptied(e: Element) -> bytes:
     return tag + e.vr.encode() + struct.pack(f"{order}H", 0)
 
 
-def _with_syntax(uid: str) -> Callable[[bytes], bytes]:
+def relabelled(uid: str) -> Callable[[bytes], bytes]:
     """The file meta group rewritten to declare ``uid``; the dataset's bytes unchanged."""
 
     def apply(raw: bytes) -> bytes:
@@ -247,7 +247,7 @@ def _with_syntax(uid: str) -> Callable[[bytes], bytes]:
     return apply
 
 
-def _reencoded(syntax: str) -> Callable[[bytes], bytes]:
+def reencoded(syntax: str) -> Callable[[bytes], bytes]:
     """The file written again by pydicom in ``syntax`` with the same stored pixels;
     in big endian 8-bit pixels go as OW, byte-swapped in 16-bit words (PS3.5 8.1.1)."""
 
@@ -376,9 +376,9 @@ def _vr_change(rng, raw: bytes, prof: Profile) -> Mutation:
 def _syntax_change(rng, raw: bytes, prof: Profile) -> Mutation:
     if prof.reencodable and rng.random() < 0.4:
         syntax = _pick(rng, [uid for uid in _REENCODINGS if uid != prof.syntax])
-        return Mutation("syntax", f"reencode {syntax}", _reencoded(syntax))
+        return Mutation("syntax", f"reencode {syntax}", reencoded(syntax))
     syntax = _pick(rng, [uid for uid in _SYNTAXES if uid != prof.syntax])
-    return Mutation("syntax", f"relabel {syntax}", _with_syntax(syntax))
+    return Mutation("syntax", f"relabel {syntax}", relabelled(syntax))
 
 
 _MAKERS = {
@@ -423,7 +423,7 @@ def regressions() -> list[Case]:
     samples = at("test_files/MR_small.dcm", 0x00280002)
     slope = at("test_files/CT_small.dcm", 0x00281053)
     made = [
-        ("charset_files/chrArab.dcm", "8-bit OW big endian", _reencoded(ExplicitVRBigEndian)),
+        ("charset_files/chrArab.dcm", "8-bit OW big endian", reencoded(ExplicitVRBigEndian)),
         (
             "test_files/CT_small.dcm",
             "vr Rows US->DS",
@@ -439,7 +439,7 @@ def regressions() -> list[Case]:
             "empty RescaleSlope",
             _splice(slope.start, slope.end, _emptied(slope)),
         ),
-        ("test_files/MR_small.dcm", "relabel 1.2.3.4.5", _with_syntax("1.2.3.4.5")),
+        ("test_files/MR_small.dcm", "relabel 1.2.3.4.5", relabelled("1.2.3.4.5")),
     ]
     return [
         Case(DATA_ROOT / name, Mutation("regression", f"issue 24: {detail}", apply))

@@ -414,6 +414,20 @@ class TestHeaderWalk:
         (tmp_path / "t.dcm").write_bytes(data + tail)
         np.testing.assert_array_equal(read_dicom(tmp_path / "t.dcm"), pydicom_pixels(slice_path))
 
+    @pytest.mark.filterwarnings("ignore:Expected implicit VR:UserWarning")  # pydicom's
+    def test_a_dataset_in_another_vr_than_its_syntax_says_is_left_to_pydicom(
+        self, slice_path, tmp_path
+    ):
+        """pydicom reads the VR encoding the first element shows, not the declared one;
+        the walk does not try to read one as the other."""
+        from daskmri.dicom import _dataset_start
+
+        data = differential.relabelled(ImplicitVRLittleEndian)(slice_path.read_bytes())
+        assert _dataset_start(slice_path.read_bytes()) is not None
+        assert _dataset_start(data) is None
+        (tmp_path / "x.dcm").write_bytes(data)
+        np.testing.assert_array_equal(read_dicom(tmp_path / "x.dcm"), pydicom_pixels(slice_path))
+
     def test_text_tags_are_pydicoms(self):
         path = get_testdata_file("CT_small.dcm")
         found = read_text_tags(path, PLANE_TAGS)
