@@ -1,10 +1,15 @@
 """Read one DICOM slice into float32 pixels after the modality rescale.
 
-Native (uncompressed) pixel data takes a fast path: only the handful of tags
-that describe the pixels are parsed, and the pixels are a ``np.frombuffer`` view
-with the right dtype and byte order. Everything else (JPEG, JPEG-LS, JPEG 2000,
-RLE, a Modality LUT) goes through pydicom's own decoders. Both paths give exactly
-``pydicom.pixels.apply_modality_lut(ds.pixel_array, ds).astype(np.float32)``.
+Native little-endian pixel data takes a fast path: a walk over the element headers
+keeps the handful of tags that describe the pixels, and the pixels are a
+``np.frombuffer`` view. Whatever the walk does not fully understand (big endian,
+deflate, JPEG, JPEG-LS, JPEG 2000, RLE, a Modality LUT, a tag with an unexpected VR or
+value) goes to pydicom, which decodes and rescales it. Both paths give exactly
+``pydicom.pixels.apply_modality_lut(ds.pixel_array, ds).astype(np.float32)``, or a
+one-line :class:`~daskmri.errors.DicomError` where daskmri cannot (colour, several
+frames, float pixels) or pydicom does not (a damaged file): never another array.
+tests/test_dicom_differential.py holds this against pydicom on every file pydicom
+ships and 400 mutations of them.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ ExplicitVRBigEndian = "1.2.840.10008.1.2.2"
 
 __all__ = [
     "PLANE_TAGS",
+    "TEXT_TAG_VRS",
     "read_dicom",
     "read_dicom_geometry",
     "read_dicom_shape",
@@ -109,16 +115,9 @@ _SHORT_VRS = frozenset(
         b"US",
     }
 )
-# The VR each wanted tag must carry in an explicit-VR file; any other is pydicom's call.
 #: The PhotometricInterpretation values of a grey-level image.
 GREY_LEVELS = ("MONOCHROME2", "MONOCHROME1")
 
-_WANTED_VR = {
-    "NumberOfFrames": b"IS",
-    "RescaleIntercept": b"DS",
-    "RescaleSlope": b"DS",
-    "PhotometricInterpretation": b"CS",
-}
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
@@ -142,6 +141,32 @@ _WANTED = {
 _US = frozenset(
     {"SamplesPerPixel", "Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation"}
 )
+# The VRs each wanted tag may carry in an explicit-VR file: those pydicom decodes the
+# way the walk does. Any other (Rows as DS, PixelData as UT, ...) is pydicom's call.
+_WANTED_VRS = {name: frozenset({b"US"}) for name in _US} | {
+    "NumberOfFrames": frozenset({b"IS"}),
+    "RescaleIntercept": frozenset({b"DS"}),
+    "RescaleSlope": frozenset({b"DS"}),
+    "PhotometricInterpretation": frozenset({b"CS"}),
+    "PixelSpacing": frozenset({b"DS"}),
+    "ModalityLUTSequence": frozenset({b"SQ"}),
+    "PixelData": frozenset({b"OB", b"OW"}),
+    "FloatPixelData": frozenset({b"OF"}),
+    "DoubleFloatPixelData": frozenset({b"OD"}),
+}
+#: Tags :func:`read_text_tags` reads, with their VR (in PS3.6): the walk reads a tag
+#: only where it carries that VR, and strips the text as pydicom does for it.
+TEXT_TAG_VRS = {
+    0x00080018: "UI",
+    0x00180050: "DS",
+    0x00180088: "DS",
+    0x00200032: "DS",
+    0x00200037: "DS",
+    0x00280030: "DS",
+}
+# The transfer syntaxes the walk reads itself; pydicom reads every other one.
+_LITTLE_ENDIAN = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+_MAX_SIZE = 2**16 - 1  # Rows and Columns are US: pydicom refuses anything larger
 _unpack_tag_len = struct.Struct("<HHI").unpack_from
 _unpack_tag_vr_short = struct.Struct("<HH2sH").unpack_from
 
@@ -190,10 +215,20 @@ def _skip_sequence(raw: bytes, pos: int, explicit: bool) -> int:
         pos = _walk(raw, start, explicit, None) if length == _UNDEFINED else start + length
 
 
-def _walk(raw: bytes, pos: int, explicit: bool, found: dict | None, wanted: dict = _WANTED) -> int:
-    """Walk a dataset from ``pos``; collect ``wanted`` top-level tags into ``found``.
+def _walk(
+    raw: bytes,
+    pos: int,
+    explicit: bool,
+    found: dict | None,
+    wanted: dict = _WANTED,
+    vrs: dict = _WANTED_VRS,
+) -> int:
+    """Walk a dataset from ``pos`` to its end; collect ``wanted`` top-level tags into
+    ``found`` where they carry one of their ``vrs`` (any other VR: :class:`_Fallback`).
 
-    ``found`` is None inside a nested item, which ends at its delimiter.
+    ``found`` is None inside a nested item, which ends at its delimiter. The walk goes
+    on after the pixels: pydicom reads the whole file, and what it cannot read there
+    (a truncated trailing element) must send the file to pydicom, not past it.
     """
     end = len(raw)
     while pos < end:
@@ -210,17 +245,9 @@ def _walk(raw: bytes, pos: int, explicit: bool, found: dict | None, wanted: dict
             raise _Fallback  # truncated: let pydicom read and describe it
         if found is not None and tag in wanted:
             name = wanted[tag]
-            if (
-                vr is not None
-                and vr != _WANTED_VR.get(name, b"US")
-                and name in _US | set(_WANTED_VR)
-            ):
+            if vr is not None and vr not in vrs[name]:
                 raise _Fallback
-            if name == "PixelSpacing" and vr not in (None, b"DS"):
-                raise _Fallback  # a binary or odd encoding: pydicom decodes it
             found[name] = memoryview(raw)[start : start + length]
-            if tag == _PIXEL_DATA:
-                return start + length
         pos = start + length
     if found is None:
         raise _Fallback
@@ -240,12 +267,49 @@ def _dataset_start(raw: bytes) -> tuple[int, str] | None:
         if tag == 0x00020010:
             syntax = bytes(raw[start : start + length]).rstrip(b"\0 ").decode("ascii")
         pos = start + length
-    if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+    if syntax not in _LITTLE_ENDIAN:
+        return None
+    # pydicom reads the dataset in the VR encoding its first element shows (two capital
+    # letters where an explicit VR would be), whatever the transfer syntax says.
+    vr = raw[pos + 4 : pos + 6]
+    looks_explicit = len(vr) == 2 and all(0x40 < c < 0x5B for c in vr)
+    if len(vr) == 2 and looks_explicit != (syntax == ExplicitVRLittleEndian):
         return None
     return pos, syntax
 
 
-#: The text tags that place a slice in patient space (see :func:`read_text_tags`).
+# pydicom decodes DS, IS, CS and UI values in its default character set (latin-1, not
+# the file's SpecificCharacterSet), and strips them as these do; the walk does the same
+# so that its text is pydicom's text.
+def _numeric_text(value: memoryview) -> str:
+    """A DS or IS value as pydicom reads it: whitespace around it, then trailing padding."""
+    return bytes(value).decode("latin-1").strip().rstrip(" \0")
+
+
+def _code_text(value: memoryview) -> str:
+    """A CS value as pydicom reads it: trailing padding stripped, leading spaces kept."""
+    return bytes(value).decode("latin-1").rstrip(" \0")
+
+
+def _uid_text(value: memoryview) -> str:
+    """A UI value as pydicom reads it: trailing padding, then spaces around each UID."""
+    items = bytes(value).decode("latin-1").rstrip("\0 ").split("\\")
+    return "\\".join(item.strip() for item in items)
+
+
+def _ds_text(value: memoryview) -> str:
+    """A DS value as pydicom reads it; ValueError where an item is no number to
+    ``float`` (pydicom raises there, or keeps that item as text), so that the walk
+    steps aside. The items are not stripped first: ``str.strip`` removes characters
+    (``\\x1c``) that ``float`` refuses."""
+    items = _numeric_text(value).split("\\")
+    for item in items:
+        if item.strip():
+            float(item)
+    return "\\".join(item.strip() for item in items)
+
+
+#: The plane tags (see :func:`read_text_tags`).
 PLANE_TAGS = {
     0x00080018: "SOPInstanceUID",
     0x00180050: "SliceThickness",
@@ -263,16 +327,21 @@ def read_text_tags(
     limits: Limits = DEFAULT_LIMITS,
     fs: FileSystem = LOCAL,
 ) -> dict[str, str] | None:
-    r"""The values of top-level text tags (UI, DS, CS, ...) of a DICOM file, by the
-    header walk and without pydicom: ``{name: text}`` for those present (padding
-    stripped, several values still joined by backslashes). None when the walk leaves
-    the file to pydicom (not uncompressed little endian, an element it does not
-    understand); read such a file with pydicom.
+    r"""The values of top-level UI and DS tags of a DICOM file, by the header walk and
+    without pydicom: ``{name: text}`` for those present, the text as pydicom gives it
+    (padding stripped as pydicom strips it, several values joined by backslashes).
+
+    None where the walk leaves the file to pydicom: not uncompressed little endian, an
+    element it does not understand, a tag with another VR than its own, a DS value that
+    is no number (pydicom raises on it), text outside ASCII. Read such a file with
+    pydicom. Every tag must be one of :data:`TEXT_TAG_VRS` (all of :data:`PLANE_TAGS`).
 
     Raises
     ------
     DicomError
         If the file cannot be read (missing, empty, over ``Limits.max_file_bytes``).
+    ValueError
+        If a tag is not one of :data:`TEXT_TAG_VRS`: its VR, so its reading, is unknown.
 
     Examples
     --------
@@ -283,21 +352,31 @@ def read_text_tags(
     >>> found["PixelSpacing"].split("\\")
     ['1.25', '1.25']
     """
+    unknown = sorted(set(tags) - set(TEXT_TAG_VRS))
+    if unknown:
+        raise ValueError(
+            f"read_text_tags reads only the tags of TEXT_TAG_VRS; not {[hex(t) for t in unknown]}"
+        )
     path = os.fspath(path)
     raw = _read_bytes(path, limits, fs)
+    vrs = {name: frozenset({TEXT_TAG_VRS[tag].encode()}) for tag, name in tags.items()}
+    reader = {
+        name: _uid_text if TEXT_TAG_VRS[tag] == "UI" else _ds_text for tag, name in tags.items()
+    }
     try:
         begin = _dataset_start(raw)
         if begin is None:
             return None
         found: dict = {}
-        _walk(raw, begin[0], begin[1] == ExplicitVRLittleEndian, found, tags)
-        return {name: bytes(v).decode("ascii").strip(" \0") for name, v in found.items()}
+        _walk(raw, begin[0], begin[1] == ExplicitVRLittleEndian, found, tags, vrs)
+        return {name: reader[name](value) for name, value in found.items()}
     except (_Fallback, struct.error, UnicodeDecodeError, ValueError):
         return None
 
 
 def _fast_header(raw: bytes) -> tuple[_Header, str] | None:
-    """Wanted tags and the transfer syntax of a little-endian uncompressed file, or None."""
+    """Wanted tags and the transfer syntax of a little-endian uncompressed file, or None
+    where anything in it is not exactly as the walk expects (pydicom then reads it)."""
     try:
         begin = _dataset_start(raw)
         if begin is None:
@@ -305,38 +384,43 @@ def _fast_header(raw: bytes) -> tuple[_Header, str] | None:
         pos, syntax = begin
         found: dict = {}
         _walk(raw, pos, syntax == ExplicitVRLittleEndian, found)
+        if "ModalityLUTSequence" in found:
+            return None  # pydicom applies the LUT
         header = _Header()
         for name, value in found.items():
-            if name == "PixelData" or name.endswith("FloatPixelData"):
-                header[name] = value
-            elif name == "ModalityLUTSequence":
-                return None
-            elif name == "PixelSpacing":
-                header[name] = _spacing(bytes(value).decode("ascii", "replace").split("\\"))
-            elif name in _US:
-                if len(value) != 2:
-                    return None
-                header[name] = struct.unpack("<H", value)[0]
-            else:  # CS, IS and DS: one value as text
-                text = bytes(value).decode("ascii").strip(" \0")
-                if not text or "\\" in text:
-                    return None
-                if name == "PhotometricInterpretation":
-                    # Only trailing padding, as pydicom strips: a leading space is an error.
-                    header[name] = bytes(value).decode("ascii").rstrip(" \0")
-                else:
-                    header[name] = int(text) if name == "NumberOfFrames" else float(text)
+            header[name] = _decoded(name, value)
         return header, syntax
     except (_Fallback, struct.error, UnicodeDecodeError, ValueError):
         return None
+
+
+def _decoded(name: str, value: memoryview) -> object:
+    """A wanted value from its bytes, as pydicom would give it; ValueError where the
+    walk cannot be sure it is (an empty or multiple value, text that is no number)."""
+    if name in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        return value
+    if name == "PixelSpacing":
+        return _spacing(_numeric_text(value).split("\\"))
+    if name in _US:
+        if len(value) != 2:
+            raise ValueError(name)
+        return struct.unpack("<H", value)[0]
+    text = _code_text(value) if name == "PhotometricInterpretation" else _numeric_text(value)
+    if not text or "\\" in text:
+        raise ValueError(name)
+    if name == "PhotometricInterpretation":
+        return text
+    if name == "NumberOfFrames":
+        return int(text)
+    return float(text)
 
 
 def _spacing(values: list) -> tuple[float, float] | None:
     """PixelSpacing as ``(row_mm, column_mm)``, or None when absent or not two positive
     finite numbers (it is optional: a slice without it is read all the same)."""
     try:
-        spacing = tuple(float(str(v).strip(" \0")) for v in values)
-    except ValueError:
+        spacing = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
         return None
     if len(spacing) != 2 or not all(np.isfinite(v) and v > 0 for v in spacing):
         return None
@@ -352,29 +436,33 @@ def _read_bytes(path: str, limits: Limits, fs: FileSystem = LOCAL) -> bytes:
     return raw
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception as ``Type: text`` on one line (pydicom's messages may span several)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
 def _parse(path: str, raw: bytes, specific_tags: list[str] | None) -> pydicom.Dataset:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         return pydicom.dcmread(io.BytesIO(raw), specific_tags=specific_tags)
-    except InvalidDicomError:
+    except InvalidDicomError as exc:
         raise DicomError(
             path, "not a DICOM file (no 'DICM' marker after the 128-byte preamble)"
-        ) from None
+        ) from exc
     except Exception as exc:  # pydicom raises many types on a damaged file
-        raise DicomError(
-            path, f"damaged or truncated DICOM ({type(exc).__name__}: {exc})"
-        ) from None
+        raise DicomError(path, f"damaged or truncated DICOM ({_one_line(exc)})") from exc
 
 
-def _header(path: str, raw: bytes) -> tuple[_Header, str]:
-    """The pixel-describing tags and transfer syntax: by the fast walk, else pydicom."""
+def _header(path: str, raw: bytes) -> tuple[_Header, object, bool]:
+    """The pixel-describing tags, the transfer syntax, and whether the walk read them
+    (else pydicom did, and pydicom decodes the pixels too)."""
     fast = _fast_header(raw)
     if fast is not None:
-        return fast
+        return *fast, True
     parsed = _parse(path, raw, _PIXEL_TAGS)
-    return _header_of(path, parsed), parsed.file_meta.get("TransferSyntaxUID")
+    return _header_of(path, parsed), parsed.file_meta.get("TransferSyntaxUID"), False
 
 
 def _header_of(path: str, ds: pydicom.Dataset) -> _Header:
@@ -386,43 +474,73 @@ def _header_of(path: str, ds: pydicom.Dataset) -> _Header:
             if name in ds and name != "PixelSpacing":
                 header[name] = True if name == "ModalityLUTSequence" else ds[name].value
     except Exception as exc:
-        raise DicomError(path, f"damaged DICOM header ({type(exc).__name__}: {exc})") from None
+        raise DicomError(path, f"damaged DICOM header ({_one_line(exc)})") from exc
     try:
         header["PixelSpacing"] = _spacing(list(ds.get("PixelSpacing") or []))
     except Exception:  # optional: a damaged spacing is as good as none
         header["PixelSpacing"] = None
-    from pydicom.multival import MultiValue
-
-    for name in (*_US, *_WANTED_VR):
-        if isinstance(header.get(name), (list, tuple, MultiValue)):
-            raise DicomError(path, f"damaged DICOM header: {name} holds several values")
     return header
 
 
-def _geometry(path: str, ds: pydicom.Dataset, limits: Limits) -> tuple[int, int, int]:
-    # All required (type 1) in the Image Pixel module, and pydicom refuses to decode
-    # without them: a default would invent how the bytes are meant.
-    required = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation")
-    missing = [k for k in required if ds.get(k) is None]
+# All required (type 1) in the Image Pixel module, and pydicom refuses to decode
+# without them: a default would invent how the bytes are meant.
+_REQUIRED = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation")
+
+
+def _whole_numbers(path: str, ds: _Header) -> dict[str, int]:
+    """The US tags of the pixel description as ints; DicomError where one is missing or
+    not one whole number (a text VR, several values: pydicom cannot use it either)."""
+    missing = [k for k in _REQUIRED if ds.get(k) is None]
     if missing:
         raise DicomError(path, f"no pixel description: missing {', '.join(missing)}")
-    rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
-    if not 0 < int(ds.BitsStored) <= bits or int(ds.PixelRepresentation) not in (0, 1):
+    numbers = {}
+    for name in (*_REQUIRED, "SamplesPerPixel"):
+        value = ds.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise DicomError(
+                path, f"damaged pixel description: {name} is {_shown(value)}, not a whole number"
+            )
+        numbers[name] = value
+    return numbers
+
+
+def _shown(value: object) -> str:
+    """A header value for a message: its repr, on one line and not too long."""
+    text = " ".join(repr(value).split())
+    if not text.strip("'\"[]"):
+        return "empty"
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _geometry(path: str, ds: _Header, limits: Limits) -> tuple[int, int, int]:
+    n = _whole_numbers(path, ds)
+    rows, cols, bits = n["Rows"], n["Columns"], n["BitsAllocated"]
+    if not 0 < n["BitsStored"] <= bits or n["PixelRepresentation"] not in (0, 1):
         raise DicomError(
             path,
-            f"damaged pixel description: BitsStored {ds.BitsStored} with BitsAllocated "
-            f"{bits}, PixelRepresentation {ds.PixelRepresentation}",
+            f"damaged pixel description: BitsStored {n['BitsStored']} with BitsAllocated "
+            f"{bits}, PixelRepresentation {n['PixelRepresentation']}",
         )
-    if rows <= 0 or cols <= 0:
-        raise DicomError(path, f"declared size {rows}x{cols} is empty")
+    if not (0 < rows <= _MAX_SIZE and 0 < cols <= _MAX_SIZE):
+        raise DicomError(path, f"declared size {rows}x{cols} is empty or over 65535")
     if rows * cols > limits.max_pixels:
         raise DicomError(
             path,
             f"declared size {rows}x{cols} = {rows * cols} pixels is over "
             f"Limits.max_pixels={limits.max_pixels}; raise the limit if the file is genuine",
         )
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        raise DicomError(path, "colour image (SamplesPerPixel != 1); only grey-level MR is read")
+    _check_grey_level(path, ds, n["SamplesPerPixel"])
+    return rows, cols, bits
+
+
+def _check_grey_level(path: str, ds: _Header, samples: int | None) -> None:
+    """DicomError unless the header describes one grey-level frame."""
+    if samples is None:  # pydicom refuses to decode without it (type 1)
+        raise DicomError(path, "no pixel description: missing SamplesPerPixel")
+    if samples != 1:
+        raise DicomError(
+            path, f"colour image (SamplesPerPixel {samples}, not 1); only grey-level MR is read"
+        )
     # pydicom refuses to decode without it, and a damaged value would leave the grey
     # scale's meaning unknown.
     photometric = ds.get("PhotometricInterpretation")
@@ -431,13 +549,26 @@ def _geometry(path: str, ds: pydicom.Dataset, limits: Limits) -> tuple[int, int,
             path,
             "no PhotometricInterpretation"
             if photometric is None
-            else f"PhotometricInterpretation {str(photometric)!r} is not a grey level "
+            else f"PhotometricInterpretation {_shown(str(photometric))} is not a grey level "
             f"({' or '.join(GREY_LEVELS)})",
         )
-    frames = ds.get("NumberOfFrames", 1)
-    if int(frames or 1) != 1:
+    frames = ds.get("NumberOfFrames")
+    # pydicom reads text as a whole number (an odd VR), an empty or zero NumberOfFrames
+    # as one frame, and refuses a negative one; an IS that is no whole number (1.5)
+    # leaves the frame count unknown.
+    if isinstance(frames, str):
+        try:
+            frames = int(frames)
+        except ValueError:
+            raise DicomError(
+                path, f"damaged NumberOfFrames {_shown(frames)}: not a whole number"
+            ) from None
+    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int)):
+        raise DicomError(path, f"damaged NumberOfFrames {_shown(frames)}: not a whole number")
+    if frames is not None and frames < 0:
+        raise DicomError(path, f"damaged NumberOfFrames {frames}: negative")
+    if (frames or 1) != 1:
         raise DicomError(path, f"multi-frame image ({frames} frames); one slice per file expected")
-    return rows, cols, bits
 
 
 def read_dicom_shape(
@@ -469,7 +600,7 @@ def read_dicom_geometry(
     (32, 48, (1.25, 1.25))
     """
     path = os.fspath(path)
-    ds, _ = _header(path, _read_bytes(path, limits, fs))
+    ds, _, _ = _header(path, _read_bytes(path, limits, fs))
     rows, cols, _ = _geometry(path, ds, limits)
     return rows, cols, ds.get("PixelSpacing")
 
@@ -524,50 +655,39 @@ def read_slice(
     """
     path = os.fspath(path)
     raw = _read_bytes(path, limits, fs)
-    ds, syntax = _header(path, raw)
-    return _pixels(path, raw, ds, syntax, limits), ds.get("PixelSpacing")
+    ds, syntax, walked = _header(path, raw)
+    return _pixels(path, raw, ds, syntax, walked, limits), ds.get("PixelSpacing")
 
 
-def _pixels(path: str, raw: bytes, ds: _Header, syntax: object, limits: Limits) -> np.ndarray:
+def _pixels(
+    path: str, raw: bytes, ds: _Header, syntax: object, walked: bool, limits: Limits
+) -> np.ndarray:
     rows, cols, bits = _geometry(path, ds, limits)
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise DicomError(path, "float pixel data is not supported, only integer PixelData")
         raise DicomError(path, "no PixelData element: the file holds no image")
-    order = _NATIVE.get(syntax)
-    if "ModalityLUTSequence" in ds:
-        full = _parse(path, raw, None)
-        from pydicom.pixels import apply_modality_lut
-
-        lut = apply_modality_lut(_decoded_pixels(path, full, syntax), full)
-        return lut.astype(np.float32)
-    if order is not None and bits in (8, 16, 32):
-        pixels = _native_pixels(path, ds, rows, cols, bits, order)
-    else:
-        pixels = _decoded_pixels(path, _parse(path, raw, None), syntax)
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    if slope is not None and intercept is not None:
-        try:
-            slope, intercept = float(slope), float(intercept)
-        except (TypeError, ValueError):
-            raise DicomError(
-                path, f"RescaleSlope {slope!r} or RescaleIntercept {intercept!r} is not a number"
-            ) from None
+    native = syntax in _NATIVE and isinstance(ds.PixelData, (bytes, memoryview))
+    if native and bits in (8, 16, 32):
+        _check_size(path, ds.PixelData, rows, cols, bits)
+    if not (walked and bits in (8, 16, 32)):
+        # Whatever the walk did not read itself (big endian, where 8-bit pixels may be
+        # stored as byte-swapped OW words; odd VRs; a Modality LUT; other bit depths),
+        # pydicom decodes and rescales, so the result is pydicom's by construction.
+        return _pydicom_pixels(path, raw, syntax)
+    pixels = _native_pixels(ds, rows, cols, bits)
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:  # both, as pydicom requires
         # float64 first, as pydicom's apply_modality_lut does, so the float32 result
         # is bit-identical to it even where float32 arithmetic would round differently.
-        scaled = pixels.astype(np.float64) * slope
-        scaled += intercept
+        scaled = pixels.astype(np.float64) * ds.RescaleSlope
+        scaled += ds.RescaleIntercept
         return scaled.astype(np.float32)
     return pixels.astype(np.float32)
 
 
-def _native_pixels(
-    path: str, ds: pydicom.Dataset, rows: int, cols: int, bits: int, order: str
-) -> np.ndarray:
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    dtype = np.dtype(f"{order}{'i' if signed else 'u'}{bits // 8}")
-    data = ds.PixelData
-    expected = rows * cols * dtype.itemsize
+def _check_size(path: str, data: bytes | memoryview, rows: int, cols: int, bits: int) -> None:
+    """DicomError unless the native pixel bytes hold one ``rows x cols`` frame."""
+    expected = rows * cols * bits // 8
     if len(data) < expected:
         raise DicomError(
             path,
@@ -582,39 +702,70 @@ def _native_pixels(
             f"Rows/Columns disagree with the pixel bytes: PixelData holds {len(data)} bytes, "
             f"at least two {rows}x{cols}x{bits}-bit images",
         )
-    pixels = np.frombuffer(data, dtype=dtype, count=rows * cols).reshape(rows, cols)
-    stored = int(ds.BitsStored)
+
+
+def _native_pixels(ds: _Header, rows: int, cols: int, bits: int) -> np.ndarray:
+    """The walk's little-endian pixel bytes as a ``(rows, cols)`` view, their unused
+    high bits dropped (sign-extending signed data) as pydicom does."""
+    signed = ds.PixelRepresentation == 1
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    pixels = np.frombuffer(ds.PixelData, dtype=dtype, count=rows * cols).reshape(rows, cols)
+    stored = ds.BitsStored
     if stored < bits:
-        # As pydicom does: drop the unused high bits (sign-extending signed data).
         shift = bits - stored
         pixels = (pixels << shift) >> shift
     return pixels
 
 
-def _decoder_available(syntax: object) -> bool:
-    from pydicom.pixels import get_decoder
+def _pydicom_pixels(path: str, raw: bytes, syntax: object) -> np.ndarray:
+    """pydicom's own result: ``apply_modality_lut(ds.pixel_array, ds)`` as float32."""
+    from pydicom.pixels import apply_modality_lut
 
+    full = _parse(path, raw, None)
+    pixels = _decoded_pixels(path, full, syntax)
     try:
-        return bool(get_decoder(syntax).is_available)
-    except (NotImplementedError, ValueError, TypeError):
-        return False
+        return apply_modality_lut(pixels, full).astype(np.float32)
+    except Exception as exc:  # an empty or damaged rescale, a damaged Modality LUT
+        raise DicomError(
+            path,
+            f"damaged modality rescale: RescaleSlope/RescaleIntercept or the Modality LUT "
+            f"cannot be applied ({_one_line(exc)})",
+        ) from exc
+
+
+def _no_decoder(syntax: object) -> str | None:
+    """Why pydicom has no decoder for ``syntax``: None where it has a working one."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    uid = UID(str(syntax)) if syntax is not None else None
+    if uid is None or not uid.is_transfer_syntax:
+        shown = "none" if syntax is None else repr(str(syntax))
+        return (
+            f"the transfer syntax ({shown}) is not one DICOM defines, so the pixel data "
+            "cannot be decoded: the file is damaged or uses a private encoding; convert it "
+            "to a standard one (e.g. with dcmtk's dcmconv)"
+        )
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        return f"no decoder exists for {uid.name} pixel data (not even in the codecs extra)"
+    if not decoder.is_available:
+        return f"pixel data is compressed ({uid.name}) and no decoder is available; {_CODECS_HINT}"
+    return None
 
 
 def _decoded_pixels(path: str, ds: pydicom.Dataset, syntax: object) -> np.ndarray:
     try:
         pixels = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
-        if not _decoder_available(syntax):
-            name = getattr(syntax, "name", str(syntax))
-            raise DicomError(
-                path,
-                f"pixel data is compressed ({name}) and no decoder is available; {_CODECS_HINT}",
-            ) from None
+        missing = _no_decoder(syntax)
+        if missing is not None:
+            raise DicomError(path, missing) from exc
         # A decoder is installed and failed: the data is damaged, not the install.
-        text = " ".join(str(exc).split())
-        raise DicomError(path, f"cannot decode pixel data: {text}") from None
+        raise DicomError(path, f"cannot decode pixel data: {' '.join(str(exc).split())}") from exc
     except Exception as exc:
-        raise DicomError(path, f"cannot decode pixel data ({type(exc).__name__}: {exc})") from None
+        raise DicomError(path, f"cannot decode pixel data ({_one_line(exc)})") from exc
     if pixels.ndim != 2:
         raise DicomError(path, f"decoded pixels have shape {pixels.shape}, expected one 2-D slice")
     return pixels

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 import sys
 import tracemalloc
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -14,8 +16,9 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from daskmri import DicomError, Limits, read_dicom, synth
-from daskmri.dicom import read_dicom_shape
+from daskmri.dicom import PLANE_TAGS, read_dicom_geometry, read_dicom_shape, read_text_tags
 
+from . import differential
 from .hostile import rewrite, with_syntax
 
 
@@ -186,6 +189,69 @@ class TestFailures:
             read_dicom(out)
 
 
+def regression(detail: str, tmp_path) -> str:
+    """The file of one of issue 24's defects (tests/differential.py makes them)."""
+    case = next(c for c in differential.regressions() if c.mutation.detail.endswith(detail))
+    path = tmp_path / "regression.dcm"
+    path.write_bytes(case.data())
+    return str(path)
+
+
+class TestWherePydicomRefuses:
+    """Files pydicom refuses: daskmri refuses them too, with a one-line DicomError
+    that says what is wrong (issue 24: some gave an image or a bare ValueError)."""
+
+    @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's, on the bad IS
+    @pytest.mark.parametrize("reader", [read_dicom, read_dicom_geometry])
+    def test_a_pixel_tag_that_is_no_whole_number(self, tmp_path, reader):
+        with pytest.raises(DicomError, match=r"damaged NumberOfFrames '1A': not a whole number"):
+            reader(get_testdata_file("badVR.dcm"))
+        # Rows written with VR DS: pydicom reads its two binary bytes as text.
+        path = regression("vr Rows US->DS", tmp_path)
+        assert differential.pydicom_image(Path(path).read_bytes())[0] is None
+        with pytest.raises(DicomError, match=r"Rows is '\\x80', not a whole number"):
+            reader(path)
+
+    def test_no_samples_per_pixel(self, tmp_path):
+        path = regression("delete SamplesPerPixel", tmp_path)
+        assert differential.pydicom_image(Path(path).read_bytes())[0] is None
+        with pytest.raises(DicomError, match="missing SamplesPerPixel"):
+            read_dicom(path)
+
+    def test_an_empty_rescale_slope(self, tmp_path):
+        path = regression("empty RescaleSlope", tmp_path)
+        assert differential.pydicom_image(Path(path).read_bytes())[0] is None
+        with pytest.raises(DicomError, match="damaged modality rescale") as info:
+            read_dicom(path)
+        assert "\n" not in str(info.value)
+
+    def test_an_unknown_transfer_syntax_is_not_blamed_on_a_missing_decoder(self, tmp_path):
+        with pytest.raises(DicomError, match=r"transfer syntax \('1\.2\.3\.4\.5'\)") as info:
+            read_dicom(regression("relabel 1.2.3.4.5", tmp_path))
+        assert "is not one DICOM defines" in info.value.reason
+        assert "codecs" not in info.value.reason
+
+    def test_the_cause_is_kept(self, tmp_path):
+        with pytest.raises(DicomError) as info:
+            read_dicom(regression("empty RescaleSlope", tmp_path))
+        assert isinstance(info.value.__cause__, TypeError)  # pydicom's, for debugging
+
+
+class TestBigEndian:
+    def test_8_bit_pixels_stored_as_byte_swapped_ow_words(self, tmp_path):
+        """8-bit pixels in explicit VR big endian as OW: each 16-bit word is swapped on
+        disk (PS3.5 8.1.1); read as bytes, neighbouring pixels came out swapped."""
+        source = differential.DATA_ROOT / "charset_files" / "chrArab.dcm"
+        stored = pydicom.dcmread(source).pixel_array
+        assert stored.dtype == np.uint8 and len(np.unique(stored)) > 2
+        path = regression("8-bit OW big endian", tmp_path)
+        ds = pydicom.dcmread(path)
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian
+        assert ds["PixelData"].VR == "OW" and ds.PixelData != stored.tobytes()
+        np.testing.assert_array_equal(read_dicom(path), pydicom_pixels(path))
+        np.testing.assert_array_equal(read_dicom(path), stored.astype(np.float32))
+
+
 MR_SMALL_FAMILY = [
     "MR_small.dcm",  # explicit VR little endian
     "MR_small_implicit.dcm",
@@ -336,6 +402,60 @@ class TestHeaderWalk:
 
         header, _ = _fast_header(slice_path.read_bytes())
         assert (header.RescaleSlope, header.RescaleIntercept) == (0.5, -1024.0)
+
+    def test_it_walks_on_past_the_pixels(self, slice_path, tmp_path):
+        """pydicom reads the whole file, so what follows the pixels is walked too."""
+        from daskmri.dicom import _fast_header
+
+        data = slice_path.read_bytes()
+        # Trailing padding (FFFC,FFFC) whose declared length runs past the end.
+        tail = b"\xfc\xff\xfc\xffOB\0\0" + struct.pack("<I", 100) + b"x" * 10
+        assert _fast_header(data) is not None and _fast_header(data + tail) is None
+        (tmp_path / "t.dcm").write_bytes(data + tail)
+        np.testing.assert_array_equal(read_dicom(tmp_path / "t.dcm"), pydicom_pixels(slice_path))
+
+    @pytest.mark.filterwarnings("ignore:Expected implicit VR:UserWarning")  # pydicom's
+    def test_a_dataset_in_another_vr_than_its_syntax_says_is_left_to_pydicom(
+        self, slice_path, tmp_path
+    ):
+        """pydicom reads the VR encoding the first element shows, not the declared one;
+        the walk does not try to read one as the other."""
+        from daskmri.dicom import _dataset_start
+
+        data = differential.relabelled(ImplicitVRLittleEndian)(slice_path.read_bytes())
+        assert _dataset_start(slice_path.read_bytes()) is not None
+        assert _dataset_start(data) is None
+        (tmp_path / "x.dcm").write_bytes(data)
+        np.testing.assert_array_equal(read_dicom(tmp_path / "x.dcm"), pydicom_pixels(slice_path))
+
+    def test_text_tags_are_pydicoms(self):
+        path = get_testdata_file("CT_small.dcm")
+        found = read_text_tags(path, PLANE_TAGS)
+        assert found is not None and len(found) == len(PLANE_TAGS)
+        theirs = differential.pydicom_plane_text(pydicom.dcmread(path, stop_before_pixels=True))
+        assert found == theirs  # on this file, the very same text
+
+    @pytest.mark.parametrize(
+        ("old", "new"),
+        [
+            (b"\x20\x00\x32\x00DS", b"\x20\x00\x32\x00FD"),  # pydicom reads binary doubles
+            (b"\x08\x00\x18\x00UI", b"\x08\x00\x18\x00AT"),  # pydicom reads tags
+            (b'DS"\x00-158', b'DS"\x00\x00158'),  # a DS that is no number: pydicom raises
+            # An item that str.strip() would clean but float() refuses: pydicom keeps it
+            # as text, and the plane assignment cannot use it.
+            (b"DS6\x001.000000\\", b"DS6\x001.00000\x1c\\"),
+        ],
+        ids=["DS as FD", "UI as AT", "DS led by NUL", "DS item ending in 0x1c"],
+    )
+    def test_text_tags_it_cannot_read_as_pydicom_does_are_left_to_it(self, tmp_path, old, new):
+        data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+        assert data.count(old) == 1
+        (tmp_path / "x.dcm").write_bytes(data.replace(old, new))
+        assert read_text_tags(tmp_path / "x.dcm", PLANE_TAGS) is None
+
+    def test_text_tags_of_unknown_vr_are_a_programming_error(self, slice_path):
+        with pytest.raises(ValueError, match=r"only the tags of TEXT_TAG_VRS; not \['0x100010'\]"):
+            read_text_tags(slice_path, {0x00100010: "PatientName"})
 
     @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's, on the damaged files
     def test_damaged_files_give_the_same_outcome_as_pydicom(
