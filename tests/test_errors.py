@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from pydicom.dataelem import RawDataElement
@@ -234,7 +235,9 @@ def test_the_command_line_reports_a_damaged_first_file_without_a_traceback(
     assert main(["build", str(damaged_root), "--out", str(tmp_path / "ds.zarr")]) == 0
     out = capsys.readouterr()
     assert "Traceback" not in out.out + out.err
-    assert "2.dcm" in out.out + out.err
+    dropped = pd.read_csv(tmp_path / "ds.dropped.csv")
+    assert dropped.instance.tolist() == [2]
+    assert "NumberOfFrames '1A'" in dropped.reason[0]
 
 
 @pytest.fixture(scope="module")
