@@ -137,13 +137,14 @@ class RecordError(DaskmriError):
     """
 
     def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
+        # args are what __init__ takes, so that the error unpickles whichever reducer
+        # pickled it (distributed installs tblib's, which rebuilds from args).
+        super().__init__(str(path), reason)
         self.path = str(path)
         self.reason = reason
 
-    def __reduce__(self) -> tuple:
-        # args holds the joined message: rebuild from the parts, as __init__ takes them.
-        return (type(self), (self.path, self.reason))
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
 
 
 class DicomError(RecordError):
@@ -186,27 +187,35 @@ class ReaderError(DaskmriError, RuntimeError):
     """
 
     def __init__(self, record: str, cause: BaseException, where: str | None = None) -> None:
-        if where and where not in getattr(cause, "__notes__", ()):
-            cause.add_note(where)
-        super().__init__(
-            f"reading {record} raised {type(cause).__name__}: {cause}. That is a bug, not "
-            "bad data: in a reader= (fix it, raise daskmri.errors.RecordError for data it "
-            'must drop, or pass on_error="drop") or in daskmri (please report it, with '
-            "daskmri.show_versions())"
-        )
+        # The cause goes with the error to the caller's process: one that would not
+        # unpickle there is replaced, here, by a RuntimeError naming it.
+        portable = _portable(cause)
+        if portable is not cause:
+            portable.__traceback__ = cause.__traceback__
+        if where and where not in getattr(portable, "__notes__", ()):
+            portable.add_note(where)
+        # args are what __init__ takes, so that the error unpickles whichever reducer
+        # pickled it (distributed installs tblib's, which rebuilds from args).
+        super().__init__(record, portable, where)
         self.record = record
-        self.cause = cause
-        self.__cause__ = cause
+        self.cause = portable
+        self.__cause__ = portable
+
+    def __str__(self) -> str:
+        return (
+            f"reading {self.record} raised {type(self.cause).__name__}: {self.cause}. That is "
+            "a bug, not bad data: in a reader= (fix it, raise daskmri.errors.RecordError for "
+            'data it must drop, or pass on_error="drop") or in daskmri (please report it, '
+            "with daskmri.show_versions())"
+        )
 
     def __reduce__(self) -> tuple:
-        # Pickling keeps only args: carry the cause so that it survives the trip from a
-        # worker process and is chained again on arrival, with the traceback it had
-        # there (a traceback does not pickle) as a note on it.
+        # A traceback does not pickle: the cause takes the one it had here as a note.
         where = None
         if self.cause.__traceback__ is not None:
             frames = "".join(traceback.format_tb(self.cause.__traceback__))
             where = f"Traceback in the worker (most recent call last):\n{frames.rstrip()}"
-        return (type(self), (self.record, _portable(self.cause), where))
+        return (type(self), (self.record, self.cause, where))
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -215,6 +224,11 @@ def _portable(exc: BaseException) -> BaseException:
     not unpickle, and would hide the error that carries it."""
     try:
         pickle.loads(pickle.dumps(exc))
+        if type(exc).__reduce__ is BaseException.__reduce__:
+            # What unpickling runs in the end. Checked apart: the round trip above can
+            # pass where the receiver's fails (distributed installs tblib's reducers
+            # for the exception classes it knows, in this process only).
+            type(exc)(*exc.args)
     except Exception:
         return RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
     return exc

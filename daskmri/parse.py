@@ -410,7 +410,10 @@ def _read_one(
         logger.debug("dropped %s", record.describe(), exc_info=exc)
         return drop_row(record, exc)
     except Exception as exc:
-        raise ReaderError(record.describe(), exc) from exc
+        error = ReaderError(record.describe(), exc)
+    # Raised out of the except block, so that no __context__ holds the raw exception:
+    # tblib's reducers (which distributed installs) would pickle it to the caller.
+    raise error from error.cause
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,7 @@ def infer_shape(
         except DATA_ERRORS as exc:  # the parse drops this record with the same reason
             errors.append(str(exc))
             continue
-        except Exception as exc:
+        except Exception as exc:  # a bug: raised naming the record
             raise ReaderError(record.describe(), exc) from exc
         if spacing is None:
             return rows, columns

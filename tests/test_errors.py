@@ -93,6 +93,24 @@ def test_an_exception_that_does_not_unpickle_still_names_the_record(synth_root):
     assert "tests.readers.OddError: odd 7: checksum" in str(cause)
 
 
+class ImportsThisModule(Buggy):
+    """:class:`Buggy`, from this module: a worker that unpickles it imports this
+    module, and with it distributed (through what it imports), after daskmri's
+    errors. distributed installs tblib's reducers for the exception classes already
+    imported, which pickle ``__context__`` and ``__cause__`` as they are."""
+
+
+def test_a_bug_arrives_whole_where_distributed_installed_its_reducers(synth_root):
+    drop = ImportsThisModule(*FIRST, KeyError, "stub")
+    daskmri.load_dataset(
+        synth_root, chunk_size=4, scheduler="processes", reader=drop, on_error="drop"
+    )
+    reader = Buggy(*FIRST, OddError, 7, "checksum")
+    with pytest.raises(ReaderError, match="instance 2") as info:
+        daskmri.load_dataset(synth_root, chunk_size=4, scheduler="processes", reader=reader)
+    assert "tests.readers.OddError: odd 7: checksum" in str(info.value.__cause__)
+
+
 def test_a_bug_stops_a_build_and_the_build_resumes_once_fixed(synth_root, reference, tmp_path):
     store = tmp_path / "ds.zarr"
     reader = Buggy(*FIRST, AttributeError, "'NoneType' object has no attribute 'shape'")
