@@ -198,8 +198,11 @@ def _epochs(ds, repeat: int) -> dict:
 
 
 def one(argv: list[str]) -> None:
-    kind, name, root, store, repeat, *rest = argv
-    address = rest[0] if rest else None
+    print("ROW " + json.dumps(measure(*argv)))
+
+
+def measure(kind: str, name: str, root: str, store: str, repeat, address=None) -> dict:
+    """One row of the table, measured in this process; an error becomes the row."""
     try:
         if kind == "peer":
             row = _row_peer(name, root, int(repeat))
@@ -208,19 +211,23 @@ def one(argv: list[str]) -> None:
         else:
             row = _row_build(name, kind, root, store, int(repeat), address)
         row["client_rss_mib"] = _mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    except BaseException as exc:
+    except Exception as exc:
         row = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    print("ROW " + json.dumps(row))
+    return row
 
 
 # -- the whole comparison -----------------------------------------------------------
 
 
-def run_row(section, kind, name, root, store, repeat, address=None) -> dict:
+def run_row(section, kind, name, root, store, repeat, address=None, *, isolated=True) -> dict:
+    """A row measured in a process of its own (so that its peak RSS is its own), or,
+    not ``isolated``, in this one: to check quickly that every row runs."""
+    row = {"section": section, "configuration": name}
+    if not isolated:
+        return row | measure(kind, name, str(root), str(store), repeat, address)
     argv = [sys.executable, __file__, "--one", kind, name, str(root), str(store), str(repeat)]
     if address:
         argv.append(address)
-    row = {"section": section, "configuration": name}
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
         lines = [x for x in out.stdout.splitlines() if x.startswith("ROW ")]
@@ -241,6 +248,12 @@ def main() -> None:
     parser.add_argument("--scheduler-address", default=None)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every row in this process (a quick check that they run: the RSS "
+        "columns are then not per row)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -256,7 +269,11 @@ def main() -> None:
     plan += [("epochs: BatchIterator", "epoch", source) for source in EPOCH_SOURCES]
     rows = []
     for section, kind, name in plan:
-        row = run_row(section, kind, name, root, store, args.repeat, args.scheduler_address)
+        row = run_row(
+            section,
+            *(kind, name, root, store, args.repeat, args.scheduler_address),
+            isolated=not args.in_process,
+        )
         rows.append(row)
         status = row.get("error") or f"median {statistics.median(row['samples']):.3f} s"
         print(f"  {section} | {name}: {status}", flush=True)

@@ -29,7 +29,9 @@ def run_script(script: Path, *args: str, timeout: float = 300) -> subprocess.Com
 @pytest.mark.slow
 def test_compare_runs_and_writes_a_table_json_and_plot(tmp_path):
     out = run_script(
-        COMPARE, "--synthetic", "30", "--repeat", "1", "--out", str(tmp_path), timeout=900
+        COMPARE,
+        *("--synthetic", "30", "--repeat", "1", "--in-process", "--out", str(tmp_path)),
+        timeout=900,
     )
     table = [line for line in out.stdout.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| section | configuration | median s")
@@ -53,6 +55,18 @@ def test_compare_runs_and_writes_a_table_json_and_plot(tmp_path):
     except ImportError:
         return
     assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_measures_a_row_in_a_process_of_its_own(tmp_path):
+    """The isolated path of compare.py (``--one``), that the smoke run above skips."""
+    import daskmri
+
+    root = daskmri.synth.make_dataset(tmp_path / "data", patients=1, slices=6, shape=(32, 32))
+    argv = ["--one", "build", "sync", str(root), str(tmp_path / "ds.zarr"), "1"]
+    out = run_script(COMPARE, *argv)
+    row = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("ROW "))[4:])
+    assert "error" not in row, row
+    assert len(row["samples"]) == 1 and row["samples"][0] > 0 and row["client_rss_mib"] > 0
 
 
 def test_header_benchmark_checks_the_readers_agree(tmp_path):
