@@ -239,6 +239,54 @@ def run_row(section, kind, name, root, store, repeat, address=None, *, isolated=
     return row
 
 
+def _rates(rows: list[dict], n: int) -> None:
+    """Each row's median, records/s and ratios, in place; a row that served other
+    records or pixels than the plain loop (the first row) is marked failed."""
+    truth = rows[0].get("checksum")
+    for row in rows:
+        if "error" not in row and truth is not None and row["checksum"] != truth:
+            row["error"] = "served other records or pixels than the plain loop"
+    plain = rows[0]
+    plain_rate = n / statistics.median(plain["samples"]) if "samples" in plain else None
+    peer_rates = [
+        n / statistics.median(r["samples"])
+        for r in rows
+        if r["section"] == "peers" and "error" not in r
+    ]
+    for row in rows:
+        if "error" in row:
+            continue
+        row["median_s"] = statistics.median(row["samples"])
+        row["records_per_s"] = n / row["median_s"]
+        row["x_plain"] = row["records_per_s"] / plain_rate if plain_rate else None
+        row["x_best_peer"] = row["records_per_s"] / max(peer_rates) if peer_rates else None
+
+
+def _table(rows: list[dict]) -> None:
+    """The rows as a Markdown table on stdout."""
+    print(
+        "| section | configuration | median s | min s | max s | records/s | x plain loop "
+        "| x best peer | stall at 10 ms | client peak RSS MiB | worker peak RSS MiB |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        if "error" in row:
+            print(f"| {row['section']} | {row['configuration']} | **failed**: {row['error']} "
+                  "| | | | | | | | |")  # fmt: skip
+            continue
+
+        def fmt(value, spec):
+            return "-" if value is None else format(value, spec)
+
+        print(
+            f"| {row['section']} | {row['configuration']} | {row['median_s']:.3f} | "
+            f"{min(row['samples']):.3f} | {max(row['samples']):.3f} | "
+            f"{row['records_per_s']:,.0f} | {fmt(row['x_plain'], '.2f')}x | "
+            f"{fmt(row['x_best_peer'], '.2f')}x | {fmt(row.get('stall'), '.1%')} | "
+            f"{fmt(row.get('client_rss_mib'), '.0f')} | {fmt(row.get('workers_rss_mib'), '.0f')} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -278,53 +326,14 @@ def main() -> None:
         status = row.get("error") or f"median {statistics.median(row['samples']):.3f} s"
         print(f"  {section} | {name}: {status}", flush=True)
 
-    # Honesty: a row that served other records or pixels than the plain loop failed.
-    truth = rows[0].get("checksum")
-    for row in rows:
-        if "error" not in row and truth is not None and row["checksum"] != truth:
-            row["error"] = "served other records or pixels than the plain loop"
-    plain = rows[0]
-    plain_rate = n / statistics.median(plain["samples"]) if "samples" in plain else None
-    peer_rates = [
-        n / statistics.median(r["samples"])
-        for r in rows
-        if r["section"] == "peers" and "error" not in r
-    ]
-    for row in rows:
-        if "error" in row:
-            continue
-        row["median_s"] = statistics.median(row["samples"])
-        row["records_per_s"] = n / row["median_s"]
-        row["x_plain"] = row["records_per_s"] / plain_rate if plain_rate else None
-        row["x_best_peer"] = row["records_per_s"] / max(peer_rates) if peer_rates else None
-
+    _rates(rows, n)
     info = versions()
     print(
         f"\n{n:,} records ({label}), {datetime.date.today()}, {info['cpu_count']} cores, "
         f"{(info['memory_bytes'] or 0) / 2**30:.0f} GiB, Python {info['python']}, "
         f"dask {info['dask']}, distributed {info['distributed']}, zarr {info['zarr']}\n"
     )
-    print(
-        "| section | configuration | median s | min s | max s | records/s | x plain loop "
-        "| x best peer | stall at 10 ms | client peak RSS MiB | worker peak RSS MiB |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for row in rows:
-        if "error" in row:
-            print(f"| {row['section']} | {row['configuration']} | **failed**: {row['error']} "
-                  "| | | | | | | | |")  # fmt: skip
-            continue
-
-        def fmt(value, spec):
-            return "-" if value is None else format(value, spec)
-
-        print(
-            f"| {row['section']} | {row['configuration']} | {row['median_s']:.3f} | "
-            f"{min(row['samples']):.3f} | {max(row['samples']):.3f} | "
-            f"{row['records_per_s']:,.0f} | {fmt(row['x_plain'], '.2f')}x | "
-            f"{fmt(row['x_best_peer'], '.2f')}x | {fmt(row.get('stall'), '.1%')} | "
-            f"{fmt(row.get('client_rss_mib'), '.0f')} | {fmt(row.get('workers_rss_mib'), '.0f')} |"
-        )
+    _table(rows)
     for row in rows:
         row.pop("checksum", None)
         row.pop("traceback", None)

@@ -85,7 +85,7 @@ def load_dataset(
         the layout, in its order (``(image, icontour, ocontour)`` for Sunnybrook),
         replacing :func:`read_record` (to stub, count or change parsing). It must be
         picklable for the process and distributed schedulers. For bad data it
-        raises :class:`~daskmri.errors.RecordError` (or an ``OSError``): the record
+        raises :class:`~daskmri.errors.RecordError` (or a ``FileNotFoundError``): the record
         is dropped with that reason.
     on_error : {"raise", "drop"}
         What any other exception from the reader does, being a bug rather than bad
@@ -177,7 +177,9 @@ def load_dataset(
 def _owns(ds: xr.Dataset, client) -> None:
     """Tie a client made from an address to the dataset whose pixels it holds:
     ``ds.close()`` closes it, and so does the end of the last dataset that shares
-    those pixels (a selection, a split) when it is garbage."""
+    those pixels (a selection, a split) when it is garbage, unless the client still
+    holds other futures (a ``.persist()`` of a selection): then it stays open until
+    the process ends."""
     from distributed import futures_of
 
     close_with(client, futures_of(ds))

@@ -161,14 +161,23 @@ class RTStructError(RecordError):
 
 
 #: What a damaged or unreadable file raises: dropped as its record's reason, never raised.
-DATA_ERRORS: tuple[type[BaseException], ...] = (RecordError, OSError)
+#: Of the OSErrors, only those that say the file cannot be had: a timeout or a refused
+#: connection in a reader is the infrastructure's failure, not the record's, and raises.
+DATA_ERRORS: tuple[type[BaseException], ...] = (
+    RecordError,
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
 
 
 class ReaderError(DaskmriError, RuntimeError):
     """Reading one record raised something that is not a data error: a bug in a
     ``reader=`` or in daskmri. Raised in the caller, naming the record; the original
     exception is the ``__cause__`` (its traceback from the worker, where it ran in
-    another process, is in its notes).
+    another process, is in its notes), or, for an exception that would not survive
+    pickling, a RuntimeError that names its class and message.
 
     Parameters
     ----------
@@ -202,11 +211,12 @@ class ReaderError(DaskmriError, RuntimeError):
         self.__cause__ = portable
 
     def __str__(self) -> str:
+        cause = " ".join(f"{type(self.cause).__name__}: {self.cause}".split())  # one line
         return (
-            f"reading {self.record} raised {type(self.cause).__name__}: {self.cause}. That is "
-            "a bug, not bad data: in a reader= (fix it, raise daskmri.errors.RecordError for "
-            'data it must drop, or pass on_error="drop") or in daskmri (please report it, '
-            "with daskmri.show_versions())"
+            f"reading {self.record} raised {cause}. That is a bug, not bad data: in your "
+            "reader= if you passed one (fix it, raise daskmri.errors.RecordError for data it "
+            'must drop, or pass on_error="drop"), else in daskmri (please report it, with '
+            "daskmri.show_versions())"
         )
 
     def __reduce__(self) -> tuple:

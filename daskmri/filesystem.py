@@ -219,19 +219,30 @@ LOCAL = FileSystem()
 
 
 def _read_local(path: str, max_bytes: int) -> bytes:
-    # O_NONBLOCK: opening a FIFO named like a slice would otherwise wait for a writer
-    # forever; the stat of the open file then refuses anything but a regular file.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with open(fd, "rb") as fh:
+    # Only a regular file is opened: opening a FIFO named like a slice waits for a
+    # writer for ever, and opening some devices acts on them. The stat of the open file
+    # checks again (the path may have changed in between); O_NONBLOCK and O_NOCTTY keep
+    # that open harmless.
+    _regular(os.stat(path), path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
         info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)", path)
+        _regular(info, path)
         if info.st_size > max_bytes:
             raise TooLarge(info.st_size)
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, "rb") as fh:
         # Sized by the stat above: read(n) would allocate n bytes up front.
         return fh.read(info.st_size + 1)
+
+
+def _regular(info: os.stat_result, path: str) -> None:
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)", path)
 
 
 def split_root(root: str | os.PathLike[str], options: dict | None = None) -> tuple[FileSystem, str]:

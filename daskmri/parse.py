@@ -26,7 +26,7 @@ import numpy as np
 
 from .contours import polygon_mask, read_contour
 from .dicom import read_slice
-from .errors import DATA_ERRORS, ReaderError, RecordError
+from .errors import DATA_ERRORS, DaskmriError, ReaderError, RecordError
 from .fit import GEOMETRY, Geometry, fit_image, paste, place
 from .limits import DEFAULT_LIMITS, Limits
 from .record import Fitted, Parsed, Record, drop_row
@@ -138,7 +138,12 @@ def _placement(path: str, source, frame, source_spacing, fit: str, spacing) -> G
     """Where the slice goes in the frame; a slice that cannot go there fails."""
     if spacing is not None and source_spacing is None:
         raise RecordError(path, "no PixelSpacing, so the slice cannot be resampled to spacing=")
-    geometry = place(source, frame, spacing=source_spacing, target=spacing)
+    try:
+        geometry = place(source, frame, spacing=source_spacing, target=spacing)
+    except (OverflowError, ValueError) as exc:  # a PixelSpacing such as 1e308
+        raise RecordError(
+            path, f"PixelSpacing {source_spacing} cannot be resampled to spacing={spacing}"
+        ) from exc
     if fit == "drop" and geometry.scaled_shape != tuple(frame):
         raise _shape_error(path, geometry.scaled_shape, frame, resampled=spacing is not None)
     return geometry
@@ -240,11 +245,17 @@ class Slots:
         Absent masks (None) are not written; a fresh file reads as zeros there.
         """
         plane, n = self._plane, self.n
-        os.pwrite(fd, np.ascontiguousarray(image, np.float32), 4 * plane * slot)
-        for k, mask in enumerate(masks):
-            if mask is not None:
-                offset = (4 + k) * n * plane + plane * slot
-                os.pwrite(fd, np.ascontiguousarray(mask, np.bool_), offset)
+        try:
+            os.pwrite(fd, np.ascontiguousarray(image, np.float32), 4 * plane * slot)
+            for k, mask in enumerate(masks):
+                if mask is not None:
+                    offset = (4 + k) * n * plane + plane * slot
+                    os.pwrite(fd, np.ascontiguousarray(mask, np.bool_), offset)
+        except OSError as exc:  # not the record's fault: the shared memory is full
+            raise DaskmriError(
+                f"cannot write the shared slots {self.path} ({exc.strerror or exc}): free "
+                "memory in /dev/shm, or pass scheduler='threads'"
+            ) from exc
 
     def unlink(self) -> None:
         """Remove the file (mapped views stay valid); safe to call twice."""
@@ -441,7 +452,8 @@ class Dropping:
         except DATA_ERRORS:
             raise
         except Exception as exc:
-            raise RecordError(record.dicom_path or "", f"{type(exc).__name__}: {exc}") from exc
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
+            raise RecordError(record.dicom_path or "", reason) from exc
 
 
 def _in_frame(

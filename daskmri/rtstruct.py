@@ -219,9 +219,8 @@ def _pydicom_plane_tags(path: str, source) -> dict[str, str]:
                 if (value := ds.get(name)) is not None
             }
     except Exception as exc:
-        raise RTStructError(
-            path, f"cannot read the slice header ({type(exc).__name__}: {exc})"
-        ) from exc
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
+        raise RTStructError(path, f"cannot read the slice header ({text})") from exc
 
 
 def _plane_of(path: str, uid: str, values: dict[str, str]) -> Plane:

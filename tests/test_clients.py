@@ -193,6 +193,20 @@ def test_client_forms_mixed_in_one_script(address, observer, synth_root, eager, 
     settles(observer, before)
 
 
+def test_a_persisted_selection_outlives_its_dataset(address, synth_root, eager):
+    """The client made from an address stays open while a persisted selection of the
+    dataset holds futures of its own (closing would lose them)."""
+    ds = daskmri.load_dataset(synth_root, chunk_size=CHUNK, client=address)
+    made = _owner(ds)
+    sub = ds.isel(record=slice(0, 5)).persist()
+    del ds
+    gc.collect()
+    time.sleep(0.5)  # the close, had it been decided, runs in a thread of its own
+    assert made.status == "running"
+    assert_records_equal(sub.compute(), eager.isel(record=slice(0, 5)))
+    made.close()
+
+
 def test_a_client_of_another_scheduler_fails_in_one_line(
     address, observer, synth_root, eager, tmp_path
 ):

@@ -143,8 +143,9 @@ def test_on_error_is_checked_before_anything_runs(synth_root):
         (ContourError, "/c/x.txt", "line 3: 'x y' is not two numbers"),
         (DicomError, "/d/2.dcm", "truncated"),
         (FileNotFoundError, 2, "No such file or directory", "/d/2.dcm"),
+        (PermissionError, 13, "Permission denied", "/d/2.dcm"),
     ],
-    ids=["ContourError", "DicomError", "OSError"],
+    ids=["ContourError", "DicomError", "FileNotFoundError", "PermissionError"],
 )
 def test_data_errors_from_a_reader_are_dropped(synth_root, reference, error):
     reader = Buggy(*FIRST, *error)
@@ -152,6 +153,38 @@ def test_data_errors_from_a_reader_are_dropped(synth_root, reference, error):
     lost = daskmri.dropped(ds)
     assert lost[["patient_id", "instance"]].values.tolist() == [list(FIRST)]
     assert_records_equal(ds, without(reference, FIRST))
+
+
+@pytest.mark.parametrize("error", [TimeoutError, ConnectionRefusedError])
+def test_a_reader_whose_service_fails_is_not_bad_data(synth_root, error):
+    # An OSError that is not about the file: the infrastructure failed, not the record.
+    reader = Buggy(*FIRST, error, "the service did not answer")
+    with pytest.raises(ReaderError, match=error.__name__):
+        daskmri.load_dataset(synth_root, chunk_size=4, scheduler="sync", reader=reader)
+
+
+def test_a_multi_line_exception_gives_one_line_messages(synth_root):
+    reader = Buggy(*FIRST, ValueError, "line one\nline two")
+    with pytest.raises(ReaderError) as info:
+        daskmri.load_dataset(synth_root, chunk_size=4, scheduler="sync", reader=reader)
+    assert "\n" not in str(info.value) and "line one line two" in str(info.value)
+    ds = daskmri.load_dataset(
+        synth_root, chunk_size=4, scheduler="sync", reader=reader, on_error="drop"
+    )
+    assert daskmri.dropped(ds).reason.tolist() == ["ValueError: line one line two"]
+
+
+def test_a_full_shared_memory_is_not_blamed_on_a_record():
+    from daskmri.parse import Slots
+
+    slots = Slots("/dev/shm/never-made.slots", 2, (4, 4))
+    fd = os.open("/dev/full", os.O_WRONLY)  # every write: no space left on device
+    try:
+        with pytest.raises(daskmri.DaskmriError, match="free memory in /dev/shm") as info:
+            slots.write(fd, 0, np.zeros((4, 4), np.float32), [None, None])
+    finally:
+        os.close(fd)
+    assert isinstance(info.value.__cause__, OSError)
 
 
 def test_dropped_records_are_logged_at_debug_with_their_exception(synth_root, caplog):
@@ -222,6 +255,30 @@ def test_a_damaged_first_file_drops_only_its_record(damaged_root, reference, how
     assert reason and "\n" not in reason and not re.match(r"\w+Error: ", reason), reason
     if not options:
         assert_records_equal(ds, without(reference, FIRST))
+
+
+def test_an_absurd_pixel_spacing_drops_its_record(damaged_root, reference):
+    path = first_dicom(damaged_root)
+    ds = pydicom.dcmread(path)
+    ds.PixelSpacing = ["1e308", "1e308"]
+    ds.save_as(path, enforce_file_format=True)
+    loaded = daskmri.load_dataset(
+        damaged_root, chunk_size=4, scheduler="sync", spacing=1.25, shape=(48, 64)
+    )
+    lost = daskmri.dropped(loaded)
+    assert lost.instance.tolist() == [FIRST[1]]
+    assert "cannot be resampled" in lost.reason[0]
+
+
+def test_reading_a_directory_leaves_no_file_open(damaged_root):
+    path = first_dicom(damaged_root)
+    path.unlink()
+    path.mkdir()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(DicomError, match="is a directory"):
+            daskmri.read_dicom(path)
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 def test_a_bug_while_inferring_the_shape_names_the_record(synth_root, monkeypatch):

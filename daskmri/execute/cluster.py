@@ -221,7 +221,8 @@ def connect(client: Any = None, *, security: Any = None) -> Iterator[Any]:
 def close_with(client: Any, futures: Iterable[Any]) -> None:
     """Close ``client`` once every one of ``futures`` is garbage (at once if there are
     none): a client made for a dataset's pixels lives exactly as long as they do,
-    whatever datasets (selections, splits) share them.
+    whatever datasets (selections, splits) share them. A client that then still holds
+    other futures (a persisted selection) is left open: distributed closes it at exit.
 
     The close runs in a thread of its own: the last future may be collected in any
     thread, the client's event loop thread included, where a close would wait on
@@ -257,6 +258,10 @@ def close_with(client: Any, futures: Iterable[Any]) -> None:
 
 
 def _close_quietly(client: Any) -> None:
+    if client.futures:
+        # Other futures of this client are alive (a persisted selection of the
+        # dataset): closing would lose their data. distributed closes it at exit.
+        return
     with contextlib.suppress(Exception):  # a scheduler already gone: nothing to close
         client.close()
 
