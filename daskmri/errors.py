@@ -39,6 +39,7 @@ __all__ = [
     "StaleStoreError",
     "StaleStoreWarning",
     "StoreError",
+    "VolumeError",
     "WorkerStartError",
     "redact",
 ]
@@ -158,6 +159,10 @@ class ContourError(RecordError):
 class RTStructError(RecordError):
     """An RTSTRUCT file, or the slice position it needs, cannot be read: not DICOM,
     truncated, not an RTSTRUCT, no structure set, a slice without its position."""
+
+
+class VolumeError(RecordError):
+    """A NIfTI volume or its label map is unreadable, too large, or not on the same grid."""
 
 
 #: What a damaged or unreadable file raises: dropped as its record's reason, never raised.

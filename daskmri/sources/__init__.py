@@ -1,0 +1,1 @@
+"""Source formats, one module each (issue 25)."""
