@@ -15,6 +15,7 @@ _PACKAGES = (
     "dask",
     "distributed",
     "pydicom",
+    "nibabel",
     "numpy",
     "xarray",
     "pandas",
