@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import DicomError
+from .errors import DicomError, one_line
 from .filesystem import LOCAL, FileSystem
 from .limits import DEFAULT_LIMITS, Limits, read_bounded
 
@@ -436,11 +436,6 @@ def _read_bytes(path: str, limits: Limits, fs: FileSystem = LOCAL) -> bytes:
     return raw
 
 
-def _one_line(exc: BaseException) -> str:
-    """An exception as ``Type: text`` on one line (pydicom's messages may span several)."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-
-
 def _parse(path: str, raw: bytes, specific_tags: list[str] | None) -> pydicom.Dataset:
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -452,7 +447,7 @@ def _parse(path: str, raw: bytes, specific_tags: list[str] | None) -> pydicom.Da
             path, "not a DICOM file (no 'DICM' marker after the 128-byte preamble)"
         ) from exc
     except Exception as exc:  # pydicom raises many types on a damaged file
-        raise DicomError(path, f"damaged or truncated DICOM ({_one_line(exc)})") from exc
+        raise DicomError(path, f"damaged or truncated DICOM ({one_line(exc)})") from exc
 
 
 def _header(path: str, raw: bytes) -> tuple[_Header, object, bool]:
@@ -474,7 +469,7 @@ def _header_of(path: str, ds: pydicom.Dataset) -> _Header:
             if name in ds and name != "PixelSpacing":
                 header[name] = True if name == "ModalityLUTSequence" else ds[name].value
     except Exception as exc:
-        raise DicomError(path, f"damaged DICOM header ({_one_line(exc)})") from exc
+        raise DicomError(path, f"damaged DICOM header ({one_line(exc)})") from exc
     try:
         header["PixelSpacing"] = _spacing(list(ds.get("PixelSpacing") or []))
     except Exception:  # optional: a damaged spacing is as good as none
@@ -729,7 +724,7 @@ def _pydicom_pixels(path: str, raw: bytes, syntax: object) -> np.ndarray:
         raise DicomError(
             path,
             f"damaged modality rescale: RescaleSlope/RescaleIntercept or the Modality LUT "
-            f"cannot be applied ({_one_line(exc)})",
+            f"cannot be applied ({one_line(exc)})",
         ) from exc
 
 
@@ -765,7 +760,7 @@ def _decoded_pixels(path: str, ds: pydicom.Dataset, syntax: object) -> np.ndarra
         # A decoder is installed and failed: the data is damaged, not the install.
         raise DicomError(path, f"cannot decode pixel data: {' '.join(str(exc).split())}") from exc
     except Exception as exc:
-        raise DicomError(path, f"cannot decode pixel data ({_one_line(exc)})") from exc
+        raise DicomError(path, f"cannot decode pixel data ({one_line(exc)})") from exc
     if pixels.ndim != 2:
         raise DicomError(path, f"decoded pixels have shape {pixels.shape}, expected one 2-D slice")
     return pixels

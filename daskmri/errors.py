@@ -41,6 +41,7 @@ __all__ = [
     "StoreError",
     "VolumeError",
     "WorkerStartError",
+    "one_line",
     "redact",
 ]
 
@@ -104,6 +105,18 @@ def redact(text: str, options: Any = None) -> str:
         if len(secret) >= _MIN_SECRET:
             text = text.replace(secret, "***")
     return text
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as ``Type: message`` on one line, for a reason or a message built from
+    another library's exception (pydicom's and s3fs's may span several lines).
+
+    Examples
+    --------
+    >>> one_line(ValueError("line one\\n  line two"))
+    'ValueError: line one line two'
+    """
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 class DaskmriError(Exception):
@@ -216,12 +229,11 @@ class ReaderError(DaskmriError, RuntimeError):
         self.__cause__ = portable
 
     def __str__(self) -> str:
-        cause = " ".join(f"{type(self.cause).__name__}: {self.cause}".split())  # one line
         return (
-            f"reading {self.record} raised {cause}. That is a bug, not bad data: in your "
-            "reader= if you passed one (fix it, raise daskmri.errors.RecordError for data it "
-            'must drop, or pass on_error="drop"), else in daskmri (please report it, with '
-            "daskmri.show_versions())"
+            f"reading {self.record} raised {one_line(self.cause)}. That is a bug, not bad "
+            "data: in your reader= if you passed one (fix it, raise "
+            'daskmri.errors.RecordError for data it must drop, or pass on_error="drop"), '
+            "else in daskmri (please report it, with daskmri.show_versions())"
         )
 
     def __reduce__(self) -> tuple:

@@ -26,7 +26,7 @@ import numpy as np
 
 from .contours import polygon_mask, read_contour
 from .dicom import read_slice
-from .errors import DATA_ERRORS, DaskmriError, ReaderError, RecordError
+from .errors import DATA_ERRORS, DaskmriError, ReaderError, RecordError, one_line
 from .fit import GEOMETRY, Geometry, fit_image, paste, place
 from .limits import DEFAULT_LIMITS, Limits
 from .record import Fitted, Parsed, Record, drop_row
@@ -452,8 +452,7 @@ class Dropping:
         except DATA_ERRORS:
             raise
         except Exception as exc:
-            reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
-            raise RecordError(record.dicom_path or "", reason) from exc
+            raise RecordError(record.dicom_path or "", one_line(exc)) from exc
 
 
 def _in_frame(

@@ -31,7 +31,7 @@ import numpy as np
 
 from .contours import check_points, polygon_mask
 from .dicom import PLANE_TAGS, read_text_tags
-from .errors import DicomError, RTStructError
+from .errors import DicomError, RTStructError, one_line
 from .filesystem import LOCAL, FileSystem
 from .limits import DEFAULT_LIMITS, Limits, read_bounded
 
@@ -219,8 +219,7 @@ def _pydicom_plane_tags(path: str, source) -> dict[str, str]:
                 if (value := ds.get(name)) is not None
             }
     except Exception as exc:
-        text = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
-        raise RTStructError(path, f"cannot read the slice header ({text})") from exc
+        raise RTStructError(path, f"cannot read the slice header ({one_line(exc)})") from exc
 
 
 def _plane_of(path: str, uid: str, values: dict[str, str]) -> Plane:

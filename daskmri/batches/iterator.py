@@ -254,11 +254,10 @@ def remote_workers(client) -> bool:
     from distributed.comm import get_address_host
     from distributed.utils import get_ip
 
+    from ..execute import scheduler_info
+
     here = {"localhost", socket.gethostname(), get_ip()}
-    try:
-        info = client.scheduler_info(n_workers=-1)  # every worker, not the first few
-    except TypeError:  # a distributed from before n_workers= lists them all
-        info = client.scheduler_info()
+    info = scheduler_info(client, n_workers=-1)  # every worker, not the first few
     for address in info.get("workers", {}):
         host = get_address_host(address)
         try:

@@ -43,6 +43,7 @@ _EXPORTS = {
         "open_client",
         "probe_scheduler",
         "resolve_client",
+        "scheduler_info",
         "wait_on_cluster",
     ),
     "daskmri.execute._killers": ("find_killers",),

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import dask
 
-from ..errors import DaskmriError, redact
+from ..errors import DaskmriError, one_line, redact
 from ..filesystem import LOCAL, FileSystem
 from ..settings import Compute
 from ._killers import find_killers
@@ -34,6 +34,7 @@ __all__ = [
     "open_client",
     "probe_scheduler",
     "resolve_client",
+    "scheduler_info",
     "wait_on_cluster",
 ]
 
@@ -266,13 +267,28 @@ def _close_quietly(client: Any) -> None:
         client.close()
 
 
+def scheduler_info(client: Any, *, n_workers: int) -> dict:
+    """``client.scheduler_info`` listing ``n_workers`` workers (-1: all of them), on any
+    distributed the project allows.
+
+    Examples
+    --------
+    >>> class Old:  # a distributed from before n_workers=, which lists them all
+    ...     def scheduler_info(self):
+    ...         return {"workers": {}}
+    >>> scheduler_info(Old(), n_workers=-1)
+    {'workers': {}}
+    """
+    try:
+        return client.scheduler_info(n_workers=n_workers)
+    except TypeError:
+        return client.scheduler_info()
+
+
 def _identity(client: Any) -> dict:
     """The scheduler's id and address, as the scheduler itself gives them (an
     address string may name it otherwise: a host name for an IP)."""
-    try:
-        return client.scheduler_info(n_workers=0)
-    except TypeError:  # a distributed from before n_workers=
-        return client.scheduler_info()
+    return scheduler_info(client, n_workers=0)
 
 
 def client_for_futures(
@@ -346,7 +362,7 @@ def check_workers(client, root: str | None = None, fs: FileSystem = LOCAL) -> No
     broken = {w: f for w, f in facts.items() if isinstance(f, BaseException)}
     if broken:
         worker, error = next(iter(broken.items()))
-        reason = redact(" ".join(f"{type(error).__name__}: {error}".split()), dict(fs.options))
+        reason = redact(one_line(error), dict(fs.options))
         raise DaskmriError(
             f"{len(broken)} of {len(facts)} workers cannot run daskmri (e.g. {worker}: "
             f"{reason}); install the same environment as the client on every worker"

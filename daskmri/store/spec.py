@@ -13,7 +13,7 @@ from typing import Any
 
 import zarr
 
-from ..errors import StoreError, redact
+from ..errors import StoreError, one_line, redact
 
 __all__ = [
     "StoreSpec",
@@ -88,7 +88,7 @@ class StoreSpec:
         except Exception as exc:
             if "://" not in self.url or not _unreachable(exc):
                 raise
-            reason = self.redact(" ".join(f"{type(exc).__name__}: {exc}".split()))
+            reason = self.redact(one_line(exc))
             # Not chained: the backend's exception may hold a credential (reason is redacted).
             raise StoreError(
                 f"cannot {doing} the store {self.shown!r} ({reason}); {REACH_FIX}"
