@@ -243,6 +243,7 @@ def close_with(client: Any, futures: Iterable[Any]) -> None:
         return
     left = [len(futures)]
     lock = threading.Lock()
+    ours = frozenset(future.key for future in futures)
 
     def gone() -> None:
         with lock:
@@ -250,7 +251,10 @@ def close_with(client: Any, futures: Iterable[Any]) -> None:
             last = left[0] == 0
         if last:
             closer = threading.Thread(
-                target=_close_quietly, args=(client,), name="daskmri-close-client", daemon=True
+                target=_close_quietly,
+                args=(client, ours),
+                name="daskmri-close-client",
+                daemon=True,
             )
             closer.start()
 
@@ -258,10 +262,12 @@ def close_with(client: Any, futures: Iterable[Any]) -> None:
         weakref.finalize(future, gone).atexit = False
 
 
-def _close_quietly(client: Any) -> None:
-    if client.futures:
-        # Other futures of this client are alive (a persisted selection of the
-        # dataset): closing would lose their data. distributed closes it at exit.
+def _close_quietly(client: Any, ours: frozenset) -> None:
+    # Keys of the dataset's own futures may still be listed (their release reaches the
+    # client's bookkeeping a moment later); any other key is a future that is alive (a
+    # persisted selection of the dataset): closing would lose its data, so the client
+    # stays open, and distributed closes it at exit.
+    if set(client.futures) - ours:
         return
     with contextlib.suppress(Exception):  # a scheduler already gone: nothing to close
         client.close()
