@@ -23,8 +23,8 @@ BATCH = 8
 def parse_item(item: tuple) -> tuple:
     """One record, parsed the plain way: pydicom's pixel_array with the modality
     rescale, then each contour and its mask."""
-    patient_id, instance, dicom_path, icontour_path, ocontour_path = item
-    ds = pydicom.dcmread(dicom_path)
+    patient_id, instance, image_path, icontour_path, ocontour_path = item
+    ds = pydicom.dcmread(image_path)
     image = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
     masks = []
     for path in (icontour_path, ocontour_path):
@@ -37,7 +37,7 @@ def parse_item(item: tuple) -> tuple:
 
 def items_of(table) -> list[tuple]:
     return [
-        (r.patient_id, int(r.instance), r.dicom_path, r.icontour_path, r.ocontour_path)
+        (r.patient_id, int(r.instance), r.image_path, r.icontour_path, r.ocontour_path)
         for r in table.itertuples()
         if r.problem is None
     ]

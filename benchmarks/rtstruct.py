@@ -99,7 +99,7 @@ def measure(data: Path, repeat: int, work: Path) -> list[dict]:
     files = sorted((root / "rtstruct").glob("*/*.dcm"))
     steps = [
         ("scan", lambda: daskmri.scan(root), lambda: daskmri.scan(root, layout=RT_LAYOUT)),
-        ("slice plane (read_plane)", None, lambda: [read_plane(r.dicom_path) for r in rt]),
+        ("slice plane (read_plane)", None, lambda: [read_plane(r.image_path) for r in rt]),
         ("structure set parsed", None, lambda: [read_structure_set(f) for f in files]),
         (
             "masks of both kinds",

@@ -92,7 +92,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     columns = [f"{kind}_path" for kind in layout.kinds]
     problems = table.attrs["problems"] + [
         {"path": row[0] or next((p for p in row[1:-1] if p), None), "reason": row.problem}
-        for row in table[["dicom_path", *columns, "problem"]].itertuples(index=False)
+        for row in table[["image_path", *columns, "problem"]].itertuples(index=False)
         if row.problem is not None
     ]
     print(f"root:        {table.attrs['root']}")

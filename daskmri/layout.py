@@ -714,9 +714,9 @@ class _Finder:
             for instance, kinds in found.picks.items()
         }
 
-    def _row(self, ids: dict, instance: int, dicom_path, contours, slice_rt) -> dict:
+    def _row(self, ids: dict, instance: int, image_path, contours, slice_rt) -> dict:
         problem = None
-        if dicom_path is None:
+        if image_path is None:
             contour = os.path.basename(next(path for _, path in contours if path))
             problem = (
                 f"contour {contour} has no DICOM: no file for instance {instance} "
@@ -725,7 +725,7 @@ class _Finder:
         return {
             **ids,
             "instance": instance,
-            "dicom_path": dicom_path,
+            "image_path": image_path,
             **{f"{kind}_path": path for kind, path in contours},
             "problem": problem,
             "rtstruct": slice_rt,
@@ -769,7 +769,7 @@ def scan(
     -------
     pandas.DataFrame
         One row per record sorted by ``(patient_id, instance)``, with columns
-        ``patient_id``, ``original_id``, ``instance``, ``dicom_path``, a
+        ``patient_id``, ``original_id``, ``instance``, ``image_path``, a
         ``<kind>_path`` per contour kind (``icontour_path``, ``ocontour_path``; the
         contour file, or the RTSTRUCT file that holds the slice's contours of that
         kind; None when absent) and ``problem`` (None, or why the record cannot be
@@ -806,10 +806,10 @@ def scan(
     records = list(iter_records(root, layout=layout, labels=labels, problems=problems, fs=fs))
     paths = [f"{kind}_path" for kind in layout.kinds]
     rt = [] if layout.rtstruct is None else ["rtstruct"]
-    columns = ["patient_id", "original_id", "instance", "dicom_path", *paths, "problem", *rt]
+    columns = ["patient_id", "original_id", "instance", "image_path", *paths, "problem", *rt]
     table = pd.DataFrame.from_records(records, columns=columns)
     table["instance"] = table["instance"].astype("int64")
-    for column in ("dicom_path", *paths, "problem", *rt):
+    for column in ("image_path", *paths, "problem", *rt):
         table[column] = table[column].astype(object).where(table[column].notna(), None)
     table.attrs = {"root": root, "layout": layout.to_dict(), "labels": labels, "problems": problems}
     logger.info("scanned %s: %d records, %d problems", root, len(table), len(problems))

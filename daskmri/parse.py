@@ -92,14 +92,14 @@ def read_record(
     ...     print("parsing", record.instance)
     ...     return read_record(record)
     """
-    if record.dicom_path is None:
+    if record.image_path is None:
         raise RecordError("", f"instance {record.instance} has contours but no DICOM")
-    image, source_spacing = read_slice(record.dicom_path, limits=limits, fs=record.fs)
+    image, source_spacing = read_slice(record.image_path, limits=limits, fs=record.fs)
     frame = image.shape if shape is None else shape
-    geometry = _placement(record.dicom_path, image.shape, frame, source_spacing, fit, spacing)
+    geometry = _placement(record.image_path, image.shape, frame, source_spacing, fit, spacing)
     if geometry.scaled and not 0 < np.prod(geometry.scaled_shape) <= limits.max_pixels:
         raise RecordError(
-            record.dicom_path,
+            record.image_path,
             f"PixelSpacing {source_spacing} would resample the slice to "
             f"{'x'.join(map(str, geometry.scaled_shape))} pixels (Limits.max_pixels="
             f"{limits.max_pixels}); is the spacing right?",
@@ -452,7 +452,7 @@ class Dropping:
         except DATA_ERRORS:
             raise
         except Exception as exc:
-            raise RecordError(record.dicom_path or "", one_line(exc)) from exc
+            raise RecordError(record.image_path or "", one_line(exc)) from exc
 
 
 def _in_frame(
@@ -463,7 +463,7 @@ def _in_frame(
     image (centred in the frame with ``fit="pad_or_crop"``)."""
     if len(parsed) != 1 + len(kinds):
         raise RecordError(
-            record.dicom_path or "",
+            record.image_path or "",
             f"reader returned {len(parsed)} arrays; the layout needs the image and one "
             f"mask (or None) per contour kind {list(kinds)}",
         )
@@ -477,7 +477,7 @@ def _in_frame(
             for a in (pixels, *masks)
         )
     if pixels.shape != shape:
-        raise _shape_error(record.dicom_path, pixels.shape, shape)
+        raise _shape_error(record.image_path, pixels.shape, shape)
     _check_masks(record, masks, shape, kinds)
     return pixels, masks, geometry or Geometry(*shape)
 
@@ -486,7 +486,7 @@ def _check_masks(record: Record, masks: Sequence, shape: tuple[int, ...], kinds)
     for mask, name in zip(masks, kinds, strict=True):
         if mask is not None and np.shape(mask) != tuple(shape):
             raise RecordError(
-                record.dicom_path, f"reader returned a {name} mask of shape {np.shape(mask)}"
+                record.image_path, f"reader returned a {name} mask of shape {np.shape(mask)}"
             )
 
 
@@ -517,7 +517,7 @@ def fetched(records: Sequence[Record]) -> Sequence[Record]:
 def _files(record: Record) -> list[str]:
     picks = () if record.rtstruct is None else record.rtstruct.picks
     rt = [path for _, found in picks for path, _ in found]
-    return [record.dicom_path, *(path for _, path in record.contours), *rt]
+    return [record.image_path, *(path for _, path in record.contours), *rt]
 
 
 def parse_partition(

@@ -108,7 +108,7 @@ def plan_row(
     where its files are."""
     if kinds is None:
         kinds = [
-            key[: -len("_path")] for key in row if key.endswith("_path") and key != "dicom_path"
+            key[: -len("_path")] for key in row if key.endswith("_path") and key != "image_path"
         ]
     contours = tuple((kind, row[f"{kind}_path"]) for kind in kinds)
     if row["problem"] is not None:
@@ -118,7 +118,7 @@ def plan_row(
                 "patient_id": row["patient_id"],
                 "original_id": row["original_id"],
                 "instance": int(row["instance"]),
-                "path": paths[0] if paths else row["dicom_path"],
+                "path": paths[0] if paths else row["image_path"],
                 "reason": row["problem"],
             }
         )
@@ -127,7 +127,7 @@ def plan_row(
         row["patient_id"],
         row["original_id"],
         int(row["instance"]),
-        row["dicom_path"],
+        row["image_path"],
         contours,
         row.get("rtstruct"),
         fs,
@@ -167,7 +167,7 @@ def infer_shape(
     errors = []
     for record in itertools.islice(records, tries):
         try:
-            rows, columns, own = read_dicom_geometry(record.dicom_path, limits=limits, fs=record.fs)
+            rows, columns, own = read_dicom_geometry(record.image_path, limits=limits, fs=record.fs)
         except DATA_ERRORS as exc:  # the parse drops this record with the same reason
             errors.append(str(exc))
             continue
@@ -176,7 +176,7 @@ def infer_shape(
         if spacing is None:
             return rows, columns
         if own is None:
-            errors.append(f"{record.dicom_path}: no PixelSpacing")
+            errors.append(f"{record.image_path}: no PixelSpacing")
             continue
         try:
             frame = place((rows, columns), (rows, columns), spacing=own, target=spacing)
@@ -184,7 +184,7 @@ def infer_shape(
             frame = None
         if frame is not None and 0 < np.prod(frame.scaled_shape) <= limits.max_pixels:
             return frame.scaled_shape
-        errors.append(f"{record.dicom_path}: PixelSpacing {own} resamples to an unusable size")
+        errors.append(f"{record.image_path}: PixelSpacing {own} resamples to an unusable size")
     raise DaskmriError(
         f"could not read the image size from any of the first {len(errors)} DICOM files "
         f"(first error: {errors[0] if errors else 'no records'}); pass shape=(rows, columns)"
@@ -234,14 +234,14 @@ def record_fingerprint(record: Record, root: str) -> int:
     >>> root = daskmri.synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=3, shape=(16, 16))
     >>> record = next(iter_plan(Source.of(root), problems=[]))
     >>> before = record_fingerprint(record, str(root))
-    >>> import os; os.utime(record.dicom_path, ns=(0, 0))
+    >>> import os; os.utime(record.image_path, ns=(0, 0))
     >>> record_fingerprint(record, str(root)) != before
     True
     """
     fs = record.fs
     files = "|".join(
         file_stat(path, root, fs)
-        for path in (record.dicom_path, *(path for _, path in record.contours))
+        for path in (record.image_path, *(path for _, path in record.contours))
     )
     ids = f"{record.patient_id}\0{record.original_id}\0{record.instance}"
     if record.rtstruct is not None:

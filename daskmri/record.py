@@ -97,7 +97,7 @@ class Record:
     patient_id: str
     original_id: str
     instance: int
-    dicom_path: str | None
+    image_path: str | None
     contours: tuple[tuple[str, str | None], ...] = ()
     rtstruct: RTSlice | None = None
     #: Where the paths are: the local disk, or the store of a dataset at a URL (a
@@ -117,7 +117,7 @@ class Record:
         >>> Record("P1", "O1", 3, "/d/3.dcm").describe()
         'patient P1, instance 3 (/d/3.dcm)'
         """
-        return f"patient {self.patient_id}, instance {self.instance} ({self.dicom_path})"
+        return f"patient {self.patient_id}, instance {self.instance} ({self.image_path})"
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -149,10 +149,10 @@ def drop_row(record: Record, exc: BaseException) -> dict:
     'ValueError: bad'
     """
     if isinstance(exc, RecordError):
-        path, reason = exc.path or record.dicom_path, exc.reason
+        path, reason = exc.path or record.image_path, exc.reason
     else:
         # A custom reader raised something else: keep the type so it can be found.
-        path, reason = record.dicom_path, f"{type(exc).__name__}: {exc}"
+        path, reason = record.image_path, f"{type(exc).__name__}: {exc}"
     return {
         "patient_id": record.patient_id,
         "original_id": record.original_id,

@@ -32,14 +32,14 @@ def eager_load(
     :func:`daskmri.load_dataset`. Contour text files only (no RTSTRUCT).
     """
     table = scan(root, layout=layout, labels=labels)
-    kinds = [c[: -len("_path")] for c in table.columns if c.endswith("_path") and c != "dicom_path"]
+    kinds = [c[: -len("_path")] for c in table.columns if c.endswith("_path") and c != "image_path"]
     images, ids, spacings = [], [], []
     found: dict[str, list] = {kind: [] for kind in kinds}
     for row in table.itertuples():
         if row.problem is not None:
             continue
         try:
-            ds = pydicom.dcmread(row.dicom_path)
+            ds = pydicom.dcmread(row.image_path)
             image = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
             masks = []
             for kind in kinds:

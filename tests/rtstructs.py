@@ -114,10 +114,10 @@ def _write_real(table, root: Path) -> None:
     for patient, rows in table.groupby("patient_id"):
         rois = [Roi(1, REAL_ROIS["icontour"]), Roi(2, REAL_ROIS["ocontour"])]
         for row in rows.itertuples():
-            target = root / "dicoms" / patient / Path(row.dicom_path).name
+            target = root / "dicoms" / patient / Path(row.image_path).name
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(row.dicom_path, target)
-            ds = pydicom.dcmread(row.dicom_path, stop_before_pixels=True)
+            shutil.copy(row.image_path, target)
+            ds = pydicom.dcmread(row.image_path, stop_before_pixels=True)
             for roi, path in zip(rois, (row.icontour_path, row.ocontour_path), strict=True):
                 if path is not None:
                     points = np.loadtxt(path, ndmin=2)

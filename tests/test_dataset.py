@@ -162,7 +162,7 @@ class TestReal:
         assert ds.instance.values.tolist() == table.instance.tolist()
         polygon_area = mask_area = 0.0
         for k, row in enumerate(table.itertuples()):
-            source = pydicom.dcmread(row.dicom_path)
+            source = pydicom.dcmread(row.image_path)
             np.testing.assert_array_equal(ds.image[k].values, source.pixel_array.astype(np.float32))
             for path, var in ((row.icontour_path, "icontour"), (row.ocontour_path, "ocontour")):
                 if path is None:

@@ -42,7 +42,7 @@ def without(ds, key: tuple[str, int]):
 
 
 def first_dicom(root: Path) -> Path:
-    path = Path(daskmri.scan(root)["dicom_path"].iloc[0])
+    path = Path(daskmri.scan(root)["image_path"].iloc[0])
     assert (path.parent.name, int(path.stem)) == FIRST
     return path
 

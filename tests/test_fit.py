@@ -113,7 +113,7 @@ class TestPadOrCrop:
 
     def test_a_custom_reader_is_centred_too(self, mixed_root):
         def reader(record):  # its own arrays, of the source size
-            image = daskmri.read_dicom(record.dicom_path)
+            image = daskmri.read_dicom(record.image_path)
             return image, np.ones(image.shape, bool), None
 
         ds = daskmri.load_dataset(
@@ -240,7 +240,7 @@ def test_bad_fit_and_spacing_arguments(synth_root):
 class TestReviewFindings:
     def test_a_custom_readers_mask_of_another_size_is_dropped_not_placed(self, mixed_root):
         def reader(record):
-            image = daskmri.read_dicom(record.dicom_path)
+            image = daskmri.read_dicom(record.image_path)
             return image, np.ones((4, 4), bool), None
 
         ds = daskmri.load_dataset(

@@ -33,7 +33,7 @@ def test_scan_synthetic_labels(synth_root, labels):
         "patient_id",
         "original_id",
         "instance",
-        "dicom_path",
+        "image_path",
         "icontour_path",
         "ocontour_path",
         "problem",
@@ -47,7 +47,7 @@ def test_scan_synthetic_labels(synth_root, labels):
     assert (table.icontour_path.notna() == (table.instance % 2 == 0)).all()
     assert (table.ocontour_path.notna() == (table.instance % 3 == 0)).all()
     for row in table.itertuples():
-        assert row.dicom_path.endswith(
+        assert row.image_path.endswith(
             os.path.join("dicoms", row.patient_id, f"{row.instance}.dcm")
         )
         if row.icontour_path:
@@ -157,7 +157,7 @@ def test_never_reads_outside_root(damaged_root, tmp_path):
     with watching(decoy) as hits:  # and the watch itself works
         daskmri.read_dicom(decoy / "dicoms" / "SYN0001" / "2.dcm")
     assert len(hits) == 1
-    for column in ("dicom_path", "icontour_path", "ocontour_path"):
+    for column in ("image_path", "icontour_path", "ocontour_path"):
         paths = table[column].dropna()
         assert not paths.str.contains("decoy").any()
     reasons = [p["reason"] for p in table.attrs["problems"]]
@@ -185,7 +185,7 @@ def test_contour_without_dicom_is_a_problem_record(damaged_root):
     (damaged_root / "dicoms" / "SYN0001" / "6.dcm").unlink()
     table = scan(damaged_root)
     row = table[(table.patient_id == "SYN0001") & (table.instance == 6)].iloc[0]
-    assert row.dicom_path is None
+    assert row.image_path is None
     assert "has no DICOM" in row.problem and "IM-0001-0006" in row.problem
 
 
@@ -236,7 +236,7 @@ def test_second_preset_gives_the_same_dataset(synth_root, tmp_path):
     plain_table = scan(synth_root)
     cols = ["patient_id", "original_id", "instance"]
     assert series_table[cols].equals(plain_table[cols])
-    assert series_table.dicom_path.str.contains("series-001/IM-0001-").all()
+    assert series_table.image_path.str.contains("series-001/IM-0001-").all()
     assert series_table.attrs["problems"] == []
     a = daskmri.load_dataset(tmp_path, layout=SERIES, scheduler="sync")
     b = daskmri.load_dataset(synth_root, scheduler="sync")

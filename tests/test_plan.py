@@ -41,7 +41,7 @@ def test_a_record_the_scan_found_broken_is_dropped_not_planned():
         "patient_id": "P",
         "original_id": "O",
         "instance": 4,
-        "dicom_path": None,
+        "image_path": None,
         "icontour_path": None,
         "ocontour_path": "/c/o.txt",
         "problem": "contour without its DICOM",
@@ -57,7 +57,7 @@ def test_a_record_the_scan_found_broken_is_dropped_not_planned():
             "reason": "contour without its DICOM",
         }
     ]
-    assert plan_row(row | {"problem": None, "dicom_path": "/d/4.dcm"}, dropped) == Record(
+    assert plan_row(row | {"problem": None, "image_path": "/d/4.dcm"}, dropped) == Record(
         "P", "O", 4, "/d/4.dcm", (("icontour", None), ("ocontour", "/c/o.txt"))
     )
 
@@ -144,7 +144,7 @@ class TestFingerprints:
             {"original_id": "X"},
             {"instance": 999},
             {"contours": (("icontour", None), ("ocontour", record.ocontour_path))},
-            {"dicom_path": record.dicom_path + ".gone"},
+            {"image_path": record.image_path + ".gone"},
         ):
             fields = {s: getattr(record, s) for s in Record.__slots__} | change
             assert record_fingerprint(Record(**fields), root) != base, change

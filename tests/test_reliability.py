@@ -284,7 +284,7 @@ def real_patient(real_root, tmp_path) -> Path:
     table = table[table.patient_id == REAL_PATIENT]
     root = tmp_path / "real"
     for row in table.itertuples():
-        for path in (row.dicom_path, row.icontour_path, row.ocontour_path):
+        for path in (row.image_path, row.icontour_path, row.ocontour_path):
             if path is not None:
                 target = root / Path(path).relative_to(real_root)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -304,16 +304,16 @@ def test_real_files_broken_drop_only_their_records(real_patient):
     def mark(row, path, fragment):
         broken[(row.patient_id, row.instance)] = (path, fragment)
 
-    data = Path(rows[0].dicom_path).read_bytes()
-    Path(rows[0].dicom_path).write_bytes(data[: len(data) // 2])
-    mark(rows[0], rows[0].dicom_path, "truncated")
-    path = Path(rows[1].dicom_path)
+    data = Path(rows[0].image_path).read_bytes()
+    Path(rows[0].image_path).write_bytes(data[: len(data) // 2])
+    mark(rows[0], rows[0].image_path, "truncated")
+    path = Path(rows[1].image_path)
     path.write_bytes(b"\0" * 128 + b"DICM" + bytes(range(256)) * 8)
     mark(rows[1], str(path), "")
-    ds = pydicom.dcmread(rows[2].dicom_path)
+    ds = pydicom.dcmread(rows[2].image_path)
     ds.Columns = ds.Columns + 1
-    ds.save_as(rows[2].dicom_path)
-    mark(rows[2], rows[2].dicom_path, "PixelData holds")
+    ds.save_as(rows[2].image_path)
+    mark(rows[2], rows[2].image_path, "PixelData holds")
     path = Path(rows[3].icontour_path)
     path.write_text(path.read_text() + "12.0 nan\n")
     mark(rows[3], str(path), "non-finite")
@@ -371,7 +371,7 @@ def test_builds_over_mutated_real_dicoms_never_fail(real_patient, tmp_path):
     named, or kept only with the pixels pydicom itself decodes from it."""
     table = daskmri.scan(real_patient)
     pristine = eager_load(real_patient)
-    originals = {row.dicom_path: Path(row.dicom_path).read_bytes() for row in table.itertuples()}
+    originals = {row.image_path: Path(row.image_path).read_bytes() for row in table.itertuples()}
     pixel_bytes = int(pristine.sizes["y"] * pristine.sizes["x"] * 2)
     slowest = 0.0
     outcomes = {"dropped": 0, "kept": 0}
@@ -383,8 +383,8 @@ def test_builds_over_mutated_real_dicoms_never_fail(real_patient, tmp_path):
         mutated = {}
         for k in hit:
             row = table.iloc[int(k)]
-            mutated[(row.patient_id, int(row.instance))] = row.dicom_path
-            Path(row.dicom_path).write_bytes(mutate(originals[row.dicom_path], rng, pixel_bytes))
+            mutated[(row.patient_id, int(row.instance))] = row.image_path
+            Path(row.image_path).write_bytes(mutate(originals[row.image_path], rng, pixel_bytes))
         store = tmp_path / f"case{case}.zarr"
         started = time.monotonic()
         with warnings.catch_warnings():
@@ -424,10 +424,10 @@ def test_the_fuzz_mutations_really_break_files(real_patient):
     rng = np.random.default_rng(0)
     changed = 0
     for row in list(table.itertuples())[:20]:
-        data = Path(row.dicom_path).read_bytes()
-        before = pydicom_image(row.dicom_path)
-        Path(row.dicom_path).write_bytes(mutate(data, rng, int(before.size * 2)))
-        after = pydicom_image(row.dicom_path)
+        data = Path(row.image_path).read_bytes()
+        before = pydicom_image(row.image_path)
+        Path(row.image_path).write_bytes(mutate(data, rng, int(before.size * 2)))
+        after = pydicom_image(row.image_path)
         changed += after is None or after.shape != before.shape or (after != before).any()
-        Path(row.dicom_path).write_bytes(data)
+        Path(row.image_path).write_bytes(data)
     assert changed >= 8, changed

@@ -564,13 +564,13 @@ def test_mutated_real_slices_under_the_rtstruct_layout_never_fail(real_rt, tmp_p
     shutil.copytree(real_rt, work)
     table = daskmri.scan(work, layout=RT_LAYOUT)
     pristine = daskmri.load_dataset(work, layout=RT_LAYOUT, scheduler="sync")
-    originals = {row.dicom_path: Path(row.dicom_path).read_bytes() for row in table.itertuples()}
+    originals = {row.image_path: Path(row.image_path).read_bytes() for row in table.itertuples()}
     touched = 0
     for case in range(FUZZ_CASES):
         rng = np.random.default_rng(100 + case)
         for path, data in originals.items():
             Path(path).write_bytes(data)
-        hit = {table.dicom_path.iloc[int(k)] for k in rng.choice(len(table), 6, replace=False)}
+        hit = {table.image_path.iloc[int(k)] for k in rng.choice(len(table), 6, replace=False)}
         for path in hit:
             Path(path).write_bytes(mutate(originals[path], rng, 256 * 256 * 2))
         ds = daskmri.load_dataset(work, layout=RT_LAYOUT, scheduler="processes", chunk_size=8)
@@ -584,7 +584,7 @@ def test_mutated_real_slices_under_the_rtstruct_layout_never_fail(real_rt, tmp_p
         expected = list(
             zip(pristine.patient_id.values, pristine.instance.values.tolist(), strict=True)
         )
-        untouched = [k for k, row in enumerate(table.itertuples()) if row.dicom_path not in hit]
+        untouched = [k for k, row in enumerate(table.itertuples()) if row.image_path not in hit]
         assert {expected[k] for k in untouched} <= set(keys), case
         assert_records_equal(
             ds.isel(record=[keys.index(expected[k]) for k in untouched]),

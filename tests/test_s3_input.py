@@ -37,7 +37,7 @@ def s3_root(s3, synth_root):
 def test_scan_at_a_url_lists_what_the_local_scan_lists(s3, s3_root, synth_root):
     remote = daskmri.scan(s3_root, source_options=s3.options())
     local = daskmri.scan(synth_root)
-    assert remote["dicom_path"].iloc[0].startswith(s3_root + "/dicoms/")
+    assert remote["image_path"].iloc[0].startswith(s3_root + "/dicoms/")
     pd.testing.assert_frame_equal(_local(remote, synth_root, s3_root), local)
     assert remote.attrs["root"] == s3_root and remote.attrs["problems"] == []
 
@@ -63,10 +63,10 @@ def test_a_chunk_fetches_all_its_files_in_one_call(s3, s3_root):
     records = records.chunks[0]
     assert all(r.fs.protocol == "s3" and r.fs.blobs is None for r in records)
     held = fetched(records)
-    files = {p for r in records for p in (r.dicom_path, *(c for _, c in r.contours)) if p}
+    files = {p for r in records for p in (r.image_path, *(c for _, c in r.contours)) if p}
     assert set(held[0].fs.blobs) == files
-    assert held[0].fs.blobs[records[0].dicom_path] == s3.filesystem().cat_file(
-        records[0].dicom_path
+    assert held[0].fs.blobs[records[0].image_path] == s3.filesystem().cat_file(
+        records[0].image_path
     )
 
 

@@ -42,7 +42,7 @@ class Skipping:
 
     def __call__(self, record: Record) -> Parsed:
         if record.key in self.skip:
-            raise RecordError(record.dicom_path or "", POISON_REASON)
+            raise RecordError(record.image_path or "", POISON_REASON)
         return self.reader(record)
 
 
@@ -146,7 +146,7 @@ class CrashPolicy:
         if not killers and self.deaths[chunk] > self.MAX_SOLO_DEATHS:
             part = self.parts[chunk]
             raise DaskmriError(
-                f"a chunk of {len(part)} records (from {part[0][1].dicom_path}) killed "
+                f"a chunk of {len(part)} records (from {part[0][1].image_path}) killed "
                 f"its worker process {self.deaths[chunk]} times, although none of its "
                 "records does alone; is the machine out of memory?"
             )
