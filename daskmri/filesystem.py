@@ -109,6 +109,26 @@ class FileSystem:
             # Cut short by the prefetch, and allowed: read below, whole.
         return self._read_remote(path, max_bytes)
 
+    def head(self, path: str, n: int) -> bytes:
+        """The first ``n`` bytes of the file ``path`` (fewer if it is shorter): a
+        header, without reading the rest.
+
+        Raises
+        ------
+        FileNotFoundError, IsADirectoryError, OSError
+            As :meth:`read`.
+        """
+        if not self.local:
+            info = self.fsspec().info(self.key(path))
+            if info.get("type") == "directory":
+                raise IsADirectoryError(path)
+            return self.fsspec().cat_file(self.key(path), start=0, end=n)
+        _regular(os.stat(path), path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        with open(fd, "rb") as fh:
+            _regular(os.fstat(fd), path)
+            return fh.read(n)
+
     def _read_remote(self, path: str, max_bytes: int) -> bytes:
         fs, key = self.fsspec(), self.key(path)
         info = fs.info(key)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FITS", "GEOMETRY", "Geometry", "fit_image", "paste", "place", "to_source"]
+__all__ = ["FITS", "GEOMETRY", "Geometry", "fit_image", "fit_mask", "paste", "place", "to_source"]
 
 #: The ways a slice meets the frame: ``"drop"`` a slice of another size, or
 #: ``"pad_or_crop"`` it into the frame, centred.
@@ -203,6 +203,28 @@ def fit_image(image: np.ndarray, geometry: Geometry, frame: tuple[int, int]) -> 
     out = np.zeros(tuple(int(n) for n in frame), dtype=np.float32)
     out[fr, fc] = resample(image, geometry, sr, sc)
     return out
+
+
+def fit_mask(mask: np.ndarray, geometry: Geometry, frame: tuple[int, int]) -> np.ndarray:
+    """A source ``mask`` (a label map's kind) in the frame: resampled by the nearest
+    source pixel if ``geometry`` says so, then placed; never a value in between.
+
+    Examples
+    --------
+    >>> mask = np.array([[True, False], [False, True]])
+    >>> fit_mask(mask, place((2, 2), (4, 4), spacing=(1.0, 1.0), target=(0.5, 0.5)), (4, 4))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    array([[ True,  True, False, False],
+           [ True,  True, False, False],
+           [False, False,  True,  True],
+           [False, False,  True,  True]])
+    """
+    if geometry.scaled:
+        n_rows, n_columns = geometry.scaled_shape
+        rows = (np.arange(n_rows) + 0.5) / geometry.row_scale - 0.5
+        columns = (np.arange(n_columns) + 0.5) / geometry.column_scale - 0.5
+        mask = _nearest(np.asarray(mask), rows, columns)
+    return paste(mask, geometry.row_offset, geometry.column_offset, frame)
 
 
 def to_source(array: Any, record: Any) -> np.ndarray:

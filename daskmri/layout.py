@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 
 from .errors import LayoutError, redact
 from .filesystem import LOCAL, FileSystem, TooLarge, split_root
-from .fit import GEOMETRY
-from .record import RTSlice
+from .record import RESERVED, RTSlice
+from .sources import volumes
+from .sources.volumes import VolumeLayout
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,6 +33,7 @@ __all__ = [
     "Layout",
     "RTStruct",
     "iter_records",
+    "layout_from_dict",
     "scan",
 ]
 
@@ -47,15 +49,6 @@ LIST_AHEAD = 64
 #: The largest link file read (a million patients' rows take about 50 MB).
 LINK_FILE_BYTES = 1 << 30
 
-#: Names a contour kind cannot take: the dataset's dimensions, coordinates and other
-#: variables (a mask named ``x`` would become the ``x`` coordinate and be lost), the
-#: store's arrays, the ``labels=`` words and the batches' ``padding`` flags. The
-#: geometry coordinates come from :data:`daskmri.fit.GEOMETRY`, so they cannot drift.
-RESERVED = frozenset(
-    {"image", "any", "all", "status", "key", "fingerprint", "geometry", "done"}
-    | {"patient_id", "original_id", "instance", "record", "dicom", "problem"}
-    | {"x", "y", "padding", *GEOMETRY}
-)
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
@@ -553,7 +546,7 @@ def _instances(
 def iter_records(
     root: str | os.PathLike[str],
     *,
-    layout: Layout | None = None,
+    layout: Layout | VolumeLayout | None = None,
     labels: str = "any",
     problems: list[dict],
     fs: FileSystem = LOCAL,
@@ -577,10 +570,37 @@ def iter_records(
     if not _is_folder(fs, root):
         hint = "" if fs.local else " (nothing is stored under this prefix); check the URL"
         raise LayoutError(f"dataset root {root!r} is not a folder{hint}")
+    if isinstance(layout, VolumeLayout):
+        yield from _volume_rows(root, layout, labels, problems, fs)
+        return
     finder = _Finder(root, layout, problems, fs)
     patients = _patients(root, layout, problems, fs)
     for ids in patients if fs.local else finder.listed_ahead(patients):
         yield from finder.records(ids, wanted)
+
+
+def _volume_rows(root: str, layout, labels: str, problems: list[dict], fs: FileSystem):
+    """The rows of a volume source, its problems appended as they are found."""
+    found: list = []
+    for row in volumes.iter_records(root, layout=layout, labels=labels, problems=found, fs=fs):
+        problems.extend(problem.row() for problem in found)
+        found.clear()
+        yield row
+    problems.extend(problem.row() for problem in found)
+
+
+def layout_from_dict(values: dict) -> Layout | VolumeLayout:
+    """The layout that ``to_dict()`` gave ``values``: a :class:`Layout` or a
+    :class:`~daskmri.VolumeLayout`.
+
+    Examples
+    --------
+    >>> layout_from_dict(volumes.ACDC.to_dict()) == volumes.ACDC
+    True
+    """
+    if values.get("source") == "volumes":
+        return VolumeLayout.from_dict(values)
+    return Layout.from_dict(values)
 
 
 def _is_folder(fs: FileSystem, root: str) -> bool:
@@ -739,7 +759,7 @@ def _first_path(slice_rt: RTSlice | None, kind: str) -> str | None:
 
 def scan(
     root: str | os.PathLike[str],
-    layout: Layout | None = None,
+    layout: Layout | VolumeLayout | None = None,
     labels: str = "any",
     *,
     source_options: dict | None = None,
@@ -805,10 +825,16 @@ def scan(
     problems: list[dict] = []
     records = list(iter_records(root, layout=layout, labels=labels, problems=problems, fs=fs))
     paths = [f"{kind}_path" for kind in layout.kinds]
-    rt = [] if layout.rtstruct is None else ["rtstruct"]
-    columns = ["patient_id", "original_id", "instance", "image_path", *paths, "problem", *rt]
+    if isinstance(layout, VolumeLayout):
+        ids, rt = ["patient_id", "original_id", "instance", "frame", "slice", "phase"], ["volume"]
+    else:
+        ids = ["patient_id", "original_id", "instance"]
+        rt = [] if layout.rtstruct is None else ["rtstruct"]
+    columns = [*ids, "image_path", *paths, "problem", *rt]
     table = pd.DataFrame.from_records(records, columns=columns)
-    table["instance"] = table["instance"].astype("int64")
+    for column in ("instance", "frame", "slice"):
+        if column in table:
+            table[column] = table[column].astype("int64")
     for column in ("image_path", *paths, "problem", *rt):
         table[column] = table[column].astype(object).where(table[column].notna(), None)
     table.attrs = {"root": root, "layout": layout.to_dict(), "labels": labels, "problems": problems}

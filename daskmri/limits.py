@@ -23,6 +23,9 @@ class Limits:
         Largest declared ``Rows * Columns`` of one image. Default 4096 * 4096.
     max_contour_points : int
         Most points in one contour file. Default 100_000.
+    max_voxels : int
+        Most voxels a NIfTI header may declare, frames included (checked before any
+        voxel is read or allocated). Default 2**28 (1 GiB as float32).
 
     Examples
     --------
@@ -34,9 +37,10 @@ class Limits:
     max_file_bytes: int = 256 * 2**20
     max_pixels: int = 4096 * 4096
     max_contour_points: int = 100_000
+    max_voxels: int = 2**28
 
     def __post_init__(self) -> None:
-        for name in ("max_file_bytes", "max_pixels", "max_contour_points"):
+        for name in ("max_file_bytes", "max_pixels", "max_contour_points", "max_voxels"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"Limits.{name} must be a positive int, got {value!r}")

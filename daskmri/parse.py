@@ -15,26 +15,31 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import itertools
 import logging
 import mmap
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from .contours import polygon_mask, read_contour
 from .dicom import read_slice
 from .errors import DATA_ERRORS, DaskmriError, ReaderError, RecordError, one_line
-from .fit import GEOMETRY, Geometry, fit_image, paste, place
+from .fit import GEOMETRY, Geometry, fit_image, fit_mask, paste, place
 from .limits import DEFAULT_LIMITS, Limits
 from .record import Fitted, Parsed, Record, drop_row
 from .rtstruct import Plane, structure_mask
+from .sources.volumes import read_unit
 
 __all__ = [
     "KINDS",
     "ChunkResult",
+    "DefaultReader",
     "Dropping",
     "Parsed",
     "Record",
@@ -92,11 +97,49 @@ def read_record(
     ...     print("parsing", record.instance)
     ...     return read_record(record)
     """
+    if record.volume is not None:
+        return _fitted_planes(
+            [record], read_unit([record], limits=limits), limits, shape, fit, spacing
+        )[0]
     if record.image_path is None:
         raise RecordError("", f"instance {record.instance} has contours but no DICOM")
     image, source_spacing = read_slice(record.image_path, limits=limits, fs=record.fs)
     frame = image.shape if shape is None else shape
     geometry = _placement(record.image_path, image.shape, frame, source_spacing, fit, spacing)
+    _check_scaled(record, geometry, source_spacing, limits)
+    if geometry.scaled or image.shape != tuple(frame):
+        image = fit_image(image, geometry, frame)
+    masks = [_mask(record, kind, path, geometry, frame, limits) for kind, path in record.contours]
+    return Fitted(image, *masks, geometry=geometry)
+
+
+def _fitted_planes(
+    records: Sequence[Record], planes: Sequence, limits: Limits, shape, fit: str, spacing
+) -> list:
+    """Volume planes (:class:`~daskmri.sources.volumes.Plane`) in the dataset's frame,
+    as :func:`read_record` gives a slice: one :class:`Fitted`, or the RecordError that
+    drops its record, per record. Label masks are resampled by the nearest pixel, so
+    a mask never holds a value between two labels."""
+    out = []
+    for record, plane in zip(records, planes, strict=True):
+        frame = plane.image.shape if shape is None else shape
+        try:
+            geometry = _placement(
+                record.image_path, plane.image.shape, frame, plane.spacing, fit, spacing
+            )
+            _check_scaled(record, geometry, plane.spacing, limits)
+        except RecordError as exc:
+            out.append(exc)
+            continue
+        image = plane.image
+        if geometry.scaled or image.shape != tuple(frame):
+            image = fit_image(image, geometry, frame)
+        masks = [None if m is None else fit_mask(m, geometry, frame) for m in plane.masks]
+        out.append(Fitted(image, *masks, geometry=geometry))
+    return out
+
+
+def _check_scaled(record: Record, geometry: Geometry, source_spacing, limits: Limits) -> None:
     if geometry.scaled and not 0 < np.prod(geometry.scaled_shape) <= limits.max_pixels:
         raise RecordError(
             record.image_path,
@@ -104,10 +147,6 @@ def read_record(
             f"{'x'.join(map(str, geometry.scaled_shape))} pixels (Limits.max_pixels="
             f"{limits.max_pixels}); is the spacing right?",
         )
-    if geometry.scaled or image.shape != tuple(frame):
-        image = fit_image(image, geometry, frame)
-    masks = [_mask(record, kind, path, geometry, frame, limits) for kind, path in record.contours]
-    return Fitted(image, *masks, geometry=geometry)
 
 
 def _mask(record: Record, kind: str, path, geometry: Geometry, frame, limits: Limits):
@@ -377,8 +416,8 @@ def parse_chunk(
     geometry = np.zeros((n, len(GEOMETRY)))
     failures: list[dict] = []
     try:
-        for k, record in enumerate(records):
-            read = _read_one(record, reader, shape, fit, kinds)
+        for k, (record, got) in enumerate(_outcomes(records, reader)):
+            read = _read_one(record, got, shape, fit, kinds)
             if isinstance(read, dict):
                 failures.append(read)
                 continue
@@ -405,18 +444,42 @@ def parse_chunk(
     return ChunkResult(image, masks, kept, flags, failures, geometry[kept])
 
 
+def _outcomes(records: Sequence[Record], reader) -> Iterator[tuple[Record, Any]]:
+    """Each record with what its reader gives: a callable that reads it alone, or, for
+    the records of one volume (:attr:`Record.unit`) and a reader that reads units
+    (:class:`DefaultReader`), the result already read, once for all of them."""
+    read_unit = getattr(reader, "read_unit", None)
+    for unit, group in itertools.groupby(records, key=lambda record: record.unit):
+        group = list(group)
+        if unit is None or read_unit is None:
+            yield from ((record, functools.partial(reader, record)) for record in group)
+            continue
+        try:
+            results = read_unit(group)
+        except Exception as exc:  # a bug: DefaultReader returns data errors, never raises them
+            error = ReaderError(group[0].describe(), exc)
+        else:
+            yield from zip(group, results, strict=True)
+            continue
+        raise error from error.cause
+
+
 def _read_one(
     record: Record,
-    reader: Callable[[Record], Parsed],
+    got: Any,
     shape: tuple[int, int],
     fit: str,
     kinds: tuple[str, ...],
 ) -> tuple | dict:
     """``(pixels, masks, geometry)`` of one record in the frame, or its
-    :func:`~daskmri.dropped` row when its data is bad. Any other exception is a bug
-    (in the reader or here): raised, naming the record."""
+    :func:`~daskmri.dropped` row when its data is bad. ``got`` is what the reader gave
+    for it (a result or an exception), or a callable that reads it. Any other exception
+    is a bug (in the reader or here): raised, naming the record."""
     try:
-        return _in_frame(record, reader(record), shape, fit, kinds)
+        parsed = got() if callable(got) else got
+        if isinstance(parsed, BaseException):
+            raise parsed
+        return _in_frame(record, parsed, shape, fit, kinds)
     except DATA_ERRORS as exc:  # one bad file drops its record, never the chunk
         logger.debug("dropped %s", record.describe(), exc_info=exc)
         return drop_row(record, exc)
@@ -425,6 +488,39 @@ def _read_one(
     # Raised out of the except block, so that no __context__ holds the raw exception:
     # tblib's reducers (which distributed installs) would pickle it to the caller.
     raise error from error.cause
+
+
+@dataclass(frozen=True)
+class DefaultReader:
+    """daskmri's own reader (:func:`read_record`) bound to the limits, the frame, the
+    fit and the spacing; it reads the records of one volume together
+    (:meth:`read_unit`), each volume file once.
+
+    Examples
+    --------
+    >>> reader = DefaultReader(shape=(32, 32))
+    >>> reader.shape, reader.fit
+    ((32, 32), 'drop')
+    """
+
+    limits: Limits = DEFAULT_LIMITS
+    shape: tuple[int, int] | None = None
+    fit: str = "drop"
+    spacing: tuple[float, float] | None = None
+
+    def __call__(self, record: Record) -> Parsed:
+        return read_record(
+            record, limits=self.limits, shape=self.shape, fit=self.fit, spacing=self.spacing
+        )
+
+    def read_unit(self, records: Sequence[Record]) -> list:
+        """One result per record of one volume: a :class:`Fitted`, or the data error
+        (:data:`~daskmri.errors.DATA_ERRORS`) that drops it."""
+        try:
+            planes = read_unit(records, limits=self.limits)
+        except DATA_ERRORS as exc:
+            return [exc] * len(records)
+        return _fitted_planes(records, planes, self.limits, self.shape, self.fit, self.spacing)
 
 
 @dataclass(frozen=True)
@@ -453,6 +549,23 @@ class Dropping:
             raise
         except Exception as exc:
             raise RecordError(record.image_path or "", one_line(exc)) from exc
+
+    @property
+    def read_unit(self) -> Callable | None:
+        """The wrapped reader's ``read_unit``, when it has one, dropping on any error."""
+        inner = getattr(self.reader, "read_unit", None)
+        if inner is None:
+            return None
+
+        def read_unit(records: Sequence[Record]) -> list:
+            try:
+                return inner(records)
+            except Exception as exc:
+                error = RecordError(records[0].image_path or "", one_line(exc))
+                error.__cause__ = exc
+                return [error] * len(records)
+
+        return read_unit
 
 
 def _in_frame(

@@ -29,10 +29,11 @@ from .dicom import read_dicom_geometry
 from .errors import DATA_ERRORS, DaskmriError, ReaderError
 from .filesystem import LOCAL, FileSystem
 from .fit import place
-from .layout import Layout, iter_records
+from .layout import iter_records, layout_from_dict
 from .limits import Limits
 from .record import Record
 from .settings import Source, check_chunk_size
+from .sources.volumes import plane_geometry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -92,7 +93,7 @@ def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64, fs: FileSystem = L
     """
     check_chunk_size(chunk_size)
     dropped: list[dict] = [dict(p) for p in table.attrs.get("problems", [])]
-    kinds = Layout.from_dict(table.attrs["layout"]).kinds if "layout" in table.attrs else None
+    kinds = layout_from_dict(table.attrs["layout"]).kinds if "layout" in table.attrs else None
     rows = (plan_row(row._asdict(), dropped, kinds, fs) for row in table.itertuples(index=False))
     records = [record for record in rows if record is not None]
     chunks = tuple(tuple(records[i : i + chunk_size]) for i in range(0, len(records), chunk_size))
@@ -130,6 +131,7 @@ def plan_row(
         row["image_path"],
         contours,
         row.get("rtstruct"),
+        row.get("volume"),
         fs,
     )
 
@@ -167,7 +169,12 @@ def infer_shape(
     errors = []
     for record in itertools.islice(records, tries):
         try:
-            rows, columns, own = read_dicom_geometry(record.image_path, limits=limits, fs=record.fs)
+            if record.volume is not None:
+                rows, columns, own = plane_geometry(record)
+            else:
+                rows, columns, own = read_dicom_geometry(
+                    record.image_path, limits=limits, fs=record.fs
+                )
         except DATA_ERRORS as exc:  # the parse drops this record with the same reason
             errors.append(str(exc))
             continue
@@ -186,7 +193,7 @@ def infer_shape(
             return frame.scaled_shape
         errors.append(f"{record.image_path}: PixelSpacing {own} resamples to an unusable size")
     raise DaskmriError(
-        f"could not read the image size from any of the first {len(errors)} DICOM files "
+        f"could not read the image size from any of the first {len(errors)} images "
         f"(first error: {errors[0] if errors else 'no records'}); pass shape=(rows, columns)"
     )
 
@@ -253,6 +260,8 @@ def record_fingerprint(record: Record, root: str) -> int:
         used = sorted({path for _, found in picks for path, _ in found})
         chosen = [(kind, [(_relative(p, root), i) for p, i in found]) for kind, found in picks]
         files += "|rt|" + "|".join(file_stat(path, root, fs) for path in used) + repr(chosen)
+    if record.volume is not None:  # its frame, phase and label values, from Info.cfg or a CSV
+        files += "|volume|" + repr(record.volume)
     return _hash64(f"{ids}\0{files}")
 
 
@@ -333,13 +342,21 @@ def plan_inputs(
         keys=np.array(keys, dtype=np.uint64),
         fingerprints=np.array(fingerprints, dtype=np.uint64),
         fingerprint=digest.hexdigest(
-            settings={"layout": source.layout.fingerprint_dict(), "labels": source.labels},
+            settings={"layout": source.layout.to_dict(), "labels": source.labels},
             problems=problems,
-            link_stat=file_stat(os.path.join(root, source.layout.link_file), root, source.fs),
+            link_stat=_link_stat(source),
         ),
         scan_dropped=tuple(problems),
         names=tuple(found) if names else None,
         records=None if kept is None else tuple(kept),
+    )
+
+
+def _link_stat(source: Source) -> str:
+    """The link file's :func:`file_stat`; a volume layout has none."""
+    link = getattr(source.layout, "link_file", None)
+    return (
+        "" if link is None else file_stat(os.path.join(source.root, link), source.root, source.fs)
     )
 
 

@@ -13,16 +13,20 @@ import numpy as np
 
 from .errors import RecordError
 from .filesystem import LOCAL, FileSystem
+from .fit import GEOMETRY
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
     "DROPPED_COLUMNS",
+    "RESERVED",
     "Fitted",
     "Parsed",
+    "Problem",
     "RTSlice",
     "Record",
+    "VolumePlane",
     "drop_row",
     "dropped_table",
 ]
@@ -53,6 +57,45 @@ def _fitted(values: tuple, geometry) -> Fitted:
     return Fitted(*values, geometry=geometry)
 
 
+#: Names a kind cannot take: the dataset's dimensions, coordinates and other variables
+#: (a mask named ``x`` would become the ``x`` coordinate and be lost), the store's arrays,
+#: the ``labels=`` words and the batches' ``padding`` flags.
+RESERVED = frozenset(
+    {"image", "any", "all", "status", "key", "fingerprint", "geometry", "done"}
+    | {"patient_id", "original_id", "instance", "record", "dicom", "problem"}
+    | {"frame", "slice", "phase", "volume", "rtstruct"}
+    | {"x", "y", "padding", *GEOMETRY}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing a scan found wrong: a file and the reason, and the patient and
+    instance when known. Its :meth:`row` is a :func:`daskmri.dropped` row.
+
+    Examples
+    --------
+    >>> Problem("/d/link.csv", "line 3: patient listed twice").row()["reason"]
+    'line 3: patient listed twice'
+    """
+
+    path: str
+    reason: str
+    patient_id: str | None = None
+    original_id: str | None = None
+    instance: int | None = None
+
+    def row(self) -> dict:
+        """The :func:`daskmri.dropped` row."""
+        return {
+            "patient_id": self.patient_id,
+            "original_id": self.original_id,
+            "instance": self.instance,
+            "path": self.path,
+            "reason": self.reason,
+        }
+
+
 #: The columns of :func:`daskmri.dropped`.
 DROPPED_COLUMNS = ["patient_id", "original_id", "instance", "path", "reason"]
 
@@ -80,6 +123,32 @@ class RTSlice:
 
 
 @dataclass(frozen=True, slots=True)
+class VolumePlane:
+    """Where a record of a NIfTI source lies in its files: the dataset's ``frame``,
+    ``slice`` and ``phase`` of the plane, the frame's index in the image file
+    (``image_frame``; 0 for a 3D file) and in the label file (``label_frame``; 0 for
+    a 3D one), and ``kinds``: the label values of each kind.
+
+    Examples
+    --------
+    >>> plane = VolumePlane(4, 2, "ES", image_frame=4, label_frame=0)
+    >>> plane.coords()
+    {'frame': 4, 'slice': 2, 'phase': 'ES'}
+    """
+
+    frame: int
+    slice: int
+    phase: str = ""
+    image_frame: int = 0
+    label_frame: int = 0
+    kinds: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    def coords(self) -> dict:
+        """The record's coordinates in the dataset, beside ``patient_id`` and ``instance``."""
+        return {"frame": self.frame, "slice": self.slice, "phase": self.phase}
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
     """One image slice and its contours: a row of :func:`daskmri.scan`.
 
@@ -100,6 +169,8 @@ class Record:
     image_path: str | None
     contours: tuple[tuple[str, str | None], ...] = ()
     rtstruct: RTSlice | None = None
+    #: For a record of a NIfTI volume: which plane of its files it is.
+    volume: VolumePlane | None = None
     #: Where the paths are: the local disk, or the store of a dataset at a URL (a
     #: reader reads through it: ``record.fs.read(path, max_bytes)``).
     fs: FileSystem = field(default=LOCAL, repr=False, compare=False)
@@ -118,6 +189,13 @@ class Record:
         'patient P1, instance 3 (/d/3.dcm)'
         """
         return f"patient {self.patient_id}, instance {self.instance} ({self.image_path})"
+
+    @property
+    def unit(self) -> tuple | None:
+        """What a reader reads at once with this record: records of one volume share
+        their image file, so a chunk reads it (and each label file) once. None for a
+        record that is read alone (a DICOM slice)."""
+        return None if self.volume is None else (self.image_path,)
 
     @property
     def kinds(self) -> tuple[str, ...]:

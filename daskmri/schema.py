@@ -81,6 +81,35 @@ def provenance(source: Source, parsing: Parsing) -> dict:
     } | fitted
 
 
+#: The coordinates of a dataset of volume planes, beside ``patient_id`` and ``instance``.
+PLANE_COORDS = {"frame": np.int64, "slice": np.int64, "phase": str}
+
+
+def is_volumes(attrs: dict) -> bool:
+    """Whether the dataset (or store) with these attributes holds volume planes."""
+    return json.loads(attrs.get("layout", "{}")).get("source") == "volumes"
+
+
+def plane_coords(attrs: dict, columns: dict) -> dict[str, np.ndarray]:
+    """The plane coordinates (:data:`PLANE_COORDS`) of a volume dataset from
+    ``columns`` (name to values, one per record); none for a dataset of slices.
+
+    Examples
+    --------
+    >>> attrs = {"layout": '{"source": "volumes"}'}
+    >>> plane_coords(attrs, {"frame": [0], "slice": [3], "phase": ["ED"]})["phase"]
+    array(['ED'], dtype='<U2')
+    >>> plane_coords({}, {})
+    {}
+    """
+    if not is_volumes(attrs):
+        return {}
+    return {
+        name: np.asarray(columns[name], dtype=dtype) if len(columns[name]) else np.zeros(0, dtype)
+        for name, dtype in PLANE_COORDS.items()
+    }
+
+
 def to_dataset(
     arrays: dict,
     *,
@@ -90,11 +119,13 @@ def to_dataset(
     instance: np.ndarray,
     attrs: dict,
     geometry: np.ndarray | None = None,
+    planes: dict[str, np.ndarray] | None = None,
 ) -> xr.Dataset:
     """The daskmri dataset from its pixel ``arrays`` (``image`` and one mask per
     contour kind, each ``(record, y, x)``) and its per-record tables: ``has`` says
     which records have each kind; ``geometry`` holds one row of
-    :data:`daskmri.fit.GEOMETRY` values per record."""
+    :data:`daskmri.fit.GEOMETRY` values per record; ``planes`` the volume planes'
+    coordinates (:func:`plane_coords`)."""
     import xarray as xr
 
     n = len(instance)
@@ -111,6 +142,7 @@ def to_dataset(
             "original_id": ("record", np.array(original_id, dtype=str)),
             "instance": ("record", np.asarray(instance, dtype=np.int64)),
         }
+        | {name: ("record", values) for name, values in (planes or {}).items()}
         | where,
         attrs=attrs,
     )

@@ -11,7 +11,6 @@ so a wrong argument fails before any folder is scanned or cluster contacted.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,8 +22,9 @@ from .filesystem import LOCAL, FileSystem, split_root
 from .fit import FITS
 from .layout import SUNNYBROOK, Layout
 from .limits import DEFAULT_LIMITS, Limits
-from .parse import Dropping, read_record
+from .parse import DefaultReader, Dropping
 from .record import Parsed, Record
+from .sources.volumes import VolumeLayout
 
 __all__ = ["ON_ERROR", "SCHEDULERS", "Compute", "Parsing", "Source", "check_chunk_size"]
 
@@ -51,21 +51,24 @@ class Source:
     """
 
     root: str
-    layout: Layout = SUNNYBROOK
+    layout: Layout | VolumeLayout = SUNNYBROOK
     labels: str = "any"
     #: Where the root is: the local disk, or the store of a root at a URL.
     fs: FileSystem = field(default=LOCAL, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.layout, Layout):
-            raise TypeError(f"layout must be a daskmri.Layout, got {type(self.layout).__name__}")
+        if not isinstance(self.layout, (Layout, VolumeLayout)):
+            raise TypeError(
+                "layout must be a daskmri.Layout or daskmri.VolumeLayout (e.g. daskmri.ACDC), "
+                f"got {type(self.layout).__name__}"
+            )
         self.layout.label_kind(self.labels)  # raises for a label the layout does not have
 
     @classmethod
     def of(
         cls,
         root: str | os.PathLike[str],
-        layout: Layout | None = None,
+        layout: Layout | VolumeLayout | None = None,
         labels: str = "any",
         options: dict | None = None,
     ) -> Source:
@@ -131,9 +134,7 @@ class Parsing:
         :class:`~daskmri.parse.Dropping` for ``on_error="drop"``."""
         reader = self.reader
         if reader is None:
-            reader = functools.partial(
-                read_record, limits=self.limits, shape=shape, fit=self.fit, spacing=self.spacing
-            )
+            reader = DefaultReader(self.limits, shape, self.fit, self.spacing)
         return Dropping(reader) if self.on_error == "drop" else reader
 
     def settings(self) -> dict:

@@ -23,7 +23,7 @@ import numpy as np
 
 from .parse import KINDS, ChunkResult, Slots, parse_partition
 from .plan import ChunkPlan
-from .schema import pixels, to_dataset
+from .schema import pixels, plane_coords, to_dataset
 
 __all__ = ["ClusterMemory", "LocalMemory", "assemble", "memory_sink"]
 
@@ -177,9 +177,15 @@ def assemble(plan: ChunkPlan, sink: Any, results: list, *, shape: tuple[int, int
         patient_id=[r.patient_id for r in records],
         original_id=[r.original_id for r in records],
         instance=[r.instance for r in records],
+        planes=plane_coords(attrs, _plane_columns(records)),
         attrs=attrs | {"dropped": json.dumps(dropped)},
     )
     return sink.finish(ds, results)
+
+
+def _plane_columns(records: list) -> dict[str, list]:
+    planes = [r.volume for r in records if r.volume is not None]
+    return {name: [getattr(p, name) for p in planes] for name in ("frame", "slice", "phase")}
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:

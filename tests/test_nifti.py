@@ -326,14 +326,13 @@ def test_a_truncated_nii_gz_is_a_volume_error(tmp_path, good_nii):
     whole = gzip.compress(_bytes(good_nii))
     path = tmp_path / "cut.nii.gz"
     path.write_bytes(whole[: len(whole) // 2])
-    error = _refused(str(path), match="cannot read")
-    assert error.__cause__ is not None
+    _refused(str(path), match="truncated")
 
 
 def test_a_truncated_nii_is_a_volume_error(tmp_path, good_nii):
     path = tmp_path / "cut.nii"
     path.write_bytes(_bytes(good_nii)[:400])
-    assert _refused(str(path), match="cannot read").__cause__ is not None
+    _refused(str(path), match="truncated: 400 of the 632 bytes its header declares")
 
 
 def test_a_wrong_magic_is_a_volume_error(tmp_path, good_nii):
@@ -341,7 +340,7 @@ def test_a_wrong_magic_is_a_volume_error(tmp_path, good_nii):
     data[344:348] = b"xyz\0"
     path = tmp_path / "magic.nii"
     path.write_bytes(bytes(data))
-    _refused(str(path), match="cannot read the NIfTI header")
+    _refused(str(path), match="not a NIfTI file")
 
 
 def test_a_header_declaring_a_trillion_voxels_is_refused_before_allocating(tmp_path):
@@ -394,11 +393,11 @@ def test_an_empty_or_non_nifti_image_is_a_volume_error(tmp_path):
     _refused(_save(np.zeros((0, 3, 4), np.int16), np.eye(4), tmp_path / "e.nii"), match="no voxels")
     mgh = tmp_path / "image.mgz"
     nibabel.save(nibabel.MGHImage(np.zeros(SHAPE, np.float32), np.eye(4)), str(mgh))
-    _refused(str(mgh), match="not a NIfTI image")
+    _refused(str(mgh), match="not a NIfTI file")
 
 
 def test_a_missing_file_is_a_volume_error(tmp_path):
-    _refused(str(tmp_path / "absent.nii.gz"), match="cannot read")
+    _refused(str(tmp_path / "absent.nii.gz"), match="NIfTI file does not exist")
 
 
 def test_float_labels_with_integer_values_are_accepted(tmp_path, good_nii):

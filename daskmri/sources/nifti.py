@@ -42,14 +42,19 @@ from typing import Any
 import numpy as np
 
 from ..errors import VolumeError
+from ..filesystem import LOCAL, FileSystem
+from ..limits import DEFAULT_LIMITS, Limits, read_bounded
 
 __all__ = [
     "DIRECTION_TOLERANCE",
     "MM_TOLERANCE",
     "PlaneOrientation",
     "Volume",
+    "header_of",
+    "open_image",
     "plane_affine",
     "plane_orientation",
+    "read_frames",
     "read_volume",
     "same_grid",
     "to_planes",
@@ -393,40 +398,151 @@ def _raise_unless_data(exc: BaseException) -> None:
         raise exc
 
 
-def _open(path: str, max_voxels: int) -> Any:
-    """The nibabel image at ``path``, its header checked; no voxel is read yet."""
+def _gunzip(raw: bytes, path: str, at_most: int) -> bytes:
+    """The first ``at_most`` bytes of the gzip stream ``raw``: never more, whatever the
+    stream would expand to, so that memory follows a size that was checked first."""
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        return inflate.decompress(raw, at_most)
+    except zlib.error as exc:
+        raise VolumeError(path, f"damaged gzip stream: {_one_line(exc)}") from exc
+
+
+def header_of(head: bytes, path: str) -> Any:
+    """The NIfTI-1 or NIfTI-2 header at the start of ``head`` (a file's first bytes).
+
+    Raises
+    ------
+    daskmri.errors.VolumeError
+        If ``head`` is shorter than a header or holds no NIfTI magic.
+    """
     import nibabel
 
+    if len(head) < nibabel.Nifti1Header.template_dtype.itemsize:
+        raise VolumeError(path, f"truncated: {len(head)} bytes, shorter than a NIfTI header")
+    for kind in (nibabel.Nifti1Header, nibabel.Nifti2Header):
+        size = kind.template_dtype.itemsize
+        if len(head) < size:
+            continue
+        try:
+            header = kind(head[:size], check=False)
+            magic = bytes(header["magic"].item())
+        except _data_errors() as exc:
+            _raise_unless_data(exc)
+            continue
+        if header.sizeof_hdr in (348, 540) and magic in (b"n+1", b"n+2", b"ni1", b"ni2"):
+            if magic in (b"ni1", b"ni2"):
+                raise VolumeError(path, "a NIfTI pair (.hdr/.img): only single .nii files are read")
+            return header
+    raise VolumeError(path, f"not a NIfTI file (no NIfTI magic in its first {len(head)} bytes)")
+
+
+def open_image(path: str, *, limits: Limits = DEFAULT_LIMITS, fs: FileSystem = LOCAL) -> Any:
+    """The nibabel image at ``path`` on ``fs``, its header checked before the voxels
+    are unpacked: the file's size and the declared voxels against ``limits``, 3D or 4D,
+    a finite affine. The file is read whole (it is one unit of work); its voxels stay
+    packed until :func:`read_frames`.
+
+    Raises
+    ------
+    daskmri.errors.VolumeError
+        For a missing, damaged, truncated or oversized file, in one line.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import nibabel
+    >>> path = os.path.join(tempfile.mkdtemp(), "v.nii.gz")
+    >>> nibabel.save(nibabel.Nifti1Image(np.zeros((4, 3, 2), np.int16), np.eye(4)), path)
+    >>> open_image(path).shape
+    (4, 3, 2)
+    >>> open_image(path, limits=Limits(max_voxels=10))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    daskmri.errors.VolumeError: ...: the header declares 24 voxels (4, 3, 2), over ...=10
+    """
+    import nibabel
+
+    raw = read_bounded(
+        path, limits, error=VolumeError, name="NIfTI file", expected="a NIfTI file", fs=fs
+    )
+    max_voxels = limits.max_voxels
+    gzipped = raw[:2] == b"\x1f\x8b"
+    head = _gunzip(raw, path, 1024) if gzipped else raw[:1024]
+    header = header_of(head, path)
+    shape, offset, itemsize = _declared(header, path, max_voxels)
+    need = offset + int(np.prod(shape)) * itemsize
+    data = _gunzip(raw, path, need) if gzipped else raw
+    if len(data) < need:
+        raise VolumeError(path, f"truncated: {len(data)} of the {need} bytes its header declares")
+    kind = nibabel.Nifti1Image if header.sizeof_hdr == 348 else nibabel.Nifti2Image
     try:
-        image = nibabel.load(path)  # reads the header only: the voxels stay on disk
-        shape = tuple(int(n) for n in image.header.get_data_shape())
+        image = kind.from_bytes(data[:need])
         affine = np.asarray(image.affine, dtype=np.float64)
     except _data_errors() as exc:
         _raise_unless_data(exc)
         raise VolumeError(path, f"cannot read the NIfTI header: {_one_line(exc)}") from exc
-    if not isinstance(image, (nibabel.Nifti1Pair, nibabel.Nifti2Pair)):
-        # Analyze, MGH, MINC, ...: other formats with other orientation rules.
-        raise VolumeError(path, f"not a NIfTI image (nibabel reads it as {type(image).__name__})")
+    if not np.all(np.isfinite(affine)):
+        raise VolumeError(path, "the affine holds NaN or inf")
+    return image
+
+
+def _declared(header: Any, path: str, max_voxels: int) -> tuple[tuple[int, ...], int, int]:
+    """The shape, voxel offset and bytes a voxel that ``header`` declares, checked."""
+    try:
+        shape = tuple(int(n) for n in header.get_data_shape())
+        itemsize = np.dtype(header.get_data_dtype()).itemsize
+        offset = int(header.get_data_offset())
+    except _data_errors() as exc:
+        _raise_unless_data(exc)
+        raise VolumeError(path, f"cannot read the NIfTI header: {_one_line(exc)}") from exc
     if len(shape) not in (3, 4):
         raise VolumeError(path, f"a {len(shape)}D image {shape}: only 3D and 4D volumes are read")
     voxels = int(np.prod(shape, dtype=object))  # exact: a header may declare 2**15 ** 4
     if voxels == 0:
         raise VolumeError(path, f"the header declares no voxels {shape}")
     if voxels > max_voxels:
-        raise VolumeError(path, f"the header declares {voxels} voxels {shape}, over {max_voxels}")
-    if not np.all(np.isfinite(affine)):
-        raise VolumeError(path, "the affine holds NaN or inf")
-    return image
+        raise VolumeError(
+            path,
+            f"the header declares {voxels} voxels {shape}, over Limits.max_voxels={max_voxels}",
+        )
+    return shape, offset, itemsize
 
 
-def _voxels(image: Any, path: str, dtype: Any = None) -> np.ndarray:
-    """The scaled voxels of ``image`` (``scl_slope``, ``scl_inter``), as ``dtype``."""
+def read_frames(image: Any, path: str, frames: Sequence[int] | None = None) -> np.ndarray:
+    """The voxels of ``image``, ``(x, y, z, frames)``, of the given ``frames`` of a 4D
+    image (all of them for None, or for a 3D image, which is one frame).
+
+    The values are nibabel's scaled ones (``scl_slope``, ``scl_inter``) computed in
+    float64, as ``get_fdata()`` computes them, for an image whose data type is a float
+    or carries a scaling; otherwise the stored integers, unscaled and exact.
+
+    Raises
+    ------
+    daskmri.errors.VolumeError
+        When the voxels cannot be read.
+    """
+    from nibabel.volumeutils import apply_read_scaling
+
+    proxy = image.dataobj
     try:
-        # As get_fdata(dtype=...) computes them, without caching them in the image.
-        return np.asarray(image.dataobj, dtype=dtype)
+        raw = np.asanyarray(proxy.get_unscaled())
+        raw = raw[..., None] if raw.ndim == 3 else raw
+        raw = raw if frames is None else raw[..., list(frames)]
+        slope, inter = proxy.slope, proxy.inter
+        if raw.dtype.kind == "f" or slope != 1 or inter != 0:
+            return apply_read_scaling(raw, np.float64(slope), np.float64(inter))
+        return np.array(raw)
     except _data_errors() as exc:
         _raise_unless_data(exc)
         raise VolumeError(path, f"cannot read the voxels: {_one_line(exc)}") from exc
+
+
+def _voxels(image: Any, path: str, dtype: Any = None) -> np.ndarray:
+    """All voxels of ``image`` as ``(x, y, z[, t])`` in ``dtype``."""
+    values = read_frames(image, path)
+    values = values[..., 0] if len(image.shape) == 3 else values
+    return values if dtype is None else values.astype(dtype)
 
 
 def _integer_labels(values: np.ndarray, path: str) -> np.ndarray:
@@ -482,10 +598,11 @@ def read_volume(image_path: str, label_path: str | None = None, *, max_voxels: i
     ((1, 2, 3, 4), 'float32', None)
     >>> shutil.rmtree(folder)
     """
-    image = _open(image_path, max_voxels)
+    limits = Limits(max_voxels=max_voxels)
+    image = open_image(image_path, limits=limits)
     label = None
     if label_path is not None:
-        label = _open(label_path, max_voxels)
+        label = open_image(label_path, limits=limits)
         reason = same_grid(image, label)
         if reason is not None:
             raise VolumeError(label_path, f"not on the grid of {image_path}: {reason}")

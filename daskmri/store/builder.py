@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import DaskmriError, StaleStoreError
 from ..execute import Executor, Isolation, client_for, executor_for, progress_bar
-from ..layout import Layout
+from ..layout import Layout, layout_from_dict
 from ..limits import Limits
 from ..plan import Inputs, SlotPlan, fill_chunks, infer_shape, iter_plan, plan_inputs, plan_slots
 from ..plan import runs as slot_runs
@@ -279,7 +279,7 @@ def _existing(job: _Job) -> dict | None:
 def _check_settings(attrs: dict, job: _Job) -> None:
     layout = job.source.layout
     try:
-        stored = Layout.from_dict(json.loads(attrs.get("layout", "{}")))
+        stored = layout_from_dict(json.loads(attrs.get("layout", "{}")))
     except (TypeError, ValueError, KeyError):
         stored = None
     if stored != layout:

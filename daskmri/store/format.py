@@ -23,8 +23,9 @@ __all__ = ["COMPRESSORS", "DEFAULT_COMPRESSOR", "FORMAT", "create", "read_attrs"
 
 #: Bumped when the layout of a store changes incompatibly. 2: original_id in the
 #: record fingerprints, the ``planned`` and ``build_id`` attributes. 3: the
-#: ``geometry`` of each slot (where its source slice sits in the frame).
-FORMAT = 3
+#: ``geometry`` of each slot (where its source slice sits in the frame). 4: the
+#: ``frame``, ``slice`` and ``phase`` of each slot (volume planes), 0.2.0's fingerprints.
+FORMAT = 4
 
 PENDING, OK, DROPPED, RETIRED = 0, 1, 2, 3
 STATUS_NAMES = {PENDING: "pending", OK: "ok", DROPPED: "dropped", RETIRED: "retired"}
@@ -89,6 +90,9 @@ def per_slot(kinds: Sequence[str]) -> tuple[tuple[str, object, object], ...]:
         ("fingerprint", "uint64", 0),
         ("patient_id", str, ""),
         ("original_id", str, ""),
+        ("frame", "int64", 0),
+        ("slice", "int64", 0),
+        ("phase", str, ""),
     )
 
 
@@ -190,7 +194,7 @@ def write_slots(
     spec: StoreSpec, start: int, records: Sequence[Record], fingerprints: Sequence[int]
 ) -> None:
     """Write planned records' identities into slots ``start ..`` (client side), the
-    five arrays at once."""
+    arrays at once (a volume plane's frame, slice and phase too)."""
     stop = start + len(records)
     if stop == start:
         return
@@ -201,6 +205,11 @@ def write_slots(
         "key": np.array([record_key(*r.key) for r in records], np.uint64),
         "fingerprint": np.asarray(fingerprints, dtype=np.uint64),
     }
+    if any(r.volume is not None for r in records):
+        planes = [r.volume for r in records]
+        values["frame"] = np.array([p.frame for p in planes], dtype=np.int64)
+        values["slice"] = np.array([p.slice for p in planes], dtype=np.int64)
+        values["phase"] = np.array([p.phase for p in planes], dtype=object)
     at_once(spec, {name: writer(slice(start, stop), v) for name, v in values.items()})
 
 

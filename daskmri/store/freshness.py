@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..layout import Layout
+from ..layout import layout_from_dict
 from ..plan import plan_inputs
 from ..settings import Source
 from .format import RETIRED
@@ -102,7 +102,7 @@ def check(
     state = read_state(spec, markers=False, names=True)
     attrs = state.attrs
     root = attrs["source"] if root is None else os.fspath(root)
-    layout = Layout.from_dict(json.loads(attrs["layout"]))
+    layout = layout_from_dict(json.loads(attrs["layout"]))
     source = Source.of(root, layout, attrs["labels"], source_options)
     inputs = plan_inputs(source, names=True)
     current = (state.status != RETIRED) & (state.fingerprint != 0)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import StaleStoreWarning, StoreError
 from ..record import dropped_table
-from ..schema import to_dataset
+from ..schema import plane_coords, to_dataset
 from .format import OK, kinds_in, pixel_names
 from .freshness import check
 from .spec import StoreSpec
@@ -345,6 +345,7 @@ class OpenStore:
             patient_id=state.patient_id[ok],
             original_id=state.original_id[ok],
             instance=state.instance[ok],
+            planes=plane_coords(self.attrs, {k: v[ok] for k, v in state.planes.items()}),
             geometry=np.asarray(self.group["geometry"][:])[ok],
             attrs={key: self.attrs[key] for key in KEPT_ATTRS if key in self.attrs}
             | {"dropped": self.attrs.get("dropped", "[]"), "store": self.url},

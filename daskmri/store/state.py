@@ -23,6 +23,9 @@ from .format import (
 )
 from .spec import StoreSpec, at_once
 
+#: The per-slot arrays of a volume plane's coordinates.
+PLANES = ("frame", "slice", "phase")
+
 __all__ = ["Reconciled", "StoreState", "dropped_rows", "read_state", "reconcile", "repair"]
 
 logger = logging.getLogger(__name__)
@@ -44,6 +47,8 @@ class StoreState:
     patient_id: np.ndarray | None = None
     original_id: np.ndarray | None = None
     instance: np.ndarray | None = None
+    #: The volume planes' ``frame``, ``slice`` and ``phase`` (with ``names``).
+    planes: dict[str, np.ndarray] | None = None
 
     @property
     def n_slots(self) -> int:
@@ -76,7 +81,7 @@ def read_state(spec: StoreSpec, *, markers: bool = True, names: bool = False) ->
     group = spec.group("r")
     kinds = kinds_in(attrs)
     wanted = ["status", "key", "fingerprint", *(f"has_{kind}" for kind in kinds)]
-    wanted += ["patient_id", "original_id", "instance"] if names else []
+    wanted += ["patient_id", "original_id", "instance", *PLANES] if names else []
     tables = at_once(spec, {name: _whole for name in wanted}, mode="r")
     status = np.asarray(tables["status"], dtype=np.int8)
     has = {kind: np.asarray(tables[f"has_{kind}"], dtype=bool) for kind in kinds}
@@ -100,6 +105,7 @@ def read_state(spec: StoreSpec, *, markers: bool = True, names: bool = False) ->
             "patient_id": np.asarray(tables["patient_id"], dtype=object),
             "original_id": np.asarray(tables["original_id"], dtype=object),
             "instance": np.asarray(tables["instance"], dtype=np.int64),
+            "planes": {name: np.asarray(tables[name]) for name in PLANES},
         }
     return StoreState(
         attrs=attrs,

@@ -1,0 +1,691 @@
+"""NIfTI volumes with integer label maps as a source: ACDC, M&Ms, MSD Task02_Heart, or
+a :class:`VolumeLayout` of the user's own.
+
+Two halves, as every source has:
+
+- **List** (:func:`iter_records`, on the client): find each patient's image by the
+  layout's globs, read which frames are end-diastole and end-systole (``Info.cfg`` or
+  one CSV), read each image's header (never its voxels) for its number of slices and
+  frames, and give one row per plane: ``patient_id``, ``frame``, ``slice``, ``phase``.
+- **Read** (:func:`read_unit`, on the workers): one volume at a time. Its image is read
+  once for all of its records in a chunk, each label map once, both checked against the
+  :class:`~daskmri.limits.Limits` and against each other (:func:`.nifti.same_grid`), and
+  cut into planes by the orientation convention of :mod:`daskmri.sources.nifti`.
+
+A record's ``instance`` is ``frame * slices + slice``: its plane's number within its
+patient, unique, as a record's identity needs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import fnmatch
+import io
+import logging
+import os
+import re
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import DATA_ERRORS, LayoutError, VolumeError
+from ..filesystem import LOCAL, FileSystem
+from ..limits import DEFAULT_LIMITS, Limits
+from ..record import RESERVED, Problem, Record, VolumePlane
+from .nifti import header_of, open_image, plane_orientation, read_frames, same_grid, to_planes
+
+__all__ = [
+    "ACDC",
+    "MNMS",
+    "MSD_HEART",
+    "PRESETS",
+    "Phases",
+    "VolumeLayout",
+    "iter_records",
+    "read_unit",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The largest Info.cfg or frames CSV read (M&Ms' is 40 kB).
+PHASES_FILE_BYTES = 64 * 2**20
+#: Compressed bytes read for a header at scan time: a gzip stream's first 1 kB
+#: (a NIfTI-2 header is 540 bytes) comes from far fewer.
+HEAD_BYTES = 64 * 2**10
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Where a dataset says which frames are end-diastole (ED) and end-systole (ES).
+
+    Parameters
+    ----------
+    file : str
+        Relative to the root. ``{folder}`` (the patient's folder) makes it one file
+        per patient of ``key: value`` lines (ACDC's ``Info.cfg``); without it, one
+        CSV for all patients.
+    id_column : str
+        The CSV's column that names the patient (the ``{patient_id}`` of the globs).
+    ed, es : str
+        The keys (or CSV columns) of the two frames.
+    base : int
+        The number the file gives the first frame: ACDC counts from 1, M&Ms from 0.
+
+    Examples
+    --------
+    >>> Phases("{folder}/Info.cfg").per_patient
+    True
+    """
+
+    file: str
+    id_column: str = "patient_id"
+    ed: str = "ED"
+    es: str = "ES"
+    base: int = 1
+
+    @property
+    def per_patient(self) -> bool:
+        """Whether each patient has a file of its own."""
+        return "{folder}" in self.file
+
+
+@dataclass(frozen=True)
+class VolumeLayout:
+    """Where the NIfTI images and label maps of a dataset are, and what their labels mean.
+
+    Templates are relative to the root. ``image`` globs find the patients: their
+    ``{patient_id}`` matches any name, and the image's folder becomes the patient's
+    ``{folder}`` (and its ``original_id``). The other templates are formatted with
+    ``{patient_id}``, ``{folder}`` and ``{number}`` (a frame as ``phases`` numbers it).
+
+    Parameters
+    ----------
+    name : str
+        A label stored in dataset attributes (``--layout`` on the command line).
+    image : str or tuple of str
+        Globs of each patient's image: a 4D cine, or a 3D volume.
+    label_values : dict or tuple of (kind, values)
+        Each mask variable and the label values inside it, e.g. ``{"lv": 3}``. A label
+        value that no kind maps drops its volume with a reason, never silently.
+    label : str, optional
+        The label map of the whole image (4D beside a 4D image, like M&Ms'; 3D beside
+        a 3D one, like MSD's).
+    frame_image, frame_label : str, optional
+        A 3D image and label map per labelled frame (ACDC's ``frameFF`` files): the
+        labelled records are read from these, the others (``labels="all"``) from
+        ``image``.
+    phases : Phases, optional
+        Where the ED and ES frames are given. Without it, a 3D volume is frame 0 and
+        a labelled 4D label map's frames are all labelled.
+
+    Raises
+    ------
+    LayoutError
+        If a template is unusable or a kind's name or values are.
+
+    Examples
+    --------
+    >>> mine = VolumeLayout("mine", image="images/{patient_id}.nii.gz",
+    ...                     label_values={"tumour": (1, 2)}, label="labels/{patient_id}.nii.gz")
+    >>> mine.kinds, mine.label_choices()
+    (('tumour',), ('any', 'all'))
+    """
+
+    name: str
+    image: tuple[str, ...] | str
+    label_values: tuple[tuple[str, tuple[int, ...]], ...] | dict
+    label: str | None = None
+    frame_image: str | None = None
+    frame_label: str | None = None
+    phases: Phases | None = None
+
+    def __post_init__(self) -> None:
+        image = (self.image,) if isinstance(self.image, str) else tuple(self.image)
+        object.__setattr__(self, "image", image)
+        object.__setattr__(self, "label_values", _label_values(self.label_values))
+        for template in (*self.image, self.label, self.frame_image, self.frame_label):
+            if template is not None and (os.path.isabs(template) or ".." in template.split("/")):
+                raise LayoutError(f"VolumeLayout template {template!r} must stay inside the root")
+        if not self.image or not all("{patient_id}" in glob for glob in self.image):
+            raise LayoutError("VolumeLayout(image=...) globs must each contain '{patient_id}'")
+        if self.label is None and self.frame_label is None:
+            raise LayoutError("a VolumeLayout needs label= or frame_label= (where its labels are)")
+        if (self.frame_image is None) != (self.frame_label is None) or (
+            self.frame_image is not None and self.phases is None
+        ):
+            raise LayoutError(
+                "frame_image= and frame_label= go together, with phases= to say which frames"
+            )
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The mask variables, in order."""
+        return tuple(name for name, _ in self.label_values)
+
+    def label_choices(self) -> tuple[str, ...]:
+        """What ``labels=`` accepts: ``"any"`` (the labelled frames) or ``"all"``."""
+        return ("any", "all")
+
+    def label_kind(self, labels: str) -> str:
+        """``labels``, checked.
+
+        Raises
+        ------
+        ValueError
+            If ``labels`` is not ``"any"`` or ``"all"``.
+        """
+        if labels not in self.label_choices():
+            raise ValueError(
+                f"labels must be one of {self.label_choices()} for a volume layout (a kind's "
+                f"mask is only known once its volume is read), got {labels!r}"
+            )
+        return labels
+
+    def to_dict(self) -> dict:
+        """Plain dict of the fields, for dataset attributes; :meth:`from_dict` inverts it.
+
+        Examples
+        --------
+        >>> VolumeLayout.from_dict(ACDC.to_dict()) == ACDC
+        True
+        """
+        values = dataclasses.asdict(self)
+        values["image"] = list(self.image)
+        values["label_values"] = [[k, list(v)] for k, v in self.label_values]
+        return {"source": "volumes", **values}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> VolumeLayout:
+        """Inverse of :meth:`to_dict`."""
+        values = {k: v for k, v in values.items() if k != "source"}
+        phases = values.pop("phases", None)
+        values["label_values"] = [(k, tuple(v)) for k, v in values["label_values"]]
+        return cls(**values, phases=None if phases is None else Phases(**phases))
+
+
+def _label_values(kinds) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    pairs = list(kinds.items() if isinstance(kinds, dict) else kinds)
+    out, seen = [], set()
+    for name, values in pairs:
+        values = (values,) if isinstance(values, (int, np.integer)) else tuple(values)
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name in RESERVED:
+            raise LayoutError(f"kind name {name!r} is reserved or not a variable name")
+        if not values or not all(isinstance(v, (int, np.integer)) and v != 0 for v in values):
+            raise LayoutError(f"kind {name!r} needs non-zero integer label values, got {values}")
+        if seen & set(values) or name in dict(out):
+            raise LayoutError(f"kind {name!r} repeats a name or a label value")
+        seen |= set(values)
+        out.append((name, tuple(int(v) for v in values)))
+    if not out:
+        raise LayoutError("a VolumeLayout needs label_values=, e.g. {'lv': 3, 'myo': 2, 'rv': 1}")
+    return tuple(out)
+
+
+#: ACDC: a root of ``patientNNN`` folders (``database/training``), ED and ES 1-based in
+#: each ``Info.cfg``; labels 1 RV, 2 myocardium, 3 LV cavity.
+ACDC = VolumeLayout(
+    "acdc",
+    "{patient_id}/{patient_id}_4d.nii.gz",
+    {"lv": 3, "myo": 2, "rv": 1},
+    frame_image="{folder}/{patient_id}_frame{number:02d}.nii.gz",
+    frame_label="{folder}/{patient_id}_frame{number:02d}_gt.nii.gz",
+    phases=Phases("{folder}/Info.cfg", base=1),
+)
+
+#: M&Ms: the ``OpenDataset`` root; 4D cines and 4D label maps labelled at ED and ES
+#: (0-based, in the root's CSV); labels 1 LV cavity, 2 myocardium, 3 RV.
+MNMS = VolumeLayout(
+    "mnms",
+    (
+        "Training/Labeled/{patient_id}/{patient_id}_sa.nii.gz",
+        "Training/Unlabeled/{patient_id}/{patient_id}_sa.nii.gz",
+        "Validation/{patient_id}/{patient_id}_sa.nii.gz",
+        "Testing/{patient_id}/{patient_id}_sa.nii.gz",
+    ),
+    {"lv": 1, "myo": 2, "rv": 3},
+    label="{folder}/{patient_id}_sa_gt.nii.gz",
+    phases=Phases(
+        "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv",
+        id_column="External code",
+        base=0,
+    ),
+)
+
+#: MSD Task02_Heart: the ``Task02_Heart`` root; 3D volumes, label 1 the left atrium.
+MSD_HEART = VolumeLayout(
+    "msd-heart",
+    "imagesTr/{patient_id}.nii.gz",
+    {"la": 1},
+    label="labelsTr/{patient_id}.nii.gz",
+)
+
+#: The presets by name, as ``--layout`` takes them.
+PRESETS = {layout.name: layout for layout in (ACDC, MNMS, MSD_HEART)}
+
+
+# -- listing -------------------------------------------------------------------------
+
+
+def _pattern(glob: str) -> re.Pattern[str]:
+    """A regex of ``glob`` whose ``{patient_id}`` is captured (and repeated alike)."""
+    pieces = glob.split("{patient_id}")
+    body = [fnmatch.translate(p).removeprefix("(?s:").removesuffix(")\\Z") for p in pieces]
+    body = [b.replace(".*", "[^/]*").replace("(?s:", "(?:") for b in body]
+    regex = body[0] + "(?P<patient_id>[^/]+)" + "(?P=patient_id)".join(body[1:])
+    return re.compile(regex)
+
+
+def _glob(fs: FileSystem, root: str, pattern: str, problems: list[Problem]) -> list[str]:
+    """Relative paths under ``root`` that match ``pattern`` (``*`` within one name)."""
+    found = [""]
+    parts = pattern.split("/")
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        found = [
+            f"{base}/{name}" if base else name
+            for base in found
+            for name, is_folder in _entries(fs, root, base, problems)
+            if fnmatch.fnmatchcase(name, part) and (last or is_folder)
+        ]
+    return sorted(found)
+
+
+def _entries(fs: FileSystem, root: str, relative: str, problems: list[Problem]) -> list:
+    """``(name, is_folder)`` in ``root/relative``; a local link that leaves the root
+    is reported, never followed."""
+    folder = f"{root}/{relative}" if relative else root
+    if not fs.local:
+        return [(name, is_folder) for name, _, is_folder in fs.entries(folder)]
+    try:
+        listed = list(os.scandir(folder))
+    except OSError:
+        return []
+    real = os.path.realpath(root)
+    out = []
+    for entry in listed:
+        if entry.is_symlink():
+            target = os.path.realpath(entry.path)
+            if not (target == real or target.startswith(real + os.sep)):
+                problems.append(Problem(entry.path, "a link that leaves the root; not followed"))
+                continue
+        out.append((entry.name, entry.is_dir()))
+    return out
+
+
+def _patients(fs: FileSystem, root: str, layout: VolumeLayout, problems: list[Problem]):
+    """``{patient_id: image path relative to root}``, sorted; a patient found by two
+    globs is reported once and kept at the first."""
+    found: dict[str, str] = {}
+    for glob in layout.image:
+        regex = _pattern(glob)
+        listing = glob.replace("{patient_id}", "*")
+        for path in _glob(fs, root, listing, problems):
+            match = regex.fullmatch(path)
+            if match is None:
+                continue
+            patient = match["patient_id"]
+            if patient in found:
+                problems.append(
+                    Problem(
+                        _join(root, path),
+                        f"a second image for patient {patient}; ignored",
+                        patient_id=patient,
+                    )
+                )
+                continue
+            found[patient] = path
+    return dict(sorted(found.items()))
+
+
+def _join(root: str, relative: str) -> str:
+    return f"{root}/{relative}" if relative else root
+
+
+def _read_text(fs: FileSystem, path: str) -> str | None:
+    try:
+        return fs.read(path, PHASES_FILE_BYTES).decode("utf-8-sig")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    except UnicodeDecodeError as exc:
+        raise VolumeError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+class _Frames:
+    """The ED and ES frames of each patient, from the layout's :class:`Phases`:
+    ``(ED, ES)`` 0-based, or a reason why they are not known."""
+
+    def __init__(self, fs: FileSystem, root: str, phases: Phases | None) -> None:
+        self.fs, self.root, self.phases = fs, root, phases
+        self.table = None if phases is None or phases.per_patient else self._table()
+
+    def _table(self) -> dict[str, tuple[str, str]]:
+        path = _join(self.root, self.phases.file)
+        text = _read_text(self.fs, path)
+        if text is None:
+            raise LayoutError(
+                f"no frames file at {path}: is the root the dataset's top folder? "
+                "(M&Ms: the OpenDataset folder)"
+            )
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = [name.strip() for name in reader.fieldnames or []]
+        reader.fieldnames = header
+        wanted = [self.phases.id_column, self.phases.ed, self.phases.es]
+        missing = [name for name in wanted if name not in header]
+        if missing:
+            raise LayoutError(f"{path} has no column {missing}; it has {header}")
+        return {(row[wanted[0]] or "").strip(): (row[wanted[1]], row[wanted[2]]) for row in reader}
+
+    def of(self, patient_id: str, folder: str) -> tuple[int, int] | str:
+        """``(ED, ES)``, 0-based, or a one-line reason."""
+        phases = self.phases
+        if self.table is not None:
+            where = _join(self.root, phases.file)
+            if patient_id not in self.table:
+                return f"{where} has no row for patient {patient_id}"
+            values = self.table[patient_id]
+        else:
+            where = _join(self.root, phases.file.format(folder=folder, patient_id=patient_id))
+            text = _read_text(self.fs, where)
+            if text is None:
+                return f"{where} is missing, so the ED and ES frames are unknown"
+            lines = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+            lines = {k.strip(): v for k, v in lines.items()}
+            values = (lines.get(phases.ed), lines.get(phases.es))
+        try:
+            ed, es = (int(str(v).strip()) - phases.base for v in values)
+        except (TypeError, ValueError):
+            return f"{where}: {phases.ed} and {phases.es} are not frame numbers ({values})"
+        if ed < 0 or es < 0:
+            return f"{where}: frame numbers {values} count from {phases.base}"
+        return ed, es
+
+
+def _header_shape(fs: FileSystem, path: str) -> tuple[int, ...]:
+    """The shape a NIfTI file's header declares, from the file's first bytes only."""
+    return tuple(int(n) for n in _header(fs, path).get_data_shape())
+
+
+def plane_geometry(record: Record) -> tuple[int, int, tuple[float, float]]:
+    """``(rows, columns, (row_mm, column_mm))`` of a volume record's planes, from its
+    image's header alone (the first bytes of the file), in the orientation convention.
+
+    Raises
+    ------
+    daskmri.errors.VolumeError
+        If the header cannot be read or its affine gives no orientation.
+    """
+    header = _header(record.fs, record.image_path)
+    try:
+        orientation = plane_orientation(header.get_best_affine())
+    except ValueError as exc:
+        raise VolumeError(record.image_path, str(exc)) from exc
+    shape = header.get_data_shape()
+    return shape[orientation.row_axis], shape[orientation.column_axis], orientation.pixel_spacing
+
+
+def _header(fs: FileSystem, path: str) -> Any:
+    head = fs.head(path, HEAD_BYTES)
+    if head[:2] == b"\x1f\x8b":
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 1024)
+        except zlib.error as exc:
+            raise VolumeError(path, f"damaged gzip stream: {exc}") from None
+    return header_of(head, path)
+
+
+def _labelled(frames: tuple[int, int]) -> list[tuple[int, str]]:
+    """``(frame, phase)`` of the labelled frames, in frame order (ED first if equal)."""
+    ed, es = frames
+    return sorted({es: "ES", ed: "ED"}.items())
+
+
+@dataclass
+class _Lister:
+    """One scan's listing of a volume source: rows of records, and problems."""
+
+    fs: FileSystem
+    root: str
+    layout: VolumeLayout
+    labels: str
+    problems: list[Problem]
+
+    def __post_init__(self) -> None:
+        self.frames = _Frames(self.fs, self.root, self.layout.phases)
+
+    def rows(self, patient_id: str, image: str) -> Iterator[dict]:
+        folder = os.path.dirname(image)
+        ids = {"patient_id": patient_id, "original_id": folder}
+        fill = {"patient_id": patient_id, "folder": folder}
+        frames = None
+        if self.layout.phases is not None:
+            frames = self.frames.of(patient_id, folder)
+            if isinstance(frames, str):
+                self.problems.append(Problem(_join(self.root, image), frames, **ids))
+                return
+        units = self._units(image, fill, frames)
+        for image_path, planes in units:
+            try:
+                shape = _header_shape(self.fs, image_path)
+            except DATA_ERRORS as exc:
+                self.problems.append(Problem(image_path, _reason(exc), **ids))
+                continue
+            yield from self._planes(ids, image_path, shape, planes)
+
+    def _units(self, image: str, fill: dict, frames) -> list[tuple[str, list]]:
+        """``(image path, [(frame, phase, image_frame, label path, label_frame)])`` of
+        each volume file the records are read from; frames None: every frame."""
+        layout, base = self.layout, 0 if self.layout.phases is None else self.layout.phases.base
+        labelled = [] if frames is None else _labelled(frames)
+        if self.labels == "any" and layout.frame_image is not None:
+            return [
+                (
+                    self._path(layout.frame_image, fill, frame + base),
+                    [(frame, phase, 0, self._path(layout.frame_label, fill, frame + base), 0)],
+                )
+                for frame, phase in labelled
+            ]
+        label = None if layout.label is None else self._path(layout.label, fill)
+        if label is not None and self.fs.stat(label) is None:
+            label = None  # an unlabelled patient (M&Ms' Training/Unlabeled)
+        phase_of = dict(labelled)
+        if layout.frame_image is not None:  # labels="all": the 4D image, frameFF labels
+            by_frame = {
+                f: (p, self._path(layout.frame_label, fill, f + base), 0) for f, p in labelled
+            }
+        else:
+            by_frame = {f: (p, label, f) for f, p in labelled} if frames is not None else None
+        plan = (phase_of, by_frame, label)
+        return [(_join(self.root, image), plan)]
+
+    def _path(self, template: str, fill: dict, number: int | None = None) -> str:
+        return _join(self.root, template.format(**fill, number=number))
+
+    def _planes(self, ids: dict, image_path: str, shape: tuple, planes) -> Iterator[dict]:
+        if len(shape) not in (3, 4):
+            reason = f"a {len(shape)}D image {shape}: only 3D and 4D volumes are read"
+            self.problems.append(Problem(image_path, reason, **ids))
+            return
+        n_slices, n_frames = shape[2], 1 if len(shape) == 3 else shape[3]
+        for frame, phase, image_frame, label, label_frame in self._frame_list(planes, n_frames):
+            if label is None and self.labels == "any":
+                continue
+            for s in range(n_slices):
+                volume = VolumePlane(
+                    frame, s, phase, image_frame, label_frame, self.layout.label_values
+                )
+                yield {
+                    **ids,
+                    "instance": frame * n_slices + s,
+                    **volume.coords(),
+                    "image_path": image_path,
+                    **{f"{kind}_path": label for kind in self.layout.kinds},
+                    "problem": None,
+                    "volume": volume,
+                }
+
+    def _frame_list(self, planes, n_frames: int) -> list[tuple]:
+        if isinstance(planes, list):  # one 3D file per labelled frame
+            return planes
+        phase_of, by_frame, label = planes
+        if by_frame is None:  # no phases: a 3D volume, or every frame labelled
+            return [(f, "", f, label, f) for f in range(n_frames)]
+        wanted = range(n_frames) if self.labels == "all" else sorted(by_frame)
+        out = []
+        for f in wanted:
+            phase, path, label_frame = by_frame.get(f, (phase_of.get(f, ""), None, 0))
+            out.append((f, phase, f if n_frames > 1 else 0, path, label_frame))
+        return out
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+
+
+def iter_records(
+    root: str,
+    *,
+    layout: VolumeLayout,
+    labels: str = "any",
+    problems: list[Problem],
+    fs: FileSystem = LOCAL,
+) -> Iterator[dict]:
+    """The scan rows of a volume source, patient by patient, in patient id order.
+
+    Reads the frames file(s) and each image's header, never its voxels. What is
+    wrong (a missing ``Info.cfg`` or CSV row, an unreadable header) is appended to
+    ``problems``, naming the file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from daskmri import synth
+    >>> root = synth.make_volume_dataset(tempfile.mkdtemp(), layout="msd-heart",
+    ...                                  patients=1, slices=3)
+    >>> rows = list(iter_records(str(root), layout=MSD_HEART, problems=[]))
+    >>> [(r["patient_id"], r["frame"], r["slice"]) for r in rows]
+    [('la_001', 0, 0), ('la_001', 0, 1), ('la_001', 0, 2)]
+    """
+    layout.label_kind(labels)
+    lister = _Lister(fs, root, layout, labels, problems)
+    for patient_id, image in _patients(fs, root, layout, problems).items():
+        yield from lister.rows(patient_id, image)
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plane:
+    """One record's plane as :func:`read_unit` gives it: the float32 image, one mask
+    per kind (None for a record of an unlabelled frame), and the pixel spacing
+    ``(row_mm, column_mm)`` from the affine, in the convention's order."""
+
+    image: np.ndarray
+    masks: tuple[np.ndarray | None, ...]
+    spacing: tuple[float, float]
+
+
+def read_unit(records: Sequence[Record], *, limits: Limits = DEFAULT_LIMITS) -> list[Plane]:
+    """The planes of ``records``, which share one image file: the image read once, each
+    label map once, in the orientation convention of :mod:`daskmri.sources.nifti`.
+
+    Raises
+    ------
+    daskmri.errors.VolumeError
+        For anything wrong with the volume (a damaged file, too many voxels, a label
+        map on another grid, non-integer label values, a label value that no kind
+        maps): the reason, for every record of the unit.
+
+    Examples
+    --------
+    >>> import tempfile, daskmri
+    >>> root = daskmri.synth.make_volume_dataset(tempfile.mkdtemp(), layout="msd-heart",
+    ...                                          patients=1, slices=2, shape=(16, 16))
+    >>> table, _ = daskmri.scan(root, layout=MSD_HEART)
+    >>> from daskmri.plan import plan_chunks
+    >>> planes = read_unit(plan_chunks(table).chunks[0])
+    >>> len(planes), planes[0].image.shape, [m.dtype.name for m in planes[0].masks]
+    (2, (16, 16), ['bool'])
+    """
+    first = records[0]
+    image = open_image(first.image_path, limits=limits, fs=first.fs)
+    try:
+        orientation = plane_orientation(image.affine)
+    except ValueError as exc:
+        raise VolumeError(first.image_path, str(exc)) from exc
+    frames = sorted({r.volume.image_frame for r in records})
+    voxels = read_frames(image, first.image_path, frames if len(image.shape) == 4 else None)
+    planes = to_planes(voxels.astype(np.float32, copy=False), orientation)
+    at = {frame: k for k, frame in enumerate(frames)}
+    labels = _labels(records, image, orientation, limits)
+    spacing = orientation.pixel_spacing
+    out = []
+    for record in records:
+        plane = record.volume
+        pixels = np.ascontiguousarray(planes[at.get(plane.image_frame, 0), plane.slice])
+        label = labels.get((record.path(record.kinds[0]), plane.label_frame))
+        masks = tuple(
+            None if label is None else np.isin(label[plane.slice], values)
+            for _, values in record.volume.kinds
+        )
+        out.append(Plane(pixels, masks, spacing))
+    return out
+
+
+def _labels(records: Sequence[Record], image: Any, orientation, limits: Limits) -> dict:
+    """``{(label path, label frame): (slices, rows, columns) int32}`` of the records'
+    label maps, each file read once and checked against the image."""
+    wanted: dict[str, set[int]] = {}
+    for record in records:
+        path = record.path(record.kinds[0])
+        if path is not None:
+            wanted.setdefault(path, set()).add(record.volume.label_frame)
+    out = {}
+    for path, frames in wanted.items():
+        label = open_image(path, limits=limits, fs=records[0].fs)
+        _check_grid(records[0].image_path, image, path, label)
+        frames = sorted(frames)
+        values = read_frames(label, path, frames if len(label.shape) == 4 else None)
+        values = _integers(values, path)
+        _check_values(values, path, records[0].volume.kinds)
+        planes = to_planes(values, orientation)
+        out |= {(path, frame): planes[k] for k, frame in enumerate(frames)}
+    return out
+
+
+def _check_grid(image_path: str, image: Any, path: str, label: Any) -> None:
+    """A label map on the image's grid: the same volume shape and affine (within the
+    tolerance), and a 4D label the image's number of frames."""
+    reason = same_grid((image.affine, image.shape[:3]), (label.affine, label.shape[:3]))
+    if reason is None and len(label.shape) == 4 and label.shape != image.shape:
+        reason = f"{label.shape[3]} frames, against the image's {image.shape[3:] or 'one'}"
+    if reason is not None:
+        raise VolumeError(path, f"not on the grid of {image_path}: {reason}")
+
+
+def _integers(values: np.ndarray, path: str) -> np.ndarray:
+    if values.dtype.kind not in "iub":
+        bad = ~np.isfinite(values) | (values != np.round(values))
+        if np.any(bad):
+            example = values[bad].flat[0]
+            raise VolumeError(path, f"a label map holds non-integer values (e.g. {example})")
+    return values.astype(np.int64, copy=False)
+
+
+def _check_values(values: np.ndarray, path: str, kinds: tuple) -> None:
+    """Every non-zero label value must belong to a kind: never silently ignored."""
+    known = {v for _, kind_values in kinds for v in kind_values} | {0}
+    found = np.unique(values)
+    unknown = [int(v) for v in found if int(v) not in known]
+    if unknown:
+        mapping = ", ".join(f"{k}: {list(v)}" for k, v in kinds)
+        raise VolumeError(
+            path,
+            f"label value(s) {unknown[:5]} belong to no kind of the layout ({mapping}); "
+            "map them in VolumeLayout(label_values=...)",
+        )
