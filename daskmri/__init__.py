@@ -1,4 +1,5 @@
-"""daskmri: MRI slices (DICOM) and their contours as a chunked xarray Dataset, built with Dask.
+"""daskmri: MRI slices (DICOM with contours, NIfTI volumes with label maps) as a chunked
+xarray Dataset of images and masks, built with Dask.
 
 A typical session::
 
@@ -40,13 +41,15 @@ _EXPORTS = {
         "LayoutError",
         "RecordError",
         "RTStructError",
+        "VolumeError",
         "WorkerStartError",
     ),
-    "daskmri.record": ("Record",),
+    "daskmri.record": ("Problem", "Record", "VolumePlane"),
     "daskmri.parse": ("read_record",),
     "daskmri.contours": ("polygon_mask", "read_contour"),
     "daskmri.dicom": ("read_dicom",),
     "daskmri.layout": ("SERIES", "SUNNYBROOK", "ContourKind", "Layout", "RTStruct", "scan"),
+    "daskmri.sources.volumes": ("ACDC", "MNMS", "MSD_HEART", "Phases", "VolumeLayout"),
     "daskmri.limits": ("Limits",),
     "daskmri.fit": ("to_source",),
     "daskmri.versions": ("show_versions",),

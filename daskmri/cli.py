@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import DaskmriError, ReaderError
-from .layout import Layout
+from .errors import DaskmriError, LayoutError, ReaderError
+from .layout import SERIES, SUNNYBROOK, Layout, layout_from_dict
 from .settings import SCHEDULERS
+from .sources.volumes import PRESETS, VolumeLayout
 
 # Commands import what they use when they run: the "processes" scheduler starts
 # fresh interpreters that re-import this module, and they need none of it.
@@ -111,12 +112,30 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from . import synth
 
-    root = synth.make_dataset(
-        args.out, patients=args.patients, slices=args.slices, shape=args.shape, seed=args.seed
+    if args.layout == "sunnybrook":
+        root = synth.make_dataset(
+            args.out, patients=args.patients, slices=args.slices, shape=args.shape, seed=args.seed
+        )
+        print(f"wrote {args.patients} patients x {args.slices} slices to {root}")
+        return 0
+    root = synth.make_volume_dataset(
+        args.out,
+        layout=args.layout,
+        patients=args.patients,
+        frames=args.frames,
+        slices=args.slices,
+        shape=args.shape,
+        seed=args.seed,
     )
-    print(f"wrote {args.patients} patients x {args.slices} slices to {root}")
+    print(
+        f"wrote {args.patients} patients x {args.frames} frames x {args.slices} slices "
+        f"({args.layout} layout) to {root}"
+    )
     return 0
 
+
+#: The layouts ``--layout`` names.
+LAYOUTS = {"sunnybrook": SUNNYBROOK, "series": SERIES, **PRESETS}
 
 #: The mixed demo: four sites' sizes and pixel spacings, fitted into one 256x256 frame.
 MIXED_SHAPES = [(256, 256), (192, 224), (320, 288), (232, 272)]
@@ -129,6 +148,17 @@ def _demo_root(args: argparse.Namespace, tmp: str):
 
     if args.root is not None:
         return args.root
+    if isinstance(args.layout, VolumeLayout):
+        root = synth.make_volume_dataset(
+            Path(tmp) / "synthetic", layout=args.layout.name, patients=4, frames=12, slices=10,
+            shape=(128, 128), seed=0,
+        )  # fmt: skip
+        print(
+            f"no ROOT given: made a synthetic {args.layout.name} dataset of 4 patients x 12 "
+            "frames x 10 slices, deleted when the demo ends (`daskmri synth DIR --layout "
+            f"{args.layout.name}` writes one to keep)"
+        )
+        return root
     mixed = {"shape": MIXED_SHAPES, "spacing": MIXED_SPACINGS} if args.mixed else {}
     # Its path is not printed: it is deleted when the demo ends.
     root = synth.make_dataset(Path(tmp) / "synthetic", patients=4, slices=30, seed=0, **mixed)
@@ -310,15 +340,17 @@ def _millimetres(value: str) -> float:
     return mm
 
 
-def _layout_file(value: str) -> Layout:
-    """A layout from a JSON file holding ``Layout.to_dict()``."""
+def _layout_file(value: str) -> Layout | VolumeLayout:
+    """A preset's name (:data:`LAYOUTS`), or a JSON file holding ``layout.to_dict()``."""
+    if value in LAYOUTS:
+        return LAYOUTS[value]
     try:
         with open(value, encoding="utf-8") as fh:
-            return Layout.from_dict(json.load(fh))
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+            return layout_from_dict(json.load(fh))
+    except (OSError, ValueError, TypeError, KeyError, LayoutError) as exc:
         raise argparse.ArgumentTypeError(
-            f"cannot read a layout from {value!r} ({exc}); write one with "
-            "json.dump(layout.to_dict(), file)"
+            f"cannot read a layout from {value!r} ({exc}); name a preset "
+            f"({', '.join(LAYOUTS)}) or write one with json.dump(layout.to_dict(), file)"
         ) from None
 
 
@@ -326,13 +358,15 @@ def _add_layout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layout",
         type=_layout_file,
-        default=Layout(),
-        help="JSON file of daskmri.Layout(...).to_dict() (default: Sunnybrook)",
+        default=SUNNYBROOK,
+        help=f"a preset ({', '.join(LAYOUTS)}; default sunnybrook) or a JSON file of "
+        "layout.to_dict()",
     )
     parser.add_argument(
         "--labels",
         default="any",
-        help="any (default), all, or a contour kind's name (i, o: Sunnybrook's aliases)",
+        help="any (default: labelled slices or frames), all, or a contour kind's name "
+        "(i, o: Sunnybrook's aliases)",
     )
 
 
@@ -354,7 +388,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("scan", help="list the records of a dataset folder (reads no pixels)")
-    p.add_argument("root", help="dataset folder (Sunnybrook layout)")
+    p.add_argument("root", help="dataset folder (in the --layout layout)")
     _add_layout(p)
     p.add_argument("--max-problems", type=_count, default=20, help="problems to print")
     p.set_defaults(func=_cmd_scan)
@@ -379,7 +413,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "build", help="parse a dataset folder into a Zarr store (resumes an unfinished build)"
     )
-    p.add_argument("root", help="dataset folder (Sunnybrook layout)")
+    p.add_argument("root", help="dataset folder (in the --layout layout)")
     p.add_argument("--out", required=True, help="Zarr store: a path or an fsspec URL")
     _add_scheduler(p)
     p.add_argument("--chunk-size", type=_positive, default=64, help="records per chunk")
@@ -402,9 +436,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("root", nargs="?", help="dataset folder (default: the one it was built from)")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("synth", help="write a synthetic dataset in the Sunnybrook layout")
+    p = sub.add_parser("synth", help="write a synthetic dataset (Sunnybrook layout, or volumes)")
     p.add_argument("out", help="folder to write")
+    p.add_argument(
+        "--layout",
+        choices=("sunnybrook", *PRESETS),
+        default="sunnybrook",
+        help="sunnybrook (default: DICOM slices and contour files) or a volume preset",
+    )
     p.add_argument("--patients", type=_positive, default=3)
+    p.add_argument("--frames", type=_positive, default=10, help="frames per cine (volumes)")
     p.add_argument("--slices", type=_positive, default=20, help="slices per patient")
     p.add_argument("--shape", type=_shape, default=(256, 256), help="ROWSxCOLUMNS")
     p.add_argument("--seed", type=_count, default=0)

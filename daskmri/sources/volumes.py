@@ -464,7 +464,9 @@ class _Lister:
         frames = None
         if self.layout.phases is not None:
             frames = self.frames.of(patient_id, folder)
-            if isinstance(frames, str):
+            if isinstance(frames, str) and self._unlabelled(fill):
+                frames = None  # labels="all" of a patient with no label map: nothing to place
+            elif isinstance(frames, str):
                 self.problems.append(Problem(_join(self.root, image), frames, **ids))
                 return
         units = self._units(image, fill, frames)
@@ -501,6 +503,13 @@ class _Lister:
             by_frame = {f: (p, label, f) for f, p in labelled} if frames is not None else None
         plan = (phase_of, by_frame, label)
         return [(_join(self.root, image), plan)]
+
+    def _unlabelled(self, fill: dict) -> bool:
+        """Whether every frame is wanted and the patient has no label map at all."""
+        layout = self.layout
+        if self.labels != "all" or layout.label is None or layout.frame_label is not None:
+            return False
+        return self.fs.stat(self._path(layout.label, fill)) is None
 
     def _path(self, template: str, fill: dict, number: int | None = None) -> str:
         return _join(self.root, template.format(**fill, number=number))
