@@ -96,8 +96,43 @@ def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64, fs: FileSystem = L
     kinds = layout_from_dict(table.attrs["layout"]).kinds if "layout" in table.attrs else None
     rows = (plan_row(row._asdict(), dropped, kinds, fs) for row in table.itertuples(index=False))
     records = [record for record in rows if record is not None]
-    chunks = tuple(tuple(records[i : i + chunk_size]) for i in range(0, len(records), chunk_size))
-    return ChunkPlan(chunks=chunks, dropped=tuple(dropped))
+    return ChunkPlan(chunks=tuple(pack(records, chunk_size)), dropped=tuple(dropped))
+
+
+def pack(records: Sequence[Record], chunk_size: int) -> Iterator[tuple[Record, ...]]:
+    """``records`` in chunks of at most ``chunk_size``, where the records of one volume
+    (:attr:`~daskmri.record.Record.unit`) stay in one chunk, so that one task reads
+    each volume once: a chunk closes early rather than split a volume, and a volume
+    of more than ``chunk_size`` planes is a chunk of its own.
+
+    Examples
+    --------
+    >>> from daskmri.record import VolumePlane
+    >>> def plane(path, k):
+    ...     return Record("P", "", k, path, volume=VolumePlane(0, k))
+    >>> records = [plane("a.nii", k) for k in range(3)] + [plane("b.nii", k) for k in range(3)]
+    >>> [len(chunk) for chunk in pack(records, 4)]
+    [3, 3]
+    >>> [len(chunk) for chunk in pack([Record("P", "", k, f"{k}.dcm") for k in range(5)], 2)]
+    [2, 2, 1]
+    """
+    chunk: list[Record] = []
+    for _, group in itertools.groupby(records, key=_unit_or_self):
+        group = list(group)
+        if chunk and len(chunk) + len(group) > chunk_size:
+            yield tuple(chunk)
+            chunk = []
+        chunk += group
+        if len(chunk) >= chunk_size:
+            yield tuple(chunk)
+            chunk = []
+    if chunk:
+        yield tuple(chunk)
+
+
+def _unit_or_self(record: Record) -> object:
+    # A record read alone is a unit of its own (object() never equals the next one).
+    return record.unit if record.unit is not None else object()
 
 
 def plan_row(

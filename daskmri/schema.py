@@ -105,7 +105,10 @@ def plane_coords(attrs: dict, columns: dict) -> dict[str, np.ndarray]:
     if not is_volumes(attrs):
         return {}
     return {
-        name: np.asarray(columns[name], dtype=dtype) if len(columns[name]) else np.zeros(0, dtype)
+        # Through object: zarr gives strings as numpy's StringDType, which casts no other way.
+        name: np.asarray(columns[name], dtype=object).astype(dtype)
+        if len(columns[name])
+        else np.zeros(0, dtype)
         for name, dtype in PLANE_COORDS.items()
     }
 
