@@ -466,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     args = parser.parse_args(argv)
-    if hasattr(args, "layout"):
+    if hasattr(args, "labels"):
         choices = args.layout.label_choices()
         if args.labels not in choices:
             shown = ", ".join(map(repr, choices))

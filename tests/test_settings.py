@@ -3,7 +3,6 @@ any folder is scanned, any store path touched or any cluster contacted."""
 
 from __future__ import annotations
 
-import functools
 import os
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 import daskmri
 from daskmri import Layout, Limits
+from daskmri.parse import DefaultReader
 from daskmri.settings import Compute, Parsing, Source
 
 
@@ -41,15 +41,9 @@ class TestParsing:
     def test_the_default_reader_is_bound_to_the_limits_and_the_shape(self):
         limits = Limits(max_pixels=1000)
         reader = Parsing(limits=limits).reader_for((10, 20))
-        assert isinstance(reader, functools.partial) and reader.func is daskmri.read_record
-        assert reader.keywords == {
-            "limits": limits,
-            "shape": (10, 20),
-            "fit": "drop",
-            "spacing": None,
-        }
+        assert reader == DefaultReader(limits=limits, shape=(10, 20), fit="drop", spacing=None)
         fitted = Parsing(fit="pad_or_crop", spacing=0.5).reader_for((10, 20))
-        assert fitted.keywords["fit"] == "pad_or_crop" and fitted.keywords["spacing"] == (0.5, 0.5)
+        assert fitted.fit == "pad_or_crop" and fitted.spacing == (0.5, 0.5)
 
         def mine(record):
             return record
