@@ -220,6 +220,17 @@ def plane_rule(affine: np.ndarray) -> tuple[PlaneTransform, bool]:
     )
 
 
+def planes_by_rule(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """A NIfTI array ``(x, y, z[, t])`` as ``(frames, slices, rows, columns)`` by
+    :func:`plane_rule`: each ``(x, y)`` plane seen as a DICOM image ``[y, x]``."""
+    transform, reversed_slices = plane_rule(affine)
+    volume = data if data.ndim == 4 else data[..., np.newaxis]
+    images = volume.transpose(3, 2, 1, 0)  # frames, z, y (rows), x (columns)
+    if reversed_slices:
+        images = images[:, ::-1]
+    return transform.apply(images)
+
+
 # -- reading the DICOMs ----------------------------------------------------------------
 
 
@@ -361,7 +372,7 @@ def read_cines(root: Path = SUNNYBROOK, patients: int | None = None) -> list[Cin
 # -- writing the layouts -----------------------------------------------------------------
 
 
-def _storage(images: np.ndarray) -> np.ndarray:
+def exact_storage(images: np.ndarray) -> np.ndarray:
     """int16 where that holds every value exactly (nibabel then gives them back as
     they are), else float32: exact either way."""
     info = np.iinfo(np.int16)
@@ -407,7 +418,7 @@ def write_acdc(cines: Sequence[Cine], root: Path, variant: Variant = Variant()) 
             f"ED: {cine.ed + 1}\nES: {cine.es + 1}\nGroup: MINF\nHeight: 170.0\n"
             f"NbFrame: {cine.frames}\nWeight: 70.0\n"
         )
-        images = _storage(cine.images)
+        images = exact_storage(cine.images)
         _save(cine.voxels(images), cine.affine, folder / f"{name}_4d.nii.gz", variant)
         labels = cine.label_map(LABELS["acdc"], (cine.ed, cine.es))
         for frame in (cine.ed, cine.es):
@@ -431,7 +442,10 @@ def write_mnms(cines: Sequence[Cine], root: Path, variant: Variant = Variant()) 
         code = cine.patient_id
         folder = root / "Training" / "Labeled" / code
         _save(
-            cine.voxels(_storage(cine.images)), cine.affine, folder / f"{code}_sa.nii.gz", variant
+            cine.voxels(exact_storage(cine.images)),
+            cine.affine,
+            folder / f"{code}_sa.nii.gz",
+            variant,
         )
         labels = cine.label_map(LABELS["mnms"], (cine.ed, cine.es))
         _save(cine.voxels(labels), cine.affine, folder / f"{code}_sa_gt.nii.gz", variant)
@@ -452,7 +466,7 @@ def write_msd(cines: Sequence[Cine], root: Path, variant: Variant = Variant()) -
     for n, cine in enumerate(cines, start=1):
         name = f"{msd_id(n)}.nii.gz"
         ed = slice(cine.ed, cine.ed + 1)
-        images = cine.voxels(_storage(cine.images[ed]))[..., 0]
+        images = cine.voxels(exact_storage(cine.images[ed]))[..., 0]
         _save(images, cine.affine, root / "imagesTr" / name, variant)
         labels = cine.voxels(cine.label_map(LABELS["msd"], (cine.ed,))[ed])[..., 0]
         _save(labels, cine.affine, root / "labelsTr" / name, variant)
