@@ -1,4 +1,6 @@
-"""Synthetic Sunnybrook-layout datasets with a known ground truth.
+"""Synthetic datasets with a known ground truth: Sunnybrook-layout DICOMs
+(:func:`make_dataset`) and NIfTI volume datasets in the ACDC, M&Ms and MSD
+Task02_Heart layouts (:func:`make_volume_dataset`).
 
 Every file is a function of ``(seed, patient, instance)``: the same arguments
 give the same bytes, and tests can recompute the exact pixels
@@ -9,11 +11,18 @@ Each patient gets slices ``1..slices``. A slice has an inner contour when its
 instance is even and an outer contour when it is a multiple of 3, so a dataset
 holds i-only, o-only, both and unlabelled slices. Even-numbered patients carry a
 RescaleSlope/RescaleIntercept; odd ones do not.
+
+A volume dataset's patient is a 4D cine of a beating phantom heart: an LV disk, a
+myocardial ring around it and an RV crescent beside it, shrinking toward the apex
+and contracting from ED (frame 0) to ES (the middle frame). Every voxel is a function
+of ``(seed, patient)``: :func:`volume_phantom` and :func:`volume_affine` give back
+exactly what was written.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -25,14 +34,22 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from .errors import DaskmriError
 
 __all__ = [
+    "VOLUME_LABELS",
+    "VOLUME_SPACING",
     "file_dataset",
     "make_dataset",
+    "make_volume_dataset",
     "patient_ids",
     "patient_rescale",
     "patient_shape",
     "patient_spacing",
     "slice_contours",
     "slice_pixels",
+    "volume_affine",
+    "volume_ed_es",
+    "volume_patient_ids",
+    "volume_phantom",
+    "volume_rescale",
 ]
 
 # Contour vertices lie on a 1/64-pixel grid: exactly representable in binary and
@@ -322,4 +339,333 @@ def make_dataset(
                 _write_contour(contour_dir / "i-contours" / f"{stem}-icontour-manual.txt", inner)
             if outer is not None:
                 _write_contour(contour_dir / "o-contours" / f"{stem}-ocontour-manual.txt", outer)
+    return root
+
+
+# -- NIfTI volume datasets (issue 25) ---------------------------------------------------
+
+#: Voxel size (mm) along the file's x, y and z axes: anisotropic in the plane, so a
+#: spacing that is not permuted along with the array shows.
+VOLUME_SPACING = (1.25, 1.5, 8.0)
+
+#: Each layout's label value of each kind (the MSD Task02 phantom's ``la`` is the LV
+#: disk, standing in for the left atrium).
+VOLUME_LABELS = {
+    "acdc": {"rv": 1, "myo": 2, "lv": 3},
+    "mnms": {"lv": 1, "myo": 2, "rv": 3},
+    "msd-heart": {"la": 1},
+}
+
+_VOLUME_LAYOUTS = {"acdc": "acdc", "mnms": "mnms", "msd": "msd-heart", "msd-heart": "msd-heart"}
+_MNMS_CSV = "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv"
+# As the real file's, whose columns a reader finds by name (ED and ES 0-based).
+_MNMS_COLUMNS = (
+    "External code",
+    "VendorName",
+    "Vendor",
+    "Centre",
+    "ED",
+    "ES",
+    "Age",
+    "Pathology",
+    "Sex",
+    "Height",
+    "Weight",
+)
+
+
+def _volume_layout(layout: str) -> str:
+    try:
+        return _VOLUME_LAYOUTS[layout]
+    except KeyError:
+        raise ValueError(f"layout must be 'acdc', 'mnms' or 'msd-heart', not {layout!r}") from None
+
+
+def volume_patient_ids(layout: str, patients: int) -> list[str]:
+    """The patient_id (folder or file stem) of each patient of a volume dataset.
+
+    Examples
+    --------
+    >>> volume_patient_ids("acdc", 2), volume_patient_ids("mnms", 1), volume_patient_ids("msd", 1)
+    (['patient001', 'patient002'], ['SYN001'], ['la_001'])
+    """
+    layout = _volume_layout(layout)
+    if layout == "acdc":
+        return [f"patient{k:03d}" for k in range(1, patients + 1)]
+    if layout == "mnms":  # six characters, as M&Ms' external codes
+        return [f"SYN{k:03d}" for k in range(1, patients + 1)]
+    return [f"la_{k:03d}" for k in range(1, patients + 1)]
+
+
+def volume_ed_es(frames: int) -> tuple[int, int]:
+    """The 0-based ED and ES frames of a cine of ``frames`` frames.
+
+    Examples
+    --------
+    >>> volume_ed_es(10)
+    (0, 5)
+    """
+    return 0, frames // 2
+
+
+def volume_rescale(patient: int) -> tuple[float, float] | None:
+    """``(scl_slope, scl_inter)`` of 1-based ``patient``'s image, or None (unscaled).
+
+    Examples
+    --------
+    >>> volume_rescale(1), volume_rescale(2)
+    (None, (0.5, -100.0))
+    """
+    return (0.5, -100.0) if patient % 2 == 0 else None
+
+
+def volume_affine(patient: int, slices: int, shape: tuple[int, int] = (64, 64)) -> np.ndarray:
+    """The RAS+ affine written for 1-based ``patient``: :data:`VOLUME_SPACING`, tilted
+    like a cardiac short-axis stack (no voxel axis along a world axis, each well
+    within 45 degrees of one), centred near the world origin.
+
+    Examples
+    --------
+    >>> a = volume_affine(1, 8)
+    >>> np.round(np.linalg.norm(a[:3, :3], axis=0), 6).tolist()
+    [1.25, 1.5, 8.0]
+    """
+    angles = np.radians([20.0 + patient % 5, -12.0, 15.0 - patient % 4])
+    rotation = np.eye(3)
+    for axis, angle in enumerate(angles):
+        c, s = np.cos(angle), np.sin(angle)
+        i, j = [a for a in range(3) if a != axis]
+        turn = np.eye(3)
+        turn[i, i], turn[i, j], turn[j, i], turn[j, j] = c, -s, s, c
+        rotation = rotation @ turn
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag(VOLUME_SPACING)
+    centre = np.array([(shape[0] - 1) / 2, (shape[1] - 1) / 2, (slices - 1) / 2])
+    affine[:3, 3] = np.array([5.0 * patient, -20.0, 10.0]) - affine[:3, :3] @ centre
+    return affine
+
+
+def volume_phantom(
+    *, seed: int, patient: int, frames: int, slices: int, shape: tuple[int, int]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The stored int16 image ``(x, y, z, t)`` of one patient and its kinds' masks.
+
+    Returns
+    -------
+    (numpy.ndarray, dict)
+        The raw int16 voxels (before :func:`volume_rescale`), and bool masks ``lv``,
+        ``myo`` and ``rv`` of the same shape, on every frame (a layout writes the
+        ED and ES frames' labels only).
+
+    Examples
+    --------
+    >>> image, masks = volume_phantom(seed=0, patient=1, frames=4, slices=3, shape=(32, 32))
+    >>> image.shape, image.dtype.name, sorted(masks)
+    ((32, 32, 3, 4), 'int16', ['lv', 'myo', 'rv'])
+    >>> bool(masks["lv"][..., 0].sum() > masks["lv"][..., 2].sum())  # ED larger than ES
+    True
+    """
+    nx, ny = shape
+    rng = np.random.default_rng([seed, patient, 25])
+    cx = nx / 2 + rng.uniform(-0.05, 0.05) * nx
+    cy = ny / 2 + rng.uniform(-0.05, 0.05) * ny
+    x, y = np.mgrid[0:nx, 0:ny].astype(np.float64)
+    out = {k: np.zeros((nx, ny, slices, frames), bool) for k in ("lv", "myo", "rv")}
+    size = min(nx, ny)
+    for t, z in np.ndindex(frames, slices):
+        contraction = 0.5 * (1 - np.cos(2 * np.pi * t / frames))  # 0 at ED, 1 at ES
+        taper = 1 - 0.5 * z / max(slices, 1)  # smaller toward the apex
+        r_lv = size * 0.16 * taper * (1 - 0.3 * contraction)
+        r_epi = r_lv + size * 0.06 * (1 + 0.4 * contraction)
+        # Elliptic, so that a transpose of the plane shows.
+        rho = np.hypot(x - cx, (y - cy) / 0.85)
+        rv_rho = np.hypot(x - cx + 0.9 * r_epi, (y - cy) / 0.85)
+        out["lv"][:, :, z, t] = rho < r_lv
+        out["myo"][:, :, z, t] = (rho >= r_lv) & (rho < r_epi)
+        out["rv"][:, :, z, t] = (rv_rho < 1.2 * r_epi) & (rho >= r_epi)
+    image = 120 + 25 * rng.standard_normal(out["lv"].shape)
+    image += 700 * out["lv"] + 260 * out["myo"] + 620 * out["rv"]
+    return np.clip(image, -32768, 32767).astype(np.int16), out
+
+
+def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, rescale=None) -> None:
+    import nibabel
+
+    image = nibabel.Nifti1Image(data, affine)
+    # Both forms, as scanners' converters write them; a scaled image exercises
+    # scl_slope / scl_inter.
+    image.header.set_qform(affine, code=1)
+    image.header.set_sform(affine, code=1)
+    image.header.set_slope_inter(*(rescale or (1.0, 0.0)))
+    image.header.set_xyzt_units("mm", "msec")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nibabel.save(image, str(path))
+
+
+def _label_map(masks: dict[str, np.ndarray], values: dict[str, int], frames) -> np.ndarray:
+    """uint8 label map of ``masks`` on ``frames`` (0 elsewhere)."""
+    labels = np.zeros(next(iter(masks.values())).shape, np.uint8)
+    for frame in frames:
+        for kind, value in values.items():
+            source = masks["lv" if kind == "la" else kind]
+            labels[..., frame][source[..., frame]] = value
+    return labels
+
+
+def _write_acdc_patient(folder: Path, name: str, image, masks, affine, rescale, ext) -> None:
+    """One ACDC patient: Info.cfg, the 4D cine, and the ED and ES frames and labels."""
+    frames = image.shape[3]
+    ed, es = volume_ed_es(frames)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "Info.cfg").write_text(
+        f"ED: {ed + 1}\nES: {es + 1}\nGroup: NOR\nHeight: 175.0\nNbFrame: {frames}\nWeight: 70.0\n"
+    )
+    _save_nifti(image, affine, folder / f"{name}_4d{ext}", rescale)
+    labels = _label_map(masks, VOLUME_LABELS["acdc"], (ed, es))
+    for frame in (ed, es):
+        stem = f"{name}_frame{frame + 1:02d}"
+        _save_nifti(image[..., frame], affine, folder / f"{stem}{ext}", rescale)
+        _save_nifti(labels[..., frame], affine, folder / f"{stem}_gt{ext}")
+
+
+def _write_volume_patient(root: Path, layout: str, name: str, phantom, affine, rescale, ext):
+    """One patient of ``layout``; returns its M&Ms CSV row (None for the others)."""
+    image, masks = phantom
+    ed, es = volume_ed_es(image.shape[3])
+    if layout == "acdc":
+        _write_acdc_patient(root / name, name, image, masks, affine, rescale, ext)
+        return None
+    if layout == "mnms":
+        folder = root / "Training" / "Labeled" / name
+        _save_nifti(image, affine, folder / f"{name}_sa{ext}", rescale)
+        labels = _label_map(masks, VOLUME_LABELS["mnms"], (ed, es))
+        _save_nifti(labels, affine, folder / f"{name}_sa_gt{ext}")
+        return [name, "Siemens", "A", 1, ed, es, 50, "NOR", "F", 165.0, 60.0]
+    # MSD Task02_Heart: one 3D volume per case, the ED frame.
+    _save_nifti(image[..., ed], affine, root / "imagesTr" / f"{name}{ext}", rescale)
+    labels = _label_map(masks, VOLUME_LABELS["msd-heart"], (ed,))[..., ed]
+    _save_nifti(labels, affine, root / "labelsTr" / f"{name}{ext}")
+    return None
+
+
+def _write_volume_index(root: Path, layout: str, names: list[str], rows: list, ext: str) -> None:
+    """The M&Ms info CSV, or MSD's dataset.json (ACDC keeps its Info.cfg per patient)."""
+    if layout == "mnms":
+        with open(root / _MNMS_CSV, "w", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(_MNMS_COLUMNS)
+            writer.writerows(rows)
+    elif layout == "msd-heart":
+        training = [
+            {"image": f"./imagesTr/{n}{ext}", "label": f"./labelsTr/{n}{ext}"} for n in names
+        ]
+        description = {
+            "name": "LeftAtrium",
+            "description": "daskmri synthetic phantom (the LV disk stands in for the atrium)",
+            "tensorImageSize": "3D",
+            "modality": {"0": "MRI"},
+            "labels": {"0": "background", "1": "left atrium"},
+            "numTraining": len(training),
+            "numTest": 0,
+            "training": training,
+            "test": [],
+        }
+        (root / "dataset.json").write_text(json.dumps(description, indent=4))
+
+
+def make_volume_dataset(
+    root: str | os.PathLike[str],
+    *,
+    layout: str = "acdc",
+    patients: int = 2,
+    frames: int = 10,
+    slices: int = 8,
+    shape: tuple[int, int] = (64, 64),
+    seed: int = 0,
+    compress: bool = True,
+) -> Path:
+    """Write a synthetic NIfTI volume dataset in the ACDC, M&Ms or MSD Task02 layout.
+
+    - ``"acdc"``: ``patientNNN/Info.cfg`` (``ED: 1``, ``ES: n``, 1-based),
+      ``patientNNN_4d.nii.gz`` and ``patientNNN_frameFF[_gt].nii.gz`` for ED and ES
+      (labels 1 RV, 2 MYO, 3 LV).
+    - ``"mnms"``: ``Training/Labeled/<code>/<code>_sa[_gt].nii.gz`` (4D, labelled at
+      ED and ES only: 1 LV, 2 MYO, 3 RV) and the root info CSV (``External code``,
+      ``ED``, ``ES`` 0-based, ...).
+    - ``"msd-heart"`` (or ``"msd"``): ``imagesTr/la_NNN.nii.gz`` (3D, the ED frame),
+      ``labelsTr/la_NNN.nii.gz`` (1 = the LV disk, as the left atrium) and
+      ``dataset.json``.
+
+    Every image is int16 on the oblique grid of :func:`volume_affine`
+    (:data:`VOLUME_SPACING`); even patients' carry ``scl_slope`` 0.5 and ``scl_inter``
+    -100 (:func:`volume_rescale`). ED is frame 0, ES the middle frame
+    (:func:`volume_ed_es`); the voxels are :func:`volume_phantom`'s.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        Folder to write into (the preset's root): created if needed; if it exists it
+        must be empty.
+    layout : str
+        ``"acdc"``, ``"mnms"`` or ``"msd-heart"``.
+    patients, frames, slices : int
+        How many patients, cine frames (at least 2) and slices per volume.
+    shape : (int, int)
+        The in-plane voxel counts, along the file's x and y axes (at least 16 each).
+    seed : int
+        Same seed, same voxels.
+    compress : bool
+        ``.nii.gz`` files (True) or ``.nii``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``root``.
+
+    Raises
+    ------
+    ValueError
+        An unknown layout, or too few patients, frames, slices or voxels.
+    DaskmriError
+        If ``root`` is a file or a folder that is not empty (nothing is written).
+
+    Examples
+    --------
+    >>> import tempfile, nibabel
+    >>> root = make_volume_dataset(tempfile.mkdtemp(), patients=1, frames=4, slices=3,
+    ...                            shape=(32, 24))
+    >>> sorted(p.name for p in (root / "patient001").iterdir())  # doctest: +NORMALIZE_WHITESPACE
+    ['Info.cfg', 'patient001_4d.nii.gz', 'patient001_frame01.nii.gz',
+     'patient001_frame01_gt.nii.gz', 'patient001_frame03.nii.gz',
+     'patient001_frame03_gt.nii.gz']
+    >>> nibabel.load(root / "patient001" / "patient001_4d.nii.gz").shape
+    (32, 24, 3, 4)
+    """
+    layout = _volume_layout(layout)
+    if patients < 1 or frames < 2 or slices < 1:
+        raise ValueError(
+            f"need a patient, 2 frames (ED and ES) and a slice, got {patients=}, {frames=}, "
+            f"{slices=}"
+        )
+    if min(shape) < 16:
+        raise ValueError(f"shape {shape} is too small for the phantom; use at least 16x16")
+    root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise DaskmriError(
+            f"{root} is not an empty folder; make_volume_dataset writes only into a new "
+            "or empty folder, so pass one"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    ext = ".nii.gz" if compress else ".nii"
+    names = volume_patient_ids(layout, patients)
+    rows = []
+    for patient, name in enumerate(names, start=1):
+        phantom = volume_phantom(
+            seed=seed, patient=patient, frames=frames, slices=slices, shape=tuple(shape)
+        )
+        affine = volume_affine(patient, slices, tuple(shape))
+        rows.append(
+            _write_volume_patient(root, layout, name, phantom, affine, volume_rescale(patient), ext)
+        )
+    _write_volume_index(root, layout, names, rows, ext)
     return root
