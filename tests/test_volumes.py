@@ -40,7 +40,7 @@ def _key(ds, i: int) -> tuple[str, int, int]:
 
 def _assert_records(ds, expected: dict, layout: str) -> None:
     """``ds`` holds exactly the expected records, pixel for pixel and mask for mask."""
-    assert daskmri.dropped(ds) == []
+    assert daskmri.dropped(ds).empty, daskmri.dropped(ds)
     for name in COORDS:
         assert name in ds.coords, name
     keys = [_key(ds, i) for i in range(ds.sizes["record"])]

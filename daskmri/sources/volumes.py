@@ -321,7 +321,9 @@ def _patients(fs: FileSystem, root: str, layout: VolumeLayout, problems: list[Pr
     """``{patient_id: image path relative to root}``, sorted; a patient found by two
     globs is reported once and kept at the first."""
     found: dict[str, str] = {}
-    for glob in layout.image:
+    # A template that names a .nii.gz finds the same file uncompressed too (.nii).
+    globs = [g for glob in layout.image for g in (glob, *_uncompressed(glob))]
+    for glob in globs:
         regex = _pattern(glob)
         listing = glob.replace("{patient_id}", "*")
         for path in _glob(fs, root, listing, problems):
@@ -340,6 +342,15 @@ def _patients(fs: FileSystem, root: str, layout: VolumeLayout, problems: list[Pr
                 continue
             found[patient] = path
     return dict(sorted(found.items()))
+
+
+def _uncompressed(template: str) -> tuple[str, ...]:
+    return (template.removesuffix(".gz"),) if template.endswith(".nii.gz") else ()
+
+
+def _like(path: str, image: str) -> str:
+    """``path`` with the image's compression: ``.nii`` beside a ``.nii`` image."""
+    return path.removesuffix(".gz") if image.endswith(".nii") and path.endswith(".nii.gz") else path
 
 
 def _join(root: str, relative: str) -> str:
@@ -460,7 +471,7 @@ class _Lister:
     def rows(self, patient_id: str, image: str) -> Iterator[dict]:
         folder = os.path.dirname(image)
         ids = {"patient_id": patient_id, "original_id": folder}
-        fill = {"patient_id": patient_id, "folder": folder}
+        fill = {"patient_id": patient_id, "folder": folder, "image": image}
         frames = None
         if self.layout.phases is not None:
             frames = self.frames.of(patient_id, folder)
@@ -512,7 +523,8 @@ class _Lister:
         return self.fs.stat(self._path(layout.label, fill)) is None
 
     def _path(self, template: str, fill: dict, number: int | None = None) -> str:
-        return _join(self.root, template.format(**fill, number=number))
+        path = template.format(patient_id=fill["patient_id"], folder=fill["folder"], number=number)
+        return _join(self.root, _like(path, fill["image"]))
 
     def _planes(self, ids: dict, image_path: str, shape: tuple, planes) -> Iterator[dict]:
         if len(shape) not in (3, 4):
@@ -615,7 +627,7 @@ def read_unit(records: Sequence[Record], *, limits: Limits = DEFAULT_LIMITS) -> 
     >>> import tempfile, daskmri
     >>> root = daskmri.synth.make_volume_dataset(tempfile.mkdtemp(), layout="msd-heart",
     ...                                          patients=1, slices=2, shape=(16, 16))
-    >>> table, _ = daskmri.scan(root, layout=MSD_HEART)
+    >>> table = daskmri.scan(root, layout=MSD_HEART)
     >>> from daskmri.plan import plan_chunks
     >>> planes = read_unit(plan_chunks(table).chunks[0])
     >>> len(planes), planes[0].image.shape, [m.dtype.name for m in planes[0].masks]
