@@ -29,40 +29,53 @@ def write_partition(
     fit: str = "drop",
     kinds: Sequence[str] = KINDS,
 ) -> list[dict]:
-    """One chunk task: parse the records and write them into their slots, then the
-    chunk's ``done`` marker. Rerunning it rewrites the same objects with the same
-    bytes, so a retry is harmless. Returns the marker (no pixels)."""
+    """One task: parse the records and write them into their slots, then each chunk's
+    ``done`` marker. The items cover one chunk's region, or several consecutive ones
+    (the records of a volume that straddles chunks, read once). Rerunning it rewrites
+    the same objects with the same bytes, so a retry is harmless. Returns the markers
+    (no pixels)."""
     records = [record for _, record in items]
     start = items[0][0]
-    stop = start + len(records)
     result = parse_chunk(records, shape=shape, reader=reader, kinds=kinds, compact=False, fit=fit)
     geometry = np.zeros((len(records), len(GEOMETRY)))
     geometry[result.kept] = result.geometry
     values = {name: result.array(name) for name in pixel_names(kinds)} | {"geometry": geometry}
+    ok = np.zeros(len(records), dtype=bool)
+    ok[result.kept] = True
+    has = {kind: np.zeros(len(records), dtype=bool) for kind in kinds}
+    for kind in kinds:
+        has[kind][result.kept] = result.has[kind]
+    dropped = dict(zip(_dropped_slots(records, result.kept), result.dropped, strict=True))
+    markers = []
+    for lo in range(0, len(records), chunk_size):
+        # Regions start on chunk boundaries: a task's items begin at a chunk's first slot.
+        part = slice(lo, min(lo + chunk_size, len(records)))
+        _write(spec, start + lo, {name: array[part] for name, array in values.items()})
+        marker = {
+            "chunk": (start + lo) // chunk_size,
+            "size": part.stop - part.start,
+            "kept": np.flatnonzero(ok[part]).tolist(),
+            **{f"has_{kind}": flags[part].tolist() for kind, flags in has.items()},
+            # The slot of each dropped record, so a later update can retire it.
+            "dropped": [
+                row | {"slot": start + k}
+                for k, row in dropped.items()
+                if part.start <= k < part.stop
+            ],
+        }
+        # Last: the marker says the pixels above are in place.
+        _open(spec, "done")[marker["chunk"]] = json.dumps(marker)
+        markers.append(marker)
+    return markers
+
+
+def _write(spec: StoreSpec, start: int, values: dict[str, np.ndarray]) -> None:
+    """Write one chunk's region of every array."""
     if "://" in spec.url:
         _write_at_once(spec, start, values)
-    else:
-        for name, array in values.items():
-            _whole(_open(spec, name))[start:stop] = array
-    has = {}
-    for kind in kinds:
-        flags = np.zeros(len(records), dtype=bool)
-        flags[result.kept] = result.has[kind]
-        has[f"has_{kind}"] = flags.tolist()
-    marker = {
-        "chunk": start // chunk_size,
-        "size": len(records),
-        "kept": result.kept.tolist(),
-        **has,
-        # The slot of each dropped record, so a later update can retire it.
-        "dropped": [
-            row | {"slot": start + records.index(r)}
-            for row, r in zip(result.dropped, _dropped_records(records, result.kept), strict=True)
-        ],
-    }
-    # Last: the marker says the pixels above are in place.
-    _open(spec, "done")[marker["chunk"]] = json.dumps(marker)
-    return [marker]
+        return
+    for name, array in values.items():
+        _whole(_open(spec, name))[start : start + len(array)] = array
 
 
 def _open(spec: StoreSpec, name: str):
@@ -95,9 +108,10 @@ def _whole(array):
     return array if with_config is None else with_config({"write_empty_chunks": True})
 
 
-def _dropped_records(records: Sequence[Record], kept: np.ndarray) -> list[Record]:
+def _dropped_slots(records: Sequence[Record], kept: np.ndarray) -> list[int]:
+    """The positions of the records that were not kept, in order (as ``dropped`` is)."""
     keep = set(kept.tolist())
-    return [r for k, r in enumerate(records) if k not in keep]
+    return [k for k in range(len(records)) if k not in keep]
 
 
 class ZarrRegions:
