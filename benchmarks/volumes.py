@@ -43,7 +43,7 @@ from daskmri.sources.nifti import plane_orientation, to_planes
 from daskmri.versions import versions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests import volumes  # noqa: E402  (the converter the tests check)
+from tests import volumes  # the converter the tests check
 
 
 def _median(run: Callable[[], int], repeat: int) -> tuple[float, int]:

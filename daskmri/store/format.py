@@ -205,12 +205,16 @@ def write_slots(
         "key": np.array([record_key(*r.key) for r in records], np.uint64),
         "fingerprint": np.asarray(fingerprints, dtype=np.uint64),
     }
-    if any(r.volume is not None for r in records):
-        planes = [r.volume for r in records]
-        values["frame"] = np.array([p.frame for p in planes], dtype=np.int64)
-        values["slice"] = np.array([p.slice for p in planes], dtype=np.int64)
-        values["phase"] = np.array([p.phase for p in planes], dtype=object)
-    at_once(spec, {name: writer(slice(start, stop), v) for name, v in values.items()})
+    # Written for slices too (0, 0, ""): every store holds the same objects.
+    planes = [r.volume for r in records]
+    values["frame"] = np.array([0 if p is None else p.frame for p in planes], dtype=np.int64)
+    values["slice"] = np.array([0 if p is None else p.slice for p in planes], dtype=np.int64)
+    values["phase"] = np.array(["" if p is None else p.phase for p in planes], dtype=object)
+    # write_empty: a table of fill values (a slice store's frame, slice and phase) is still
+    # written, so every store holds the same objects.
+    at_once(
+        spec, {name: writer(slice(start, stop), v, write_empty=True) for name, v in values.items()}
+    )
 
 
 def read_attrs(spec: StoreSpec) -> dict:
