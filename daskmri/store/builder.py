@@ -27,7 +27,16 @@ from ..errors import DaskmriError, StaleStoreError
 from ..execute import Executor, Isolation, client_for, executor_for, progress_bar
 from ..layout import Layout, layout_from_dict
 from ..limits import Limits
-from ..plan import Inputs, SlotPlan, fill_chunks, infer_shape, iter_plan, plan_inputs, plan_slots
+from ..plan import (
+    Inputs,
+    SlotCursor,
+    SlotPlan,
+    fill_chunks,
+    infer_shape,
+    iter_plan,
+    plan_inputs,
+    plan_slots,
+)
 from ..plan import runs as slot_runs
 from ..record import Parsed, Record
 from ..schema import now, provenance
@@ -243,7 +252,11 @@ def _build(job: _Job, client: Any) -> BuildReport:
     job.spec.group("r+").attrs.update({"complete": False})
     diff = reconcile(state, inputs.fingerprints)
     slots = plan_slots(
-        diff.reuse, diff.rerun, n_slots=state.n_slots, chunk_size=job.parsing.chunk_size
+        diff.reuse,
+        diff.rerun,
+        n_slots=state.n_slots,
+        chunk_size=job.parsing.chunk_size,
+        units=inputs.units,
     )
     if slots.n_slots > state.n_slots:
         fmt.resize(job.spec, slots.n_slots)
@@ -300,19 +313,24 @@ def _check_settings(attrs: dict, job: _Job) -> None:
 
 class _NewStore:
     """Pass 1 for a new store: receives the planned records in batches, makes the
-    store at the first batch (when the image size is known) and names their slots."""
+    store at the first batch (when the image size is known) and names their slots.
+
+    The records of one volume go in as few chunks as they fit in
+    (:class:`~daskmri.plan.SlotCursor`), so that one task reads each volume once;
+    the slots skipped are padding, which no record ever takes (fingerprint 0)."""
 
     def __init__(self, job: _Job) -> None:
         self.job = job
-        self.n = 0
+        self.cursor = SlotCursor(0, chunk_size=job.parsing.chunk_size)
         self.made = False
 
     def __call__(self, records: list[Record], fingerprints: list[int]) -> None:
         if not self.made:
             self._create(records)
-        fmt.resize(self.job.spec, self.n + len(records))
-        fmt.write_slots(self.job.spec, self.n, records, fingerprints)
-        self.n += len(records)
+        rows = [(self.cursor.place(r), r, f) for r, f in zip(records, fingerprints, strict=True)]
+        fmt.resize(self.job.spec, self.cursor.pos)
+        for start, run, run_fingerprints in slot_runs(rows):
+            fmt.write_slots(self.job.spec, start, run, run_fingerprints)
 
     def _create(self, records: list[Record]) -> None:
         job = self.job
@@ -397,14 +415,25 @@ class _Waves:
         if records is None:  # a large folder: streamed again rather than held
             records = iter_plan(self.job.source, problems=[])
         chunks = fill_chunks(records, self.inputs.keys, self.slots, root=self.inputs.root)
+        part: list[tuple[int, Record]] = []
         for k, chunk in chunks:
             for slot, record in chunk.items():
                 if self.slots.is_new(slot):
-                    i = int(self.slots.added[slot - self.slots.first_new])
+                    i = self.slots.added_at(slot)
                     self.new_rows.append((slot, record, int(self.inputs.fingerprints[i])))
-            self.wave.append(self._items(k, chunk))
+            items = self._items(k, chunk)
+            if _continues(part, items):
+                # A volume larger than a chunk spans consecutive chunks: one task
+                # parses them all, reading it once (a wave never splits them).
+                part += items
+                continue
+            if part:
+                self.wave.append(part)
+            part = items
             if len(self.wave) >= self.size:
                 self._flush(bar)
+        if part:
+            self.wave.append(part)
         self._flush(bar)
 
     def _flush(self, bar: Any) -> None:
@@ -415,6 +444,12 @@ class _Waves:
             fmt.write_slots(self.job.spec, start, records, fingerprints)
         self.new_rows.clear()
         _, found = self.executor.run(self.sink.task, self.wave, self.reader, progress=bar)
+        # The bar counts chunks, the executors tasks: a task of a volume's several chunks
+        # ticks once.
+        size = self.job.parsing.chunk_size
+        merged = sum(-(-len(part) // size) - 1 for part in self.wave)
+        if merged:
+            bar.update(merged)
         self.isolation += found
         self.parsed_records += sum(len(part) for part in self.wave)
         self.wave = []
@@ -432,6 +467,15 @@ class _Waves:
                     j = slot - lo
                     records[slot] = Record(str(ids[0][j]), str(ids[1][j]), int(ids[2][j]), None)
         return [(slot, records[slot]) for slot in range(lo, hi)]
+
+
+def _continues(part: list[tuple[int, Record]], items: list[tuple[int, Record]]) -> bool:
+    """Whether chunk ``items`` follows ``part`` with the same volume across the boundary:
+    the next slot, and the first record in the unit of ``part``'s last."""
+    if not part or items[0][0] != part[-1][0] + 1:
+        return False
+    unit = part[-1][1].unit
+    return unit is not None and items[0][1].unit == unit
 
 
 def _finish(
