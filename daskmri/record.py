@@ -23,6 +23,7 @@ __all__ = [
     "RESERVED",
     "Fitted",
     "Parsed",
+    "Placeholder",
     "Problem",
     "RTSlice",
     "Record",
@@ -224,6 +225,20 @@ class Record:
     def ocontour_path(self) -> str | None:
         """``path("ocontour")``."""
         return self.path("ocontour")
+
+
+class Placeholder(Record):
+    """A store slot that no planned record takes, in a chunk task that writes its whole
+    region: padding, or a record an update retires. Never read: the reader is not
+    called for it (its slot is retired when the build ends).
+
+    Examples
+    --------
+    >>> Placeholder("", "", 0, None).key
+    ('', 0)
+    """
+
+    __slots__ = ()
 
 
 def drop_row(record: Record, exc: BaseException) -> dict:

@@ -201,3 +201,19 @@ def test_a_dicom_store_has_no_padding(synth_root, tmp_path):
     state = read_state(StoreSpec.of(store))
     n = plan_chunks(daskmri.scan(synth_root)).n_records
     assert state.n_slots == n and (state.fingerprint != 0).all()
+
+
+def test_a_custom_reader_never_sees_a_padding_slot(acdc, tmp_path):
+    seen = []
+
+    def reader(record):
+        seen.append(record.image_path)
+        assert record.image_path is not None  # a padding slot would fail the build
+        return daskmri.read_record(record)
+
+    store = tmp_path / "ds.zarr"
+    report = build(acdc, store, labels="any", chunk_size=7, reader=reader)
+    assert report.dropped == 0 and len(seen) == report.records == 30
+    assert (read_state(StoreSpec.of(store)).fingerprint == 0).any()  # there was padding
+    expected = daskmri.load_dataset(acdc, layout=daskmri.ACDC, reader=reader, scheduler="sync")
+    assert_records_equal(daskmri.open_dataset(store), expected)

@@ -38,7 +38,7 @@ from ..plan import (
     plan_slots,
 )
 from ..plan import runs as slot_runs
-from ..record import Parsed, Record
+from ..record import Parsed, Placeholder, Record
 from ..schema import now, provenance
 from ..settings import Compute, Parsing, Source
 from . import format as fmt
@@ -465,7 +465,9 @@ class _Waves:
             for slot in range(lo, hi):
                 if slot not in records:
                     j = slot - lo
-                    records[slot] = Record(str(ids[0][j]), str(ids[1][j]), int(ids[2][j]), None)
+                    records[slot] = Placeholder(
+                        str(ids[0][j]), str(ids[1][j]), int(ids[2][j]), None
+                    )
         return [(slot, records[slot]) for slot in range(lo, hi)]
 
 
