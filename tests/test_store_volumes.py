@@ -131,6 +131,7 @@ def test_each_volume_is_read_once_and_the_store_equals_load_dataset(
     ds = daskmri.open_dataset(store)
     assert_records_equal(ds, expected)  # same records in the same order
     assert daskmri.dropped(ds).empty and report.dropped == 0 and report.retired == 0
+    assert report.parsed_records == report.records  # padding is not parsed
     assert report.records == ds.sizes["record"] == expected.sizes["record"]
     assert daskmri.check(store).fresh
     # Padding slots are retired, never shown, never dropped.

@@ -451,7 +451,9 @@ class _Waves:
         if merged:
             bar.update(merged)
         self.isolation += found
-        self.parsed_records += sum(len(part) for part in self.wave)
+        self.parsed_records += sum(
+            not isinstance(record, Placeholder) for part in self.wave for _, record in part
+        )
         self.wave = []
 
     def _items(self, k: int, records: dict[int, Record]) -> list[tuple[int, Record]]:
