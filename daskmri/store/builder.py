@@ -263,6 +263,7 @@ def _build(job: _Job, client: Any) -> BuildReport:
     shape = (int(state.attrs["shape"][0]), int(state.attrs["shape"][1]))
     executor = executor_for(job.compute, client, slots.n_chunks)
     waves = _Waves(job, slots, inputs, shape, executor)
+    waves.named[: state.n_slots] = state.fingerprint != 0
     try:
         with progress_bar(slots.n_chunks, job.compute.progress) as bar:
             waves.run(bar)
@@ -409,6 +410,8 @@ class _Waves:
         self.new_rows: list[tuple[int, Record, int]] = []
         self.parsed_records = 0
         self.isolation = Isolation()
+        #: The slots that have an identity in the store (padding has none).
+        self.named = np.zeros(slots.n_slots, dtype=bool)
 
     def run(self, bar: Any) -> None:
         records = self.inputs.records
@@ -458,18 +461,20 @@ class _Waves:
 
     def _items(self, k: int, records: dict[int, Record]) -> list[tuple[int, Record]]:
         """A chunk's ``(slot, record)`` items over its whole region. Slots no record
-        wants any more (an update) get a placeholder, retired afterwards, so that the
-        region is written whole."""
+        wants any more (an update) and padding get a placeholder, retired afterwards,
+        so that the region is written whole."""
         size = self.job.parsing.chunk_size
         lo, hi = k * size, min((k + 1) * size, self.slots.n_slots)
-        if len(records) < hi - lo:
+        missing = [slot for slot in range(lo, hi) if slot not in records]
+        if any(self.named[missing]):
+            # Retired records keep their identity; reading it costs the client a round
+            # trip per array on an object store, so padding alone is never read.
             ids = [self.job.spec.array(n)[lo:hi] for n in ("patient_id", "original_id", "instance")]
-            for slot in range(lo, hi):
-                if slot not in records:
-                    j = slot - lo
-                    records[slot] = Placeholder(
-                        str(ids[0][j]), str(ids[1][j]), int(ids[2][j]), None
-                    )
+            for slot in missing:
+                j = slot - lo
+                records[slot] = Placeholder(str(ids[0][j]), str(ids[1][j]), int(ids[2][j]), None)
+        for slot in missing:
+            records.setdefault(slot, Placeholder("", "", 0, None))
         return [(slot, records[slot]) for slot in range(lo, hi)]
 
 
