@@ -32,7 +32,7 @@ from .dicom import read_slice
 from .errors import DATA_ERRORS, DaskmriError, ReaderError, RecordError, one_line
 from .fit import GEOMETRY, Geometry, fit_image, fit_mask, paste, place
 from .limits import DEFAULT_LIMITS, Limits
-from .record import Fitted, Parsed, Record, drop_row
+from .record import Fitted, Parsed, Placeholder, Record, drop_row
 from .rtstruct import Plane, structure_mask
 from .sources.volumes import read_unit
 
@@ -444,6 +444,11 @@ def parse_chunk(
     return ChunkResult(image, masks, kept, flags, failures, geometry[kept])
 
 
+def _unread(record: Record) -> Parsed:
+    """What a placeholder "reads": a drop, never shown (its slot is retired)."""
+    raise RecordError("", f"slot of {record.describe()} is taken by no record")
+
+
 def _outcomes(records: Sequence[Record], reader) -> Iterator[tuple[Record, Any]]:
     """Each record with what its reader gives: a callable that reads it alone, or, for
     the records of one volume (:attr:`Record.unit`) and a reader that reads units
@@ -452,7 +457,10 @@ def _outcomes(records: Sequence[Record], reader) -> Iterator[tuple[Record, Any]]
     for unit, group in itertools.groupby(records, key=lambda record: record.unit):
         group = list(group)
         if unit is None or read_unit is None:
-            yield from ((record, functools.partial(reader, record)) for record in group)
+            for record in group:
+                # A slot no record takes: a custom reader need not know about them.
+                read = _unread if isinstance(record, Placeholder) else reader
+                yield record, functools.partial(read, record)
             continue
         try:
             results = read_unit(group)

@@ -14,6 +14,7 @@ header at most, for the image size), nothing is run and nothing is written.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -41,7 +42,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ChunkPlan",
     "Inputs",
+    "SlotCursor",
     "SlotPlan",
+    "aligned_slot",
     "fill_chunks",
     "infer_shape",
     "iter_plan",
@@ -330,6 +333,11 @@ class Inputs:
     names: tuple[tuple[str, int], ...] | None = None
     #: The planned records themselves, when there were at most ``keep`` of them.
     records: tuple[Record, ...] | None = None
+    #: Which unit each planned record belongs to: a number that changes where a unit
+    #: (:attr:`~daskmri.record.Record.unit`) starts, and at every record read alone,
+    #: so that an update can keep the added records of one volume together (4 bytes a
+    #: record). None: every record is a unit of its own.
+    units: np.ndarray | None = None
 
 
 #: Receives the planned records in batches with their fingerprints, as the scan goes.
@@ -355,7 +363,12 @@ def plan_inputs(
     found: list[tuple[str, int]] = []
     pending: list[Record] = []
     kept: list[Record] | None = [] if keep > 0 else None
+    units, unit, number = array("I"), None, 0
     for record in iter_plan(source, problems=problems):
+        if record.unit is None or record.unit != unit:
+            number += 1
+        unit = record.unit
+        units.append(number & 0xFFFFFFFF)
         if kept is not None:
             kept.append(record)
             kept = kept if len(kept) <= keep else None  # too many: stream them again
@@ -384,6 +397,7 @@ def plan_inputs(
         scan_dropped=tuple(problems),
         names=tuple(found) if names else None,
         records=None if kept is None else tuple(kept),
+        units=np.array(units, dtype=np.uint32),
     )
 
 
@@ -398,6 +412,60 @@ def _link_stat(source: Source) -> str:
 # -- slots of a store -------------------------------------------------------------
 
 
+def aligned_slot(pos: int, count: int, chunk_size: int) -> int:
+    """The slot where a unit of ``count`` records (a volume's planes, read at once)
+    starts when the next free slot is ``pos``: ``pos`` when the unit fits in the
+    rest of its chunk or ``pos`` starts a chunk, else the next chunk's first slot.
+    So a unit that fits in a chunk lies in one chunk, and a larger one starts a
+    chunk and spans as few as it can; the slots skipped are padding. A record read
+    alone (``count`` 1) never moves.
+
+    Examples
+    --------
+    >>> aligned_slot(5, 3, 8), aligned_slot(5, 4, 8), aligned_slot(5, 20, 8)
+    (5, 8, 8)
+    >>> aligned_slot(8, 20, 8), aligned_slot(7, 1, 8)
+    (8, 7)
+    """
+    rest = chunk_size - pos % chunk_size
+    return pos if count <= rest or rest == chunk_size else pos + rest
+
+
+class SlotCursor:
+    """Gives streamed records their slots from ``start`` on, each volume's records
+    together where :func:`aligned_slot` puts them (the records of one unit arrive
+    one after another, the first knowing how many there are:
+    :attr:`~daskmri.record.VolumePlane.unit_size`).
+
+    Examples
+    --------
+    >>> from daskmri.record import VolumePlane
+    >>> def plane(path, k, n):
+    ...     return Record("P", "", k, path, volume=VolumePlane(0, k, unit_index=k, unit_size=n))
+    >>> cursor = SlotCursor(0, chunk_size=4)
+    >>> [cursor.place(plane("a.nii", k, 3)) for k in range(3)]
+    [0, 1, 2]
+    >>> [cursor.place(plane("b.nii", k, 2)) for k in range(2)], cursor.pos
+    ([4, 5], 6)
+    """
+
+    def __init__(self, start: int, *, chunk_size: int) -> None:
+        self.pos, self.chunk_size = start, chunk_size
+        self._unit: tuple | None = None
+
+    def place(self, record: Record) -> int:
+        """The slot of ``record``, the next one in the stream."""
+        unit = record.unit
+        if unit is None or unit != self._unit:
+            left = (
+                1 if record.volume is None else record.volume.unit_size - record.volume.unit_index
+            )
+            self.pos = aligned_slot(self.pos, max(1, left), self.chunk_size)
+        self._unit = unit
+        self.pos += 1
+        return self.pos - 1
+
+
 @dataclass(frozen=True)
 class SlotPlan:
     """Where each planned record goes in a store of ``chunk_size`` slots a chunk.
@@ -405,7 +473,8 @@ class SlotPlan:
     ``target[i]`` is the slot of planned record ``i``; ``parse[i]`` whether it must
     be parsed (its chunk runs); ``need[k]`` how many records chunk ``k`` waits for
     before it can run. New records get fresh slots from ``first_new`` on, in a new
-    chunk, so that no chunk already written is touched; ``added`` lists them.
+    chunk, so that no chunk already written is touched; ``added`` lists them (the
+    records of one volume placed by :func:`aligned_slot`, so slots may be skipped).
     """
 
     chunk_size: int
@@ -424,11 +493,27 @@ class SlotPlan:
     def is_new(self, slot: int) -> bool:
         return len(self.added) > 0 and slot >= self.first_new
 
+    @functools.cached_property
+    def _added_slots(self) -> np.ndarray:
+        return self.target[self.added]  # increasing: added records keep their order
 
-def plan_slots(reuse: np.ndarray, rerun: np.ndarray, *, n_slots: int, chunk_size: int) -> SlotPlan:
+    def added_at(self, slot: int) -> int:
+        """The planned record that new slot ``slot`` holds (``is_new(slot)``)."""
+        return int(self.added[np.searchsorted(self._added_slots, slot)])
+
+
+def plan_slots(
+    reuse: np.ndarray,
+    rerun: np.ndarray,
+    *,
+    n_slots: int,
+    chunk_size: int,
+    units: np.ndarray | None = None,
+) -> SlotPlan:
     """Plan the slots of a store that has ``n_slots`` slots, given for each planned
-    record the slot already holding it (``reuse``, -1 for none) and the chunks whose
-    task must run again (``rerun``).
+    record the slot already holding it (``reuse``, -1 for none), the chunks whose
+    task must run again (``rerun``) and which unit each record belongs to (``units``,
+    as :attr:`Inputs.units`; None: each record alone).
 
     Examples
     --------
@@ -437,12 +522,21 @@ def plan_slots(reuse: np.ndarray, rerun: np.ndarray, *, n_slots: int, chunk_size
     >>> plan = plan_slots(np.array([0, 1, -1]), np.array([], int), n_slots=2, chunk_size=2)
     >>> plan.target.tolist(), plan.parse.tolist(), plan.need.tolist()
     ([0, 1, 2], [False, False, True], [0, 1])
+
+    Three new records, one record and then a volume of two: the volume starts a chunk.
+
+    >>> units = np.array([1, 2, 3, 3])
+    >>> plan = plan_slots(np.array([0, -1, -1, -1]), np.array([], int), n_slots=1,
+    ...                   chunk_size=2, units=units)
+    >>> plan.target.tolist(), plan.n_slots, plan.need.tolist()
+    ([0, 2, 4, 5], 6, [0, 1, 2])
     """
     added = np.flatnonzero(reuse < 0)
     first_new = -(-n_slots // chunk_size) * chunk_size if len(added) else n_slots
-    total = first_new + len(added)
     target = np.asarray(reuse, dtype=np.int64).copy()
-    target[added] = first_new + np.arange(len(added))
+    units = None if units is None else units[added]
+    target[added] = _added_slots(first_new, len(added), units, chunk_size)
+    total = int(target[added[-1]]) + 1 if len(added) else first_new
     runs = np.zeros(-(-total // chunk_size), dtype=bool)
     runs[rerun] = True
     if len(added):
@@ -450,6 +544,24 @@ def plan_slots(reuse: np.ndarray, rerun: np.ndarray, *, n_slots: int, chunk_size
     parse = runs[target // chunk_size] if len(target) else np.zeros(0, dtype=bool)
     need = np.bincount(target[parse] // chunk_size, minlength=len(runs))
     return SlotPlan(chunk_size, total, first_new, target, parse, need, added)
+
+
+def _added_slots(first: int, n: int, units: np.ndarray | None, chunk_size: int) -> np.ndarray:
+    """The slots of ``n`` added records from ``first`` on, the added records of one
+    unit (equal consecutive ``units``) placed together by :func:`aligned_slot`."""
+    if units is None or n == 0:
+        return first + np.arange(n)
+    starts = np.flatnonzero(np.r_[True, units[1:] != units[:-1]])
+    counts = np.diff(np.r_[starts, n])
+    if (counts == 1).all():  # records read alone (DICOM): contiguous, as they come
+        return first + np.arange(n)
+    slots = np.empty(n, dtype=np.int64)
+    pos = first
+    for start, count in zip(starts.tolist(), counts.tolist(), strict=True):
+        pos = aligned_slot(pos, count, chunk_size)
+        slots[start : start + count] = pos + np.arange(count)
+        pos += count
+    return slots
 
 
 def changed_during_build(root: str) -> DaskmriError:

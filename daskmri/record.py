@@ -23,6 +23,7 @@ __all__ = [
     "RESERVED",
     "Fitted",
     "Parsed",
+    "Placeholder",
     "Problem",
     "RTSlice",
     "Record",
@@ -129,6 +130,12 @@ class VolumePlane:
     (``image_frame``; 0 for a 3D file) and in the label file (``label_frame``; 0 for
     a 3D one), and ``kinds``: the label values of each kind.
 
+    ``unit_index`` and ``unit_size`` say where the plane is among the records its
+    image file (its :attr:`Record.unit`) yields in the scan, so that a store can place
+    a whole volume in as few chunks as possible while the records stream. They are
+    bookkeeping of the scan, not of the plane: left out of its ``repr`` (so of its
+    fingerprint, :func:`daskmri.plan.record_fingerprint`) and of its equality.
+
     Examples
     --------
     >>> plane = VolumePlane(4, 2, "ES", image_frame=4, label_frame=0)
@@ -142,6 +149,8 @@ class VolumePlane:
     image_frame: int = 0
     label_frame: int = 0
     kinds: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    unit_index: int = field(default=0, repr=False, compare=False)
+    unit_size: int = field(default=1, repr=False, compare=False)
 
     def coords(self) -> dict:
         """The record's coordinates in the dataset, beside ``patient_id`` and ``instance``."""
@@ -216,6 +225,20 @@ class Record:
     def ocontour_path(self) -> str | None:
         """``path("ocontour")``."""
         return self.path("ocontour")
+
+
+class Placeholder(Record):
+    """A store slot that no planned record takes, in a chunk task that writes its whole
+    region: padding, or a record an update retires. Never read: the reader is not
+    called for it (its slot is retired when the build ends).
+
+    Examples
+    --------
+    >>> Placeholder("", "", 0, None).key
+    ('', 0)
+    """
+
+    __slots__ = ()
 
 
 def drop_row(record: Record, exc: BaseException) -> dict:

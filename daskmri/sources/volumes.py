@@ -532,12 +532,23 @@ class _Lister:
             self.problems.append(Problem(image_path, reason, **ids))
             return
         n_slices, n_frames = shape[2], 1 if len(shape) == 3 else shape[3]
-        for frame, phase, image_frame, label, label_frame in self._frame_list(planes, n_frames):
-            if label is None and self.labels == "any":
-                continue
+        # (frame, phase, image_frame, label, label_frame), label None: an unlabelled frame
+        listed = self._frame_list(planes, n_frames)
+        frames = [plane for plane in listed if plane[3] is not None or self.labels != "any"]
+        # Listed first, so that each plane knows how many records its image file yields:
+        # a store keeps them in as few chunks as it can (daskmri.plan.aligned_slot).
+        size = len(frames) * n_slices
+        for f, (frame, phase, image_frame, label, label_frame) in enumerate(frames):
             for s in range(n_slices):
                 volume = VolumePlane(
-                    frame, s, phase, image_frame, label_frame, self.layout.label_values
+                    frame,
+                    s,
+                    phase,
+                    image_frame,
+                    label_frame,
+                    self.layout.label_values,
+                    unit_index=f * n_slices + s,
+                    unit_size=size,
                 )
                 yield {
                     **ids,

@@ -27,9 +27,18 @@ from ..errors import DaskmriError, StaleStoreError
 from ..execute import Executor, Isolation, client_for, executor_for, progress_bar
 from ..layout import Layout, layout_from_dict
 from ..limits import Limits
-from ..plan import Inputs, SlotPlan, fill_chunks, infer_shape, iter_plan, plan_inputs, plan_slots
+from ..plan import (
+    Inputs,
+    SlotCursor,
+    SlotPlan,
+    fill_chunks,
+    infer_shape,
+    iter_plan,
+    plan_inputs,
+    plan_slots,
+)
 from ..plan import runs as slot_runs
-from ..record import Parsed, Record
+from ..record import Parsed, Placeholder, Record
 from ..schema import now, provenance
 from ..settings import Compute, Parsing, Source
 from . import format as fmt
@@ -243,13 +252,18 @@ def _build(job: _Job, client: Any) -> BuildReport:
     job.spec.group("r+").attrs.update({"complete": False})
     diff = reconcile(state, inputs.fingerprints)
     slots = plan_slots(
-        diff.reuse, diff.rerun, n_slots=state.n_slots, chunk_size=job.parsing.chunk_size
+        diff.reuse,
+        diff.rerun,
+        n_slots=state.n_slots,
+        chunk_size=job.parsing.chunk_size,
+        units=inputs.units,
     )
     if slots.n_slots > state.n_slots:
         fmt.resize(job.spec, slots.n_slots)
     shape = (int(state.attrs["shape"][0]), int(state.attrs["shape"][1]))
     executor = executor_for(job.compute, client, slots.n_chunks)
     waves = _Waves(job, slots, inputs, shape, executor)
+    waves.named[: state.n_slots] = state.fingerprint != 0
     try:
         with progress_bar(slots.n_chunks, job.compute.progress) as bar:
             waves.run(bar)
@@ -300,19 +314,24 @@ def _check_settings(attrs: dict, job: _Job) -> None:
 
 class _NewStore:
     """Pass 1 for a new store: receives the planned records in batches, makes the
-    store at the first batch (when the image size is known) and names their slots."""
+    store at the first batch (when the image size is known) and names their slots.
+
+    The records of one volume go in as few chunks as they fit in
+    (:class:`~daskmri.plan.SlotCursor`), so that one task reads each volume once;
+    the slots skipped are padding, which no record ever takes (fingerprint 0)."""
 
     def __init__(self, job: _Job) -> None:
         self.job = job
-        self.n = 0
+        self.cursor = SlotCursor(0, chunk_size=job.parsing.chunk_size)
         self.made = False
 
     def __call__(self, records: list[Record], fingerprints: list[int]) -> None:
         if not self.made:
             self._create(records)
-        fmt.resize(self.job.spec, self.n + len(records))
-        fmt.write_slots(self.job.spec, self.n, records, fingerprints)
-        self.n += len(records)
+        rows = [(self.cursor.place(r), r, f) for r, f in zip(records, fingerprints, strict=True)]
+        fmt.resize(self.job.spec, self.cursor.pos)
+        for start, run, run_fingerprints in slot_runs(rows):
+            fmt.write_slots(self.job.spec, start, run, run_fingerprints)
 
     def _create(self, records: list[Record]) -> None:
         job = self.job
@@ -391,20 +410,33 @@ class _Waves:
         self.new_rows: list[tuple[int, Record, int]] = []
         self.parsed_records = 0
         self.isolation = Isolation()
+        #: The slots that have an identity in the store (padding has none).
+        self.named = np.zeros(slots.n_slots, dtype=bool)
 
     def run(self, bar: Any) -> None:
         records = self.inputs.records
         if records is None:  # a large folder: streamed again rather than held
             records = iter_plan(self.job.source, problems=[])
         chunks = fill_chunks(records, self.inputs.keys, self.slots, root=self.inputs.root)
+        part: list[tuple[int, Record]] = []
         for k, chunk in chunks:
             for slot, record in chunk.items():
                 if self.slots.is_new(slot):
-                    i = int(self.slots.added[slot - self.slots.first_new])
+                    i = self.slots.added_at(slot)
                     self.new_rows.append((slot, record, int(self.inputs.fingerprints[i])))
-            self.wave.append(self._items(k, chunk))
+            items = self._items(k, chunk)
+            if _continues(part, items):
+                # A volume larger than a chunk spans consecutive chunks: one task
+                # parses them all, reading it once (a wave never splits them).
+                part += items
+                continue
+            if part:
+                self.wave.append(part)
+            part = items
             if len(self.wave) >= self.size:
                 self._flush(bar)
+        if part:
+            self.wave.append(part)
         self._flush(bar)
 
     def _flush(self, bar: Any) -> None:
@@ -415,23 +447,44 @@ class _Waves:
             fmt.write_slots(self.job.spec, start, records, fingerprints)
         self.new_rows.clear()
         _, found = self.executor.run(self.sink.task, self.wave, self.reader, progress=bar)
+        # The bar counts chunks, the executors tasks: a task of a volume's several chunks
+        # ticks once.
+        size = self.job.parsing.chunk_size
+        merged = sum(-(-len(part) // size) - 1 for part in self.wave)
+        if merged:
+            bar.update(merged)
         self.isolation += found
-        self.parsed_records += sum(len(part) for part in self.wave)
+        self.parsed_records += sum(
+            not isinstance(record, Placeholder) for part in self.wave for _, record in part
+        )
         self.wave = []
 
     def _items(self, k: int, records: dict[int, Record]) -> list[tuple[int, Record]]:
         """A chunk's ``(slot, record)`` items over its whole region. Slots no record
-        wants any more (an update) get a placeholder, retired afterwards, so that the
-        region is written whole."""
+        wants any more (an update) and padding get a placeholder, retired afterwards,
+        so that the region is written whole."""
         size = self.job.parsing.chunk_size
         lo, hi = k * size, min((k + 1) * size, self.slots.n_slots)
-        if len(records) < hi - lo:
+        missing = [slot for slot in range(lo, hi) if slot not in records]
+        if any(self.named[missing]):
+            # Retired records keep their identity; reading it costs the client a round
+            # trip per array on an object store, so padding alone is never read.
             ids = [self.job.spec.array(n)[lo:hi] for n in ("patient_id", "original_id", "instance")]
-            for slot in range(lo, hi):
-                if slot not in records:
-                    j = slot - lo
-                    records[slot] = Record(str(ids[0][j]), str(ids[1][j]), int(ids[2][j]), None)
+            for slot in missing:
+                j = slot - lo
+                records[slot] = Placeholder(str(ids[0][j]), str(ids[1][j]), int(ids[2][j]), None)
+        for slot in missing:
+            records.setdefault(slot, Placeholder("", "", 0, None))
         return [(slot, records[slot]) for slot in range(lo, hi)]
+
+
+def _continues(part: list[tuple[int, Record]], items: list[tuple[int, Record]]) -> bool:
+    """Whether chunk ``items`` follows ``part`` with the same volume across the boundary:
+    the next slot, and the first record in the unit of ``part``'s last."""
+    if not part or items[0][0] != part[-1][0] + 1:
+        return False
+    unit = part[-1][1].unit
+    return unit is not None and items[0][1].unit == unit
 
 
 def _finish(

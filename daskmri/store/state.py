@@ -200,8 +200,11 @@ def reconcile(state: StoreState, fingerprints: np.ndarray) -> Reconciled:
     wanted[reuse[reuse >= 0]] = True
     wanted_chunks = np.zeros(len(state.done), dtype=bool)
     wanted_chunks[reuse[reuse >= 0] // chunk_size] = True
+    # Padding (fingerprint 0: slots no record ever took) is not retired here but by the
+    # build's end, so that a new store reports no retired records.
+    named = state.fingerprint != 0
     return Reconciled(
         reuse=reuse,
-        retire=np.flatnonzero(~wanted & (state.status != RETIRED)),
+        retire=np.flatnonzero(~wanted & (state.status != RETIRED) & named),
         rerun=np.flatnonzero(wanted_chunks & ~state.done),
     )
