@@ -104,8 +104,12 @@ def plane_coords(attrs: dict, columns: dict) -> dict[str, np.ndarray]:
     """
     if not is_volumes(attrs):
         return {}
+    # Through object: zarr 3 reads a string array as numpy's variable-width StringDType,
+    # which casts to object but not to a fixed-width "<U" of unspecified size.
     return {
-        name: np.asarray(columns[name], dtype=dtype) if len(columns[name]) else np.zeros(0, dtype)
+        name: np.asarray(columns[name], dtype=object).astype(dtype)
+        if len(columns[name])
+        else np.zeros(0, dtype)
         for name, dtype in PLANE_COORDS.items()
     }
 
