@@ -7,6 +7,8 @@ file read by nibabel), never with daskmri's own output."""
 from __future__ import annotations
 
 import shutil
+import tracemalloc
+from pathlib import Path
 
 import nibabel
 import numpy as np
@@ -16,6 +18,8 @@ import pytest
 import daskmri
 from daskmri import BatchIterator
 from daskmri.cli import main
+from daskmri.errors import ReaderError
+from daskmri.parse import DefaultReader
 
 from . import volume_files as vf
 from .test_cli_and_synth import read_png
@@ -78,7 +82,7 @@ def test_labels_all_adds_every_frame_unlabelled(roots):
     ds = daskmri.load_dataset(root, layout=daskmri.MNMS, labels="all", scheduler="sync")
     ds = ds.compute()
     everything = {}
-    for code, where, ed, es in vf.MNMS_PATIENTS:
+    for code, where, _, _ in vf.MNMS_PATIENTS:
         image = root / where / code / f"{code}_sa.nii.gz"
         for frame in range(vf.FRAMES):
             planes = vf.expected_record(image, None, frame, vf.MNMS_KINDS, "", frame)
@@ -163,3 +167,284 @@ def test_split_keeps_patients_whole(acdc4):
     for part, mine in zip(parts, patients, strict=True):
         assert part.sizes["record"] == sum(1 for p, _, _ in expected if p in mine)
         assert part.sizes["record"] == 20  # four patients of 10 records, two each
+
+
+def test_pad_or_crop_keeps_the_source_plane_for_to_source(roots):
+    """20x16 planes cropped to 16 rows and padded to 22 columns: to_source gives back
+    the source plane (image and every mask) where it was kept, False where cut."""
+    root, expected = roots["acdc"]
+    ds = daskmri.load_dataset(
+        root, layout=daskmri.ACDC, shape=(16, 22), fit="pad_or_crop", scheduler="sync"
+    ).compute()
+    assert (ds.sizes["y"], ds.sizes["x"]) == (16, 22) and daskmri.dropped(ds).empty
+    kept = np.zeros((20, 16), bool)
+    kept[2:18] = True
+    for k in range(ds.sizes["record"]):
+        want, record = expected[key_of(ds, k)], ds.isel(record=k)
+        assert (int(record.row_offset), int(record.column_offset)) == (-2, 3)
+        image = daskmri.to_source(ds.image[k], record)
+        np.testing.assert_array_equal(image, np.where(kept, want["image"], 0))
+        for kind, mask in want["masks"].items():
+            back = daskmri.to_source(ds[kind][k], record)
+            assert back.dtype == bool
+            np.testing.assert_array_equal(back, mask & kept, err_msg=f"{key_of(ds, k)} {kind}")
+
+
+def test_spacing_comes_from_the_affine_after_reordering(roots):
+    """spacing= resamples each plane from the spacing of its reordered axes: the
+    source spacing coordinates are the affine's, rows and columns not swapped."""
+    root, expected = roots["msd-heart"]
+    target = (3.0, 2.5)
+    ds = daskmri.load_dataset(
+        root,
+        layout=daskmri.MSD_HEART,
+        shape=(12, 10),
+        fit="pad_or_crop",
+        spacing=target,
+        scheduler="sync",
+    ).compute()
+    assert (ds.sizes["y"], ds.sizes["x"]) == (12, 10) and daskmri.dropped(ds).empty
+    assert sorted(key_of(ds, k) for k in range(ds.sizes["record"])) == sorted(expected)
+    for k in range(ds.sizes["record"]):
+        want, record = expected[key_of(ds, k)], ds.isel(record=k)
+        source = (float(record.source_row_spacing), float(record.source_column_spacing))
+        np.testing.assert_allclose(source, want["spacing"], rtol=1e-12)
+        scales = (float(record.row_scale), float(record.column_scale))
+        np.testing.assert_allclose(scales, np.divide(want["spacing"], target), rtol=1e-12)
+        assert (int(record.source_rows), int(record.source_columns)) == want["image"].shape
+        # Nearest-pixel masks: as many pixels as the source's, scaled by the areas.
+        area = want["masks"]["la"].sum() * np.prod(scales)
+        assert abs(int(ds.la[k].sum()) - area) <= 0.35 * area + 2
+
+
+def test_processes_scheduler_equals_the_reference(roots):
+    root, expected = roots["acdc"]
+    ds = daskmri.load_dataset(root, layout=daskmri.ACDC, chunk_size=3, scheduler="processes")
+    assert_matches(ds, expected)
+
+
+def test_distributed_client(roots, client):
+    root, expected = roots["mnms"]
+    ds = daskmri.load_dataset(root, layout=daskmri.MNMS, chunk_size=4, client=client)
+    assert_matches(ds, expected)
+    assert daskmri.dropped(ds).empty
+
+
+class TestCli:
+    def test_scan(self, roots, capsys):
+        root, expected = roots["acdc"]
+        assert main(["scan", str(root), "--layout", "acdc"]) == 0
+        out = capsys.readouterr().out
+        assert "patients:    2" in out and f"records:     {len(expected)} (labels='any')" in out
+        assert f"lv:          {len(expected)}" in out and "problems:    0" in out
+
+    def test_build(self, roots, tmp_path, capsys):
+        root, expected = roots["msd-heart"]
+        store = tmp_path / "s.zarr"
+        argv = ["build", str(root), "--layout", "msd-heart", "--out", str(store)]
+        assert main([*argv, "--scheduler", "sync"]) == 0
+        assert f"records:     {len(expected)}" in capsys.readouterr().out
+        assert_matches(daskmri.open_dataset(store), expected)
+        assert (tmp_path / "s.dropped.csv").is_file()
+
+    def test_demo(self, roots, tmp_path, capsys):
+        root, expected = roots["acdc"]
+        png = tmp_path / "x.png"
+        argv = ["demo", str(root), "--layout", "acdc", "--out", str(png), "--scheduler", "sync"]
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert f"records:     {len(expected)} (2 patients)" in out and "dropped:     0" in out
+        picture = read_png(png)
+        # Tiles of the 20x16 planes in a grid with 2-pixel gaps.
+        assert (picture.shape[0] + 2) % 22 == 0 and (picture.shape[1] + 2) % 18 == 0
+
+
+def _local(table: pd.DataFrame, root, url: str) -> pd.DataFrame:
+    table = table.copy()
+    for column in [c for c in table.columns if c.endswith("_path")]:
+        table[column] = pd.Series(
+            [None if p is None else p.replace(url, str(root), 1) for p in table[column]],
+            index=table.index,
+            dtype=object,
+        )
+    return table
+
+
+def test_s3_root_equals_the_local_copy(roots, s3, monkeypatch):
+    root, expected = roots["acdc"]
+    url = s3.upload(root, "acdc")
+    remote = daskmri.scan(url, layout=daskmri.ACDC, source_options=s3.options())
+    local = daskmri.scan(root, layout=daskmri.ACDC)
+    assert remote["image_path"].iloc[0].startswith(url + "/patient001/")
+    columns = [c for c in local.columns if c != "volume"]
+    pd.testing.assert_frame_equal(_local(remote, root, url)[columns], local[columns])
+    ds = daskmri.load_dataset(
+        url, layout=daskmri.ACDC, chunk_size=4, scheduler="sync", source_options=s3.options()
+    )
+    assert_matches(ds, expected)
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    # In this process: a pool of local workers started before the variables were set
+    # would not see them.
+    assert_matches(daskmri.load_dataset(url, layout=daskmri.ACDC, scheduler="sync"), expected)
+
+
+# -- bad input ------------------------------------------------------------------------
+
+
+def _label_like(path, array, shift=0.0, dtype=np.uint8) -> None:
+    """Rewrite the label map at ``path`` with ``array`` on its grid, origin shifted."""
+    affine = nibabel.load(str(path)).affine.copy()
+    affine[:3, 3] += shift
+    vf.save(path, array, affine, dtype)
+
+
+def _break_acdc(root) -> dict[str, tuple[str, int, str]]:
+    """Damage one volume of patients 2-11, each a different way: ``{patient: (file,
+    frame or -1 for the whole patient, words its reason must hold)}``."""
+    p = {n: root / f"patient{n:03d}" for n in range(1, 13)}
+
+    def f(n, number, gt=""):
+        return p[n] / f"patient{n:03d}_frame{number:02d}{gt}.nii.gz"
+
+    vf.truncate(f(2, 1))
+    vf.edit_header(f(3, 4), vf.MAGIC_OFFSET, "4s", b"n+9\0")
+    vf.edit_header(f(4, 1), vf.SROW_X_OFFSET + 12, "f", float("nan"))
+    vf.edit_header(f(5, 4), vf.QFORM_CODE_OFFSET, "hh", 1, 0)  # the qform, then...
+    vf.edit_header(f(5, 4), vf.QOFFSET_X_OFFSET, "f", float("inf"))
+    image = nibabel.load(str(f(6, 1)))
+    vf.save(f(6, 1), np.asarray(image.dataobj).reshape((*vf.SHAPE, 1, 1)), image.affine)
+    _label_like(f(7, 1, "_gt"), np.zeros((20, 16, 4)))
+    label = np.asarray(nibabel.load(str(f(8, 1, "_gt"))).dataobj)
+    _label_like(f(8, 1, "_gt"), label, shift=0.01)  # over the 1e-3 mm tolerance
+    label = np.asarray(nibabel.load(str(f(8, 4, "_gt"))).dataobj)
+    _label_like(f(8, 4, "_gt"), label, shift=1e-5)  # rounding: accepted
+    (p[9] / "Info.cfg").unlink()
+    label = np.asarray(nibabel.load(str(f(10, 1, "_gt"))).dataobj).astype(np.float32)
+    label[0, 0, 0] = 1.5
+    _label_like(f(10, 1, "_gt"), label, dtype=np.float32)
+    label = np.asarray(nibabel.load(str(f(11, 4, "_gt"))).dataobj).copy()
+    label[0, 0, 0] = 4
+    _label_like(f(11, 4, "_gt"), label)
+    return {
+        "patient002": (f(2, 1).name, 0, "truncated"),
+        "patient003": (f(3, 4).name, 3, "not a NIfTI file"),
+        "patient004": (f(4, 1).name, 0, "NaN or inf"),
+        "patient005": (f(5, 4).name, 3, "NaN or inf"),
+        "patient006": (f(6, 1).name, 0, "5D"),
+        "patient007": (f(7, 1, "_gt").name, 0, "shape"),
+        "patient008": (f(8, 1, "_gt").name, 0, f"{f(8, 1).name}: the origin"),
+        "patient009": ("Info.cfg", -1, "missing"),
+        "patient010": (f(10, 1, "_gt").name, 0, "non-integer"),
+        "patient011": (f(11, 4, "_gt").name, 3, "[4] belong to no kind"),
+    }
+
+
+def assert_dropped_as(ds, broken: dict, expected: dict) -> None:
+    """Each broken volume's records are gone with a one-line reason naming its file;
+    every other record is there, equal to the reference."""
+    lost = daskmri.dropped(ds)
+    assert set(lost.patient_id) == set(broken)
+    for patient, (name, _, words) in broken.items():
+        rows = lost[lost.patient_id == patient]
+        for row in rows.itertuples():
+            assert row.path.endswith(name) or name in row.reason, (patient, row.path)
+            assert words in row.reason and "\n" not in row.reason, (patient, row.reason)
+    gone = {
+        key
+        for key in expected
+        for p, (_, frame, _) in broken.items()
+        if key[0] == p
+        if frame in (-1, key[1])
+    }
+    assert_matches(ds, {k: v for k, v in expected.items() if k not in gone})
+
+
+def test_bad_acdc_volumes_are_dropped_with_a_reason(tmp_path):
+    root = vf.make_acdc(tmp_path / "acdc", patients=12, seed=5)
+    expected = vf.acdc_reference(root)
+    broken = _break_acdc(root)
+    ds = daskmri.load_dataset(root, layout=daskmri.ACDC, chunk_size=8, scheduler="sync")
+    assert_dropped_as(ds, broken, expected)
+    lost = daskmri.dropped(ds)
+    grid = lost[lost.patient_id == "patient008"].reason.iloc[0]
+    assert "tolerance 0.001 mm" in grid  # names both files and the difference
+    assert len(lost[lost.patient_id == "patient007"]) == 5  # one row per record
+
+
+def _add_mnms_patient(root, code: str, label_frames: int, csv_row=True, ed=0, es=3) -> Path:
+    """Another Training/Labeled patient of a make_mnms root; returns its image."""
+    rng = np.random.default_rng(len(code) + label_frames)
+    folder = root / "Training" / "Labeled" / code
+    image = vf.save(folder / f"{code}_sa.nii.gz", vf.cine(rng), vf.oblique_affine())
+    label = np.zeros((*vf.SHAPE, label_frames), np.uint8)
+    label[..., ed] = vf.label_map(rng)
+    vf.save(folder / f"{code}_sa_gt.nii.gz", label, vf.oblique_affine(), np.uint8)
+    if csv_row:
+        with open(root / vf.MNMS_CSV, "a") as fh:
+            fh.write(f"{code},GE,{ed},{es}\n")
+    return image
+
+
+def test_bad_mnms_volumes_and_a_voxel_bomb(tmp_path):
+    """A 4D label of another frame count, a patient missing from the CSV, and a
+    header declaring 10**12 voxels: refused before anything that size is allocated."""
+    root = vf.make_mnms(tmp_path / "mnms")
+    expected = vf.mnms_reference(root)
+    _add_mnms_patient(root, "D4F5R6", label_frames=5)
+    _add_mnms_patient(root, "E5N0R0", label_frames=vf.FRAMES, csv_row=False)
+    bomb = _add_mnms_patient(root, "F6B0MB", label_frames=vf.FRAMES)
+    vf.edit_header(bomb, vf.DIM_OFFSET, "5h", 4, 20000, 10000, 5, 1000)
+    broken = {
+        "D4F5R6": ("D4F5R6_sa_gt.nii.gz", -1, "5 frames, against the image's (6,)"),
+        "E5N0R0": (vf.MNMS_CSV, -1, "has no row for patient E5N0R0"),
+        "F6B0MB": ("F6B0MB_sa.nii.gz", -1, "10**12"),
+    }
+    tracemalloc.start()
+    try:
+        ds = daskmri.load_dataset(root, layout=daskmri.MNMS, scheduler="sync").compute()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2**20, f"{peak / 2**20:.0f} MiB allocated"
+    words = "the header declares 1000000000000 voxels (20000, 10000, 5, 1000), over "
+    broken["F6B0MB"] = ("F6B0MB_sa.nii.gz", -1, words + "Limits.max_voxels=")
+    assert_dropped_as(ds, broken, expected)
+    assert len(daskmri.dropped(ds).query("patient_id == 'F6B0MB'")) == 10  # ED, ES x 5
+
+
+def test_uncompressed_nii_reads_like_nii_gz(tmp_path):
+    layout = daskmri.VolumeLayout(
+        "msd-nii", "imagesTr/{patient_id}.nii", {"la": 1}, label="labelsTr/{patient_id}.nii"
+    )
+    plain = vf.make_msd(tmp_path / "plain", suffix=".nii")
+    assert (plain / "imagesTr" / "la_001.nii").read_bytes()[344:347] == b"n+1"
+    ds = daskmri.load_dataset(plain, layout=layout, scheduler="sync")
+    expected = vf.msd_reference(plain, suffix=".nii")
+    assert_matches(ds, expected)
+    packed = vf.msd_reference(vf.make_msd(tmp_path / "packed"))  # the same seed, gzipped
+    for key, record in expected.items():
+        np.testing.assert_array_equal(record["image"], packed[key]["image"])
+
+
+def test_a_reader_bug_is_raised_naming_the_record(roots):
+    root, _ = roots["acdc"]
+
+    def buggy(record):
+        if record.patient_id == "patient002" and record.instance == 17:
+            return 1 / 0
+        return daskmri.read_record(record)
+
+    with pytest.raises(ReaderError, match="patient patient002, instance 17") as caught:
+        daskmri.load_dataset(root, layout=daskmri.ACDC, reader=buggy, scheduler="sync")
+    assert isinstance(caught.value.__cause__, ZeroDivisionError)
+
+    class UnitReader(DefaultReader):
+        def read_unit(self, records):
+            if records[0].patient_id == "patient002":
+                raise ZeroDivisionError("in read_unit")
+            return super().read_unit(records)
+
+    with pytest.raises(ReaderError, match="patient patient002, instance") as caught:
+        daskmri.load_dataset(root, layout=daskmri.ACDC, reader=UnitReader(), scheduler="sync")
+    assert isinstance(caught.value.__cause__, ZeroDivisionError)

@@ -87,7 +87,7 @@ def make_acdc(root: Path, patients: int = 2, seed: int = 0) -> Path:
     for n in range(1, patients + 1):
         name = f"patient{n:03d}"
         folder = root / name
-        affine = oblique_affine(angle=0.1 * n, flip_x=n % 2 == 0)
+        affine = oblique_affine(angle=0.03 * n, flip_x=n % 2 == 0)
         frames = cine(rng)
         scaled = n == 2
         values = frames * 0.37 + 2.0 if scaled else frames
