@@ -20,6 +20,7 @@ from daskmri import BatchIterator
 from daskmri.cli import main
 from daskmri.errors import ReaderError
 from daskmri.parse import DefaultReader
+from daskmri.plan import plan_chunks
 
 from . import volume_files as vf
 from .test_cli_and_synth import read_png
@@ -448,3 +449,55 @@ def test_a_reader_bug_is_raised_naming_the_record(roots):
     with pytest.raises(ReaderError, match="patient patient002, instance") as caught:
         daskmri.load_dataset(root, layout=daskmri.ACDC, reader=UnitReader(), scheduler="sync")
     assert isinstance(caught.value.__cause__, ZeroDivisionError)
+
+
+def acdc_all_reference(root) -> dict:
+    """ACDC with labels="all": every frame of each 4D cine, the ED and ES frames with
+    the masks of their frameFF_gt label maps."""
+    labelled = vf.acdc_reference(root)
+    out: dict = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        image = folder / f"{folder.name}_4d.nii.gz"
+        for frame in range(vf.FRAMES):
+            planes = vf.expected_record(image, None, frame, vf.ACDC_KINDS, "", frame)
+            vf._add(out, folder.name, folder.name, frame, planes)
+    for key, record in out.items():
+        if key in labelled:
+            record.update(masks=labelled[key]["masks"], phase=labelled[key]["phase"])
+    return out
+
+
+@pytest.mark.parametrize("chunk_size", [64, 4])
+def test_a_bad_frame_label_drops_only_its_frame_whatever_the_chunks(tmp_path, chunk_size):
+    """labels="all" reads the 4D cine with a label map per labelled frame: a bad one
+    drops the records of its frame, the same ones whatever the chunk size (records
+    of one volume may share a chunk or not)."""
+    root = vf.make_acdc(tmp_path / "acdc", patients=3)
+    expected = acdc_all_reference(root)
+    gt = root / "patient002" / "patient002_frame01_gt.nii.gz"
+    label = np.asarray(nibabel.load(str(gt)).dataobj).copy()
+    label[0, 0, 0] = 4
+    _label_like(gt, label)
+    ds = daskmri.load_dataset(
+        root, layout=daskmri.ACDC, labels="all", chunk_size=chunk_size, scheduler="sync"
+    )
+    broken = {"patient002": (gt.name, 0, "[4] belong to no kind")}
+    assert_dropped_as(ds, broken, expected)
+    assert len(daskmri.dropped(ds)) == 5
+
+
+def test_read_record_raises_what_drops_a_volume_record(tmp_path):
+    """The default reader, called on one volume record as a custom reader wrapping it
+    would: a bad label value or a plane of another size is raised, never returned."""
+    root = vf.make_msd(tmp_path / "msd", patients=1)
+    record = plan_chunks(daskmri.scan(root, layout=daskmri.MSD_HEART)).chunks[0][2]
+    image, mask = daskmri.read_record(record)
+    want = vf.msd_reference(root)[("la_001", 0, 2)]
+    np.testing.assert_array_equal(image, want["image"])
+    np.testing.assert_array_equal(mask, want["masks"]["la"])
+    with pytest.raises(daskmri.RecordError, match="image is 20x16 but this dataset's images"):
+        daskmri.read_record(record, shape=(8, 8))
+    gt = root / "labelsTr" / "la_001.nii.gz"
+    _label_like(gt, np.full(vf.SHAPE, 7))
+    with pytest.raises(daskmri.VolumeError, match=r"label value\(s\) \[7\]"):
+        daskmri.read_record(record)
