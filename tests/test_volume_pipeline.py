@@ -119,16 +119,20 @@ def test_update_reparses_only_the_rewritten_volume(roots, tmp_path):
     target = root / "patient001" / "patient001_frame04.nii.gz"
     new = np.random.default_rng(9).integers(600, 900, vf.SHAPE)
     vf.rewrite(target, new, like=target)
+    gt = root / "patient002" / "patient002_frame01_gt.nii.gz"  # a label map alone
+    vf.rewrite(gt, np.asarray(nibabel.load(str(gt)).dataobj)[::-1], like=gt, dtype=np.uint8)
     freshness = daskmri.check(store)
     assert not freshness.fresh
-    assert sorted(freshness.changed) == [("patient001", 3 * 5 + s) for s in range(5)]
+    assert sorted(freshness.changed) == [("patient001", 3 * 5 + s) for s in range(5)] + [
+        ("patient002", s) for s in range(5)
+    ]
     assert not freshness.added and not freshness.removed
     with pytest.raises(daskmri.StaleStoreError):
         daskmri.build(root, store, layout=daskmri.ACDC, chunk_size=3, scheduler="sync")
     report = daskmri.build(
         root, store, layout=daskmri.ACDC, chunk_size=3, scheduler="sync", mode="update"
     )
-    assert report.parsed_records == 5 and report.dropped == 0
+    assert report.parsed_records == 10 and report.dropped == 0
     assert_matches(daskmri.open_dataset(store), vf.acdc_reference(root))
     assert daskmri.check(store).fresh
 
@@ -271,7 +275,7 @@ def _local(table: pd.DataFrame, root, url: str) -> pd.DataFrame:
     return table
 
 
-def test_s3_root_equals_the_local_copy(roots, s3, monkeypatch):
+def test_s3_root_equals_the_local_copy(roots, s3, monkeypatch, tmp_path):
     root, expected = roots["acdc"]
     url = s3.upload(root, "acdc")
     remote = daskmri.scan(url, layout=daskmri.ACDC, source_options=s3.options())
@@ -283,6 +287,17 @@ def test_s3_root_equals_the_local_copy(roots, s3, monkeypatch):
         url, layout=daskmri.ACDC, chunk_size=4, scheduler="sync", source_options=s3.options()
     )
     assert_matches(ds, expected)
+    store = tmp_path / "s.zarr"
+    options = {"source_options": s3.options(), "scheduler": "sync"}
+    daskmri.build(url, store, layout=daskmri.ACDC, chunk_size=4, **options)
+    assert_matches(daskmri.open_dataset(store), expected)
+    assert daskmri.check(store, source_options=s3.options()).fresh
+    s3.filesystem().pipe(f"{url[5:]}/patient002/Info.cfg", b"ED: 4\nES: 1\n")  # swapped
+    changed = daskmri.check(store, source_options=s3.options()).changed
+    assert sorted(changed) == [("patient002", s) for s in (0, 1, 2, 3, 4, 15, 16, 17, 18, 19)]
+    s3.filesystem().pipe(
+        f"{url[5:]}/patient002/Info.cfg", (root / "patient002/Info.cfg").read_bytes()
+    )
     for name, value in s3.env().items():
         monkeypatch.setenv(name, value)
     # In this process: a pool of local workers started before the variables were set
