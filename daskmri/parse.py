@@ -98,9 +98,12 @@ def read_record(
     ...     return read_record(record)
     """
     if record.volume is not None:
-        return _fitted_planes(
+        (fitted,) = _fitted_planes(
             [record], read_unit([record], limits=limits), limits, shape, fit, spacing
-        )[0]
+        )
+        if isinstance(fitted, BaseException):  # the documented contract: raised
+            raise fitted
+        return fitted
     if record.image_path is None:
         raise RecordError("", f"instance {record.instance} has contours but no DICOM")
     image, source_spacing = read_slice(record.image_path, limits=limits, fs=record.fs)
@@ -122,6 +125,9 @@ def _fitted_planes(
     a mask never holds a value between two labels."""
     out = []
     for record, plane in zip(records, planes, strict=True):
+        if isinstance(plane, BaseException):  # a label map that drops this record
+            out.append(plane)
+            continue
         frame = plane.image.shape if shape is None else shape
         try:
             geometry = _placement(

@@ -104,8 +104,9 @@ def plane_coords(attrs: dict, columns: dict) -> dict[str, np.ndarray]:
     """
     if not is_volumes(attrs):
         return {}
+    # Through object: zarr 3 reads a string array as numpy's variable-width StringDType,
+    # which casts to object but not to a fixed-width "<U" of unspecified size.
     return {
-        # Through object: zarr gives strings as numpy's StringDType, which casts no other way.
         name: np.asarray(columns[name], dtype=object).astype(dtype)
         if len(columns[name])
         else np.zeros(0, dtype)

@@ -622,16 +622,22 @@ class Plane:
     spacing: tuple[float, float]
 
 
-def read_unit(records: Sequence[Record], *, limits: Limits = DEFAULT_LIMITS) -> list[Plane]:
+def read_unit(
+    records: Sequence[Record], *, limits: Limits = DEFAULT_LIMITS
+) -> list[Plane | VolumeError]:
     """The planes of ``records``, which share one image file: the image read once, each
     label map once, in the orientation convention of :mod:`daskmri.sources.nifti`.
+
+    What is wrong with a label map (another grid, non-integer label values, a label
+    value that no kind maps) is the :class:`~daskmri.errors.VolumeError` given in place
+    of the plane of each record that uses that label map's frame, and of no other:
+    so the records dropped never depend on which records share a chunk.
 
     Raises
     ------
     daskmri.errors.VolumeError
-        For anything wrong with the volume (a damaged file, too many voxels, a label
-        map on another grid, non-integer label values, a label value that no kind
-        maps): the reason, for every record of the unit.
+        For anything wrong with the image (a damaged file, too many voxels, no
+        orientation): the reason, for every record of the unit.
 
     Examples
     --------
@@ -661,6 +667,9 @@ def read_unit(records: Sequence[Record], *, limits: Limits = DEFAULT_LIMITS) -> 
         plane = record.volume
         pixels = np.ascontiguousarray(planes[at.get(plane.image_frame, 0), plane.slice])
         label = labels.get((record.path(record.kinds[0]), plane.label_frame))
+        if isinstance(label, VolumeError):
+            out.append(label)
+            continue
         masks = tuple(
             None if label is None else np.isin(label[plane.slice], values)
             for _, values in record.volume.kinds
@@ -677,16 +686,26 @@ def _labels(records: Sequence[Record], image: Any, orientation, limits: Limits) 
         path = record.path(record.kinds[0])
         if path is not None:
             wanted.setdefault(path, set()).add(record.volume.label_frame)
-    out = {}
+    out: dict = {}
     for path, frames in wanted.items():
-        label = open_image(path, limits=limits, fs=records[0].fs)
-        _check_grid(records[0].image_path, image, path, label)
         frames = sorted(frames)
-        values = read_frames(label, path, frames if len(label.shape) == 4 else None)
-        values = _integers(values, path)
-        _check_values(values, path, records[0].volume.kinds)
-        planes = to_planes(values, orientation)
-        out |= {(path, frame): planes[k] for k, frame in enumerate(frames)}
+        try:
+            label = open_image(path, limits=limits, fs=records[0].fs)
+            _check_grid(records[0].image_path, image, path, label)
+            values = read_frames(label, path, frames if len(label.shape) == 4 else None)
+        except VolumeError as exc:  # the same for every frame, in whichever chunk
+            out |= {(path, frame): exc for frame in frames}
+            continue
+        # Frame by frame: a bad value in one frame drops that frame's records alone,
+        # whether or not the unit (a chunk's share of the volume) holds other frames.
+        for k, frame in enumerate(frames):
+            try:
+                one = _integers(values[..., k : k + 1], path)
+                _check_values(one, path, records[0].volume.kinds)
+            except VolumeError as exc:
+                out[(path, frame)] = exc
+                continue
+            out[(path, frame)] = to_planes(one, orientation)[0]
     return out
 
 
