@@ -3,7 +3,7 @@
 A typical session::
 
     import daskmri
-    table = daskmri.scan("final_data")        # every record, no pixel I/O
+    table, problems = daskmri.scan("final_data")  # every record, no pixel I/O
     ds = daskmri.load_dataset("final_data")   # image and a mask per contour kind, along record
     daskmri.dropped(ds)                        # what was left out, and why
 """
@@ -42,11 +42,19 @@ _EXPORTS = {
         "RTStructError",
         "WorkerStartError",
     ),
-    "daskmri.record": ("Record",),
+    "daskmri.record": ("Problem", "Record"),
     "daskmri.parse": ("read_record",),
     "daskmri.contours": ("polygon_mask", "read_contour"),
     "daskmri.dicom": ("read_dicom",),
-    "daskmri.layout": ("SERIES", "SUNNYBROOK", "ContourKind", "Layout", "RTStruct", "scan"),
+    "daskmri.layout": (
+        "SERIES",
+        "SUNNYBROOK",
+        "ContourKind",
+        "Layout",
+        "RTStruct",
+        "Scan",
+        "scan",
+    ),
     "daskmri.limits": ("Limits",),
     "daskmri.fit": ("to_source",),
     "daskmri.versions": ("show_versions",),

@@ -86,14 +86,18 @@ class _Parser(argparse.ArgumentParser):
 
 def _cmd_scan(args: argparse.Namespace) -> int:
     from .layout import scan
+    from .record import Problem
 
     layout = args.layout
-    table = scan(args.root, layout=layout, labels=args.labels)
+    table, problems = scan(args.root, layout=layout, labels=args.labels)
     columns = [f"{kind}_path" for kind in layout.kinds]
-    problems = table.attrs["problems"] + [
-        {"path": row[0] or next((p for p in row[1:-1] if p), None), "reason": row.problem}
-        for row in table[["image_path", *columns, "problem"]].itertuples(index=False)
-        if row.problem is not None
+    problems = [
+        *problems,
+        *(
+            Problem(row[0] or next((p for p in row[1:-1] if p), None), row.problem)
+            for row in table[["image_path", *columns, "problem"]].itertuples(index=False)
+            if row.problem is not None
+        ),
     ]
     print(f"root:        {table.attrs['root']}")
     print(f"patients:    {table.patient_id.nunique()}")
@@ -102,7 +106,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         print(f"{kind + ':':<12} {table[column].notna().sum()}")
     print(f"problems:    {len(problems)}")
     for problem in problems[: args.max_problems]:
-        print(f"  {problem['path']}: {problem['reason']}")
+        print(f"  {problem.path}: {problem.reason}")
     if len(problems) > args.max_problems:
         print(f"  ... and {len(problems) - args.max_problems} more")
     return 0
