@@ -477,28 +477,34 @@ def test_plot_and_torch_follow_the_kinds(three_kinds):
     assert batch["pcontour"].dtype == torch.bool
 
 
-def test_a_store_written_before_kinds_still_opens_and_resumes(synth_root, tmp_path):
+def test_a_store_of_version_0_1_is_refused_in_one_line_and_overwrite_rebuilds_it(
+    synth_root, tmp_path
+):
     import zarr
 
     store = tmp_path / "old.zarr"
     daskmri.build(synth_root, store, chunk_size=8, scheduler="sync")
-    fresh = daskmri.open_dataset(store)
+    fresh = daskmri.open_dataset(store).compute()
     group = zarr.open_group(store, mode="r+")
-    attrs = dict(group.attrs)
-    old = {k: v for k, v in json.loads(attrs["layout"]).items() if k != "contours"}
-    for kind in daskmri.SUNNYBROOK.contours:
-        old |= {f"{kind.name}_glob": kind.glob, f"{kind.name}_regex": kind.regex}
-    group.attrs.update({"layout": json.dumps(old)})
-    group.attrs.pop("kinds")  # as a store of the previous version has none
+    # What 0.1.0 wrote: store format 3, no "kinds", done markers without "size".
+    group.attrs.update({"format": 3})
+    group.attrs.pop("kinds")
     for k in range(group["done"].shape[0]):
         marker = json.loads(str(group["done"][k]))
         del marker["size"]
         group["done"][k] = json.dumps(marker)
-    opened = daskmri.open_dataset(store)
-    assert "kinds" not in opened.attrs
-    assert_records_equal(opened, fresh)
-    assert daskmri.build(synth_root, store, chunk_size=8, scheduler="sync").parsed_chunks == 0
-
+    for call in (
+        lambda: daskmri.open_dataset(store),
+        lambda: daskmri.check(store),
+        lambda: daskmri.build(synth_root, store, chunk_size=8, scheduler="sync"),
+    ):
+        with pytest.raises(daskmri.StoreError, match="store format 3, this version reads 4") as info:
+            call()
+        message = str(info.value)
+        assert "\n" not in message and "daskmri.build(root, store, mode='overwrite')" in message
+    report = daskmri.build(synth_root, store, chunk_size=8, scheduler="sync", mode="overwrite")
+    assert report.parsed_chunks > 0
+    assert_records_equal(daskmri.open_dataset(store), fresh)
 
 def test_kinds_are_checked(synth_root):
     with pytest.raises(daskmri.LayoutError, match="declared twice"):
@@ -676,29 +682,6 @@ def test_a_literal_contour_name_that_links_out_of_the_root_is_refused(synth_root
     assert str(inside) not in table.icontour_path.tolist()
     leaving = [p for p in problems if "leaves the root" in p.reason]
     assert [p.path for p in leaving] == [str(inside)]
-
-
-def test_a_store_of_the_previous_version_keeps_its_input_fingerprint(tmp_path):
-    """The input fingerprints the previous version (20e222c, before contour kinds)
-    computed for this synthetic folder with fixed file times: a Sunnybrook layout
-    must still give them, or every store it wrote reads as stale. (They change if
-    synth.make_dataset changes what it writes.)"""
-    from daskmri.plan import plan_inputs
-    from daskmri.settings import Source
-
-    pinned = {
-        "any": "2fd144b71c5541e5a7c494c380816671",
-        "all": "a08118bc4ee2ec0546b4f668f4cbe4c0",
-    }
-    for labels, fingerprint in pinned.items():
-        root = daskmri.synth.make_dataset(tmp_path / labels, patients=2, slices=5, shape=(16, 16))
-        for path in root.rglob("*"):
-            if path.is_file():
-                os.utime(path, ns=(10**18, 10**18))
-        assert plan_inputs(Source.of(root, None, labels)).fingerprint == fingerprint
-    # Any other layout hashes its own fields.
-    three = plan_inputs(Source.of(root, THREE, "all")).fingerprint
-    assert three != pinned["all"]
 
 
 @pytest.mark.parametrize(
