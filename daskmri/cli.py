@@ -7,6 +7,7 @@ Run ``daskmri --help`` or ``daskmri COMMAND --help``. :func:`main` takes
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import sys
@@ -172,8 +173,8 @@ def _demo_picks(ds) -> list[int]:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .dataset import load_dataset
-    from .plot import overlay_grid, write_png, written_by_daskmri
-    from .schema import dropped
+    from .plot import COLOUR_NAMES, overlay_grid, write_png, written_by_daskmri
+    from .schema import dropped, kinds_of
 
     _refuse_to_overwrite(args.out, written_by_daskmri, "a PNG picture that daskmri wrote")
     with tempfile.TemporaryDirectory(prefix="daskmri-demo-") as tmp:
@@ -198,7 +199,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"time:        {elapsed:.2f} s ({n / elapsed:.0f} records/s)")
         if n:
             write_png(args.out, overlay_grid(ds, _demo_picks(ds)))
-            print(f"overlay:     {Path(args.out).resolve()} (red: i-contour, green: o-contour)")
+            colours = zip(kinds_of(ds), itertools.cycle(COLOUR_NAMES), strict=False)
+            named = ", ".join(f"{colour}: {kind}" for kind, colour in colours)
+            print(f"overlay:     {Path(args.out).resolve()} ({named})")
             _demo_epoch(ds)
     return 0
 

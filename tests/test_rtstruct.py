@@ -498,13 +498,14 @@ def test_a_store_of_version_0_1_is_refused_in_one_line_and_overwrite_rebuilds_it
         lambda: daskmri.check(store),
         lambda: daskmri.build(synth_root, store, chunk_size=8, scheduler="sync"),
     ):
-        with pytest.raises(daskmri.StoreError, match="store format 3, this version reads 4") as info:
+        with pytest.raises(daskmri.StoreError, match="format 3, this version reads 4") as info:
             call()
         message = str(info.value)
         assert "\n" not in message and "daskmri.build(root, store, mode='overwrite')" in message
     report = daskmri.build(synth_root, store, chunk_size=8, scheduler="sync", mode="overwrite")
     assert report.parsed_chunks > 0
     assert_records_equal(daskmri.open_dataset(store), fresh)
+
 
 def test_kinds_are_checked(synth_root):
     with pytest.raises(daskmri.LayoutError, match="declared twice"):
