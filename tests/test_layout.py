@@ -10,6 +10,7 @@ import pytest
 
 import daskmri
 from daskmri import SERIES, ContourKind, Layout, LayoutError, scan
+from daskmri.plan import plan_chunks
 from daskmri.testing import assert_records_equal
 
 from .conftest import PATIENTS, SLICES
@@ -204,6 +205,31 @@ def test_link_file_problems(damaged_root):
     link.unlink()
     with pytest.raises(LayoutError, match="no link file"):
         scan(damaged_root)
+
+
+def test_scan_returns_problems_beside_the_table_and_filtering_keeps_them(damaged_root):
+    (damaged_root / "dicoms" / "SYN0001" / "notes.dcm").write_text("x")
+    scanned = scan(damaged_root)
+    table, problems = scanned
+    assert isinstance(scanned, daskmri.Scan) and scanned.table is table
+    (problem,) = problems
+    assert isinstance(problem, daskmri.Problem)
+    assert (problem.patient_id, problem.instance) == ("SYN0001", None)
+    assert problem.row() == {
+        "patient_id": "SYN0001",
+        "original_id": "SYN-C-1",
+        "instance": None,
+        "path": str(damaged_root / "dicoms" / "SYN0001" / "notes.dcm"),
+        "reason": "DICOM file name does not match the layout's pattern",
+    }
+    # pandas drops or keeps attrs as it likes; the problems are not in them.
+    assert "problems" not in table.attrs
+    filtered = table[table.patient_id == "SYN0002"]
+    plan = plan_chunks(filtered, problems)
+    assert plan.dropped == (problem.row(),)
+    assert {r.patient_id for c in plan.chunks for r in c} == {"SYN0002"}
+    whole, parts = plan_chunks(scanned), plan_chunks(table, problems)
+    assert (whole.chunks, whole.dropped) == (parts.chunks, parts.dropped)
 
 
 def test_unmatched_file_names_are_reported(damaged_root):

@@ -235,3 +235,34 @@ def test_redact_masks_a_password_that_holds_a_slash_and_keeps_azure_containers()
     assert daskmri.errors.redact(url) == url
     with pytest.raises(daskmri.LayoutError, match="holds credentials"):
         daskmri.scan("s3://bucket/data?X-Amz-Signature=abcdef")
+
+
+def test_one_walker_lists_a_store_as_it_lists_the_same_local_folder(s3, synth_root, tmp_path):
+    from daskmri.filesystem import LOCAL, split_root
+    from daskmri.sources.walk import first_listing, walk
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    (root / "dicoms" / "SYN0001" / "9.dcm.d").mkdir()  # a folder named like a slice
+    (root / "dicoms" / "SYN0001" / "9.dcm.d" / "x.dcm").write_bytes(b"x")
+    url = s3.upload(root, "walk")
+    fs, url = split_root(url, s3.options())
+    patterns = [
+        "dicoms/SYN0001/*.dcm*",  # a wildcard last part: matches the folder too
+        "dicoms/*/*.dcm",  # a wildcard folder on the way
+        "contourfiles/SYN-C-1/i-contours/IM-0001-0002-icontour-manual.txt",  # all literal
+        "dicoms/NOBODY/*.dcm",  # a missing literal folder lists as empty
+    ]
+    for pattern in patterns:
+        local_problems, remote_problems = [], []
+        local = walk(LOCAL, str(root), pattern, local_problems, {})
+        remote = walk(fs, url, pattern, remote_problems, {})
+        assert bool(local) == ("NOBODY" not in pattern), pattern
+        assert [p.replace(url, str(root), 1) for p in remote] == local, pattern
+        assert local == sorted(local) and local_problems == remote_problems == []
+        # The listings made ahead, for many patients at once, give the same answer.
+        ahead = fs.listed([first_listing(url, pattern)])
+        assert walk(ahead, url, pattern, [], {}) == remote
+    assert str(root / "dicoms" / "SYN0001" / "9.dcm.d") in walk(
+        LOCAL, str(root), "dicoms/SYN0001/*.dcm*", [], {}
+    )
