@@ -13,16 +13,12 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import LayoutError, redact
 from .filesystem import LOCAL, FileSystem, TooLarge, split_root
 from .fit import GEOMETRY
-from .record import Problem, RTSlice
+from .record import Problem, RTSlice, Scan
 from .sources.walk import first_listing, walk
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 __all__ = [
     "LABELS",
@@ -31,7 +27,6 @@ __all__ = [
     "ContourKind",
     "Layout",
     "RTStruct",
-    "Scan",
     "iter_records",
     "scan",
 ]
@@ -593,15 +588,6 @@ class _Finder:
 def _first_path(slice_rt: RTSlice | None, kind: str) -> str | None:
     picks = () if slice_rt is None else slice_rt.of(kind)
     return picks[0][0] if picks else None
-
-
-class Scan(NamedTuple):
-    """What :func:`scan` returns: the records' table and, beside it, the
-    :class:`~daskmri.Problem` values found outside any record (they stay whole
-    when the table is filtered). Unpacks as ``table, problems = daskmri.scan(root)``."""
-
-    table: pd.DataFrame
-    problems: tuple[Problem, ...]
 
 
 def scan(

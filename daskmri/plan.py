@@ -29,9 +29,9 @@ from .dicom import read_dicom_geometry
 from .errors import DATA_ERRORS, DaskmriError, ReaderError
 from .filesystem import LOCAL, FileSystem
 from .fit import place
-from .layout import Layout, Scan, iter_records
+from .layout import Layout, iter_records
 from .limits import Limits
-from .record import Problem, Record
+from .record import Problem, Record, Scan
 from .settings import Source, check_chunk_size
 
 if TYPE_CHECKING:

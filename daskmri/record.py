@@ -7,7 +7,7 @@ Imported by worker processes, so it needs numpy only (pandas inside a function).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -24,6 +24,7 @@ __all__ = [
     "Problem",
     "RTSlice",
     "Record",
+    "Scan",
     "drop_row",
     "dropped_table",
 ]
@@ -168,6 +169,15 @@ class Problem:
             "path": self.path,
             "reason": self.reason,
         }
+
+
+class Scan(NamedTuple):
+    """What :func:`scan` returns: the records' table and, beside it, the
+    :class:`Problem` values found outside any record (they stay whole
+    when the table is filtered). Unpacks as ``table, problems = daskmri.scan(root)``."""
+
+    table: pd.DataFrame
+    problems: tuple[Problem, ...]
 
 
 def drop_row(record: Record, exc: BaseException) -> dict:
