@@ -77,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
 
     root = replicate(require_data(args.data), args.records, args.workdir)
-    n = len(daskmri.scan(root))
+    n = len(daskmri.scan(root).table)
     if args.profile:
         profile = cProfile.Profile()
         profile.runcall(daskmri.load_dataset, root, scheduler="sync")

@@ -32,7 +32,7 @@ def replicate(source: Path, records: int, workdir: Path | None = None) -> Path:
     Files are linked, not copied, so 2,000 records cost no disk; each copy gets new ids
     (``<id>-rNN``) in a new ``link.csv``.
     """
-    base = daskmri.scan(source)
+    base = daskmri.scan(source).table
     copies = max(1, -(-records // len(base)))
     if workdir is None:  # made here: removed at exit
         workdir = Path(tempfile.mkdtemp(prefix="daskmri-bench-"))
@@ -79,7 +79,7 @@ def bench_dataset(args, prefix: str) -> tuple[Path, Path, str, int]:
     work = Path(tempfile.mkdtemp(prefix=prefix))
     atexit.register(shutil.rmtree, work, ignore_errors=True)  # made here: removed here
     root, label = bench_root(args.data, args.synthetic, args.records, work)
-    return work, root, label, len(daskmri.scan(root))
+    return work, root, label, len(daskmri.scan(root).table)
 
 
 def _link_tree(src: Path, dst: Path) -> None:

@@ -92,7 +92,7 @@ def _row_peer(name: str, root: str, repeat: int) -> dict:
 
     import daskmri
 
-    items = peers.items_of(daskmri.scan(root))
+    items = peers.items_of(daskmri.scan(root).table)
     run = getattr(peers, PEERS[name])
     if PEERS[name] == "run_torch":
         import torch  # noqa: F401  (a missing torch fails this row, visibly)

@@ -51,7 +51,7 @@ class Killer:
 
 def killers(root: Path, k: int, chunk_size: int) -> frozenset:
     """``k`` records in ``k`` different chunks, spread over the dataset."""
-    table = daskmri.scan(root)
+    table = daskmri.scan(root).table
     chunks = -(-len(table) // chunk_size)
     picks = [int((j + 0.5) * chunks / k) * chunk_size + 7 for j in range(k)]
     return frozenset(

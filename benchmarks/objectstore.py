@@ -163,13 +163,17 @@ def _plan(root: Path, url: str, work: Path, s3) -> list[tuple]:
     src = s3.options()
     here, there = str(work / "ds.zarr"), f"s3://{s3.bucket}/bench/ds.zarr"
     return [
-        ("scan", "local", lambda: len(daskmri.scan(root))),
+        ("scan", "local", lambda: len(daskmri.scan(root).table)),
         (
             "scan",
             "S3, 64 patients listed at once",
-            lambda: len(daskmri.scan(url, source_options=src)),
+            lambda: len(daskmri.scan(url, source_options=src).table),
         ),
-        ("scan", "S3, patient by patient", lambda: len(daskmri.scan(url, source_options=src))),
+        (
+            "scan",
+            "S3, patient by patient",
+            lambda: len(daskmri.scan(url, source_options=src).table),
+        ),
         ("load_dataset (sync)", "local", lambda: daskmri.load_dataset(root, scheduler="sync")),
         (
             "load_dataset (sync)",

@@ -61,7 +61,7 @@ def _median(fn: Callable[[], object], repeat: int) -> float:
 
 def _roots(data: Path, work: Path) -> tuple[Path, list, list]:
     """The copy (DICOMs, text contours, RTSTRUCTs) and the records of both layouts."""
-    table = daskmri.scan(data)
+    table = daskmri.scan(data).table
     root = real_as_rtstruct(table, work / "data")
     for row in table.itertuples():
         for path in (row.icontour_path, row.ocontour_path):

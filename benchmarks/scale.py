@@ -154,7 +154,7 @@ def main() -> None:
     # A base of about 1,000 labelled records (two thirds of synthetic slices carry a
     # contour), then hard-linked copies of it.
     base = daskmri.synth.make_dataset(work / "base", patients=15, slices=100, shape=(64, 64))
-    print(f"base set: {len(daskmri.scan(base))} records in {base}", flush=True)
+    print(f"base set: {len(daskmri.scan(base).table)} records in {base}", flush=True)
 
     rows = []
     for size in sizes:

@@ -172,9 +172,10 @@ def store_objects(slots: int, tasks: int, kinds=None) -> int:
     object per task; ``done``, one marker per task (chunks of 1); per-slot tables,
     one object per ``TABLE_CHUNK`` slots; one ``zarr.json`` per array and the group's.
     """
-    from daskmri.store.format import OLD_KINDS, TABLE_CHUNK, per_slot, pixel_names
+    import daskmri
+    from daskmri.store.format import TABLE_CHUNK, per_slot, pixel_names
 
-    kinds = OLD_KINDS if kinds is None else kinds
+    kinds = daskmri.SUNNYBROOK.kinds if kinds is None else kinds
     pixels, tables = len(pixel_names(kinds)), len(per_slot(kinds))
     per_task = pixels + 1 + 1  # the pixel arrays, geometry, the done marker
     metadata = pixels + tables + 2 + 1  # arrays, geometry and done, then the group

@@ -96,7 +96,7 @@ def _datasets(data: Path, copies: int, work: Path) -> tuple[Path, Path, int]:
     cines = volumes.read_cines(data)
     acdc = volumes.write_acdc(list(cines) * copies, work / "acdc")
     planes = sum(c.frames * c.positions for c in cines) * copies
-    dicoms = replicate(data, len(daskmri.scan(data)) * copies, work / "dicom")
+    dicoms = replicate(data, len(daskmri.scan(data).table) * copies, work / "dicom")
     return acdc, dicoms, planes
 
 

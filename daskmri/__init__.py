@@ -4,7 +4,7 @@ xarray Dataset of images and masks, built with Dask.
 A typical session::
 
     import daskmri
-    table = daskmri.scan("final_data")        # every record, no pixel I/O
+    table, problems = daskmri.scan("final_data")  # every record, no pixel I/O
     ds = daskmri.load_dataset("final_data")   # image and a mask per contour kind, along record
     daskmri.dropped(ds)                        # what was left out, and why
 """
@@ -15,7 +15,7 @@ import logging
 
 from ._lazy import lazy_exports
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Library logging stays silent unless the application configures it.
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -44,7 +44,7 @@ _EXPORTS = {
         "VolumeError",
         "WorkerStartError",
     ),
-    "daskmri.record": ("Problem", "Record", "VolumePlane"),
+    "daskmri.record": ("Problem", "Record", "Scan", "VolumePlane"),
     "daskmri.parse": ("read_record",),
     "daskmri.contours": ("polygon_mask", "read_contour"),
     "daskmri.dicom": ("read_dicom",),

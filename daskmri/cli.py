@@ -7,6 +7,7 @@ Run ``daskmri --help`` or ``daskmri COMMAND --help``. :func:`main` takes
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import sys
@@ -87,14 +88,18 @@ class _Parser(argparse.ArgumentParser):
 
 def _cmd_scan(args: argparse.Namespace) -> int:
     from .layout import scan
+    from .record import Problem
 
     layout = args.layout
-    table = scan(args.root, layout=layout, labels=args.labels)
+    table, problems = scan(args.root, layout=layout, labels=args.labels)
     columns = [f"{kind}_path" for kind in layout.kinds]
-    problems = table.attrs["problems"] + [
-        {"path": row[0] or next((p for p in row[1:-1] if p), None), "reason": row.problem}
-        for row in table[["image_path", *columns, "problem"]].itertuples(index=False)
-        if row.problem is not None
+    problems = [
+        *problems,
+        *(
+            Problem(row[0] or next((p for p in row[1:-1] if p), None), row.problem)
+            for row in table[["image_path", *columns, "problem"]].itertuples(index=False)
+            if row.problem is not None
+        ),
     ]
     print(f"root:        {table.attrs['root']}")
     print(f"patients:    {table.patient_id.nunique()}")
@@ -103,7 +108,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         print(f"{kind + ':':<12} {table[column].notna().sum()}")
     print(f"problems:    {len(problems)}")
     for problem in problems[: args.max_problems]:
-        print(f"  {problem['path']}: {problem['reason']}")
+        print(f"  {problem.path}: {problem.reason}")
     if len(problems) > args.max_problems:
         print(f"  ... and {len(problems) - args.max_problems} more")
     return 0
@@ -198,8 +203,8 @@ def _demo_picks(ds) -> list[int]:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .dataset import load_dataset
-    from .plot import overlay_grid, write_png, written_by_daskmri
-    from .schema import dropped
+    from .plot import COLOUR_NAMES, overlay_grid, write_png, written_by_daskmri
+    from .schema import dropped, kinds_of
 
     _refuse_to_overwrite(args.out, written_by_daskmri, "a PNG picture that daskmri wrote")
     with tempfile.TemporaryDirectory(prefix="daskmri-demo-") as tmp:
@@ -224,7 +229,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"time:        {elapsed:.2f} s ({n / elapsed:.0f} records/s)")
         if n:
             write_png(args.out, overlay_grid(ds, _demo_picks(ds)))
-            print(f"overlay:     {Path(args.out).resolve()} (red: i-contour, green: o-contour)")
+            colours = zip(kinds_of(ds), itertools.cycle(COLOUR_NAMES), strict=False)
+            named = ", ".join(f"{colour}: {kind}" for kind, colour in colours)
+            print(f"overlay:     {Path(args.out).resolve()} ({named})")
             _demo_epoch(ds)
     return 0
 

@@ -189,13 +189,13 @@ def _owns(ds: xr.Dataset, client) -> None:
 def _load(source: Source, parsing: Parsing, compute: Compute, client):
     """Scan, plan, run and assemble, once the settings are checked and the cluster
     (if any) reached."""
-    table = scan(
+    scanned = scan(
         source.root,
         layout=source.layout,
         labels=source.labels,
         source_options=dict(source.fs.options) or None,
     )
-    plan = plan_chunks(table, chunk_size=parsing.chunk_size, fs=source.fs)
+    plan = plan_chunks(scanned, chunk_size=parsing.chunk_size, fs=source.fs)
     shape = parsing.shape
     if plan.n_records and shape is None:
         records = (r for chunk in plan.chunks for r in chunk)

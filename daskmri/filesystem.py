@@ -13,14 +13,15 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import posixpath
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import LayoutError, MissingExtraError, redact
 
-__all__ = ["LOCAL", "FileSystem", "TooLarge", "split_root"]
+__all__ = ["LOCAL", "Entry", "FileSystem", "TooLarge", "split_root"]
 
 #: Bytes a prefetch asks for per object: enough for any slice or contour file (a
 #: 1024x1024 float32 slice is 4 MiB), while a chunk of 64 hostile objects of any size
@@ -38,6 +39,22 @@ class TooLarge(OSError):
     def __init__(self, size: int | None) -> None:
         super().__init__(size)
         self.size = size
+
+
+class Entry(NamedTuple):
+    """What a folder on a store holds, one entry: as :class:`os.DirEntry` answers
+    (``name``, ``path``, ``is_dir()``, ``is_symlink()``), so that one walker reads
+    both; a store has no links."""
+
+    name: str
+    path: str
+    folder: bool
+
+    def is_dir(self) -> bool:
+        return self.folder
+
+    def is_symlink(self) -> bool:
+        return False
 
 
 @dataclass(frozen=True)
@@ -159,10 +176,41 @@ class FileSystem:
                 blobs[path] = bytes(data)
         return FileSystem(self.protocol, self.options, blobs, self.listings)
 
-    def entries(self, folder: str) -> list[tuple[str, str, bool]]:
-        """``(name, path, is_folder)`` of what ``folder`` holds, sorted by name;
-        empty when there is no such folder. Only for a URL (a local scan uses
-        ``os.scandir``, which also tells links apart)."""
+    def absolute(self, path: str | os.PathLike[str]) -> str:
+        """``path`` as records name it: absolute on this machine, a URL as it is."""
+        return os.path.abspath(path) if self.local else os.fspath(path)
+
+    def join(self, folder: str, name: str) -> str:
+        """``name`` inside ``folder`` (a store's separator is always ``/``)."""
+        return os.path.join(folder, name) if self.local else posixpath.join(folder, name)
+
+    def real(self, path: str) -> str:
+        """``path`` with every link resolved (a store has none: unchanged)."""
+        return os.path.realpath(path) if self.local else path
+
+    def inside(self, path: str, root_real: str) -> bool:
+        """Whether ``path``, links resolved, is ``root_real`` (a :meth:`real` path)
+        or lies under it.
+
+        Examples
+        --------
+        >>> FileSystem("s3").inside("s3://b/data/x", "s3://b/data"), LOCAL.inside("/", "/tmp")
+        (True, False)
+        """
+        real, sep = (os.path.realpath(path), os.sep) if self.local else (path, "/")
+        return real == root_real or real.startswith(root_real.rstrip(sep) + sep)
+
+    def entries(self, folder: str) -> list[os.DirEntry | Entry]:
+        """What ``folder`` holds, sorted by name; empty when there is no such folder.
+        Local: :func:`os.scandir`'s entries as they are (a million-file scan depends
+        on their cached types); a store: :class:`Entry` values, from the listing
+        :meth:`listed` made when there is one."""
+        if self.local:
+            try:
+                with os.scandir(folder) as found:
+                    return sorted(found, key=_name)
+            except OSError:
+                return []
         if self.listings is not None and folder in self.listings:
             return self.listings[folder]
         try:
@@ -171,20 +219,24 @@ class FileSystem:
             return []
         return self._entries(listed)
 
-    def _entries(self, listed: list[dict]) -> list[tuple[str, str, bool]]:
+    def _entries(self, listed: list[dict]) -> list[Entry]:
         found = []
         for info in listed:
             name = info["name"].rstrip("/")
-            found.append((name.rsplit("/", 1)[-1], self.url(name), info["type"] == "directory"))
+            folder = info["type"] == "directory"
+            found.append(Entry(name.rsplit("/", 1)[-1], self.url(name), folder))
         return sorted(found)
 
     def listed(self, folders: Iterable[str]) -> FileSystem:
         """This filesystem holding the listings of ``folders``, made concurrently
         (an async filesystem such as s3fs); a folder that fails to list is left out,
-        so that :meth:`entries` asks again and raises its error."""
+        so that :meth:`entries` asks again and raises its error. Local: itself (a
+        local listing costs no round trip)."""
         wanted = sorted(set(folders))
+        if self.local or not wanted:
+            return self
         fs = self.fsspec()
-        if not wanted or not getattr(fs, "async_impl", False):
+        if not getattr(fs, "async_impl", False):
             return self
         from fsspec.asyn import sync
 
@@ -236,6 +288,10 @@ class FileSystem:
 
 
 LOCAL = FileSystem()
+
+
+def _name(entry: os.DirEntry) -> str:
+    return entry.name
 
 
 def _read_local(path: str, max_bytes: int) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import fnmatch
 import glob
 import io
 import itertools
@@ -14,16 +13,13 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .errors import LayoutError, redact
 from .filesystem import LOCAL, FileSystem, TooLarge, split_root
-from .record import RESERVED, RTSlice
+from .record import RESERVED, Problem, RTSlice, Scan
 from .sources import volumes
 from .sources.volumes import VolumeLayout
-
-if TYPE_CHECKING:
-    import pandas as pd
+from .sources.walk import first_listing, walk
 
 __all__ = [
     "LABELS",
@@ -304,55 +300,16 @@ class Layout:
         """
         return dataclasses.asdict(self)
 
-    def fingerprint_dict(self) -> dict:
-        """The fields as the input fingerprint of a store hashes them: :meth:`to_dict`,
-        except that a layout the previous version could express (exactly the two text
-        kinds ``icontour`` and ``ocontour``, no RTSTRUCT) gives that version's dict,
-        so that its stores stay fresh (see :meth:`from_dict` for the old shape).
-
-        Examples
-        --------
-        >>> sorted(SUNNYBROOK.fingerprint_dict())[:4]
-        ['dicom_glob', 'dicom_regex', 'icontour_glob', 'icontour_regex']
-        >>> "contours" in Layout(contours=(ICONTOUR,)).fingerprint_dict()
-        True
-        """
-        values = self.to_dict()
-        old = (ICONTOUR, OCONTOUR)
-        if self.rtstruct is not None or len(self.contours) != len(old):
-            return values
-        if any(
-            kind != dataclasses.replace(was, glob=kind.glob, regex=kind.regex)
-            for kind, was in zip(self.contours, old, strict=True)
-        ):
-            return values
-        del values["contours"], values["rtstruct"]
-        for kind in self.contours:
-            values |= {f"{kind.name}_glob": kind.glob, f"{kind.name}_regex": kind.regex}
-        return values
-
     @classmethod
     def from_dict(cls, values: dict) -> Layout:
-        """Inverse of :meth:`to_dict`; also reads the dict of a layout saved before
-        contour kinds were declared (fields ``icontour_glob``, ``icontour_regex``, ...).
+        """Inverse of :meth:`to_dict`.
 
         Examples
         --------
-        >>> old = {k: v for k, v in SUNNYBROOK.to_dict().items() if k != "contours"}
-        >>> old |= {"icontour_glob": ICONTOUR.glob, "icontour_regex": ICONTOUR.regex,
-        ...         "ocontour_glob": OCONTOUR.glob, "ocontour_regex": OCONTOUR.regex}
-        >>> Layout.from_dict(old) == SUNNYBROOK
+        >>> Layout.from_dict(SERIES.to_dict()) == SERIES
         True
         """
         values = dict(values)
-        if "icontour_glob" in values:
-            old = [(ICONTOUR, "icontour"), (OCONTOUR, "ocontour")]
-            values["contours"] = [
-                dataclasses.replace(
-                    kind, glob=values.pop(f"{n}_glob"), regex=values.pop(f"{n}_regex")
-                )
-                for kind, n in old
-            ]
         values["contours"] = tuple(
             k if isinstance(k, ContourKind) else ContourKind(**k)
             for k in values.get("contours", ())
@@ -380,107 +337,6 @@ SERIES = Layout(
         dataclasses.replace(OCONTOUR, glob="contourfiles/{original_id}/*/o-contours/*.txt"),
     ),
 )
-
-
-def _inside(path: str, root_real: str) -> bool:
-    real = os.path.realpath(path)
-    return real == root_real or real.startswith(root_real + os.sep)
-
-
-def _find(root: str, root_real: str, pattern: str, problems: list[dict], ids: dict) -> list[str]:
-    """Paths under ``root`` matching a relative glob, never leaving ``root``.
-
-    Directories are resolved once each; a file is resolved only when it is a
-    symlink, which keeps a million-file scan cheap. Matching entries that are not
-    regular files (a directory named like a slice) are returned so that the
-    build can drop their record with a reason.
-    """
-    parts = pattern.split("/")
-    dirs = [root]
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        literal = glob.escape(part) == part
-        regex = None if literal else re.compile(fnmatch.translate(part))
-        found: list[str] = []
-        for directory in dirs:
-            if not _inside(directory, root_real):
-                problems.append(
-                    _problem(
-                        directory, "folder is a link that leaves the root; not followed", **ids
-                    )
-                )
-                continue
-            if literal:
-                candidate = os.path.join(directory, part)
-                if last and os.path.lexists(candidate):
-                    # A literal name obeys the wildcard's rule: a link out is not followed.
-                    if os.path.islink(candidate) and not _inside(candidate, root_real):
-                        problems.append(_leaves(candidate, ids))
-                    else:
-                        found.append(candidate)
-                elif not last and os.path.isdir(candidate):
-                    found.append(candidate)
-                continue
-            try:
-                entries = sorted(os.scandir(directory), key=lambda e: e.name)
-            except OSError:
-                continue
-            for entry in entries:
-                if not regex.match(entry.name):
-                    continue
-                if last:
-                    if entry.is_symlink() and not _inside(entry.path, root_real):
-                        problems.append(_leaves(entry.path, ids))
-                        continue
-                    found.append(entry.path)
-                elif entry.is_dir():
-                    found.append(entry.path)
-        dirs = found
-    return dirs
-
-
-def _find_at_url(fs: FileSystem, root: str, pattern: str) -> list[str]:
-    """:func:`_find` on a store: one listing per folder that a wildcard part
-    searches, none for a literal folder on the way (a missing one lists as empty).
-    A store has no links, and the ids were checked, so no path can leave the root."""
-    dirs = [root]
-    parts = pattern.split("/")
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        if glob.escape(part) == part and not last:
-            dirs = [f"{directory}/{part}" for directory in dirs]
-            continue
-        regex = re.compile(fnmatch.translate(part))
-        dirs = [
-            path
-            for directory in dirs
-            for name, path, is_folder in fs.entries(directory)
-            if regex.match(name) and (last or is_folder)
-        ]
-    return dirs
-
-
-def _first_listing(root: str, pattern: str) -> str:
-    """The folder that :func:`_find_at_url` lists first for ``pattern``: the one that
-    holds its first wildcard part (or its file)."""
-    parts = pattern.split("/")
-    literal = next((k for k, part in enumerate(parts) if glob.escape(part) != part), len(parts) - 1)
-    return "/".join([root, *parts[:literal]])
-
-
-def _leaves(path: str, ids: dict) -> dict:
-    return _problem(path, "file is a link that leaves the root; not followed", **ids)
-
-
-def _problem(path: str, reason: str, **ids: object) -> dict:
-    return {
-        "patient_id": None,
-        "original_id": None,
-        "instance": None,
-        **ids,
-        "path": path,
-        "reason": reason,
-    }
 
 
 def _read_link(root: str, layout: Layout, fs: FileSystem) -> list[tuple[int, dict[str, str]]]:
@@ -517,20 +373,20 @@ def _safe_id(value: str) -> bool:
 
 
 def _instances(
-    paths: list[str], regex: re.Pattern[str], kind: str, ids: dict, problems: list[dict]
+    paths: list[str], regex: re.Pattern[str], kind: str, ids: dict, problems: list[Problem]
 ) -> dict[int, str]:
     by_instance: dict[int, str] = {}
     for path in paths:
         match = regex.fullmatch(os.path.basename(path))
         if match is None:
             problems.append(
-                _problem(path, f"{kind} file name does not match the layout's pattern", **ids)
+                Problem(path, f"{kind} file name does not match the layout's pattern", **ids)
             )
             continue
         instance = int(match["instance"])
         if instance in by_instance:
             problems.append(
-                _problem(
+                Problem(
                     path,
                     f"second {kind} file for instance {instance} (first: "
                     f"{os.path.basename(by_instance[instance])}); ignored",
@@ -548,7 +404,7 @@ def iter_records(
     *,
     layout: Layout | VolumeLayout | None = None,
     labels: str = "any",
-    problems: list[dict],
+    problems: list[Problem],
     fs: FileSystem = LOCAL,
 ) -> Iterator[dict]:
     """The rows of :func:`scan` (of the folder ``root`` on ``fs``), one dict at a
@@ -565,28 +421,20 @@ def iter_records(
     """
     layout = SUNNYBROOK if layout is None else layout
     wanted = layout.label_kind(labels)
-    root = os.path.abspath(os.fspath(root)) if fs.local else os.fspath(root)
+    root = fs.absolute(root)
     fs.forget_listings(root)  # a store: list what is there now, not what was cached
     if not _is_folder(fs, root):
         hint = "" if fs.local else " (nothing is stored under this prefix); check the URL"
         raise LayoutError(f"dataset root {root!r} is not a folder{hint}")
     if isinstance(layout, VolumeLayout):
-        yield from _volume_rows(root, layout, labels, problems, fs)
+        yield from volumes.iter_records(
+            root, layout=layout, labels=labels, problems=problems, fs=fs
+        )
         return
     finder = _Finder(root, layout, problems, fs)
     patients = _patients(root, layout, problems, fs)
-    for ids in patients if fs.local else finder.listed_ahead(patients):
+    for ids in finder.listed_ahead(patients):
         yield from finder.records(ids, wanted)
-
-
-def _volume_rows(root: str, layout, labels: str, problems: list[dict], fs: FileSystem):
-    """The rows of a volume source, its problems appended as they are found."""
-    found: list = []
-    for row in volumes.iter_records(root, layout=layout, labels=labels, problems=found, fs=fs):
-        problems.extend(problem.row() for problem in found)
-        found.clear()
-        yield row
-    problems.extend(problem.row() for problem in found)
 
 
 def layout_from_dict(values: dict) -> Layout | VolumeLayout:
@@ -616,7 +464,7 @@ def _is_folder(fs: FileSystem, root: str) -> bool:
 
 
 def _patients(
-    root: str, layout: Layout, problems: list[dict], fs: FileSystem
+    root: str, layout: Layout, problems: list[Problem], fs: FileSystem
 ) -> Iterator[dict[str, str]]:
     """The link file's ``{patient_id, original_id}`` rows, in patient id order (so
     records come out sorted by (patient_id, instance) without holding them all to
@@ -635,10 +483,10 @@ def _patients(
                 f"{where}: ids {patient_id!r}, {original_id!r} are empty or would leave "
                 "the root folder; row ignored"
             )
-            problems.append(_problem(link, reason))
+            problems.append(Problem(link, reason))
         elif patient_id in seen:
             problems.append(
-                _problem(link, f"{where}: patient {patient_id!r} is listed twice; row ignored")
+                Problem(link, f"{where}: patient {patient_id!r} is listed twice; row ignored")
             )
         else:
             seen.add(patient_id)
@@ -648,9 +496,9 @@ def _patients(
 class _Finder:
     """One patient's files, found by the layout's globs under the root."""
 
-    def __init__(self, root: str, layout: Layout, problems: list[dict], fs: FileSystem) -> None:
+    def __init__(self, root: str, layout: Layout, problems: list[Problem], fs: FileSystem) -> None:
         self.root, self.layout, self.problems, self.fs = root, layout, problems, fs
-        self.root_real = os.path.realpath(root) if fs.local else root
+        self.root_real = fs.real(root)
         self.regexes = {"DICOM": re.compile(layout.dicom_regex)} | {
             kind.name: re.compile(kind.regex) for kind in layout.contours
         }
@@ -658,7 +506,7 @@ class _Finder:
     def listed_ahead(self, patients: Iterator[dict]) -> Iterator[dict]:
         """``patients``, with the folders their globs list first listed at once, for
         :data:`LIST_AHEAD` patients at a time: on a store each listing is a request,
-        whose latency would otherwise add up patient by patient."""
+        whose latency would otherwise add up patient by patient (locally a no-op)."""
         layout = self.layout
         patterns = [layout.dicom_glob, *(kind.glob for kind in layout.contours)]
         patterns += [] if layout.rtstruct is None else [layout.rtstruct.glob]
@@ -666,14 +514,12 @@ class _Finder:
             folders = []
             for ids in batch:
                 fill = {key: glob.escape(value) for key, value in ids.items()}
-                folders += [_first_listing(self.root, p.format(**fill)) for p in patterns]
+                folders += [first_listing(self.root, p.format(**fill)) for p in patterns]
             self.fs = self.fs.listed(folders)
             yield from batch
 
     def find(self, pattern: str, ids: dict) -> list[str]:
-        if not self.fs.local:
-            return _find_at_url(self.fs, self.root, pattern)
-        return _find(self.root, self.root_real, pattern, self.problems, ids)
+        return walk(self.fs, self.root, pattern, self.problems, ids, root_real=self.root_real)
 
     def files(self, kind: str, pattern: str, ids: dict, fill: dict) -> dict[int, str]:
         found = self.find(pattern.format(**fill), ids)
@@ -686,7 +532,7 @@ class _Finder:
         text = {k.name: self.files(k.name, k.glob, ids, fill) for k in layout.contours}
         if not dicoms:
             where = os.path.join(self.root, layout.dicom_glob.format(**fill))
-            self.problems.append(_problem(where, "no DICOM files for this patient", **ids))
+            self.problems.append(Problem(where, "no DICOM files for this patient", **ids))
         rt = {} if layout.rtstruct is None or not dicoms else self.rtstruct(ids, fill, dicoms)
         # Out of the loop: it runs for every slice of the patient, most without contours
         # (27k slices for 2k records in the real sample), and layout.kinds builds tuples.
@@ -715,17 +561,16 @@ class _Finder:
             try:
                 sets.append(read_structure_set(path, fs=fs))
             except RTStructError as exc:
-                self.problems.append(_problem(path, exc.reason, **ids))
+                self.problems.append(Problem(path, exc.reason, **ids))
         planes = {}
         for instance, path in dicoms.items():
             try:
                 planes[instance] = read_plane(path, fs=fs)
             except RTStructError as exc:
                 reason = f"{exc.reason}; the slice gets no RTSTRUCT contour"
-                self.problems.append(_problem(path, reason, **ids, instance=instance))
+                self.problems.append(Problem(path, reason, **ids, instance=instance))
         found = assign(sets, planes, self.layout.rtstruct.rois)
-        for path, reason, instance in found.problems:
-            self.problems.append(_problem(path, reason, **ids, instance=instance))
+        self.problems += [dataclasses.replace(p, **ids) for p in found.problems]
         return {
             instance: RTSlice(
                 planes[instance].as_tuple(),
@@ -763,7 +608,7 @@ def scan(
     labels: str = "any",
     *,
     source_options: dict | None = None,
-) -> pd.DataFrame:
+) -> Scan:
     """List every record (one image slice with its contours) under ``root``.
 
     Reads the link file and directory listings only, never pixel data, and never
@@ -787,14 +632,16 @@ def scan(
 
     Returns
     -------
-    pandas.DataFrame
-        One row per record sorted by ``(patient_id, instance)``, with columns
+    Scan
+        ``(table, problems)``. ``table``, a pandas.DataFrame: one row per record
+        sorted by ``(patient_id, instance)``, with columns
         ``patient_id``, ``original_id``, ``instance``, ``image_path``, a
         ``<kind>_path`` per contour kind (``icontour_path``, ``ocontour_path``; the
         contour file, or the RTSTRUCT file that holds the slice's contours of that
         kind; None when absent) and ``problem`` (None, or why the record cannot be
         built, e.g. a contour without its DICOM); with an RTSTRUCT layout also
-        ``rtstruct``, the slice's plane and contours. ``attrs["problems"]`` lists
+        ``rtstruct``, the slice's plane and contours; ``attrs`` holds the ``root``,
+        ``layout`` and ``labels``. ``problems``, a tuple of :class:`~daskmri.Problem`:
         what was found wrong outside any record (bad link rows, links leaving the
         root, unmatched file names, RTSTRUCT files and contours left out).
 
@@ -814,15 +661,15 @@ def scan(
     >>> import tempfile
     >>> from daskmri import synth
     >>> root = synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=6, shape=(32, 32))
-    >>> table = scan(root)
-    >>> table[["patient_id", "instance"]].values.tolist()
-    [['SYN0001', 2], ['SYN0001', 3], ['SYN0001', 4], ['SYN0001', 6]]
+    >>> table, problems = scan(root)
+    >>> table[["patient_id", "instance"]].values.tolist(), problems
+    ([['SYN0001', 2], ['SYN0001', 3], ['SYN0001', 4], ['SYN0001', 6]], ())
     """
     import pandas as pd  # here, not at the top: worker processes import this module
 
     fs, root = split_root(root, source_options)
     layout = SUNNYBROOK if layout is None else layout
-    problems: list[dict] = []
+    problems: list[Problem] = []
     records = list(iter_records(root, layout=layout, labels=labels, problems=problems, fs=fs))
     paths = [f"{kind}_path" for kind in layout.kinds]
     if isinstance(layout, VolumeLayout):
@@ -837,6 +684,6 @@ def scan(
             table[column] = table[column].astype("int64")
     for column in ("image_path", *paths, "problem", *rt):
         table[column] = table[column].astype(object).where(table[column].notna(), None)
-    table.attrs = {"root": root, "layout": layout.to_dict(), "labels": labels, "problems": problems}
+    table.attrs = {"root": root, "layout": layout.to_dict(), "labels": labels}
     logger.info("scanned %s: %d records, %d problems", root, len(table), len(problems))
-    return table
+    return Scan(table, tuple(problems))

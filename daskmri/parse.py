@@ -37,7 +37,6 @@ from .rtstruct import Plane, structure_mask
 from .sources.volumes import read_unit
 
 __all__ = [
-    "KINDS",
     "ChunkResult",
     "DefaultReader",
     "Dropping",
@@ -345,16 +344,12 @@ class ChunkResult:
         return dataclasses.replace(self, image=None, masks=None)
 
 
-#: The Sunnybrook contour kinds, the default wherever kinds are not given.
-KINDS = ("icontour", "ocontour")
-
-
 def parse_chunk(
     records: Sequence[Record],
     *,
     shape: tuple[int, int],
     reader: Callable[[Record], Parsed],
-    kinds: Sequence[str] = KINDS,
+    kinds: Sequence[str],
     slots: Slots | None = None,
     start: int = 0,
     compact: bool = True,
@@ -404,7 +399,8 @@ def parse_chunk(
     >>> from daskmri.plan import plan_chunks
     >>> root = synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=4, shape=(32, 32))
     >>> plan = plan_chunks(daskmri.scan(root))
-    >>> result = parse_chunk(plan.chunks[0], shape=(32, 32), reader=read_record)
+    >>> kinds = daskmri.SUNNYBROOK.kinds
+    >>> result = parse_chunk(plan.chunks[0], shape=(32, 32), reader=read_record, kinds=kinds)
     >>> result.image.shape, sorted(result.masks), result.dropped
     ((3, 32, 32), ['icontour', 'ocontour'], [])
 
@@ -653,7 +649,8 @@ def parse_partition(
     reader: Callable[[Record], Parsed],
     slots: Slots | None = None,
     fit: str = "drop",
-    kinds: Sequence[str] = KINDS,
+    *,
+    kinds: Sequence[str],
 ) -> list[ChunkResult]:
     """One chunk task for a dataset held in memory: items are ``(slot, record)``
     pairs, because a task does not otherwise know where its chunk starts. A list,

@@ -32,7 +32,7 @@ from .filesystem import LOCAL, FileSystem
 from .fit import place
 from .layout import iter_records, layout_from_dict
 from .limits import Limits
-from .record import Record
+from .record import Problem, Record, Scan
 from .settings import Source, check_chunk_size
 from .sources.volumes import plane_geometry
 
@@ -78,12 +78,19 @@ class ChunkPlan:
         return [list(enumerate(c, start)) for c, start in zip(self.chunks, starts, strict=False)]
 
 
-def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64, fs: FileSystem = LOCAL) -> ChunkPlan:
+def plan_chunks(
+    table: pd.DataFrame | Scan,
+    problems: Iterable[Problem] = (),
+    *,
+    chunk_size: int = 64,
+    fs: FileSystem = LOCAL,
+) -> ChunkPlan:
     """Split a :func:`daskmri.scan` table into chunks of ``chunk_size`` records.
 
-    Records the scan already found broken (``problem`` set) and the scan's own
-    problems go to ``dropped`` and are never parsed. The records read their files
-    through ``fs``: the filesystem the scan listed (local by default).
+    ``table`` is the scan's table (with its ``problems`` beside it), or the whole
+    :class:`~daskmri.Scan`. Records the scan already found broken (``problem`` set)
+    and the scan's own problems go to ``dropped`` and are never parsed. The records
+    read their files through ``fs``: the filesystem the scan listed (local by default).
 
     Examples
     --------
@@ -95,11 +102,15 @@ def plan_chunks(table: pd.DataFrame, *, chunk_size: int = 64, fs: FileSystem = L
     [4, 4, 4, 2]
     """
     check_chunk_size(chunk_size)
-    dropped: list[dict] = [dict(p) for p in table.attrs.get("problems", [])]
+    if isinstance(table, Scan):
+        table, problems = table
+    dropped: list[Problem] = list(problems)
     kinds = layout_from_dict(table.attrs["layout"]).kinds if "layout" in table.attrs else None
     rows = (plan_row(row._asdict(), dropped, kinds, fs) for row in table.itertuples(index=False))
     records = [record for record in rows if record is not None]
-    return ChunkPlan(chunks=tuple(pack(records, chunk_size)), dropped=tuple(dropped))
+    return ChunkPlan(
+        chunks=tuple(pack(records, chunk_size)), dropped=tuple(p.row() for p in dropped)
+    )
 
 
 def pack(records: Sequence[Record], chunk_size: int) -> Iterator[tuple[Record, ...]]:
@@ -139,10 +150,10 @@ def _unit_or_self(record: Record) -> object:
 
 
 def plan_row(
-    row: dict, dropped: list[dict], kinds: Sequence[str] | None = None, fs: FileSystem = LOCAL
+    row: dict, dropped: list[Problem], kinds: Sequence[str] | None = None, fs: FileSystem = LOCAL
 ) -> Record | None:
     """A scan row as a record to parse, or, when the scan found it unbuildable, None
-    and a :func:`daskmri.dropped` row appended to ``dropped``. ``kinds`` are the
+    and its :class:`~daskmri.Problem` appended to ``dropped``. ``kinds`` are the
     layout's contour kinds (default: those of the row's ``<kind>_path`` keys), ``fs``
     where its files are."""
     if kinds is None:
@@ -152,15 +163,9 @@ def plan_row(
     contours = tuple((kind, row[f"{kind}_path"]) for kind in kinds)
     if row["problem"] is not None:
         paths = [path for _, path in contours if path is not None]
-        dropped.append(
-            {
-                "patient_id": row["patient_id"],
-                "original_id": row["original_id"],
-                "instance": int(row["instance"]),
-                "path": paths[0] if paths else row["image_path"],
-                "reason": row["problem"],
-            }
-        )
+        path = paths[0] if paths else row["image_path"]
+        ids = (row["patient_id"], row["original_id"], int(row["instance"]))
+        dropped.append(Problem(path, row["problem"], *ids))
         return None
     return Record(
         row["patient_id"],
@@ -174,9 +179,9 @@ def plan_row(
     )
 
 
-def iter_plan(source: Source, *, problems: list[dict]) -> Iterator[Record]:
+def iter_plan(source: Source, *, problems: list[Problem]) -> Iterator[Record]:
     """The records to parse, in scan order, one at a time. Everything the scan found
-    unbuildable goes to ``problems`` as :func:`daskmri.dropped` rows."""
+    unbuildable goes to ``problems``."""
     rows = iter_records(
         source.root, layout=source.layout, labels=source.labels, problems=problems, fs=source.fs
     )
@@ -357,7 +362,7 @@ def plan_inputs(
     With at most ``keep`` records, they are kept too (``Inputs.records``), so that a
     build of a small folder needs no second scan."""
     root = source.root
-    problems: list[dict] = []
+    problems: list[Problem] = []
     keys, fingerprints = array("Q"), array("Q")
     digest = InputHash()
     found: list[tuple[str, int]] = []
@@ -385,16 +390,17 @@ def plan_inputs(
                 pending = []
     if sink is not None and pending:
         sink(pending, fingerprints[-len(pending) :].tolist())
+    dropped = tuple(p.row() for p in problems)
     return Inputs(
         root=root,
         keys=np.array(keys, dtype=np.uint64),
         fingerprints=np.array(fingerprints, dtype=np.uint64),
         fingerprint=digest.hexdigest(
             settings={"layout": source.layout.to_dict(), "labels": source.labels},
-            problems=problems,
+            problems=dropped,
             link_stat=_link_stat(source),
         ),
-        scan_dropped=tuple(problems),
+        scan_dropped=dropped,
         names=tuple(found) if names else None,
         records=None if kept is None else tuple(kept),
         units=np.array(units, dtype=np.uint32),

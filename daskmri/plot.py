@@ -14,10 +14,17 @@ from ._png import write_png, written_by_daskmri
 
 __all__ = ["overlay", "overlay_grid", "show", "write_png", "written_by_daskmri"]
 
-INNER_RGB = (255, 64, 64)
-OUTER_RGB = (64, 255, 96)
-#: The outline colour of each contour kind, in the layout's order (then again).
-PALETTE = (INNER_RGB, OUTER_RGB, (80, 160, 255), (255, 220, 0), (255, 0, 255), (0, 230, 230))
+#: The outline colour of each mask, in the order given (then again): red, green,
+#: blue, yellow, magenta, cyan.
+PALETTE = (
+    (255, 64, 64),
+    (64, 255, 96),
+    (80, 160, 255),
+    (255, 220, 0),
+    (255, 0, 255),
+    (0, 230, 230),
+)
+COLOUR_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan")
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -28,17 +35,27 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 
 def overlay(
-    image: np.ndarray,
-    icontour: np.ndarray | None = None,
-    ocontour: np.ndarray | None = None,
-    *more: np.ndarray | None,
+    image: np.ndarray, *masks: np.ndarray | dict[str, np.ndarray | None] | None
 ) -> np.ndarray:
-    """Grey image with the outlines of its masks: the first contour kind (the inner,
-    ``icontour``) red, the second (``ocontour``) green, further kinds (``more``) in
-    blue, yellow, magenta, cyan; earlier kinds are drawn over later ones.
+    """Grey image with the outlines of its masks, each kind in the colour of its
+    place (:data:`PALETTE`: red, green, blue, yellow, magenta, cyan, then again);
+    earlier masks are drawn over later ones.
 
     The grey scale spans the 1st to 99th percentile, so one bright pixel does
     not darken the picture.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        One 2D image.
+    *masks : numpy.ndarray or None, or one dict of str to numpy.ndarray or None
+        The masks in order (None: that kind has none here), or one dict from kind
+        name to mask, in its order (e.g. the layout's kinds).
+
+    Raises
+    ------
+    TypeError
+        If a dict is given with other masks.
 
     Returns
     -------
@@ -49,15 +66,20 @@ def overlay(
     --------
     >>> import numpy as np
     >>> mask = np.zeros((5, 5), bool); mask[1:4, 1:4] = True
-    >>> rgb = overlay(np.arange(25.0).reshape(5, 5), icontour=mask)
+    >>> rgb = overlay(np.arange(25.0).reshape(5, 5), mask)
     >>> rgb.shape, rgb[1, 1].tolist(), bool(rgb[2, 2, 0] == rgb[2, 2, 1])
     ((5, 5, 3), [255, 64, 64], True)
+    >>> overlay(np.zeros((5, 5)), {"lv": None, "myo": mask})[1, 1].tolist()
+    [64, 255, 96]
     """
+    if any(isinstance(mask, dict) for mask in masks):
+        if len(masks) != 1:
+            raise TypeError("overlay takes the masks one by one, or one dict of them")
+        masks = tuple(masks[0].values())
     image = np.asarray(image, dtype=np.float64)
     lo, hi = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
     grey = np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1)
     rgb = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=2)
-    masks = (icontour, ocontour, *more)
     colours = [PALETTE[k % len(PALETTE)] for k in range(len(masks))]
     for mask, colour in reversed(list(zip(masks, colours, strict=True))):
         if mask is not None:
@@ -115,8 +137,8 @@ def _masks(get: dict, kinds, k: int) -> list[np.ndarray | None]:
 
 
 def show(data, records=None, *, columns: int = 4, size: float = 2.5):
-    """Overlays for a notebook: the image and the outline of each contour kind
-    (i-contour red, o-contour green, further kinds in the colours of :func:`overlay`).
+    """Overlays for a notebook: the image and the outline of each contour kind,
+    in the colours of :func:`overlay` (the first kind red, the second green, ...).
 
     Parameters
     ----------

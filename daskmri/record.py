@@ -7,7 +7,7 @@ Imported by worker processes, so it needs numpy only (pandas inside a function).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -27,6 +27,7 @@ __all__ = [
     "Problem",
     "RTSlice",
     "Record",
+    "Scan",
     "VolumePlane",
     "drop_row",
     "dropped_table",
@@ -67,34 +68,6 @@ RESERVED = frozenset(
     | {"frame", "slice", "phase", "volume", "rtstruct"}
     | {"x", "y", "padding", *GEOMETRY}
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing a scan found wrong: a file and the reason, and the patient and
-    instance when known. Its :meth:`row` is a :func:`daskmri.dropped` row.
-
-    Examples
-    --------
-    >>> Problem("/d/link.csv", "line 3: patient listed twice").row()["reason"]
-    'line 3: patient listed twice'
-    """
-
-    path: str
-    reason: str
-    patient_id: str | None = None
-    original_id: str | None = None
-    instance: int | None = None
-
-    def row(self) -> dict:
-        """The :func:`daskmri.dropped` row."""
-        return {
-            "patient_id": self.patient_id,
-            "original_id": self.original_id,
-            "instance": self.instance,
-            "path": self.path,
-            "reason": self.reason,
-        }
 
 
 #: The columns of :func:`daskmri.dropped`.
@@ -168,7 +141,7 @@ class Record:
     Examples
     --------
     >>> r = Record("P", "O", 3, "/d/3.dcm", (("icontour", "/c/i.txt"), ("ocontour", None)))
-    >>> r.kinds, r.path("icontour"), r.ocontour_path is None
+    >>> r.kinds, r.path("icontour"), r.path("ocontour") is None
     (('icontour', 'ocontour'), '/c/i.txt', True)
     """
 
@@ -216,15 +189,53 @@ class Record:
         """The file of this record's contour of ``kind``, or None."""
         return next((path for name, path in self.contours if name == kind), None)
 
-    @property
-    def icontour_path(self) -> str | None:
-        """``path("icontour")``, as readers written for the Sunnybrook layout use."""
-        return self.path("icontour")
 
-    @property
-    def ocontour_path(self) -> str | None:
-        """``path("ocontour")``."""
-        return self.path("ocontour")
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Something a scan found wrong outside a record (a bad link-file row, a link
+    out of the root, a file name the layout does not match, ...), or why a record
+    was dropped: one row of :func:`daskmri.dropped`.
+
+    :func:`daskmri.scan` returns them beside its table (``Scan.problems``), so that
+    filtering the table keeps them.
+
+    Examples
+    --------
+    >>> p = Problem("/d/notes.dcm", "DICOM file name does not match", patient_id="P1")
+    >>> p.row()["reason"], p.row()["instance"] is None
+    ('DICOM file name does not match', True)
+    """
+
+    path: str | None
+    reason: str
+    patient_id: str | None = None
+    original_id: str | None = None
+    instance: int | None = None
+
+    def row(self) -> dict:
+        """The :func:`daskmri.dropped` row: a dict of :data:`DROPPED_COLUMNS`.
+
+        Examples
+        --------
+        >>> list(Problem("/d/x", "bad").row()) == DROPPED_COLUMNS
+        True
+        """
+        return {
+            "patient_id": self.patient_id,
+            "original_id": self.original_id,
+            "instance": self.instance,
+            "path": self.path,
+            "reason": self.reason,
+        }
+
+
+class Scan(NamedTuple):
+    """What :func:`scan` returns: the records' table and, beside it, the
+    :class:`Problem` values found outside any record (they stay whole
+    when the table is filtered). Unpacks as ``table, problems = daskmri.scan(root)``."""
+
+    table: pd.DataFrame
+    problems: tuple[Problem, ...]
 
 
 class Placeholder(Record):
@@ -254,13 +265,7 @@ def drop_row(record: Record, exc: BaseException) -> dict:
     else:
         # A custom reader raised something else: keep the type so it can be found.
         path, reason = record.image_path, f"{type(exc).__name__}: {exc}"
-    return {
-        "patient_id": record.patient_id,
-        "original_id": record.original_id,
-        "instance": record.instance,
-        "path": path,
-        "reason": reason,
-    }
+    return Problem(path, reason, record.patient_id, record.original_id, record.instance).row()
 
 
 def dropped_table(rows: list[dict]) -> pd.DataFrame:

@@ -34,6 +34,7 @@ from .dicom import PLANE_TAGS, read_text_tags
 from .errors import DicomError, RTStructError, one_line
 from .filesystem import LOCAL, FileSystem
 from .limits import DEFAULT_LIMITS, Limits, read_bounded
+from .record import Problem
 
 __all__ = [
     "Contour",
@@ -255,11 +256,12 @@ class Contour:
 
 @dataclass(frozen=True)
 class StructureSet:
-    """The usable contours of one RTSTRUCT file, and what was wrong with the others."""
+    """The usable contours of one RTSTRUCT file, and what was wrong with the others
+    (a :class:`~daskmri.record.Problem` of the file each)."""
 
     path: str
     contours: tuple[Contour, ...]
-    problems: tuple[str, ...] = ()
+    problems: tuple[Problem, ...] = ()
     names: tuple[tuple[int, str], ...] = ()
 
 
@@ -358,7 +360,7 @@ def _structure_set(path: str, ds, limits: Limits) -> StructureSet:
         for item in ds.StructureSetROISequence
     }
     contours: list[Contour] = []
-    problems: list[str] = []
+    problems: list[Problem] = []
     index = 0
     for roi in ds.ROIContourSequence:
         number = int(roi.ReferencedROINumber)
@@ -369,10 +371,11 @@ def _structure_set(path: str, ds, limits: Limits) -> StructureSet:
                 points = _points(item, limits)
                 uid = _reference(item)
             except ValueError as exc:
-                problems.append(f"{where}: {exc}; dropped")
+                problems.append(Problem(path, f"{where}: {exc}; dropped"))
             else:
                 if name is None:
-                    problems.append(f"{where}: ROI number {number} has no StructureSetROI; dropped")
+                    reason = f"{where}: ROI number {number} has no StructureSetROI; dropped"
+                    problems.append(Problem(path, reason))
                 else:
                     contours.append(Contour(number, name, index, points, uid))
             index += 1
@@ -453,11 +456,12 @@ def _reference(item) -> str | None:
 @dataclass(frozen=True)
 class Assigned:
     """Which contours go to which slice: ``picks[instance][kind]`` lists
-    ``(path, index)`` of the contours; ``problems`` lists ``(path, reason,
-    instance or None)`` for what was left out."""
+    ``(path, index)`` of the contours; ``problems`` lists a
+    :class:`~daskmri.record.Problem` (with the instance, when one is known) for
+    what was left out."""
 
     picks: dict[int, dict[str, list[tuple[str, int]]]]
-    problems: list[tuple[str, str, int | None]]
+    problems: list[Problem]
 
 
 def _half_gaps(planes: dict[int, Plane]) -> dict[int, float]:
@@ -505,11 +509,11 @@ def assign(
     half = _half_gaps(planes)
     found = Assigned({}, [])
     for structure in sets:
-        found.problems.extend((structure.path, reason, None) for reason in structure.problems)
+        found.problems.extend(structure.problems)
         for number, name in structure.names:
             if not any(m.fullmatch(name) for _, m in matchers):
                 reason = f"ROI {name!r} (number {number}) matches no contour kind; ignored"
-                found.problems.append((structure.path, reason, None))
+                found.problems.append(Problem(structure.path, reason))
         for contour in structure.contours:
             kinds = [kind for kind, m in matchers if m.fullmatch(contour.name)]
             if not kinds:
@@ -517,7 +521,7 @@ def assign(
             instance, reason = _slice_of(contour, planes, by_uid, half)
             if instance is None or reason:
                 where = f"contour {contour.index} of ROI {contour.name!r}: {reason}; dropped"
-                found.problems.append((structure.path, where, instance))
+                found.problems.append(Problem(structure.path, where, instance=instance))
                 continue
             for kind in kinds:
                 found.picks.setdefault(instance, {}).setdefault(kind, [])

@@ -19,16 +19,21 @@ if TYPE_CHECKING:
     import pandas as pd
     import xarray as xr
 
-__all__ = ["PIXELS", "dropped", "kinds_of", "now", "pixels", "provenance", "to_dataset"]
+__all__ = ["dropped", "kinds_of", "now", "pixels", "provenance", "to_dataset"]
 
-#: The pixel variables of the Sunnybrook layout, on ``(record, y, x)``, and their dtypes.
-PIXELS = {"image": np.float32, "icontour": np.bool_, "ocontour": np.bool_}
+#: The image's ``long_name``; a mask's is :func:`long_name` of its kind.
+IMAGE_LONG_NAME = "pixel value after the source's rescale (DICOM modality LUT, NIfTI scaling)"
 
-LONG_NAMES = {
-    "image": "pixel value after the DICOM modality rescale",
-    "icontour": "inside the inner (i) contour",
-    "ocontour": "inside the outer (o) contour",
-}
+
+def long_name(kind: str) -> str:
+    """The ``long_name`` of the mask of ``kind``: generic, the same for every layout.
+
+    Examples
+    --------
+    >>> long_name("lv")
+    "inside the 'lv' contour or label"
+    """
+    return f"inside the {kind!r} contour or label"
 
 
 def pixels(kinds: tuple[str, ...] | list[str]) -> dict[str, type]:
@@ -151,7 +156,7 @@ def to_dataset(
         attrs=attrs,
     )
     for name in pixels(tuple(has)):
-        ds[name].attrs.update(long_name=LONG_NAMES.get(name, f"inside the {name} contour"))
+        ds[name].attrs.update(long_name=IMAGE_LONG_NAME if name == "image" else long_name(name))
     return ds
 
 

@@ -21,7 +21,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .parse import KINDS, ChunkResult, Slots, parse_partition
+from .parse import ChunkResult, Slots, parse_partition
 from .plan import ChunkPlan
 from .schema import pixels, plane_coords, to_dataset
 
@@ -39,7 +39,7 @@ class LocalMemory:
         *,
         shared: bool,
         fit: str = "drop",
-        kinds: tuple[str, ...] = KINDS,
+        kinds: tuple[str, ...],
     ) -> None:
         self.shape, self.fit, self.kinds = shape, fit, kinds
         self.slots = Slots.create(n_records, shape, kinds=len(kinds)) if shared else None
@@ -90,7 +90,7 @@ class ClusterMemory:
         shape: tuple[int, int],
         *,
         fit: str = "drop",
-        kinds: tuple[str, ...] = KINDS,
+        kinds: tuple[str, ...],
     ) -> None:
         self.client, self.shape, self.fit, self.kinds = client, shape, fit, kinds
 
@@ -130,7 +130,7 @@ def memory_sink(
     shape: tuple[int, int],
     *,
     fit: str = "drop",
-    kinds: tuple[str, ...] = KINDS,
+    kinds: tuple[str, ...],
 ):
     """The memory sink for ``executor``."""
     if executor.kind == "cluster":

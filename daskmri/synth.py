@@ -292,7 +292,7 @@ def make_dataset(
     --------
     >>> import tempfile, daskmri
     >>> root = make_dataset(tempfile.mkdtemp(), patients=2, slices=6, shape=(32, 32))
-    >>> len(daskmri.scan(root, labels="all"))
+    >>> len(daskmri.scan(root, labels="all").table)
     12
     """
     if patients < 1 or slices < 1:

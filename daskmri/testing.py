@@ -31,7 +31,7 @@ def eager_load(
     Returns numpy-backed variables with the same names, dims and coordinates as
     :func:`daskmri.load_dataset`. Contour text files only (no RTSTRUCT).
     """
-    table = scan(root, layout=layout, labels=labels)
+    table, _ = scan(root, layout=layout, labels=labels)
     kinds = [c[: -len("_path")] for c in table.columns if c.endswith("_path") and c != "image_path"]
     images, ids, spacings = [], [], []
     found: dict[str, list] = {kind: [] for kind in kinds}

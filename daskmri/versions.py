@@ -60,6 +60,11 @@ def versions() -> dict[str, str | int | None]:
             info[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             info[name] = None
+    # The code that runs, not the installed metadata: an editable install or a
+    # PYTHONPATH checkout can run other code than the metadata names.
+    from . import __version__
+
+    info["daskmri"] = __version__
     return info
 
 

@@ -153,13 +153,16 @@ class TestResume:
         with pytest.raises(ValueError, match="chunks="):
             BatchIterator(reference, batch_size=3).load_state_dict(state)
 
-    def test_a_mid_epoch_state_of_the_old_format_is_refused(self, reference):
-        old = {"epoch": 1, "batch": 2, "seed": 0, "batch_size": 3}
-        with pytest.raises(ValueError, match="earlier daskmri"):
-            BatchIterator(reference, batch_size=3).load_state_dict(old)
+    @pytest.mark.parametrize("batch", [0, 2])
+    def test_a_state_of_the_old_format_is_refused_in_one_line(self, reference, batch):
+        old = {"epoch": 1, "batch": batch, "seed": 0, "batch_size": 3}  # format 1: no "format"
         it = BatchIterator(reference, batch_size=3)
-        it.load_state_dict({**old, "batch": 0})
-        assert (it.epoch, it.seed, it.state_dict()["batch"]) == (1, 0, 0)
+        for state in (old, {**old, "format": 1}):
+            with pytest.raises(ValueError, match="start a new epoch") as info:
+                it.load_state_dict(state)
+            assert "\n" not in str(info.value) and "format" in str(info.value)
+        assert (it.epoch, it.state_dict()["batch"]) == (0, 0)  # untouched
+        it.load_state_dict(it.state_dict())  # the current format still loads
 
 
 class TestSchema:

@@ -105,9 +105,10 @@ class TestCli:
         picture = read_png(png)
         # 8 tiles of 48x64 in a 4-wide grid with 2-pixel gaps.
         assert picture.shape == (2 * 48 + 2, 4 * 64 + 3 * 2, 3)
-        red = (picture == daskmri.plot.INNER_RGB).all(axis=2).sum()
-        green = (picture == daskmri.plot.OUTER_RGB).all(axis=2).sum()
-        assert red > 50 and green > 50
+        red, green = daskmri.plot.PALETTE[:2]
+        assert (picture == red).all(axis=2).sum() > 50  # icontour, the first kind
+        assert (picture == green).all(axis=2).sum() > 50
+        assert "(red: icontour, green: ocontour)" in out
 
     def test_demo_of_mixed_sizes_pads_and_crops_into_one_frame(self, tmp_path, capsys):
         png = tmp_path / "mixed.png"

@@ -158,7 +158,7 @@ class TestReal:
     def test_images_equal_pydicom_and_masks_match_reference(self, real_root):
         pytest.importorskip("matplotlib")
         ds = daskmri.load_dataset(real_root, chunk_size=16, scheduler="processes")
-        table = daskmri.scan(real_root)
+        table = daskmri.scan(real_root).table
         assert ds.instance.values.tolist() == table.instance.tolist()
         polygon_area = mask_area = 0.0
         for k, row in enumerate(table.itertuples()):
@@ -282,7 +282,7 @@ class CountingReader:
         if record.instance == self.fail_instance + 1:
             raise RecordError("/fake/path.dcm", "stub record error")
         image = np.full(SHAPE, record.instance, dtype=np.float32)
-        inner = np.ones(SHAPE, bool) if record.icontour_path else None
+        inner = np.ones(SHAPE, bool) if record.path("icontour") else None
         return image, inner, None
 
 

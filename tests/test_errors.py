@@ -42,7 +42,7 @@ def without(ds, key: tuple[str, int]):
 
 
 def first_dicom(root: Path) -> Path:
-    path = Path(daskmri.scan(root)["image_path"].iloc[0])
+    path = Path(daskmri.scan(root).table["image_path"].iloc[0])
     assert (path.parent.name, int(path.stem)) == FIRST
     return path
 
@@ -294,7 +294,7 @@ def test_a_bug_while_inferring_the_shape_names_the_record(synth_root, monkeypatc
 @pytest.mark.parametrize("how", ["truncated", "fifo", "directory"])
 def test_the_scan_and_build_survive_a_damaged_first_file(damaged_root, reference, how, tmp_path):
     _damage(first_dicom(damaged_root), how)
-    assert len(daskmri.scan(damaged_root)) == reference.sizes["record"]
+    assert len(daskmri.scan(damaged_root).table) == reference.sizes["record"]
     store = tmp_path / "ds.zarr"
     report = daskmri.build(damaged_root, store, chunk_size=4, scheduler="sync")
     assert report.dropped == 1

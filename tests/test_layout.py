@@ -10,6 +10,7 @@ import pytest
 
 import daskmri
 from daskmri import SERIES, ContourKind, Layout, LayoutError, scan
+from daskmri.plan import plan_chunks
 from daskmri.testing import assert_records_equal
 
 from .conftest import PATIENTS, SLICES
@@ -27,7 +28,7 @@ def expected_instances(labels: str) -> list[int]:
 
 @pytest.mark.parametrize("labels", ["any", "i", "o", "all"])
 def test_scan_synthetic_labels(synth_root, labels):
-    table = scan(synth_root, labels=labels)
+    table, problems = scan(synth_root, labels=labels)
     instances = expected_instances(labels)
     assert list(table.columns) == [
         "patient_id",
@@ -43,7 +44,8 @@ def test_scan_synthetic_labels(synth_root, labels):
     ]
     assert table.instance.tolist() == instances * PATIENTS
     assert table.instance.dtype == np.int64
-    assert table.problem.isna().all() and table.attrs["problems"] == []
+    assert table.problem.isna().all() and problems == ()
+    assert "problems" not in table.attrs
     assert (table.icontour_path.notna() == (table.instance % 2 == 0)).all()
     assert (table.ocontour_path.notna() == (table.instance % 3 == 0)).all()
     for row in table.itertuples():
@@ -55,34 +57,34 @@ def test_scan_synthetic_labels(synth_root, labels):
 
 
 def test_scan_real_sample_counts(real_root):
-    table = scan(real_root)
+    table, problems = scan(real_root)
     assert len(table) == 56
     assert table.icontour_path.notna().sum() == 56
     assert table.ocontour_path.notna().sum() == 28
-    assert len(scan(real_root, labels="i")) == 56
-    assert len(scan(real_root, labels="o")) == 28
-    assert len(scan(real_root, labels="all")) == 700
+    assert len(scan(real_root, labels="i").table) == 56
+    assert len(scan(real_root, labels="o").table) == 28
+    assert len(scan(real_root, labels="all").table) == 700
     assert table.groupby("patient_id").size().to_dict() == {
         "SCD0000101": 18,
         "SCD0000201": 18,
         "SCD0000301": 20,
     }
-    assert table.problem.isna().all() and table.attrs["problems"] == []
+    assert table.problem.isna().all() and problems == ()
 
 
 def test_scan_reads_no_pixel_data(damaged_root):
-    before = scan(damaged_root, labels="all")
+    before = scan(damaged_root, labels="all").table
     for path in (damaged_root / "dicoms").glob("*/*.dcm"):
         path.write_bytes(b"garbage, not DICOM")
-    after = scan(damaged_root, labels="all")
-    assert after.equals(before) and after.attrs["problems"] == []
+    after, problems = scan(damaged_root, labels="all")
+    assert after.equals(before) and problems == ()
 
 
 def test_link_csv_with_bom_and_crlf(damaged_root):
-    before = scan(damaged_root)
+    before = scan(damaged_root).table
     link = damaged_root / "link.csv"
     link.write_bytes(b"\xef\xbb\xbf" + link.read_bytes().replace(b"\n", b"\r\n"))
-    after = scan(damaged_root)
+    after = scan(damaged_root).table
     assert after.equals(before)
 
 
@@ -148,7 +150,7 @@ def test_never_reads_outside_root(damaged_root, tmp_path):
     )
 
     with watching(decoy) as hits:
-        table = scan(damaged_root)
+        table, problems = scan(damaged_root)
         ds = daskmri.load_dataset(damaged_root, scheduler="sync")
         daskmri.build(damaged_root, tmp_path / "ds.zarr", scheduler="sync")
         stored = daskmri.open_dataset(tmp_path / "ds.zarr", root=damaged_root).compute()
@@ -160,7 +162,7 @@ def test_never_reads_outside_root(damaged_root, tmp_path):
     for column in ("image_path", "icontour_path", "ocontour_path"):
         paths = table[column].dropna()
         assert not paths.str.contains("decoy").any()
-    reasons = [p["reason"] for p in table.attrs["problems"]]
+    reasons = [p.reason for p in problems]
     assert sum("would leave the root folder" in r for r in reasons) == 2
     assert any("folder is a link that leaves the root" in r for r in reasons)
     assert sum("file is a link that leaves the root" in r for r in reasons) == 2
@@ -183,7 +185,7 @@ def test_never_reads_outside_root(damaged_root, tmp_path):
 
 def test_contour_without_dicom_is_a_problem_record(damaged_root):
     (damaged_root / "dicoms" / "SYN0001" / "6.dcm").unlink()
-    table = scan(damaged_root)
+    table = scan(damaged_root).table
     row = table[(table.patient_id == "SYN0001") & (table.instance == 6)].iloc[0]
     assert row.image_path is None
     assert "has no DICOM" in row.problem and "IM-0001-0006" in row.problem
@@ -193,7 +195,7 @@ def test_link_file_problems(damaged_root):
     link = damaged_root / "link.csv"
     text = link.read_text()
     link.write_text(text + "SYN0001,SYN-C-1\n,\n")
-    reasons = [p["reason"] for p in scan(damaged_root).attrs["problems"]]
+    reasons = [p.reason for p in scan(damaged_root).problems]
     assert any("listed twice" in r for r in reasons)
     assert any("empty or would leave" in r for r in reasons)
 
@@ -205,12 +207,35 @@ def test_link_file_problems(damaged_root):
         scan(damaged_root)
 
 
+def test_scan_returns_problems_beside_the_table_and_filtering_keeps_them(damaged_root):
+    (damaged_root / "dicoms" / "SYN0001" / "notes.dcm").write_text("x")
+    scanned = scan(damaged_root)
+    table, problems = scanned
+    assert isinstance(scanned, daskmri.Scan) and scanned.table is table
+    (problem,) = problems
+    assert isinstance(problem, daskmri.Problem)
+    assert (problem.patient_id, problem.instance) == ("SYN0001", None)
+    assert problem.row() == {
+        "patient_id": "SYN0001",
+        "original_id": "SYN-C-1",
+        "instance": None,
+        "path": str(damaged_root / "dicoms" / "SYN0001" / "notes.dcm"),
+        "reason": "DICOM file name does not match the layout's pattern",
+    }
+    # pandas drops or keeps attrs as it likes; the problems are not in them.
+    assert "problems" not in table.attrs
+    filtered = table[table.patient_id == "SYN0002"]
+    plan = plan_chunks(filtered, problems)
+    assert plan.dropped == (problem.row(),)
+    assert {r.patient_id for c in plan.chunks for r in c} == {"SYN0002"}
+    whole, parts = plan_chunks(scanned), plan_chunks(table, problems)
+    assert (whole.chunks, whole.dropped) == (parts.chunks, parts.dropped)
+
+
 def test_unmatched_file_names_are_reported(damaged_root):
     (damaged_root / "dicoms" / "SYN0001" / "notes.dcm").write_text("x")
-    problems = scan(damaged_root).attrs["problems"]
-    assert [p["reason"] for p in problems] == [
-        "DICOM file name does not match the layout's pattern"
-    ]
+    problems = scan(damaged_root).problems
+    assert [p.reason for p in problems] == ["DICOM file name does not match the layout's pattern"]
 
 
 def to_series_layout(src, dst):
@@ -232,12 +257,12 @@ def to_series_layout(src, dst):
 
 def test_second_preset_gives_the_same_dataset(synth_root, tmp_path):
     to_series_layout(synth_root, tmp_path)
-    series_table = scan(tmp_path, layout=SERIES)
-    plain_table = scan(synth_root)
+    series_table, problems = scan(tmp_path, layout=SERIES)
+    plain_table = scan(synth_root).table
     cols = ["patient_id", "original_id", "instance"]
     assert series_table[cols].equals(plain_table[cols])
     assert series_table.image_path.str.contains("series-001/IM-0001-").all()
-    assert series_table.attrs["problems"] == []
+    assert problems == ()
     a = daskmri.load_dataset(tmp_path, layout=SERIES, scheduler="sync")
     b = daskmri.load_dataset(synth_root, scheduler="sync")
     assert_records_equal(a, b)

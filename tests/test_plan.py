@@ -22,7 +22,7 @@ from daskmri.plan import (
     record_key,
     runs,
 )
-from daskmri.record import Record
+from daskmri.record import Problem, Record
 from daskmri.settings import Source
 
 from .conftest import PATIENTS, SLICES
@@ -46,17 +46,16 @@ def test_a_record_the_scan_found_broken_is_dropped_not_planned():
         "ocontour_path": "/c/o.txt",
         "problem": "contour without its DICOM",
     }
-    dropped: list[dict] = []
+    dropped: list[Problem] = []
     assert plan_row(row, dropped) is None
-    assert dropped == [
-        {
-            "patient_id": "P",
-            "original_id": "O",
-            "instance": 4,
-            "path": "/c/o.txt",
-            "reason": "contour without its DICOM",
-        }
-    ]
+    assert dropped == [Problem("/c/o.txt", "contour without its DICOM", "P", "O", 4)]
+    assert dropped[0].row() == {
+        "patient_id": "P",
+        "original_id": "O",
+        "instance": 4,
+        "path": "/c/o.txt",
+        "reason": "contour without its DICOM",
+    }
     assert plan_row(row | {"problem": None, "image_path": "/d/4.dcm"}, dropped) == Record(
         "P", "O", 4, "/d/4.dcm", (("icontour", None), ("ocontour", "/c/o.txt"))
     )
@@ -143,7 +142,7 @@ class TestFingerprints:
             {"patient_id": "X"},
             {"original_id": "X"},
             {"instance": 999},
-            {"contours": (("icontour", None), ("ocontour", record.ocontour_path))},
+            {"contours": (("icontour", None), ("ocontour", record.path("ocontour")))},
             {"image_path": record.image_path + ".gone"},
         ):
             fields = {s: getattr(record, s) for s in Record.__slots__} | change
@@ -151,7 +150,7 @@ class TestFingerprints:
 
     def test_plan_inputs_sees_every_record_once(self, synth_root):
         inputs = plan_inputs(Source.of(synth_root, labels="all"), names=True)
-        table = daskmri.scan(synth_root, labels="all")
+        table = daskmri.scan(synth_root, labels="all").table
         planned = table[table["problem"].isna()]
         assert inputs.names == tuple(zip(planned["patient_id"], planned["instance"], strict=True))
         assert len(inputs.names) == PATIENTS * SLICES == len(set(inputs.names))

@@ -280,7 +280,7 @@ REAL_PATIENT = "SCD0000101"
 def real_patient(real_root, tmp_path) -> Path:
     """One real patient's labelled slices, copied into a temporary root to be broken
     (the shared sample itself is never written)."""
-    table = daskmri.scan(real_root)
+    table = daskmri.scan(real_root).table
     table = table[table.patient_id == REAL_PATIENT]
     root = tmp_path / "real"
     for row in table.itertuples():
@@ -295,7 +295,7 @@ def real_patient(real_root, tmp_path) -> Path:
 
 
 def test_real_files_broken_drop_only_their_records(real_patient):
-    table = daskmri.scan(real_patient)
+    table = daskmri.scan(real_patient).table
     pristine = eager_load(real_patient)
     assert len(table) >= 8
     rows = list(table.itertuples())
@@ -369,7 +369,7 @@ def test_builds_over_mutated_real_dicoms_never_fail(real_patient, tmp_path):
     worker processes), and checks: the build returns, in bounded time; every file it
     did not touch is kept with pydicom's exact pixels; a mutated file is dropped and
     named, or kept only with the pixels pydicom itself decodes from it."""
-    table = daskmri.scan(real_patient)
+    table = daskmri.scan(real_patient).table
     pristine = eager_load(real_patient)
     originals = {row.image_path: Path(row.image_path).read_bytes() for row in table.itertuples()}
     pixel_bytes = int(pristine.sizes["y"] * pristine.sizes["x"] * 2)
@@ -420,7 +420,7 @@ def test_builds_over_mutated_real_dicoms_never_fail(real_patient, tmp_path):
 def test_the_fuzz_mutations_really_break_files(real_patient):
     """A fuzz that never breaks anything proves nothing: most mutations of the first
     cases must change what pydicom reads."""
-    table = daskmri.scan(real_patient)
+    table = daskmri.scan(real_patient).table
     rng = np.random.default_rng(0)
     changed = 0
     for row in list(table.itertuples())[:20]:

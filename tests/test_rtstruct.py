@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import daskmri
-from daskmri import ContourKind, Layout, RTStruct, RTStructError
+from daskmri import ContourKind, Layout, Problem, RTStruct, RTStructError
 from daskmri.rtstruct import Plane, read_plane, read_structure_set
 from daskmri.testing import assert_records_equal
 
@@ -36,14 +36,14 @@ from .rtstructs import (
 
 @pytest.fixture(scope="module")
 def real_rt(real_root, tmp_path_factory):
-    table = daskmri.scan(real_root)
+    table = daskmri.scan(real_root).table
     return real_as_rtstruct(table, tmp_path_factory.mktemp("real-rt") / "data")
 
 
 def test_real_rtstruct_masks_equal_the_text_masks(real_root, real_rt):
     text = daskmri.load_dataset(real_root, scheduler="sync")
     rt = daskmri.load_dataset(real_rt, layout=RT_LAYOUT, scheduler="sync")
-    assert daskmri.scan(real_rt, layout=RT_LAYOUT).attrs["problems"] == []
+    assert daskmri.scan(real_rt, layout=RT_LAYOUT).problems == ()
     assert len(daskmri.dropped(rt)) == 0
     assert rt.sizes["record"] == text.sizes["record"] == 56
     # IoU 1.0 on every contour: the same records, flags and masks, pixel for pixel.
@@ -60,12 +60,12 @@ def test_real_rtstruct_masks_equal_the_text_masks(real_root, real_rt):
 def test_real_rtstruct_points_come_back_off_the_grid(real_root, real_rt):
     """The equality above rests on the mask rule: the points that come back from
     patient space are not the text's (they miss the half-pixel grid by float noise)."""
-    table = daskmri.scan(real_rt, layout=RT_LAYOUT)
+    table = daskmri.scan(real_rt, layout=RT_LAYOUT).table
     row = table.iloc[0]
     plane = Plane(*row.rtstruct.plane)
     path, index = row.rtstruct.of("icontour")[0]
     back = plane.to_pixels(read_structure_set(path).contours[index].points)
-    text = daskmri.scan(real_root)
+    text = daskmri.scan(real_root).table
     original = np.loadtxt(text.set_index("instance").loc[row.instance].icontour_path)
     assert 0 < np.abs(back - original).max() < 1e-6
     assert np.array_equal(snap(back), original)
@@ -138,19 +138,19 @@ def test_oblique_rtstruct_keeps_and_drops_exactly_as_the_issue_says(oblique):
     assert not ds.icontour.values[1][20, 20] and ds.icontour.values[1][8, 8]
     np.testing.assert_array_equal(ds.icontour.values[2], truth(SLANT))
     np.testing.assert_array_equal(ds.ocontour.values[0], truth(EPI))
-    problems = daskmri.scan(root, layout=oblique_layout()).attrs["problems"]
-    reasons = {(p["path"], p["instance"], p["reason"].split(":")[0]) for p in problems}
+    problems = daskmri.scan(root, layout=oblique_layout()).problems
+    reasons = {(p.path, p.instance, p.reason.split(":")[0]) for p in problems}
     assert len(problems) == 4, problems
-    texts = " | ".join(p["reason"] for p in problems)
+    texts = " | ".join(p.reason for p in problems)
     assert "contour 4 of ROI 'LV Endo': lies 4.8 mm off the plane of its slice" in texts
     assert "more than half the slice spacing (4 mm)" in texts
     assert "contour 5 of ROI 'LV Endo': degenerate: only 2 point(s)" in texts
     assert "ROI 'Lungs' (number 4) matches no contour kind" in texts
     assert (str(mr), None, "Modality is 'MR', not 'RTSTRUCT'") in reasons
-    assert {p["path"] for p in problems} == {str(rt), str(mr)}
+    assert {p.path for p in problems} == {str(rt), str(mr)}
     # The scan's problems are in dropped(), each with its file.
     lost = daskmri.dropped(ds)
-    assert sorted(lost.reason) == sorted(p["reason"] for p in problems)
+    assert sorted(lost.reason) == sorted(p.reason for p in problems)
 
 
 def test_oblique_rtstruct_the_same_on_every_way_of_running(oblique, client, tmp_path):
@@ -185,11 +185,11 @@ def test_a_contour_outside_its_slice_drops_the_record_naming_the_file(tmp_path):
 def test_oblique_rtstruct_labels_and_scan_columns(oblique):
     root, rt, _ = oblique
     layout = oblique_layout()
-    table = daskmri.scan(root, layout=layout, labels="all")
+    table = daskmri.scan(root, layout=layout, labels="all").table
     assert table.instance.tolist() == [1, 2, 3, 4, 5, 6]
     assert table.icontour_path.tolist() == [str(rt)] * 3 + [None] * 3
     assert table.ocontour_path.tolist() == [str(rt)] + [None] * 5
-    assert daskmri.scan(root, layout=layout, labels="ocontour").instance.tolist() == [1]
+    assert daskmri.scan(root, layout=layout, labels="ocontour").table.instance.tolist() == [1]
     with pytest.raises(ValueError, match="labels must be one of"):
         daskmri.scan(root, layout=layout, labels="i")  # no aliases in this layout
     ds = daskmri.load_dataset(root, layout=layout, labels="all", scheduler="sync")
@@ -214,8 +214,8 @@ def test_unreferenced_contour_in_several_planes_and_a_missing_slice(tmp_path):
     rt = root / "rt" / "SYN0001" / "rt.dcm"
     stray = Drawn(_drawn(root, 3, A).points, "1.2.3.4.5")
     write_rtstruct(rt, [Roi(1, "LV Endo", [_drawn(root, 1, A, ref=False), stray])])
-    problems = daskmri.scan(root, layout=oblique_layout()).attrs["problems"]
-    texts = sorted(p["reason"] for p in problems)
+    problems = daskmri.scan(root, layout=oblique_layout()).problems
+    texts = sorted(p.reason for p in problems)
     assert len(texts) == 2
     assert "lies in the plane of 2 slices (instances 1, 2)" in texts[0]
     assert "references SOPInstanceUID 1.2.3.4.5, which no readable slice has" in texts[1]
@@ -229,8 +229,8 @@ def test_unreferenced_contour_in_no_plane_and_a_slice_without_position(tmp_path)
     rewrite(header, header, ImagePositionPatient=None)
     far = _drawn(root, 1, A, ref=False, shift=-(GAP / 2 + 0.5))  # outside the series
     write_rtstruct(root / "rt" / "SYN0001" / "rt.dcm", [Roi(1, "LV Endo", [far])])
-    problems = daskmri.scan(root, layout=oblique_layout(), labels="all").attrs["problems"]
-    texts = sorted(p["reason"] for p in problems)
+    problems = daskmri.scan(root, layout=oblique_layout(), labels="all").problems
+    texts = sorted(p.reason for p in problems)
     assert "no image reference and lies in no slice's plane" in texts[0]
     assert "no usable ImagePositionPatient" in texts[1] and str(header) in str(problems)
 
@@ -254,7 +254,7 @@ def test_a_contour_gone_from_a_replaced_file_drops_its_record(oblique, tmp_path)
     root, _, _ = oblique
     work = tmp_path / "data"
     shutil.copytree(root, work)
-    table = daskmri.scan(work, layout=oblique_layout())
+    table = daskmri.scan(work, layout=oblique_layout()).table
     plan = daskmri.plan.plan_chunks(table)
     write_rtstruct(work / "rt" / "SYN0001" / "rt.dcm", [Roi(1, "LV Endo", [])])
     result = daskmri.parse.parse_chunk(
@@ -432,7 +432,7 @@ def three_kinds(synth_root, tmp_path_factory):
 
 
 def test_a_third_kind_is_a_variable_in_memory_in_the_store_and_in_batches(three_kinds, tmp_path):
-    table = daskmri.scan(three_kinds, layout=THREE)
+    table = daskmri.scan(three_kinds, layout=THREE).table
     assert "pcontour_path" in table.columns
     has_p = table.pcontour_path.notna().to_numpy()
     assert 0 < has_p.sum() < len(table)
@@ -454,7 +454,7 @@ def test_a_third_kind_is_a_variable_in_memory_in_the_store_and_in_batches(three_
     assert {"image", "icontour", "ocontour", "pcontour"} <= set(batch)
     only = daskmri.load_dataset(three_kinds, layout=THREE, labels="pcontour", scheduler="sync")
     assert only.sizes["record"] == has_p.sum() and only.has_pcontour.values.all()
-    assert daskmri.scan(three_kinds, layout=THREE, labels="i").shape[0] == (
+    assert daskmri.scan(three_kinds, layout=THREE, labels="i").table.shape[0] == (
         table.icontour_path.notna().sum()
     )
 
@@ -477,27 +477,34 @@ def test_plot_and_torch_follow_the_kinds(three_kinds):
     assert batch["pcontour"].dtype == torch.bool
 
 
-def test_a_store_written_before_kinds_still_opens_and_resumes(synth_root, tmp_path):
+def test_a_store_of_version_0_1_is_refused_in_one_line_and_overwrite_rebuilds_it(
+    synth_root, tmp_path
+):
     import zarr
 
     store = tmp_path / "old.zarr"
     daskmri.build(synth_root, store, chunk_size=8, scheduler="sync")
-    fresh = daskmri.open_dataset(store)
+    fresh = daskmri.open_dataset(store).compute()
     group = zarr.open_group(store, mode="r+")
-    attrs = dict(group.attrs)
-    old = {k: v for k, v in json.loads(attrs["layout"]).items() if k != "contours"}
-    for kind in daskmri.SUNNYBROOK.contours:
-        old |= {f"{kind.name}_glob": kind.glob, f"{kind.name}_regex": kind.regex}
-    group.attrs.update({"layout": json.dumps(old)})
-    group.attrs.pop("kinds")  # as a store of the previous version has none
+    # What 0.1.0 wrote: store format 3, no "kinds", done markers without "size".
+    group.attrs.update({"format": 3})
+    group.attrs.pop("kinds")
     for k in range(group["done"].shape[0]):
         marker = json.loads(str(group["done"][k]))
         del marker["size"]
         group["done"][k] = json.dumps(marker)
-    opened = daskmri.open_dataset(store)
-    assert "kinds" not in opened.attrs
-    assert_records_equal(opened, fresh)
-    assert daskmri.build(synth_root, store, chunk_size=8, scheduler="sync").parsed_chunks == 0
+    for call in (
+        lambda: daskmri.open_dataset(store),
+        lambda: daskmri.check(store),
+        lambda: daskmri.build(synth_root, store, chunk_size=8, scheduler="sync"),
+    ):
+        with pytest.raises(daskmri.StoreError, match="format 3, this version reads 4") as info:
+            call()
+        message = str(info.value)
+        assert "\n" not in message and "daskmri.build(root, store, mode='overwrite')" in message
+    report = daskmri.build(synth_root, store, chunk_size=8, scheduler="sync", mode="overwrite")
+    assert report.parsed_chunks > 0
+    assert_records_equal(daskmri.open_dataset(store), fresh)
 
 
 def test_kinds_are_checked(synth_root):
@@ -545,7 +552,7 @@ def test_without_a_slice_spacing_tag_half_the_gap_between_planes_is_the_limit():
     )
     found = assign([StructureSet("rt.dcm", contours)], planes, [("icontour", "lv endo")])
     assert found.picks == {1: {"icontour": [("rt.dcm", 0)]}, 3: {"icontour": [("rt.dcm", 1)]}}
-    assert [p[1].split(": ")[1] for p in found.problems] == [
+    assert [p.reason.split(": ")[1] for p in found.problems] == [
         "has no image reference and lies in no slice's plane; dropped"
     ]
     # One plane only and no tag: half a pixel is the limit.
@@ -562,7 +569,7 @@ def test_mutated_real_slices_under_the_rtstruct_layout_never_fail(real_rt, tmp_p
 
     work = tmp_path / "data"
     shutil.copytree(real_rt, work)
-    table = daskmri.scan(work, layout=RT_LAYOUT)
+    table = daskmri.scan(work, layout=RT_LAYOUT).table
     pristine = daskmri.load_dataset(work, layout=RT_LAYOUT, scheduler="sync")
     originals = {row.image_path: Path(row.image_path).read_bytes() for row in table.itertuples()}
     touched = 0
@@ -601,7 +608,7 @@ def test_the_cli_takes_a_layout_file_and_its_kinds(three_kinds, tmp_path, capsys
     saved.write_text(json.dumps(THREE.to_dict()))
     assert main(["scan", str(three_kinds), "--layout", str(saved), "--labels", "pcontour"]) == 0
     out = capsys.readouterr().out
-    n = int(daskmri.scan(three_kinds, layout=THREE).pcontour_path.notna().sum())
+    n = int(daskmri.scan(three_kinds, layout=THREE).table.pcontour_path.notna().sum())
     assert f"records:     {n} (labels='pcontour')" in out and f"pcontour:    {n}" in out
     for argv, message in (
         (["--layout", str(saved), "--labels", "scar"], "invalid choice: 'scar'"),
@@ -651,9 +658,9 @@ def test_a_literal_rtstruct_name_that_links_out_of_the_root_is_refused(tmp_path,
     link.symlink_to(outside)
     layout = Layout(contours=(), rtstruct=RTStruct(glob=pattern, rois={"icontour": "lv endo"}))
     with watching(outside.parent) as hits:
-        table = daskmri.scan(root, layout=layout, labels="all")
+        problems = daskmri.scan(root, layout=layout, labels="all").problems
     assert hits == []
-    reasons = [(p["path"], p["reason"]) for p in table.attrs["problems"]]
+    reasons = [(p.path, p.reason) for p in problems]
     assert reasons == [(str(link), "file is a link that leaves the root; not followed")]
 
 
@@ -671,34 +678,11 @@ def test_a_literal_contour_name_that_links_out_of_the_root_is_refused(synth_root
     glob = str(inside.relative_to(root)).replace("SYN-C-1", "{original_id}")
     kind = dataclasses.replace(daskmri.layout.ICONTOUR, glob=glob)
     with watching(outside.parent) as hits:
-        table = daskmri.scan(root, layout=Layout(contours=(kind,)), labels="all")
+        table, problems = daskmri.scan(root, layout=Layout(contours=(kind,)), labels="all")
     assert hits == []
     assert str(inside) not in table.icontour_path.tolist()
-    leaving = [p for p in table.attrs["problems"] if "leaves the root" in p["reason"]]
-    assert [p["path"] for p in leaving] == [str(inside)]
-
-
-def test_a_store_of_the_previous_version_keeps_its_input_fingerprint(tmp_path):
-    """The input fingerprints the previous version (20e222c, before contour kinds)
-    computed for this synthetic folder with fixed file times: a Sunnybrook layout
-    must still give them, or every store it wrote reads as stale. (They change if
-    synth.make_dataset changes what it writes.)"""
-    from daskmri.plan import plan_inputs
-    from daskmri.settings import Source
-
-    pinned = {
-        "any": "2fd144b71c5541e5a7c494c380816671",
-        "all": "a08118bc4ee2ec0546b4f668f4cbe4c0",
-    }
-    for labels, fingerprint in pinned.items():
-        root = daskmri.synth.make_dataset(tmp_path / labels, patients=2, slices=5, shape=(16, 16))
-        for path in root.rglob("*"):
-            if path.is_file():
-                os.utime(path, ns=(10**18, 10**18))
-        assert plan_inputs(Source.of(root, None, labels)).fingerprint == fingerprint
-    # Any other layout hashes its own fields.
-    three = plan_inputs(Source.of(root, THREE, "all")).fingerprint
-    assert three != pinned["all"]
+    leaving = [p for p in problems if "leaves the root" in p.reason]
+    assert [p.path for p in leaving] == [str(inside)]
 
 
 @pytest.mark.parametrize(
@@ -725,7 +709,7 @@ def test_editing_the_second_rtstruct_of_a_slice_makes_the_store_stale(tmp_path):
     write_rtstruct(second, [Roi(1, "LV Endo", [_drawn(root, 1, A2)])])
     layout, store = oblique_layout(), tmp_path / "ds.zarr"
     # Slice 1's contours come from both files; its icontour_path names the first only.
-    assert daskmri.scan(root, layout=layout).icontour_path.tolist() == [str(first)] * 2
+    assert daskmri.scan(root, layout=layout).table.icontour_path.tolist() == [str(first)] * 2
     daskmri.build(root, store, layout=layout, chunk_size=1, scheduler="sync")
     assert daskmri.check(store).fresh
 
@@ -809,7 +793,11 @@ def test_contour_data_over_the_point_limit_is_refused_before_it_is_split(tmp_pat
         tracemalloc.stop()
     assert found.contours == ()
     assert found.problems == (
-        "contour 0 of ROI 'LV Endo': 200000 points, over Limits.max_contour_points=1000; dropped",
+        Problem(
+            str(rt),
+            "contour 0 of ROI 'LV Endo': 200000 points, over Limits.max_contour_points=1000; "
+            "dropped",
+        ),
     )
     # The file is read whole (and pydicom copies the value): about 3 times its
     # size; a Python string per number took over 11 times.
@@ -832,7 +820,7 @@ def test_exactly_half_a_spacing_off_is_within_it_on_either_side(tmp_path):
     unreferenced = tuple(dataclasses.replace(c, uid=None) for c in contours)
     found = assign([StructureSet("rt.dcm", unreferenced)], planes, [("icontour", "lv endo")])
     assert found.picks == {}
-    reasons = [reason.split(": ", 1)[1] for _, reason, _ in found.problems]
+    reasons = [p.reason.split(": ", 1)[1] for p in found.problems]
     assert len(reasons) == 2
     assert all(r.startswith("has no image reference and lies in the plane of 2") for r in reasons)
     # Beyond the tie, the message shows the difference, never "4 mm, more than 4 mm".
@@ -844,7 +832,7 @@ def test_exactly_half_a_spacing_off_is_within_it_on_either_side(tmp_path):
     )
     assert (
         "lies 4.0001 mm off the plane of its slice (instance 2), more than half the slice "
-        "spacing (4 mm)" in found.problems[0][1]
+        "spacing (4 mm)" in found.problems[0].reason
     )
 
 
@@ -862,10 +850,9 @@ def test_padded_roi_names_match_and_a_uid_two_slices_carry_is_reported(tmp_path)
     found = assign([structure], planes, [("icontour", "lv endo")])
     assert found.picks == {}
     assert found.problems == [
-        (
+        Problem(
             str(rt),
             f"contour 0 of ROI 'LV Endo': references SOPInstanceUID {planes[1].uid}, which "
             "slices [1, 3] all carry; give each slice its own SOPInstanceUID; dropped",
-            None,
         )
     ]

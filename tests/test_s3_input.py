@@ -35,17 +35,17 @@ def s3_root(s3, synth_root):
 
 
 def test_scan_at_a_url_lists_what_the_local_scan_lists(s3, s3_root, synth_root):
-    remote = daskmri.scan(s3_root, source_options=s3.options())
-    local = daskmri.scan(synth_root)
+    remote, problems = daskmri.scan(s3_root, source_options=s3.options())
+    local = daskmri.scan(synth_root).table
     assert remote["image_path"].iloc[0].startswith(s3_root + "/dicoms/")
     pd.testing.assert_frame_equal(_local(remote, synth_root, s3_root), local)
-    assert remote.attrs["root"] == s3_root and remote.attrs["problems"] == []
+    assert remote.attrs["root"] == s3_root and problems == ()
 
 
 def test_credentials_from_the_environment(s3, s3_root, synth_root, monkeypatch):
     for name, value in s3.env().items():
         monkeypatch.setenv(name, value)
-    assert len(daskmri.scan(s3_root)) == len(daskmri.scan(synth_root))
+    assert len(daskmri.scan(s3_root).table) == len(daskmri.scan(synth_root).table)
 
 
 @pytest.mark.parametrize("scheduler", ["sync", "processes"])
@@ -58,7 +58,7 @@ def test_load_dataset_at_a_url_equals_the_local_one(s3, s3_root, reference, sche
 
 
 def test_a_chunk_fetches_all_its_files_in_one_call(s3, s3_root):
-    table = daskmri.scan(s3_root, source_options=s3.options())
+    table = daskmri.scan(s3_root, source_options=s3.options()).table
     records = plan_chunks(table, chunk_size=4, fs=Source.of(s3_root, options=s3.options()).fs)
     records = records.chunks[0]
     assert all(r.fs.protocol == "s3" and r.fs.blobs is None for r in records)
@@ -93,7 +93,7 @@ def test_staleness_after_an_object_is_rewritten(s3, synth_root, tmp_path):
     options = s3.options()
     daskmri.build(url, store, scheduler="sync", source_options=options)
     assert daskmri.check(store, source_options=options).fresh
-    table = daskmri.scan(url, source_options=options)
+    table = daskmri.scan(url, source_options=options).table
     first = table.iloc[0]
     fs = s3.filesystem()
     fs.pipe_file(first.icontour_path, fs.cat_file(first.icontour_path) + b"\n")
@@ -132,10 +132,9 @@ def test_a_link_row_that_would_leave_the_root_is_reported_not_followed(s3, synth
     with open(root / "link.csv", "a") as fh:
         fh.write("SYN9999,../other-bucket\n")
     url = s3.upload(root, "escape")
-    table = daskmri.scan(url, source_options=s3.options())
-    (problem,) = table.attrs["problems"]
-    assert "would leave the root" in problem["reason"] and "../other-bucket" in problem["reason"]
-    assert set(table["patient_id"]) == set(daskmri.scan(synth_root)["patient_id"])
+    table, (problem,) = daskmri.scan(url, source_options=s3.options())
+    assert "would leave the root" in problem.reason and "../other-bucket" in problem.reason
+    assert set(table["patient_id"]) == set(daskmri.scan(synth_root).table["patient_id"])
 
 
 def test_a_prefix_that_does_not_exist_fails_in_one_line(s3):
@@ -181,7 +180,7 @@ def test_the_command_line_scans_and_builds_from_a_url_with_the_environments_key(
         [*cli, "scan", s3_root], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
-    assert f"records:     {len(daskmri.scan(synth_root))} " in out.stdout
+    assert f"records:     {len(daskmri.scan(synth_root).table)} " in out.stdout
     store = tmp_path / "ds.zarr"
     out = subprocess.run(
         [*cli, "build", s3_root, "--out", str(store), "--scheduler", "sync"],
@@ -189,7 +188,7 @@ def test_the_command_line_scans_and_builds_from_a_url_with_the_environments_key(
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert s3.secret not in out.stdout + out.stderr
-    assert daskmri.open_dataset(store).sizes["record"] == len(daskmri.scan(synth_root))
+    assert daskmri.open_dataset(store).sizes["record"] == len(daskmri.scan(synth_root).table)
 
 
 def test_an_rtstruct_layout_at_a_url_equals_the_local_one(s3, tmp_path_factory):
@@ -236,3 +235,34 @@ def test_redact_masks_a_password_that_holds_a_slash_and_keeps_azure_containers()
     assert daskmri.errors.redact(url) == url
     with pytest.raises(daskmri.LayoutError, match="holds credentials"):
         daskmri.scan("s3://bucket/data?X-Amz-Signature=abcdef")
+
+
+def test_one_walker_lists_a_store_as_it_lists_the_same_local_folder(s3, synth_root, tmp_path):
+    from daskmri.filesystem import LOCAL, split_root
+    from daskmri.sources.walk import first_listing, walk
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    (root / "dicoms" / "SYN0001" / "9.dcm.d").mkdir()  # a folder named like a slice
+    (root / "dicoms" / "SYN0001" / "9.dcm.d" / "x.dcm").write_bytes(b"x")
+    url = s3.upload(root, "walk")
+    fs, url = split_root(url, s3.options())
+    patterns = [
+        "dicoms/SYN0001/*.dcm*",  # a wildcard last part: matches the folder too
+        "dicoms/*/*.dcm",  # a wildcard folder on the way
+        "contourfiles/SYN-C-1/i-contours/IM-0001-0002-icontour-manual.txt",  # all literal
+        "dicoms/NOBODY/*.dcm",  # a missing literal folder lists as empty
+    ]
+    for pattern in patterns:
+        local_problems, remote_problems = [], []
+        local = walk(LOCAL, str(root), pattern, local_problems, {})
+        remote = walk(fs, url, pattern, remote_problems, {})
+        assert bool(local) == ("NOBODY" not in pattern), pattern
+        assert [p.replace(url, str(root), 1) for p in remote] == local, pattern
+        assert local == sorted(local) and local_problems == remote_problems == []
+        # The listings made ahead, for many patients at once, give the same answer.
+        ahead = fs.listed([first_listing(url, pattern)])
+        assert walk(ahead, url, pattern, [], {}) == remote
+    assert str(root / "dicoms" / "SYN0001" / "9.dcm.d") in walk(
+        LOCAL, str(root), "dicoms/SYN0001/*.dcm*", [], {}
+    )

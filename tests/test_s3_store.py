@@ -168,7 +168,7 @@ def test_a_store_built_with_credentials_only_in_the_environment(
     damaged file so that dropped.csv has a row."""
     from daskmri import cli
 
-    broken = Path(daskmri.scan(damaged_root).image_path.iloc[0])  # a record's slice
+    broken = Path(daskmri.scan(damaged_root).table.image_path.iloc[0])  # a record's slice
     broken.write_bytes(broken.read_bytes()[:200])
     local = tmp_path / "local.zarr"
     daskmri.build(damaged_root, local, chunk_size=CHUNK, scheduler="sync")

@@ -163,6 +163,7 @@ class TestRoundTrip:
                 daskmri.read_record,
                 spec,
                 4,
+                kinds=daskmri.SUNNYBROOK.kinds,
             )
         after = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
         assert after == before

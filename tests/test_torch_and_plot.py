@@ -78,3 +78,23 @@ def test_show_draws_a_batch_and_a_dataset(ds):
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == [
         f"{ds.patient_id.values[k]} / {ds.instance.values[k]}" for k in (0, 5)
     ]
+
+
+def test_overlay_colours_masks_by_place_one_by_one_or_as_a_dict():
+    from daskmri.plot import PALETTE, overlay
+
+    image = np.zeros((12, 12))
+    masks = []
+    for k in range(3):  # three kinds in separate places, so no outline hides another
+        mask = np.zeros((12, 12), bool)
+        mask[1 + 4 * k : 4 + 4 * k, 1:4] = True
+        masks.append(mask)
+    rgb = overlay(image, *masks)
+    for k in range(3):
+        assert rgb[1 + 4 * k, 1].tolist() == list(PALETTE[k])
+    named = overlay(image, {"lv": masks[0], "myo": masks[1], "rv": masks[2]})
+    np.testing.assert_array_equal(named, rgb)
+    # None keeps its place: the third kind is still the third colour.
+    assert overlay(image, None, None, masks[2])[9, 1].tolist() == list(PALETTE[2])
+    with pytest.raises(TypeError, match="one dict"):
+        overlay(image, {"lv": masks[0]}, masks[1])

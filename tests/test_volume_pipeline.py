@@ -278,8 +278,8 @@ def _local(table: pd.DataFrame, root, url: str) -> pd.DataFrame:
 def test_s3_root_equals_the_local_copy(roots, s3, monkeypatch, tmp_path):
     root, expected = roots["acdc"]
     url = s3.upload(root, "acdc")
-    remote = daskmri.scan(url, layout=daskmri.ACDC, source_options=s3.options())
-    local = daskmri.scan(root, layout=daskmri.ACDC)
+    remote, _ = daskmri.scan(url, layout=daskmri.ACDC, source_options=s3.options())
+    local, _ = daskmri.scan(root, layout=daskmri.ACDC)
     assert remote["image_path"].iloc[0].startswith(url + "/patient001/")
     columns = [c for c in local.columns if c != "volume"]
     pd.testing.assert_frame_equal(_local(remote, root, url)[columns], local[columns])

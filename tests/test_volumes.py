@@ -69,7 +69,7 @@ def _slices(expected: dict) -> dict[str, int]:
 def test_scan_lists_every_slice_of_the_labelled_frames(
     sunnybrook_cines, sunnybrook_volumes, layout
 ):
-    table = daskmri.scan(sunnybrook_volumes[layout], layout=_preset(layout))
+    table, _ = daskmri.scan(sunnybrook_volumes[layout], layout=_preset(layout))
     expected = volumes.expected_records(sunnybrook_cines, layout)
     assert len(table) == len(expected)
     assert set(table["patient_id"]) == set(volumes.patient_ids(sunnybrook_cines, layout))
@@ -125,7 +125,7 @@ def test_labels_all_adds_the_unlabelled_frames_with_empty_masks(one_patient, lay
     root, cines = one_patient[layout], one_patient["cines"]
     expected = volumes.expected_records(cines, layout, labels="all")
     assert len(expected) == cines[0].frames * cines[0].positions
-    assert len(daskmri.scan(root, layout=_preset(layout), labels="all")) == len(expected)
+    assert len(daskmri.scan(root, layout=_preset(layout), labels="all").table) == len(expected)
     ds = _load(root, layout, labels="all")
     _assert_records(ds, expected, layout)
     for i in range(ds.sizes["record"]):

@@ -215,7 +215,7 @@ def test_expected_records_agree_with_the_dicom_path_where_it_has_records(
     """The DICOM pipeline on the same files: where it lists a record, the expected
     record holds its image and masks up to the transform."""
     ds = daskmri.load_dataset(real_root, scheduler="sync").compute()
-    table = daskmri.scan(real_root)
+    table, _ = daskmri.scan(real_root)
     expected = volumes.expected_records(sunnybrook_cines, "mnms", labels="all")
     by_path = {record.dicom_path: record for record in expected.values()}
     assert len(table) == 56 == sum(len(c.contoured) for c in sunnybrook_cines)

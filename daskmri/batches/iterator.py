@@ -556,12 +556,19 @@ class BatchIterator:
         ------
         ValueError
             If the state is from an iterator with other settings or another dataset,
-            or from a newer daskmri.
+            or of another format (another daskmri version).
         """
-        if state.get("format", 1) > STATE_FORMAT:
+        found = state.get("format")
+        if found != STATE_FORMAT:
+            if isinstance(found, int) and found > STATE_FORMAT:
+                raise ValueError(
+                    f"the state has format {found}, newer than this daskmri's "
+                    f"({STATE_FORMAT}); upgrade daskmri to resume from it"
+                )
+            # An earlier epoch order: resuming mid-epoch would serve other records.
             raise ValueError(
-                f"the state has format {state['format']}, newer than this daskmri's "
-                f"({STATE_FORMAT}); upgrade daskmri to resume from it"
+                f"the state has format {found}, from a daskmri before 0.2.0 (this one reads "
+                f"{STATE_FORMAT}); it cannot be resumed: start a new epoch without load_state_dict"
             )
         for key, value in self._settings().items():
             if key in state and state[key] != value:
@@ -569,11 +576,6 @@ class BatchIterator:
                     f"the state was saved with {key}={state[key]!r}, this iterator has "
                     f"{value!r}; make the iterator with the same settings and dataset"
                 )
-        if state.get("format", 1) < STATE_FORMAT and state["batch"]:
-            raise ValueError(
-                "the state was saved mid-epoch by an earlier daskmri, whose epoch order "
-                "differs; resume from the start of an epoch (set state['batch'] = 0)"
-            )
         self._drop_warm()  # fetched for an epoch that may not come now
         history = tuple(Stretch(*h) for h in state.get("history", ()))
         saved = Stretch(int(state.get("world_size", 1)), int(state["batch_size"]), 0)

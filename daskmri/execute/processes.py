@@ -154,7 +154,8 @@ class ProcessWorkers:
     >>> from daskmri.parse import parse_partition
     >>> root = daskmri.synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=4, shape=(16, 16))
     >>> parts = plan_chunks(daskmri.scan(root)).parts()
-    >>> task = functools.partial(parse_partition, shape=(16, 16), slots=None)
+    >>> kinds = daskmri.SUNNYBROOK.kinds
+    >>> task = functools.partial(parse_partition, shape=(16, 16), slots=None, kinds=kinds)
     >>> with ProcessWorkers(1) as workers:
     ...     results, isolation = workers.run(task, parts, daskmri.read_record)
     >>> results[0][0].image.shape, isolation.records

@@ -5,13 +5,13 @@ Layout of a store (a Zarr v3 group)::
 
     image     float32 (slot, y, x)   chunks (chunk_size, y, x)   written by the chunk tasks
     <kind>    bool    (slot, y, x)   chunks (chunk_size, y, x)   one per contour kind
-                                                                 (icontour, ocontour, ...)
+                                                                 (the layout's kinds)
     done      str     (chunk,)       chunks (1,)                 a task's marker, written last
     status    int8    (slot,)        pending / ok / dropped / retired, written by the client
     has_<kind>, patient_id, original_id, instance, fingerprint  (slot,)
 
-The kinds are the group's ``kinds`` attribute (a JSON list); a store without it (made
-before kinds were declared) holds ``icontour`` and ``ocontour``.
+The kinds are the group's ``kinds`` attribute (a JSON list). A store of another
+``format`` attribute (one made by daskmri 0.1) is refused, with the rebuild to run.
 
 There is one slot per planned record, so every chunk task knows its region before
 it runs and a retried task rewrites exactly that region: no record can be doubled

@@ -23,15 +23,15 @@ __all__ = ["COMPRESSORS", "DEFAULT_COMPRESSOR", "FORMAT", "create", "read_attrs"
 
 #: Bumped when the layout of a store changes incompatibly. 2: original_id in the
 #: record fingerprints, the ``planned`` and ``build_id`` attributes. 3: the
-#: ``geometry`` of each slot (where its source slice sits in the frame). 4: the
-#: ``frame``, ``slice`` and ``phase`` of each slot (volume planes), 0.2.0's fingerprints.
+#: ``geometry`` of each slot (where its source slice sits in the frame). 4 (0.2.0):
+#: the ``kinds`` attribute and each done marker's ``size`` always there, the layout
+#: hashed as ``to_dict``, and each slot's ``frame``, ``slice`` and ``phase`` (volume
+#: planes); an older store is refused, not read by guesses.
 FORMAT = 4
 
 PENDING, OK, DROPPED, RETIRED = 0, 1, 2, 3
 STATUS_NAMES = {PENDING: "pending", OK: "ok", DROPPED: "dropped", RETIRED: "retired"}
 
-#: The contour kinds of a store made before kinds were recorded (attribute ``kinds``).
-OLD_KINDS = ("icontour", "ocontour")
 MARKER_BATCH = 4096
 #: Per-slot tables are small; a large chunk keeps them to a few objects in the store.
 TABLE_CHUNK = 1 << 17
@@ -63,10 +63,10 @@ def kinds_in(attrs: dict) -> tuple[str, ...]:
 
     Examples
     --------
-    >>> kinds_in({"kinds": '["icontour", "scar"]'}), kinds_in({})
-    (('icontour', 'scar'), ('icontour', 'ocontour'))
+    >>> kinds_in({"kinds": '["icontour", "scar"]'})
+    ('icontour', 'scar')
     """
-    return tuple(json.loads(attrs["kinds"])) if "kinds" in attrs else OLD_KINDS
+    return tuple(json.loads(attrs["kinds"]))
 
 
 def pixel_names(kinds: Sequence[str]) -> tuple[str, ...]:
@@ -227,8 +227,8 @@ def read_attrs(spec: StoreSpec) -> dict:
     if attrs["format"] != FORMAT:
         raise StoreError(
             f"{spec.shown!r} was made by another version of daskmri (store format "
-            f"{attrs['format']}, this version reads {FORMAT}); rebuild it with "
-            "daskmri.build(..., mode='overwrite')"
+            f"{attrs.get('format')}, this version reads {FORMAT}); rebuild it with "
+            "daskmri.build(root, store, mode='overwrite')"
         )
     return attrs
 
@@ -244,11 +244,13 @@ def remove(spec: StoreSpec) -> None:
     # chunks are gone under a group that still claims to be complete. The group's
     # metadata goes last, so what is left is still known as a daskmri store.
     # Not `planned` either: a build that finds a removal cut short starts again.
-    kinds = OLD_KINDS
+    kinds: tuple[str, ...] = ()
     with contextlib.suppress(Exception):
         group = spec.group("r+")
         group.attrs.update({"complete": False, "planned": False})
-        kinds = kinds_in(dict(group.attrs))
+        # A store of another format may not record its kinds: each has a has_<kind>.
+        found = [name[4:] for name in group.array_keys() if name.startswith("has_")]
+        kinds = kinds_in(dict(group.attrs)) if "kinds" in group.attrs else tuple(found)
     base = path.rstrip("/")
     names = entries(kinds)
     # Which arrays are there: their metadata read together (a byte of each), not one

@@ -12,7 +12,7 @@ import numpy as np
 import zarr
 
 from ..fit import GEOMETRY
-from ..parse import KINDS, parse_chunk
+from ..parse import parse_chunk
 from ..record import Parsed, Record
 from .format import pixel_names
 from .spec import StoreSpec, at_once, writer
@@ -27,7 +27,8 @@ def write_partition(
     spec: StoreSpec,
     chunk_size: int,
     fit: str = "drop",
-    kinds: Sequence[str] = KINDS,
+    *,
+    kinds: Sequence[str],
 ) -> list[dict]:
     """One task: parse the records and write them into their slots, then each chunk's
     ``done`` marker. The items cover one chunk's region, or several consecutive ones
@@ -125,7 +126,7 @@ class ZarrRegions:
         chunk_size: int,
         *,
         fit: str = "drop",
-        kinds: Sequence[str] = KINDS,
+        kinds: Sequence[str],
     ) -> None:
         self.spec, self.shape, self.chunk_size, self.fit = spec, shape, chunk_size, fit
         self.kinds = tuple(kinds)

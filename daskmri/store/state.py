@@ -125,8 +125,7 @@ async def _whole(array):
 
 def _fold(marker: dict, start: int, status: np.ndarray, has: dict[str, np.ndarray]) -> None:
     """A chunk's marker into the per-slot ``status`` and ``has`` arrays."""
-    # Markers written before contour kinds were declared have no "size".
-    n = int(marker["size"]) if "size" in marker else len(marker["has_icontour"])
+    n = int(marker["size"])
     region = slice(start, start + n)
     values = np.full(n, DROPPED, dtype=np.int8)
     values[marker["kept"]] = OK
