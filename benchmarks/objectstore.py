@@ -42,8 +42,8 @@ sys.path.insert(0, str(HERE.parent))  # tests.s3: the server the tests use
 from common import REAL_DATA, bench_dataset, pyplot  # noqa: E402
 
 import daskmri  # noqa: E402
-import daskmri.layout  # noqa: E402
 import daskmri.parse  # noqa: E402
+import daskmri.sources.dicom_contours  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -130,9 +130,10 @@ def _one_at_a_time(name: str):
         daskmri.parse.fetched = lambda records: records
         return lambda: setattr(daskmri.parse, "fetched", concurrent)
     if "patient by patient" in name:
-        ahead = daskmri.layout._Finder.listed_ahead
-        daskmri.layout._Finder.listed_ahead = lambda self, patients: patients
-        return lambda: setattr(daskmri.layout._Finder, "listed_ahead", ahead)
+        finder = daskmri.sources.dicom_contours._Finder
+        ahead = finder.listed_ahead
+        finder.listed_ahead = lambda self, patients: patients
+        return lambda: setattr(finder, "listed_ahead", ahead)
     return lambda: None
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from . import __version__
 from .errors import DaskmriError, LayoutError, ReaderError
-from .layout import SERIES, SUNNYBROOK, Layout, layout_from_dict
+from .layout import layout_from_dict
 from .settings import SCHEDULERS
+from .sources.dicom_contours import SERIES, SUNNYBROOK, Layout
 from .sources.volumes import PRESETS, VolumeLayout
 
 # Commands import what they use when they run: the "processes" scheduler starts

@@ -15,13 +15,14 @@ from collections.abc import Callable
 import xarray as xr
 
 from .execute import client_for, close_with, executor_for, progress_bar
-from .layout import Layout, scan
+from .layout import scan
 from .limits import Limits
 from .plan import infer_shape, plan_chunks
 from .record import Parsed, Record
 from .schema import dropped, provenance
 from .settings import Compute, Parsing, Source
 from .sinks import assemble, memory_sink
+from .sources.dicom_contours import Layout
 
 __all__ = ["dropped", "load_dataset"]
 

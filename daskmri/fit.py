@@ -26,7 +26,21 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FITS", "GEOMETRY", "Geometry", "fit_image", "fit_mask", "paste", "place", "to_source"]
+from .errors import RecordError
+
+__all__ = [
+    "FITS",
+    "GEOMETRY",
+    "Geometry",
+    "check_resampled",
+    "fit_image",
+    "fit_mask",
+    "paste",
+    "place",
+    "place_in_frame",
+    "shape_error",
+    "to_source",
+]
 
 #: The ways a slice meets the frame: ``"drop"`` a slice of another size, or
 #: ``"pad_or_crop"`` it into the frame, centred.
@@ -203,6 +217,65 @@ def fit_image(image: np.ndarray, geometry: Geometry, frame: tuple[int, int]) -> 
     out = np.zeros(tuple(int(n) for n in frame), dtype=np.float32)
     out[fr, fc] = resample(image, geometry, sr, sc)
     return out
+
+
+def place_in_frame(path: str, source, frame, source_spacing, fit: str, spacing) -> Geometry:
+    """Where a slice (or plane) of size ``source`` goes in the ``frame``: :func:`place`,
+    resampled from ``source_spacing`` to ``spacing`` when given.
+
+    Raises
+    ------
+    RecordError
+        When it cannot go there: no spacing to resample from, an unusable spacing, or
+        another size with ``fit="drop"``.
+
+    Examples
+    --------
+    >>> place_in_frame("/d/1.dcm", (4, 4), (4, 4), None, "drop", None).scaled_shape
+    (4, 4)
+    """
+    if spacing is not None and source_spacing is None:
+        raise RecordError(path, "no PixelSpacing, so the slice cannot be resampled to spacing=")
+    try:
+        geometry = place(source, frame, spacing=source_spacing, target=spacing)
+    except (OverflowError, ValueError) as exc:  # a PixelSpacing such as 1e308
+        raise RecordError(
+            path, f"PixelSpacing {source_spacing} cannot be resampled to spacing={spacing}"
+        ) from exc
+    if fit == "drop" and geometry.scaled_shape != tuple(frame):
+        raise shape_error(path, geometry.scaled_shape, frame, resampled=spacing is not None)
+    return geometry
+
+
+def check_resampled(path: str, geometry: Geometry, source_spacing, limits) -> None:
+    """Raise RecordError when resampling would make a slice larger than
+    ``limits.max_pixels``: a spacing such as 1e-6 mm is a damaged file, not a request."""
+    if geometry.scaled and not 0 < np.prod(geometry.scaled_shape) <= limits.max_pixels:
+        raise RecordError(
+            path,
+            f"PixelSpacing {source_spacing} would resample the slice to "
+            f"{'x'.join(map(str, geometry.scaled_shape))} pixels (Limits.max_pixels="
+            f"{limits.max_pixels}); is the spacing right?",
+        )
+
+
+def shape_error(
+    path: str | None, got: tuple[int, ...], want: tuple[int, int], *, resampled: bool = False
+) -> RecordError:
+    """The RecordError of an image whose size is not the frame's.
+
+    Examples
+    --------
+    >>> print(shape_error("/d/1.dcm", (3, 4), (4, 4)).reason)  # doctest: +ELLIPSIS
+    image is 3x4 but this dataset's images are 4x4; pass fit='pad_or_crop' ...
+    """
+    what = "resampled image" if resampled else "image"
+    return RecordError(
+        path or "",
+        f"{what} is {'x'.join(map(str, got))} but this dataset's images are "
+        f"{want[0]}x{want[1]}; pass fit='pad_or_crop' to centre every slice in the frame "
+        "(or build differently sized series separately)",
+    )
 
 
 def fit_mask(mask: np.ndarray, geometry: Geometry, frame: tuple[int, int]) -> np.ndarray:

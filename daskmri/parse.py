@@ -27,14 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from .contours import polygon_mask, read_contour
-from .dicom import read_slice
 from .errors import DATA_ERRORS, DaskmriError, ReaderError, RecordError, one_line
-from .fit import GEOMETRY, Geometry, fit_image, fit_mask, paste, place
+from .fit import GEOMETRY, Geometry, paste, place, shape_error
 from .limits import DEFAULT_LIMITS, Limits
-from .record import Fitted, Parsed, Placeholder, Record, drop_row
-from .rtstruct import Plane, structure_mask
-from .sources.volumes import read_unit
+from .record import Parsed, Placeholder, Record, drop_row
+from .sources import dicom_contours, volumes
 
 __all__ = [
     "ChunkResult",
@@ -96,113 +93,12 @@ def read_record(
     ...     print("parsing", record.instance)
     ...     return read_record(record)
     """
-    if record.volume is not None:
-        (fitted,) = _fitted_planes(
-            [record], read_unit([record], limits=limits), limits, shape, fit, spacing
-        )
-        if isinstance(fitted, BaseException):  # the documented contract: raised
-            raise fitted
-        return fitted
-    if record.image_path is None:
-        raise RecordError("", f"instance {record.instance} has contours but no DICOM")
-    image, source_spacing = read_slice(record.image_path, limits=limits, fs=record.fs)
-    frame = image.shape if shape is None else shape
-    geometry = _placement(record.image_path, image.shape, frame, source_spacing, fit, spacing)
-    _check_scaled(record, geometry, source_spacing, limits)
-    if geometry.scaled or image.shape != tuple(frame):
-        image = fit_image(image, geometry, frame)
-    masks = [_mask(record, kind, path, geometry, frame, limits) for kind, path in record.contours]
-    return Fitted(image, *masks, geometry=geometry)
-
-
-def _fitted_planes(
-    records: Sequence[Record], planes: Sequence, limits: Limits, shape, fit: str, spacing
-) -> list:
-    """Volume planes (:class:`~daskmri.sources.volumes.Plane`) in the dataset's frame,
-    as :func:`read_record` gives a slice: one :class:`Fitted`, or the RecordError that
-    drops its record, per record. Label masks are resampled by the nearest pixel, so
-    a mask never holds a value between two labels."""
-    out = []
-    for record, plane in zip(records, planes, strict=True):
-        if isinstance(plane, BaseException):  # a label map that drops this record
-            out.append(plane)
-            continue
-        frame = plane.image.shape if shape is None else shape
-        try:
-            geometry = _placement(
-                record.image_path, plane.image.shape, frame, plane.spacing, fit, spacing
-            )
-            _check_scaled(record, geometry, plane.spacing, limits)
-        except RecordError as exc:
-            out.append(exc)
-            continue
-        image = plane.image
-        if geometry.scaled or image.shape != tuple(frame):
-            image = fit_image(image, geometry, frame)
-        masks = [None if m is None else fit_mask(m, geometry, frame) for m in plane.masks]
-        out.append(Fitted(image, *masks, geometry=geometry))
-    return out
-
-
-def _check_scaled(record: Record, geometry: Geometry, source_spacing, limits: Limits) -> None:
-    if geometry.scaled and not 0 < np.prod(geometry.scaled_shape) <= limits.max_pixels:
-        raise RecordError(
-            record.image_path,
-            f"PixelSpacing {source_spacing} would resample the slice to "
-            f"{'x'.join(map(str, geometry.scaled_shape))} pixels (Limits.max_pixels="
-            f"{limits.max_pixels}); is the spacing right?",
-        )
-
-
-def _mask(record: Record, kind: str, path, geometry: Geometry, frame, limits: Limits):
-    """One contour kind's mask of ``record`` in the frame, or None without a contour.
-
-    Rasterised in the frame from the mapped contour, by the mask rule: never a
-    shifted or interpolated mask."""
-    if path is None:
-        return None
-    source = (geometry.source_rows, geometry.source_columns)
-    picks = () if record.rtstruct is None else record.rtstruct.of(kind)
-    if picks:
-        plane = Plane(*record.rtstruct.plane)
-        return structure_mask(
-            picks,
-            plane,
-            shape=source,
-            to_frame=geometry.to_frame,
-            frame=frame,
-            limits=limits,
-            fs=record.fs,
-        )
-    points = read_contour(path, shape=source, limits=limits, fs=record.fs)
-    return polygon_mask(geometry.to_frame(points), frame)
-
-
-def _placement(path: str, source, frame, source_spacing, fit: str, spacing) -> Geometry:
-    """Where the slice goes in the frame; a slice that cannot go there fails."""
-    if spacing is not None and source_spacing is None:
-        raise RecordError(path, "no PixelSpacing, so the slice cannot be resampled to spacing=")
-    try:
-        geometry = place(source, frame, spacing=source_spacing, target=spacing)
-    except (OverflowError, ValueError) as exc:  # a PixelSpacing such as 1e308
-        raise RecordError(
-            path, f"PixelSpacing {source_spacing} cannot be resampled to spacing={spacing}"
-        ) from exc
-    if fit == "drop" and geometry.scaled_shape != tuple(frame):
-        raise _shape_error(path, geometry.scaled_shape, frame, resampled=spacing is not None)
-    return geometry
-
-
-def _shape_error(
-    path: str | None, got: tuple[int, ...], want: tuple[int, int], *, resampled: bool = False
-) -> RecordError:
-    what = "resampled image" if resampled else "image"
-    return RecordError(
-        path or "",
-        f"{what} is {'x'.join(map(str, got))} but this dataset's images are "
-        f"{want[0]}x{want[1]}; pass fit='pad_or_crop' to centre every slice in the frame "
-        "(or build differently sized series separately)",
-    )
+    if record.volume is None:
+        return dicom_contours.read(record, limits=limits, shape=shape, fit=fit, spacing=spacing)
+    (fitted,) = volumes.read([record], limits=limits, shape=shape, fit=fit, spacing=spacing)
+    if isinstance(fitted, BaseException):  # the documented contract: raised
+        raise fitted
+    return fitted
 
 
 @dataclass(frozen=True)
@@ -526,11 +422,18 @@ class DefaultReader:
     def read_unit(self, records: Sequence[Record]) -> list:
         """One result per record of one volume: a :class:`Fitted`, or the data error
         (:data:`~daskmri.errors.DATA_ERRORS`) that drops it."""
-        try:
-            planes = read_unit(records, limits=self.limits)
-        except DATA_ERRORS as exc:
-            return [exc] * len(records)
-        return _fitted_planes(records, planes, self.limits, self.shape, self.fit, self.spacing)
+        if records[0].volume is None:  # slices are read alone: one result each
+            return [_data_or_fitted(self, record) for record in records]
+        return volumes.read(
+            records, limits=self.limits, shape=self.shape, fit=self.fit, spacing=self.spacing
+        )
+
+
+def _data_or_fitted(reader: DefaultReader, record: Record):
+    try:
+        return reader(record)
+    except DATA_ERRORS as exc:
+        return exc
 
 
 @dataclass(frozen=True)
@@ -600,7 +503,7 @@ def _in_frame(
             for a in (pixels, *masks)
         )
     if pixels.shape != shape:
-        raise _shape_error(record.image_path, pixels.shape, shape)
+        raise shape_error(record.image_path, pixels.shape, shape)
     _check_masks(record, masks, shape, kinds)
     return pixels, masks, geometry or Geometry(*shape)
 

@@ -20,10 +20,10 @@ import numpy as np
 
 from .filesystem import LOCAL, FileSystem, split_root
 from .fit import FITS
-from .layout import SUNNYBROOK, Layout
 from .limits import DEFAULT_LIMITS, Limits
 from .parse import DefaultReader, Dropping
 from .record import Parsed, Record
+from .sources.dicom_contours import SUNNYBROOK, Layout
 from .sources.volumes import VolumeLayout
 
 __all__ = ["ON_ERROR", "SCHEDULERS", "Compute", "Parsing", "Source", "check_chunk_size"]

@@ -18,7 +18,8 @@ import xarray as xr
 from pydicom.pixels import apply_modality_lut
 
 from .contours import polygon_mask, read_contour
-from .layout import Layout, scan
+from .layout import scan
+from .sources.dicom_contours import Layout
 
 __all__ = ["assert_records_equal", "eager_load", "raise_if_dask_computes"]
 

@@ -18,8 +18,7 @@ import pydicom
 from pydicom.uid import generate_uid
 from pydicom.valuerep import format_number_as_ds
 
-from daskmri import RTStruct, synth
-from daskmri.layout import Layout
+from daskmri import Layout, RTStruct, synth
 
 RT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"

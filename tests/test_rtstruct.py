@@ -676,7 +676,7 @@ def test_a_literal_contour_name_that_links_out_of_the_root_is_refused(synth_root
     shutil.move(inside, outside)
     inside.symlink_to(outside)
     glob = str(inside.relative_to(root)).replace("SYN-C-1", "{original_id}")
-    kind = dataclasses.replace(daskmri.layout.ICONTOUR, glob=glob)
+    kind = dataclasses.replace(daskmri.sources.dicom_contours.ICONTOUR, glob=glob)
     with watching(outside.parent) as hits:
         table, problems = daskmri.scan(root, layout=Layout(contours=(kind,)), labels="all")
     assert hits == []
@@ -697,7 +697,7 @@ def test_kind_names_the_dataset_or_batches_use_are_refused(name):
 
 def test_every_geometry_coordinate_is_reserved():
     from daskmri.fit import GEOMETRY
-    from daskmri.layout import RESERVED
+    from daskmri.record import RESERVED
 
     assert set(GEOMETRY) <= RESERVED
 

@@ -32,10 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DATA_ERRORS, LayoutError, VolumeError
+from ..errors import DATA_ERRORS, LayoutError, RecordError, VolumeError
 from ..filesystem import LOCAL, FileSystem
+from ..fit import check_resampled, fit_image, fit_mask, place_in_frame
 from ..limits import DEFAULT_LIMITS, Limits
-from ..record import RESERVED, Problem, Record, VolumePlane
+from ..record import RESERVED, Fitted, Problem, Record, VolumePlane
 from .nifti import header_of, open_image, plane_orientation, read_frames, same_grid, to_planes
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "Phases",
     "VolumeLayout",
     "iter_records",
+    "read",
     "read_unit",
 ]
 
@@ -747,3 +749,42 @@ def _check_values(values: np.ndarray, path: str, kinds: tuple) -> None:
             f"label value(s) {unknown[:5]} belong to no kind of the layout ({mapping}); "
             "map them in VolumeLayout(label_values=...)",
         )
+
+
+def read(
+    records: Sequence[Record],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    shape: tuple[int, int] | None = None,
+    fit: str = "drop",
+    spacing: tuple[float, float] | None = None,
+) -> list:
+    """The records of one volume in the dataset's frame, as :func:`daskmri.read_record`
+    gives a slice: one :class:`~daskmri.record.Fitted`, or the data error that drops its
+    record, per record (:func:`read_unit`, then each plane placed). Label masks are
+    resampled by the nearest pixel, so a mask never holds a value between two labels.
+    """
+    try:
+        planes = read_unit(records, limits=limits)
+    except DATA_ERRORS as exc:
+        return [exc] * len(records)
+    out = []
+    for record, plane in zip(records, planes, strict=True):
+        if isinstance(plane, BaseException):  # a label map that drops this record
+            out.append(plane)
+            continue
+        frame = plane.image.shape if shape is None else shape
+        try:
+            geometry = place_in_frame(
+                record.image_path, plane.image.shape, frame, plane.spacing, fit, spacing
+            )
+            check_resampled(record.image_path, geometry, plane.spacing, limits)
+        except RecordError as exc:
+            out.append(exc)
+            continue
+        image = plane.image
+        if geometry.scaled or image.shape != tuple(frame):
+            image = fit_image(image, geometry, frame)
+        masks = [None if m is None else fit_mask(m, geometry, frame) for m in plane.masks]
+        out.append(Fitted(image, *masks, geometry=geometry))
+    return out

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import DaskmriError, StaleStoreError
 from ..execute import Executor, Isolation, client_for, executor_for, progress_bar
-from ..layout import Layout, layout_from_dict
+from ..layout import layout_from_dict
 from ..limits import Limits
 from ..plan import (
     Inputs,
@@ -41,6 +41,7 @@ from ..plan import runs as slot_runs
 from ..record import Parsed, Placeholder, Record
 from ..schema import now, provenance
 from ..settings import Compute, Parsing, Source
+from ..sources.dicom_contours import Layout
 from . import format as fmt
 from .freshness import check
 from .regions import ZarrRegions

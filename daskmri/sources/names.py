@@ -1,0 +1,67 @@
+"""The checks every layout's names and patterns pass, in one place: a kind's name
+(a variable of the dataset), a glob that stays inside the root, a regex that compiles."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ..errors import LayoutError
+from ..record import RESERVED
+
+__all__ = ["NAME", "check_glob", "check_kind_name", "compile_pattern"]
+
+#: A dataset variable's name.
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def check_glob(owner: str, value: str, keys: tuple[str, ...]) -> None:
+    """Raise LayoutError unless ``value`` names one of ``keys`` and stays inside the root.
+
+    Examples
+    --------
+    >>> check_glob("Layout.dicom_glob", "../x/{patient_id}", ("patient_id",))
+    Traceback (most recent call last):
+    ...
+    daskmri.errors.LayoutError: Layout.dicom_glob='../x/{patient_id}' must stay inside the root
+    """
+    if not any("{" + key + "}" in value for key in keys):
+        wanted = " or ".join(f"'{{{key}}}'" for key in keys)
+        raise LayoutError(f"{owner}={value!r} must contain {wanted}")
+    if os.path.isabs(value) or ".." in value.split("/"):
+        raise LayoutError(f"{owner}={value!r} must stay inside the root")
+
+
+def compile_pattern(owner: str, value: str, *, group: str | None = "instance") -> re.Pattern[str]:
+    """``value`` compiled (ignoring case when no ``group`` is wanted), or LayoutError."""
+    try:
+        compiled = re.compile(value, 0 if group else re.IGNORECASE)
+    except re.error as exc:
+        raise LayoutError(f"{owner}={value!r} is not a valid regex: {exc}") from None
+    if group and group not in compiled.groupindex:
+        raise LayoutError(f"{owner}={value!r} needs a named group (?P<{group}>...)")
+    return compiled
+
+
+def check_kind_name(name: object) -> None:
+    """Raise LayoutError unless ``name`` can be a mask variable of the dataset.
+
+    Examples
+    --------
+    >>> check_kind_name("lv")
+    >>> check_kind_name("x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    daskmri.errors.LayoutError: kind name 'x' is reserved or not a variable name ...
+    """
+    if (
+        not isinstance(name, str)
+        or not NAME.fullmatch(name)
+        or name in RESERVED
+        or name.startswith("has_")
+    ):
+        raise LayoutError(
+            f"kind name {name!r} is reserved or not a variable name (a letter, then "
+            "letters, digits or _; not has_... nor one of the dataset's other names: "
+            f"{', '.join(sorted(RESERVED))}); rename the kind, e.g. '{name}_mask'"
+        )
