@@ -36,7 +36,8 @@ from ..errors import DATA_ERRORS, LayoutError, RecordError, VolumeError
 from ..filesystem import LOCAL, FileSystem
 from ..fit import check_resampled, fit_image, fit_mask, place_in_frame
 from ..limits import DEFAULT_LIMITS, Limits
-from ..record import RESERVED, Fitted, Problem, Record, VolumePlane
+from ..record import Fitted, Problem, Record, VolumePlane
+from .names import check_kind_name
 from .nifti import header_of, open_image, plane_orientation, read_frames, same_grid, to_planes
 
 __all__ = [
@@ -58,7 +59,6 @@ PHASES_FILE_BYTES = 64 * 2**20
 #: Compressed bytes read for a header at scan time: a gzip stream's first 1 kB
 #: (a NIfTI-2 header is 540 bytes) comes from far fewer.
 HEAD_BYTES = 64 * 2**10
-_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -215,8 +215,7 @@ def _label_values(kinds) -> tuple[tuple[str, tuple[int, ...]], ...]:
     out, seen = [], set()
     for name, values in pairs:
         values = (values,) if isinstance(values, (int, np.integer)) else tuple(values)
-        if not isinstance(name, str) or not _NAME.fullmatch(name) or name in RESERVED:
-            raise LayoutError(f"kind name {name!r} is reserved or not a variable name")
+        check_kind_name(name)
         if not values or not all(isinstance(v, (int, np.integer)) and v != 0 for v in values):
             raise LayoutError(f"kind {name!r} needs non-zero integer label values, got {values}")
         if seen & set(values) or name in dict(out):
