@@ -50,6 +50,7 @@ __all__ = [
     "volume_patient_ids",
     "volume_phantom",
     "volume_rescale",
+    "write_msd_json",
 ]
 
 # Contour vertices lie on a 1/64-pixel grid: exactly representable in binary and
@@ -300,14 +301,7 @@ def make_dataset(
     shapes = [patient_shape(shape, p) for p in range(1, patients + 1)]
     if min(min(s) for s in shapes) < 16:
         raise ValueError(f"shape {shape} is too small for the phantom; use at least 16x16")
-    root = Path(root)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        # It writes link.csv and dicoms/: never over someone's dataset or files.
-        raise DaskmriError(
-            f"{root} is not an empty folder; make_dataset writes only into a new or "
-            "empty folder, so pass one"
-        )
-    root.mkdir(parents=True, exist_ok=True)
+    root = _new_folder(root, "make_dataset")
     ids = patient_ids(patients)
     with open(root / "link.csv", "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
@@ -559,18 +553,36 @@ def _write_volume_index(root: Path, layout: str, names: list[str], rows: list, e
         training = [
             {"image": f"./imagesTr/{n}{ext}", "label": f"./labelsTr/{n}{ext}"} for n in names
         ]
-        description = {
-            "name": "LeftAtrium",
-            "description": "daskmri synthetic phantom (the LV disk stands in for the atrium)",
-            "tensorImageSize": "3D",
-            "modality": {"0": "MRI"},
-            "labels": {"0": "background", "1": "left atrium"},
-            "numTraining": len(training),
-            "numTest": 0,
-            "training": training,
-            "test": [],
-        }
-        (root / "dataset.json").write_text(json.dumps(description, indent=4))
+        write_msd_json(root, training, "daskmri synthetic phantom (the LV disk as the atrium)")
+
+
+def _new_folder(root: str | os.PathLike[str], who: str) -> Path:
+    """``root``, made; refused unless it is new or empty: a synthetic dataset is never
+    written over someone's dataset or files."""
+    root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise DaskmriError(
+            f"{root} is not an empty folder; {who} writes only into a new or empty folder, "
+            "so pass one"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def write_msd_json(root: Path, training: list[dict], description: str) -> None:
+    """The ``dataset.json`` of an MSD Task02_Heart-shaped folder listing ``training``."""
+    values = {
+        "name": "LeftAtrium",
+        "description": description,
+        "tensorImageSize": "3D",
+        "modality": {"0": "MRI"},
+        "labels": {"0": "background", "1": "left atrium"},
+        "numTraining": len(training),
+        "numTest": 0,
+        "training": training,
+        "test": [],
+    }
+    (root / "dataset.json").write_text(json.dumps(values, indent=4))
 
 
 def make_volume_dataset(
@@ -649,13 +661,7 @@ def make_volume_dataset(
         )
     if min(shape) < 16:
         raise ValueError(f"shape {shape} is too small for the phantom; use at least 16x16")
-    root = Path(root)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise DaskmriError(
-            f"{root} is not an empty folder; make_volume_dataset writes only into a new "
-            "or empty folder, so pass one"
-        )
-    root.mkdir(parents=True, exist_ok=True)
+    root = _new_folder(root, "make_volume_dataset")
     ext = ".nii.gz" if compress else ".nii"
     names = volume_patient_ids(layout, patients)
     rows = []

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from daskmri import synth
 from daskmri.contours import polygon_mask, read_contour
 from daskmri.dicom import read_slice
 
@@ -471,18 +471,7 @@ def write_msd(cines: Sequence[Cine], root: Path, variant: Variant = Variant()) -
         labels = cine.voxels(cine.label_map(LABELS["msd"], (cine.ed,))[ed])[..., 0]
         _save(labels, cine.affine, root / "labelsTr" / name, variant)
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    description = {
-        "name": "LeftAtrium",
-        "description": "Sunnybrook i-contours standing in for the left atrium",
-        "tensorImageSize": "3D",
-        "modality": {"0": "MRI"},
-        "labels": {"0": "background", "1": "left atrium"},
-        "numTraining": len(training),
-        "numTest": 0,
-        "training": training,
-        "test": [],
-    }
-    (root / "dataset.json").write_text(json.dumps(description, indent=4))
+    synth.write_msd_json(root, training, "Sunnybrook i-contours standing in for the left atrium")
     return root
 
 
