@@ -1,13 +1,15 @@
 """NIfTI volume datasets (ACDC, M&Ms, MSD Task02 layouts) through the whole pipeline:
 load_dataset, build/open_dataset/check/update, BatchIterator ranks, split, fit= and
 spacing= with to_source, the schedulers and a cluster, the CLI, s3:// roots, and bad
-input. Every comparison is with the eager reference of tests/volume_files.py (each
+input. Every comparison is with the eager reference of tests/vf.py (each
 file read by nibabel), never with daskmri's own output."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import nibabel
@@ -18,9 +20,11 @@ import pytest
 import daskmri
 from daskmri import BatchIterator
 from daskmri.cli import main
-from daskmri.errors import ReaderError
+from daskmri.errors import ReaderError, VolumeError
+from daskmri.limits import Limits
 from daskmri.parse import DefaultReader
 from daskmri.plan import plan_chunks
+from daskmri.sources.nifti import open_image
 
 from . import volume_files as vf
 from .test_cli_and_synth import read_png
@@ -516,3 +520,83 @@ def test_read_record_raises_what_drops_a_volume_record(tmp_path):
     _label_like(gt, np.full(vf.SHAPE, 7))
     with pytest.raises(daskmri.VolumeError, match=r"label value\(s\) \[7\]"):
         daskmri.read_record(record)
+
+
+# -- found in review: each a case that broke before ------------------------------------
+
+
+def test_a_header_that_puts_the_voxels_far_in_is_refused_before_unpacking(tmp_path):
+    """A gzip stream of zeros behind a header whose vox_offset is 2**31: refused from
+    the header, before anything past it is unpacked (it grew memory by 800 MiB)."""
+    header = nibabel.Nifti1Header()
+    header.set_data_shape((2, 2, 2))
+    header.set_data_dtype(np.int8)
+    header["vox_offset"] = 2**31
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    body = [packer.compress(header.binaryblock + b"\0" * 4)]
+    body += [packer.compress(b"\0" * (1 << 20)) for _ in range(64)] + [packer.flush()]
+    path = tmp_path / "bomb.nii.gz"
+    path.write_bytes(b"".join(body))
+    started = tracemalloc_peak(lambda: open_image(str(path), limits=Limits(max_voxels=8)))
+    assert "over 16777216" in started[1] and started[0] < 32 * 2**20
+
+
+def tracemalloc_peak(call) -> tuple[int, str]:
+    """The peak bytes traced while ``call`` raises a VolumeError, and its message."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(VolumeError) as info:
+            call()
+        return tracemalloc.get_traced_memory()[1], str(info.value)
+    finally:
+        tracemalloc.stop()
+
+
+def test_phases_beyond_the_image_drop_only_those_frames(tmp_path):
+    """M&Ms' ES after the cine's last frame, and an MSD-like 3D image with phases: the
+    frames that do not exist are reported; the others load, equal to the reference."""
+    root = vf.make_mnms(tmp_path / "mnms")
+    csv_path = root / vf.MNMS_CSV
+    text = csv_path.read_text().replace("A0S9V9,Siemens,0,3", "A0S9V9,Siemens,0,9")
+    csv_path.write_text(text)
+    ds = daskmri.load_dataset(root, layout=daskmri.MNMS, scheduler="sync")
+    dropped = daskmri.dropped(ds)
+    assert dropped.reason.str.contains("names frame 9 \\(ES\\), but the image has 6").any()
+    a0 = ds.isel(record=ds.patient_id.values == "A0S9V9")
+    assert set(a0.frame.values.tolist()) == {0} and set(a0.phase.values.tolist()) == {"ED"}
+    three_d = dataclasses.replace(daskmri.MSD_HEART, phases=daskmri.Phases("frames.csv"))
+    msd = vf.make_msd(tmp_path / "msd", patients=1)
+    (msd / "frames.csv").write_text("patient_id,ED,ES\nla_001,1,10\n")
+    ds = daskmri.load_dataset(msd, layout=three_d, scheduler="sync")
+    assert set(ds.frame.values.tolist()) == {0} and set(ds.phase.values.tolist()) == {"ED"}
+    assert daskmri.dropped(ds).reason.str.contains("names frame 10 \\(ES\\)").all()
+
+
+def test_frame_files_of_another_slice_count_are_left_out_keeping_instances_unique(tmp_path):
+    root = vf.make_acdc(tmp_path / "acdc", patients=1)
+    es = root / "patient001" / "patient001_frame04.nii.gz"
+    image = nibabel.load(es)
+    data = np.asarray(image.dataobj)[..., :3]
+    nibabel.save(nibabel.Nifti1Image(data, image.affine), es)
+    table, problems = daskmri.scan(root, layout=daskmri.ACDC)
+    assert not table.duplicated(["patient_id", "instance"]).any()
+    assert set(table.phase) == {"ED"}
+    assert any("3 slices, but the patient's other volume has 5" in p.reason for p in problems)
+
+
+def test_a_label_map_in_the_other_compression_is_found_and_a_missing_one_reported(tmp_path):
+    root = vf.make_msd(tmp_path / "msd", patients=3)
+    gz = root / "labelsTr" / "la_002.nii.gz"
+    nibabel.save(nibabel.load(gz), root / "labelsTr" / "la_002.nii")
+    gz.unlink()
+    (root / "labelsTr" / "la_003.nii.gz").unlink()
+    (root / "imagesTr" / "._la_001.nii.gz").write_bytes(b"\0\5\26\7 macOS resource fork")
+    table, problems = daskmri.scan(root, layout=daskmri.MSD_HEART)
+    assert set(table.patient_id) == {"la_001", "la_002"}
+    assert table.loc[table.patient_id == "la_002", "la_path"].str.endswith(".nii").all()
+    assert [(p.patient_id, p.reason) for p in problems] == [
+        ("la_003", "no label map for this image")
+    ]
+    # M&Ms' Training/Unlabeled patients have none by design: nothing to report.
+    mnms = vf.make_mnms(tmp_path / "mnms")
+    assert daskmri.scan(mnms, layout=daskmri.MNMS).problems == ()

@@ -47,6 +47,7 @@ from ..limits import DEFAULT_LIMITS, Limits, read_bounded
 
 __all__ = [
     "DIRECTION_TOLERANCE",
+    "MAX_HEADER_BYTES",
     "MM_TOLERANCE",
     "PlaneOrientation",
     "Volume",
@@ -59,6 +60,9 @@ __all__ = [
     "same_grid",
     "to_planes",
 ]
+
+#: The most bytes before the voxels (the header and its extensions) a file may declare.
+MAX_HEADER_BYTES = 16 * 2**20
 
 #: Largest difference in voxel size or origin (mm) for two grids to be the same.
 MM_TOLERANCE = 1e-3
@@ -471,6 +475,12 @@ def open_image(path: str, *, limits: Limits = DEFAULT_LIMITS, fs: FileSystem = L
     head = _gunzip(raw, path, 1024) if gzipped else raw[:1024]
     header = header_of(head, path)
     shape, offset, itemsize = _declared(header, path, max_voxels)
+    if offset > MAX_HEADER_BYTES:
+        # Unpacked before the voxels: a gzip stream could otherwise make a worker
+        # allocate whatever a header claims, whatever Limits say.
+        raise VolumeError(
+            path, f"the header puts the voxels {offset} bytes in, over {MAX_HEADER_BYTES}"
+        )
     need = offset + int(np.prod(shape)) * itemsize
     data = _gunzip(raw, path, need) if gzipped else raw
     if len(data) < need:

@@ -124,6 +124,10 @@ class VolumeLayout:
     phases : Phases, optional
         Where the ED and ES frames are given. Without it, a 3D volume is frame 0 and
         a labelled 4D label map's frames are all labelled.
+    unlabelled : str or tuple of str
+        Those of the ``image`` globs whose patients have no label map (M&Ms'
+        ``Training/Unlabeled``); a patient found by another glob without its label map
+        is reported.
 
     Raises
     ------
@@ -145,10 +149,15 @@ class VolumeLayout:
     frame_image: str | None = None
     frame_label: str | None = None
     phases: Phases | None = None
+    unlabelled: tuple[str, ...] | str = ()
 
     def __post_init__(self) -> None:
         image = (self.image,) if isinstance(self.image, str) else tuple(self.image)
         object.__setattr__(self, "image", image)
+        unlabelled = self.unlabelled
+        object.__setattr__(
+            self, "unlabelled", (unlabelled,) if isinstance(unlabelled, str) else tuple(unlabelled)
+        )
         object.__setattr__(self, "label_values", _label_values(self.label_values))
         for template in (*self.image, self.label, self.frame_image, self.frame_label):
             if template is not None and (os.path.isabs(template) or ".." in template.split("/")):
@@ -199,6 +208,7 @@ class VolumeLayout:
         values = dataclasses.asdict(self)
         values["image"] = list(self.image)
         values["label_values"] = [[k, list(v)] for k, v in self.label_values]
+        values["unlabelled"] = list(self.unlabelled)
         return {"source": "volumes", **values}
 
     @classmethod
@@ -250,6 +260,7 @@ MNMS = VolumeLayout(
     ),
     {"lv": 1, "myo": 2, "rv": 3},
     label="{folder}/{patient_id}_sa_gt.nii.gz",
+    unlabelled="Training/Unlabeled/{patient_id}/{patient_id}_sa.nii.gz",
     phases=Phases(
         "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv",
         id_column="External code",
@@ -332,6 +343,8 @@ def _patients(fs: FileSystem, root: str, layout: VolumeLayout, problems: list[Pr
             if match is None:
                 continue
             patient = match["patient_id"]
+            if patient.startswith("."):  # "._la_003.nii.gz": a macOS resource fork
+                continue
             if patient in found:
                 problems.append(
                     Problem(
@@ -468,6 +481,8 @@ class _Lister:
 
     def __post_init__(self) -> None:
         self.frames = _Frames(self.fs, self.root, self.layout.phases)
+        self._slices: dict[str, int] = {}  # each patient's slice count, by its first volume
+        self._base = 0 if self.layout.phases is None else self.layout.phases.base
 
     def rows(self, patient_id: str, image: str) -> Iterator[dict]:
         folder = os.path.dirname(image)
@@ -499,29 +514,46 @@ class _Lister:
             return [
                 (
                     self._path(layout.frame_image, fill, frame + base),
-                    [(frame, phase, 0, self._path(layout.frame_label, fill, frame + base), 0)],
+                    [(frame, phase, 0, self._frame_label(fill, frame + base), 0)],
                 )
                 for frame, phase in labelled
             ]
-        label = None if layout.label is None else self._path(layout.label, fill)
+        label = None if layout.label is None else self._found(self._path(layout.label, fill))
         if label is not None and self.fs.stat(label) is None:
-            label = None  # an unlabelled patient (M&Ms' Training/Unlabeled)
+            self._missing_label(label, fill)
+            label = None
         phase_of = dict(labelled)
         if layout.frame_image is not None:  # labels="all": the 4D image, frameFF labels
-            by_frame = {
-                f: (p, self._path(layout.frame_label, fill, f + base), 0) for f, p in labelled
-            }
+            by_frame = {f: (p, self._frame_label(fill, f + base), 0) for f, p in labelled}
         else:
             by_frame = {f: (p, label, f) for f, p in labelled} if frames is not None else None
         plan = (phase_of, by_frame, label)
         return [(_join(self.root, image), plan)]
+
+    def _found(self, path: str) -> str:
+        """``path``, or the same file in the other compression when only that exists
+        (a ``.nii`` label beside a ``.nii.gz`` image)."""
+        if self.fs.stat(path) is not None:
+            return path
+        other = path.removesuffix(".gz") if path.endswith(".gz") else path + ".gz"
+        return other if path.endswith((".nii", ".nii.gz")) and self.fs.stat(other) else path
+
+    def _missing_label(self, label: str, fill: dict) -> None:
+        """A patient without its label map is reported, unless the layout says that
+        its images have none (:attr:`VolumeLayout.unlabelled`, M&Ms' Unlabeled)."""
+        if not any(_pattern(glob).fullmatch(fill["image"]) for glob in self.layout.unlabelled):
+            ids = {"patient_id": fill["patient_id"], "original_id": fill["folder"]}
+            self.problems.append(Problem(label, "no label map for this image", **ids))
 
     def _unlabelled(self, fill: dict) -> bool:
         """Whether every frame is wanted and the patient has no label map at all."""
         layout = self.layout
         if self.labels != "all" or layout.label is None or layout.frame_label is not None:
             return False
-        return self.fs.stat(self._path(layout.label, fill)) is None
+        return self.fs.stat(self._found(self._path(layout.label, fill))) is None
+
+    def _frame_label(self, fill: dict, number: int) -> str:
+        return self._found(self._path(self.layout.frame_label, fill, number))
 
     def _path(self, template: str, fill: dict, number: int | None = None) -> str:
         path = template.format(patient_id=fill["patient_id"], folder=fill["folder"], number=number)
@@ -533,8 +565,18 @@ class _Lister:
             self.problems.append(Problem(image_path, reason, **ids))
             return
         n_slices, n_frames = shape[2], 1 if len(shape) == 3 else shape[3]
+        if self._slices.setdefault(ids["patient_id"], n_slices) != n_slices:
+            # instance = frame * slices + slice must stay unique within the patient.
+            reason = (
+                f"{n_slices} slices, but the patient's other volume has "
+                f"{self._slices[ids['patient_id']]}; left out"
+            )
+            self.problems.append(Problem(image_path, reason, **ids))
+            return
         # (frame, phase, image_frame, label, label_frame), label None: an unlabelled frame
         listed = self._frame_list(planes, n_frames)
+        if not isinstance(planes, list):  # frames of this image (not one file per frame)
+            listed = self._beyond(listed, n_frames, image_path, ids)
         frames = [plane for plane in listed if plane[3] is not None or self.labels != "any"]
         # Listed first, so that each plane knows how many records its image file yields:
         # a store keeps them in as few chunks as it can (daskmri.plan.aligned_slot).
@@ -560,6 +602,21 @@ class _Lister:
                     "problem": None,
                     "volume": volume,
                 }
+
+    def _beyond(self, listed: list, n_frames: int, image_path: str, ids: dict) -> list:
+        """``listed`` without the frames that the phases name beyond the image (a 3D
+        image counts one frame), each reported: their planes do not exist."""
+        kept = []
+        for plane in listed:
+            if plane[0] >= n_frames:
+                reason = (
+                    f"the phases file names frame {plane[0] + self._base} ({plane[1]}), but the "
+                    f"image has {n_frames} frame{'s' if n_frames > 1 else ''}"
+                )
+                self.problems.append(Problem(image_path, reason, **ids))
+            else:
+                kept.append(plane)
+        return kept
 
     def _frame_list(self, planes, n_frames: int) -> list[tuple]:
         if isinstance(planes, list):  # one 3D file per labelled frame
