@@ -600,3 +600,14 @@ def test_a_label_map_in_the_other_compression_is_found_and_a_missing_one_reporte
     # M&Ms' Training/Unlabeled patients have none by design: nothing to report.
     mnms = vf.make_mnms(tmp_path / "mnms")
     assert daskmri.scan(mnms, layout=daskmri.MNMS).problems == ()
+
+
+def test_a_volume_linked_from_outside_the_root_is_reported_not_read(tmp_path):
+    """The volume scan lists through the one walker: a link out of the root is a
+    problem, never a patient."""
+    root = vf.make_msd(tmp_path / "msd", patients=1)
+    outside = vf.make_msd(tmp_path / "elsewhere", patients=1)
+    (root / "imagesTr" / "la_009.nii.gz").symlink_to(outside / "imagesTr" / "la_001.nii.gz")
+    table, problems = daskmri.scan(root, layout=daskmri.MSD_HEART)
+    assert set(table.patient_id) == {"la_001"}
+    assert [p.reason for p in problems] == ["file is a link that leaves the root; not followed"]

@@ -39,6 +39,7 @@ from ..limits import DEFAULT_LIMITS, Limits
 from ..record import Fitted, Problem, Record, VolumePlane
 from .names import check_kind_name
 from .nifti import header_of, open_image, plane_orientation, read_frames, same_grid, to_planes
+from .walk import walk
 
 __all__ = [
     "ACDC",
@@ -293,40 +294,10 @@ def _pattern(glob: str) -> re.Pattern[str]:
 
 
 def _glob(fs: FileSystem, root: str, pattern: str, problems: list[Problem]) -> list[str]:
-    """Relative paths under ``root`` that match ``pattern`` (``*`` within one name)."""
-    found = [""]
-    parts = pattern.split("/")
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        found = [
-            f"{base}/{name}" if base else name
-            for base in found
-            for name, is_folder in _entries(fs, root, base, problems)
-            if fnmatch.fnmatchcase(name, part) and (last or is_folder)
-        ]
-    return sorted(found)
-
-
-def _entries(fs: FileSystem, root: str, relative: str, problems: list[Problem]) -> list:
-    """``(name, is_folder)`` in ``root/relative``; a local link that leaves the root
-    is reported, never followed."""
-    folder = f"{root}/{relative}" if relative else root
-    if not fs.local:
-        return [(name, is_folder) for name, _, is_folder in fs.entries(folder)]
-    try:
-        listed = list(os.scandir(folder))
-    except OSError:
-        return []
-    real = os.path.realpath(root)
-    out = []
-    for entry in listed:
-        if entry.is_symlink():
-            target = os.path.realpath(entry.path)
-            if not (target == real or target.startswith(real + os.sep)):
-                problems.append(Problem(entry.path, "a link that leaves the root; not followed"))
-                continue
-        out.append((entry.name, entry.is_dir()))
-    return out
+    """Paths relative to ``root`` that match ``pattern``, by the one walker
+    (:func:`.walk.walk`: never leaving the root, on a disk or a store alike)."""
+    prefix = len(root.rstrip("/")) + 1
+    return [path[prefix:] for path in walk(fs, root, pattern, problems, {})]
 
 
 def _patients(fs: FileSystem, root: str, layout: VolumeLayout, problems: list[Problem]):
