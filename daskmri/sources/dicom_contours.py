@@ -25,7 +25,7 @@ from ..limits import Limits
 from ..record import RESERVED, Fitted, Problem, Record, RTSlice
 from . import dicom_rtstruct
 from .dicom_rtstruct import RTStruct, find_contours, first_path
-from .names import NAME, check_glob, check_kind_name, compile_pattern
+from .names import NAME, check_contains, check_glob, check_kind_name, compile_pattern
 from .walk import first_listing, walk
 
 __all__ = [
@@ -139,11 +139,16 @@ class Layout:
         variables; default Sunnybrook's ``icontour`` and ``ocontour``.
     rtstruct : RTStruct, optional
         Contour kinds read from DICOM RTSTRUCT files, after ``contours``.
+    contains : tuple of (str, str)
+        Pairs ``(inner, outer)``: kind ``inner`` must lie inside kind ``outer`` with
+        its holes filled (:mod:`daskmri.qc` flags what leaks out). Default none;
+        :data:`SUNNYBROOK` and :data:`SERIES` declare ``icontour`` inside ``ocontour``.
 
     Raises
     ------
     LayoutError
-        If a glob or regex is unusable, or two kinds share a name or an alias.
+        If a glob or regex is unusable, two kinds share a name or an alias, or
+        ``contains`` names a kind the layout does not have.
 
     Examples
     --------
@@ -168,6 +173,7 @@ class Layout:
     dicom_regex: str = r"(?P<instance>\d+)\.dcm"
     contours: tuple[ContourKind, ...] = (ICONTOUR, OCONTOUR)
     rtstruct: RTStruct | None = None
+    contains: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "contours", tuple(self.contours))
@@ -179,6 +185,7 @@ class Layout:
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise LayoutError(f"contour kinds or aliases {repeated} are declared twice")
+        object.__setattr__(self, "contains", check_contains(self.contains, self.kinds))
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -244,8 +251,9 @@ class Layout:
         return cls(**values)
 
 
-#: The Sunnybrook layout (the default).
-SUNNYBROOK = Layout()
+#: The Sunnybrook layout (the default): the i-contour (endocardium) lies inside the
+#: o-contour (epicardium), whose mask is the filled disk.
+SUNNYBROOK = Layout(contains=(("icontour", "ocontour"),))
 
 #: A second preset: DICOMs named ``IM-0001-<NNNN>.dcm`` inside a series folder under
 #: each patient, contours one folder level deeper, and other link-file column names.
@@ -260,6 +268,7 @@ SERIES = Layout(
         dataclasses.replace(ICONTOUR, glob="contourfiles/{original_id}/*/i-contours/*.txt"),
         dataclasses.replace(OCONTOUR, glob="contourfiles/{original_id}/*/o-contours/*.txt"),
     ),
+    contains=(("icontour", "ocontour"),),
 )
 
 

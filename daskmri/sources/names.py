@@ -9,7 +9,7 @@ import re
 from ..errors import LayoutError
 from ..record import RESERVED
 
-__all__ = ["NAME", "check_glob", "check_kind_name", "compile_pattern"]
+__all__ = ["NAME", "check_contains", "check_glob", "check_kind_name", "compile_pattern"]
 
 #: A dataset variable's name.
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -65,3 +65,38 @@ def check_kind_name(name: object) -> None:
             "letters, digits or _; not has_... nor one of the dataset's other names: "
             f"{', '.join(sorted(RESERVED))}); rename the kind, e.g. '{name}_mask'"
         )
+
+
+def check_contains(contains: object, kinds: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """``contains`` as a tuple of ``(inner, outer)`` kind pairs, or LayoutError.
+
+    A JSON round trip turns the pairs into lists, so any sequence of two names is taken.
+
+    Raises
+    ------
+    LayoutError
+        If an entry is not two different names of ``kinds``.
+
+    Examples
+    --------
+    >>> check_contains([["lv", "myo"]], ("lv", "myo", "rv"))
+    (('lv', 'myo'),)
+    >>> check_contains([("lv", "la")], ("lv", "myo"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    daskmri.errors.LayoutError: contains=... names a kind this layout lacks: ('lv', 'la') ...
+    """
+    if isinstance(contains, (str, bytes)):
+        raise LayoutError(f"contains={contains!r} must be pairs (inner, outer), not a string")
+    pairs = []
+    for pair in contains:
+        pair = tuple(pair) if not isinstance(pair, (str, bytes)) else (pair,)
+        if len(pair) != 2 or pair[0] == pair[1] or not all(isinstance(n, str) for n in pair):
+            raise LayoutError(f"contains={contains!r}: {pair!r} is not a pair of two kinds")
+        if not set(pair) <= set(kinds):
+            raise LayoutError(
+                f"contains={contains!r} names a kind this layout lacks: {pair!r} (its kinds "
+                f"are {kinds}); pass contains=() for a layout without those kinds"
+            )
+        pairs.append(pair)
+    return tuple(pairs)

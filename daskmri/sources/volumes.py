@@ -37,7 +37,7 @@ from ..filesystem import LOCAL, FileSystem
 from ..fit import check_resampled, fit_image, fit_mask, place_in_frame
 from ..limits import DEFAULT_LIMITS, Limits
 from ..record import Fitted, Problem, Record, VolumePlane
-from .names import check_kind_name
+from .names import check_contains, check_kind_name
 from .nifti import header_of, open_image, plane_orientation, read_frames, same_grid, to_planes
 from .walk import walk
 
@@ -129,11 +129,17 @@ class VolumeLayout:
         Those of the ``image`` globs whose patients have no label map (M&Ms'
         ``Training/Unlabeled``); a patient found by another glob without its label map
         is reported.
+    contains : tuple of (str, str)
+        Pairs ``(inner, outer)``: kind ``inner`` must lie inside kind ``outer`` with
+        its holes filled, so a ring (the myocardium) contains what it encloses (the LV
+        cavity); :mod:`daskmri.qc` flags what leaks out. :data:`ACDC` and :data:`MNMS`
+        declare ``("lv", "myo")``.
 
     Raises
     ------
     LayoutError
-        If a template is unusable or a kind's name or values are.
+        If a template is unusable, a kind's name or values are, or ``contains``
+        names a kind the layout does not have.
 
     Examples
     --------
@@ -151,6 +157,7 @@ class VolumeLayout:
     frame_label: str | None = None
     phases: Phases | None = None
     unlabelled: tuple[str, ...] | str = ()
+    contains: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         image = (self.image,) if isinstance(self.image, str) else tuple(self.image)
@@ -160,6 +167,7 @@ class VolumeLayout:
             self, "unlabelled", (unlabelled,) if isinstance(unlabelled, str) else tuple(unlabelled)
         )
         object.__setattr__(self, "label_values", _label_values(self.label_values))
+        object.__setattr__(self, "contains", check_contains(self.contains, self.kinds))
         for template in (*self.image, self.label, self.frame_image, self.frame_label):
             if template is not None and (os.path.isabs(template) or ".." in template.split("/")):
                 raise LayoutError(f"VolumeLayout template {template!r} must stay inside the root")
@@ -210,6 +218,7 @@ class VolumeLayout:
         values["image"] = list(self.image)
         values["label_values"] = [[k, list(v)] for k, v in self.label_values]
         values["unlabelled"] = list(self.unlabelled)
+        values["contains"] = [list(pair) for pair in self.contains]
         return {"source": "volumes", **values}
 
     @classmethod
@@ -247,6 +256,7 @@ ACDC = VolumeLayout(
     frame_image="{folder}/{patient_id}_frame{number:02d}.nii.gz",
     frame_label="{folder}/{patient_id}_frame{number:02d}_gt.nii.gz",
     phases=Phases("{folder}/Info.cfg", base=1),
+    contains=(("lv", "myo"),),
 )
 
 #: M&Ms: the ``OpenDataset`` root; 4D cines and 4D label maps labelled at ED and ES
@@ -267,6 +277,7 @@ MNMS = VolumeLayout(
         id_column="External code",
         base=0,
     ),
+    contains=(("lv", "myo"),),
 )
 
 #: MSD Task02_Heart: the ``Task02_Heart`` root; 3D volumes, label 1 the left atrium.
