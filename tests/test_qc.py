@@ -155,7 +155,8 @@ def test_an_icontour_outside_its_ocontour_is_flagged_on_that_record_only(sunnybr
     root = shutil.copytree(sunnybrook, tmp_path / "leak")
     path = root / "contourfiles/SYN-C-1/i-contours/IM-0001-0006-icontour-manual.txt"
     points = np.loadtxt(path)
-    np.savetxt(path, points + [12.0, 0.0], fmt="%.6f")  # pushed sideways past the o-contour
+    # Pushed sideways, past the o-contour.
+    np.savetxt(path, points + np.array([12.0, 0.0]), fmt="%.6f")
     ds = load(root)
     table = qc.flags(ds)
     assert flagged_records(table, "leak_icontour") == [("SYN0001", 6)]
