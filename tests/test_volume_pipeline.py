@@ -611,3 +611,14 @@ def test_a_volume_linked_from_outside_the_root_is_reported_not_read(tmp_path):
     table, problems = daskmri.scan(root, layout=daskmri.MSD_HEART)
     assert set(table.patient_id) == {"la_001"}
     assert [p.reason for p in problems] == ["file is a link that leaves the root; not followed"]
+
+
+def test_two_disagreeing_csv_rows_leave_the_patient_out_with_a_reason(tmp_path):
+    root = vf.make_mnms(tmp_path / "mnms")
+    csv_path = root / vf.MNMS_CSV
+    csv_path.write_text(csv_path.read_text() + "A0S9V9,Siemens,1,3\nB1C2D3,GE,1,4\n")
+    table, problems = daskmri.scan(root, layout=daskmri.MNMS)
+    assert "A0S9V9" not in set(table.patient_id) and "B1C2D3" in set(table.patient_id)
+    assert [(p.patient_id, p.reason.split(" gives ")[-1]) for p in problems] == [
+        ("A0S9V9", "patient A0S9V9 two different ED and ES rows")
+    ]

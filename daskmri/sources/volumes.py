@@ -370,7 +370,7 @@ class _Frames:
         self.fs, self.root, self.phases = fs, root, phases
         self.table = None if phases is None or phases.per_patient else self._table()
 
-    def _table(self) -> dict[str, tuple[str, str]]:
+    def _table(self) -> dict[str, tuple[str, str] | None]:
         path = _join(self.root, self.phases.file)
         text = _read_text(self.fs, path)
         if text is None:
@@ -385,7 +385,12 @@ class _Frames:
         missing = [name for name in wanted if name not in header]
         if missing:
             raise LayoutError(f"{path} has no column {missing}; it has {header}")
-        return {(row[wanted[0]] or "").strip(): (row[wanted[1]], row[wanted[2]]) for row in reader}
+        table: dict[str, tuple] = {}
+        for row in reader:
+            key, values = (row[wanted[0]] or "").strip(), (row[wanted[1]], row[wanted[2]])
+            # Two rows that disagree leave the patient's frames unknown, never a guess.
+            table[key] = values if table.get(key, values) == values else None
+        return table
 
     def of(self, patient_id: str, folder: str) -> tuple[int, int] | str:
         """``(ED, ES)``, 0-based, or a one-line reason."""
@@ -395,6 +400,8 @@ class _Frames:
             if patient_id not in self.table:
                 return f"{where} has no row for patient {patient_id}"
             values = self.table[patient_id]
+            if values is None:
+                return f"{where} gives patient {patient_id} two different ED and ES rows"
         else:
             where = _join(self.root, phases.file.format(folder=folder, patient_id=patient_id))
             text = _read_text(self.fs, where)
