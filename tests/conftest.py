@@ -130,3 +130,27 @@ def s3_cluster(s3, tmp_path_factory):
     env = os.environ | s3.env() | {"PYTHONPATH": str(REPO)}
     with cluster(tmp_path_factory.mktemp("s3-cluster"), {"w0": {}, "w1": {}}, env=env) as found:
         yield found[0]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_default_client_outlives_its_module():
+    """A module's own failure stays its own: a distributed client still the default
+    when the module's fixtures are gone (a test that failed before closing it) is
+    closed, and dask's scheduler setting with it, so that later modules do not all
+    fail with "no Client active". The test that left it has already failed."""
+    yield
+    import sys
+
+    if "distributed" not in sys.modules:
+        return
+    import dask
+    import distributed
+
+    try:
+        left = distributed.default_client()
+    except ValueError:
+        left = None
+    if left is not None:
+        left.close()
+    if dask.config.get("scheduler", None) == "dask.distributed":
+        dask.config.set(scheduler=None)

@@ -262,13 +262,22 @@ def close_with(client: Any, futures: Iterable[Any]) -> None:
         weakref.finalize(future, gone).atexit = False
 
 
+#: How long the closer waits for futures that are being released (an iteration's
+#: transient ones) before it decides that another future is alive.
+CLOSE_GRACE = 5.0
+
+
 def _close_quietly(client: Any, ours: frozenset) -> None:
     # Keys of the dataset's own futures may still be listed (their release reaches the
-    # client's bookkeeping a moment later); any other key is a future that is alive (a
-    # persisted selection of the dataset): closing would lose its data, so the client
-    # stays open, and distributed closes it at exit.
-    if set(client.futures) - ours:
-        return
+    # client's bookkeeping a moment later), and so may those of futures an iteration
+    # made and dropped just before; they go within moments. A key that stays is a
+    # future that is alive (a persisted selection of the dataset): closing would lose
+    # its data, so the client stays open, and distributed closes it at exit.
+    deadline = time.monotonic() + CLOSE_GRACE
+    while set(client.futures) - ours:
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
     with contextlib.suppress(Exception):  # a scheduler already gone: nothing to close
         client.close()
 
