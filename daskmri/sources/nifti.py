@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import VolumeError
+from ..errors import VolumeError, one_line
 from ..filesystem import LOCAL, FileSystem
 from ..limits import DEFAULT_LIMITS, Limits, read_bounded
 
@@ -51,7 +51,9 @@ __all__ = [
     "MM_TOLERANCE",
     "PlaneOrientation",
     "Volume",
+    "gunzip",
     "header_of",
+    "integer_labels",
     "open_image",
     "plane_affine",
     "plane_orientation",
@@ -383,11 +385,6 @@ class Volume:
     affine: np.ndarray
 
 
-def _one_line(exc: BaseException) -> str:
-    """``Type: message`` on one line (nibabel's and zlib's messages may span several)."""
-    return " ".join(f"{type(exc).__name__}: {exc}".split())
-
-
 def _data_errors() -> tuple[type[BaseException], ...]:
     """What nibabel, gzip and zlib raise on a damaged or unreadable file."""
     from nibabel.filebasedimages import ImageFileError
@@ -402,14 +399,20 @@ def _raise_unless_data(exc: BaseException) -> None:
         raise exc
 
 
-def _gunzip(raw: bytes, path: str, at_most: int) -> bytes:
+def gunzip(raw: bytes, path: str, at_most: int) -> bytes:
     """The first ``at_most`` bytes of the gzip stream ``raw``: never more, whatever the
-    stream would expand to, so that memory follows a size that was checked first."""
+    stream would expand to, so that memory follows a size that was checked first.
+
+    Raises
+    ------
+    daskmri.errors.VolumeError
+        If the stream is damaged before that point.
+    """
     inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
         return inflate.decompress(raw, at_most)
     except zlib.error as exc:
-        raise VolumeError(path, f"damaged gzip stream: {_one_line(exc)}") from exc
+        raise VolumeError(path, f"damaged gzip stream: {one_line(exc)}") from exc
 
 
 def header_of(head: bytes, path: str) -> Any:
@@ -472,7 +475,7 @@ def open_image(path: str, *, limits: Limits = DEFAULT_LIMITS, fs: FileSystem = L
     )
     max_voxels = limits.max_voxels
     gzipped = raw[:2] == b"\x1f\x8b"
-    head = _gunzip(raw, path, 1024) if gzipped else raw[:1024]
+    head = gunzip(raw, path, 1024) if gzipped else raw[:1024]
     header = header_of(head, path)
     shape, offset, itemsize = _declared(header, path, max_voxels)
     if offset > MAX_HEADER_BYTES:
@@ -482,7 +485,7 @@ def open_image(path: str, *, limits: Limits = DEFAULT_LIMITS, fs: FileSystem = L
             path, f"the header puts the voxels {offset} bytes in, over {MAX_HEADER_BYTES}"
         )
     need = offset + int(np.prod(shape)) * itemsize
-    data = _gunzip(raw, path, need) if gzipped else raw
+    data = gunzip(raw, path, need) if gzipped else raw
     if len(data) < need:
         raise VolumeError(path, f"truncated: {len(data)} of the {need} bytes its header declares")
     kind = nibabel.Nifti1Image if header.sizeof_hdr == 348 else nibabel.Nifti2Image
@@ -491,7 +494,7 @@ def open_image(path: str, *, limits: Limits = DEFAULT_LIMITS, fs: FileSystem = L
         affine = np.asarray(image.affine, dtype=np.float64)
     except _data_errors() as exc:
         _raise_unless_data(exc)
-        raise VolumeError(path, f"cannot read the NIfTI header: {_one_line(exc)}") from exc
+        raise VolumeError(path, f"cannot read the NIfTI header: {one_line(exc)}") from exc
     if not np.all(np.isfinite(affine)):
         raise VolumeError(path, "the affine holds NaN or inf")
     return image
@@ -505,7 +508,7 @@ def _declared(header: Any, path: str, max_voxels: int) -> tuple[tuple[int, ...],
         offset = int(header.get_data_offset())
     except _data_errors() as exc:
         _raise_unless_data(exc)
-        raise VolumeError(path, f"cannot read the NIfTI header: {_one_line(exc)}") from exc
+        raise VolumeError(path, f"cannot read the NIfTI header: {one_line(exc)}") from exc
     if len(shape) not in (3, 4):
         raise VolumeError(path, f"a {len(shape)}D image {shape}: only 3D and 4D volumes are read")
     voxels = int(np.prod(shape, dtype=object))  # exact: a header may declare 2**15 ** 4
@@ -545,7 +548,7 @@ def read_frames(image: Any, path: str, frames: Sequence[int] | None = None) -> n
         return np.array(raw)
     except _data_errors() as exc:
         _raise_unless_data(exc)
-        raise VolumeError(path, f"cannot read the voxels: {_one_line(exc)}") from exc
+        raise VolumeError(path, f"cannot read the voxels: {one_line(exc)}") from exc
 
 
 def _voxels(image: Any, path: str, dtype: Any = None) -> np.ndarray:
@@ -555,13 +558,29 @@ def _voxels(image: Any, path: str, dtype: Any = None) -> np.ndarray:
     return values if dtype is None else values.astype(dtype)
 
 
-def _integer_labels(values: np.ndarray, path: str) -> np.ndarray:
+def integer_labels(values: np.ndarray, path: str) -> np.ndarray:
+    """Label values as integers: stored integers as they are, float ones checked whole
+    and given as int64.
+
+    Raises
+    ------
+    daskmri.errors.VolumeError
+        If a value is not a finite whole number, or lies beyond 2**62.
+    """
+    if values.dtype.kind in "iub":
+        return values
+    bad = ~np.isfinite(values) | (values != np.round(values))
+    if np.any(bad):
+        example = values[bad].flat[0]
+        raise VolumeError(path, f"a label map holds non-integer values (e.g. {example})")
+    if values.size and (values.min() < -(2**62) or values.max() > 2**62):
+        raise VolumeError(path, f"label values out of range ({values.min()}..{values.max()})")
+    return values.astype(np.int64)
+
+
+def _int32_labels(values: np.ndarray, path: str) -> np.ndarray:
     """``values`` as int32; VolumeError unless every value is a finite int32 integer."""
-    if values.dtype.kind not in "iub":
-        bad = ~np.isfinite(values) | (values != np.round(values))
-        if np.any(bad):
-            example = values[bad].flat[0]
-            raise VolumeError(path, f"a label map holds non-integer values (e.g. {example})")
+    values = integer_labels(values, path)
     info = np.iinfo(np.int32)
     if values.size and (values.min() < info.min or values.max() > info.max):
         raise VolumeError(path, f"label values outside int32 ({values.min()}..{values.max()})")
@@ -624,7 +643,7 @@ def read_volume(image_path: str, label_path: str | None = None, *, max_voxels: i
     labels = None
     if label is not None:
         # The image's orientation for both: within the tolerance, the label's is the same.
-        values = _integer_labels(_voxels(label, label_path), label_path)
+        values = _int32_labels(_voxels(label, label_path), label_path)
         labels = to_planes(values, orientation)
     affine = plane_affine(image.affine, image.shape, orientation)
     return Volume(images, labels, orientation, affine)

@@ -25,7 +25,6 @@ import io
 import logging
 import os
 import re
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +37,16 @@ from ..fit import check_resampled, fit_image, fit_mask, place_in_frame
 from ..limits import DEFAULT_LIMITS, Limits
 from ..record import Fitted, Problem, Record, VolumePlane
 from .names import check_contains, check_kind_name
-from .nifti import header_of, open_image, plane_orientation, read_frames, same_grid, to_planes
+from .nifti import (
+    gunzip,
+    header_of,
+    integer_labels,
+    open_image,
+    plane_orientation,
+    read_frames,
+    same_grid,
+    to_planes,
+)
 from .walk import walk
 
 __all__ = [
@@ -445,10 +453,7 @@ def plane_geometry(record: Record) -> tuple[int, int, tuple[float, float]]:
 def _header(fs: FileSystem, path: str) -> Any:
     head = fs.head(path, HEAD_BYTES)
     if head[:2] == b"\x1f\x8b":
-        try:
-            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 1024)
-        except zlib.error as exc:
-            raise VolumeError(path, f"damaged gzip stream: {exc}") from None
+        head = gunzip(head, path, 1024)
     return header_of(head, path)
 
 
@@ -507,10 +512,12 @@ class _Lister:
                 )
                 for frame, phase in labelled
             ]
-        label = None if layout.label is None else self._found(self._path(layout.label, fill))
-        if label is not None and self.fs.stat(label) is None:
-            self._missing_label(label, fill)
-            label = None
+        label = None
+        if layout.label is not None:
+            expected = self._path(layout.label, fill)
+            label = self._found(expected)
+            if label is None:
+                self._missing_label(expected, fill)
         phase_of = dict(labelled)
         if layout.frame_image is not None:  # labels="all": the 4D image, frameFF labels
             by_frame = {f: (p, self._frame_label(fill, f + base), 0) for f, p in labelled}
@@ -519,13 +526,15 @@ class _Lister:
         plan = (phase_of, by_frame, label)
         return [(_join(self.root, image), plan)]
 
-    def _found(self, path: str) -> str:
+    def _found(self, path: str) -> str | None:
         """``path``, or the same file in the other compression when only that exists
-        (a ``.nii`` label beside a ``.nii.gz`` image)."""
+        (a ``.nii`` label beside a ``.nii.gz`` image); None when neither does."""
         if self.fs.stat(path) is not None:
             return path
+        if not path.endswith((".nii", ".nii.gz")):
+            return None
         other = path.removesuffix(".gz") if path.endswith(".gz") else path + ".gz"
-        return other if path.endswith((".nii", ".nii.gz")) and self.fs.stat(other) else path
+        return other if self.fs.stat(other) is not None else None
 
     def _missing_label(self, label: str, fill: dict) -> None:
         """A patient without its label map is reported, unless the layout says that
@@ -539,10 +548,12 @@ class _Lister:
         layout = self.layout
         if self.labels != "all" or layout.label is None or layout.frame_label is not None:
             return False
-        return self.fs.stat(self._found(self._path(layout.label, fill))) is None
+        return self._found(self._path(layout.label, fill)) is None
 
     def _frame_label(self, fill: dict, number: int) -> str:
-        return self._found(self._path(self.layout.frame_label, fill, number))
+        # A missing frame label keeps its expected name: reading it drops the frame.
+        expected = self._path(self.layout.frame_label, fill, number)
+        return self._found(expected) or expected
 
     def _path(self, template: str, fill: dict, number: int | None = None) -> str:
         path = template.format(patient_id=fill["patient_id"], folder=fill["folder"], number=number)
@@ -751,7 +762,7 @@ def _labels(records: Sequence[Record], image: Any, orientation, limits: Limits) 
         # whether or not the unit (a chunk's share of the volume) holds other frames.
         for k, frame in enumerate(frames):
             try:
-                one = _integers(values[..., k : k + 1], path)
+                one = integer_labels(values[..., k : k + 1], path)
                 _check_values(one, path, records[0].volume.kinds)
             except VolumeError as exc:
                 out[(path, frame)] = exc
@@ -768,19 +779,6 @@ def _check_grid(image_path: str, image: Any, path: str, label: Any) -> None:
         reason = f"{label.shape[3]} frames, against the image's {image.shape[3:] or 'one'}"
     if reason is not None:
         raise VolumeError(path, f"not on the grid of {image_path}: {reason}")
-
-
-def _integers(values: np.ndarray, path: str) -> np.ndarray:
-    """Integer label values as they are stored; float ones checked whole, as int64."""
-    if values.dtype.kind in "iub":
-        return values
-    bad = ~np.isfinite(values) | (values != np.round(values))
-    if np.any(bad):
-        example = values[bad].flat[0]
-        raise VolumeError(path, f"a label map holds non-integer values (e.g. {example})")
-    if values.size and (values.min() < -(2**62) or values.max() > 2**62):
-        raise VolumeError(path, f"label values out of range ({values.min()}..{values.max()})")
-    return values.astype(np.int64)
 
 
 def _check_values(values: np.ndarray, path: str, kinds: tuple) -> None:
