@@ -17,7 +17,7 @@ import xarray as xr
 from .execute import client_for, close_with, executor_for, progress_bar
 from .layout import scan
 from .limits import Limits
-from .plan import infer_shape, plan_chunks
+from .plan import exclude_from, infer_shape, plan_chunks
 from .record import Parsed, Record
 from .schema import dropped, provenance
 from .settings import Compute, Parsing, Source
@@ -46,6 +46,7 @@ def load_dataset(
     spacing: tuple[float, float] | None = None,
     source_options: dict | None = None,
     on_error: str = "raise",
+    exclude=None,
 ) -> xr.Dataset:
     """Parse a dataset folder into a chunked ``xarray.Dataset`` of images and masks.
 
@@ -117,6 +118,16 @@ def load_dataset(
         ``endpoint_url``, ...); they travel with the tasks to the workers. Without
         them, the backend reads its environment (``AWS_ACCESS_KEY_ID``, ...) on the
         client and on every worker.
+    exclude : str, os.PathLike or daskmri.verdicts.Exclusion, optional
+        Records to leave out: a ``verdicts.csv`` written by ``daskmri report``, in
+        which a person wrote ``exclude`` in the ``verdict`` column of each record to
+        leave out (or an :class:`~daskmri.verdicts.Exclusion` read from one). The file
+        is read first, so a missing or malformed file fails before any work. The
+        excluded records are taken out after the scan, so no pixel of theirs is read,
+        and :func:`dropped` lists them with the reason ``"excluded by <exclude>"`` (the
+        path as given). A record is named by ``(patient_id, instance)``; a name that
+        matches no record is not an error (logged at INFO). Excluding some planes of a
+        volume leaves its other planes as they are.
 
     Returns
     -------
@@ -136,6 +147,13 @@ def load_dataset(
         scheduler address cannot be reached.
     ReaderError
         If the reader raises anything but a data error, with ``on_error="raise"``.
+    FileNotFoundError
+        If ``exclude`` names no file.
+    ValueError
+        If the ``exclude`` file lacks the ``patient_id``, ``instance`` or ``verdict``
+        column, or holds a verdict other than empty, ``keep``, ``ok`` or ``exclude``.
+    TypeError
+        If ``exclude`` is neither None, a path nor an Exclusion.
 
     Examples
     --------
@@ -146,9 +164,18 @@ def load_dataset(
     (10, (4, 4, 2))
     >>> len(daskmri.dropped(ds))
     0
+
+    Leave out the records a person marked in a verdicts file:
+
+    >>> import pathlib
+    >>> verdicts = pathlib.Path(tempfile.mkdtemp()) / "verdicts.csv"
+    >>> _ = verdicts.write_text("patient_id,instance,verdict\\nSYN0001,2,exclude\\n")
+    >>> ds = daskmri.load_dataset(root, chunk_size=4, scheduler="sync", exclude=verdicts)
+    >>> ds.sizes["record"], daskmri.dropped(ds).reason.str.startswith("excluded by").tolist()
+    (9, [True])
     """
     started = time.perf_counter()
-    source = Source.of(root, layout, labels, source_options)
+    source = Source.of(root, layout, labels, source_options, exclude=exclude)
     parsing = Parsing(
         chunk_size=chunk_size,
         limits=limits,
@@ -196,6 +223,7 @@ def _load(source: Source, parsing: Parsing, compute: Compute, client):
         labels=source.labels,
         source_options=dict(source.fs.options) or None,
     )
+    scanned = exclude_from(scanned, source.exclude)  # before the plan: none of it is read
     plan = plan_chunks(scanned, chunk_size=parsing.chunk_size, fs=source.fs)
     shape = parsing.shape
     if plan.n_records and shape is None:

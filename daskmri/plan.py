@@ -14,6 +14,7 @@ header at most, for the image size), nothing is run and nothing is written.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -35,9 +36,13 @@ from .limits import Limits
 from .record import Problem, Record, Scan
 from .settings import Source, check_chunk_size
 from .sources.volumes import plane_geometry
+from .verdicts import Exclusion
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from .sources.dicom_contours import Layout
+    from .sources.volumes import VolumeLayout
 
 __all__ = [
     "ChunkPlan",
@@ -45,9 +50,12 @@ __all__ = [
     "SlotCursor",
     "SlotPlan",
     "aligned_slot",
+    "exclude_from",
     "fill_chunks",
+    "fingerprint_layout",
     "infer_shape",
     "iter_plan",
+    "leave_out",
     "plan_chunks",
     "plan_inputs",
     "plan_slots",
@@ -179,16 +187,96 @@ def plan_row(
     )
 
 
-def iter_plan(source: Source, *, problems: list[Problem]) -> Iterator[Record]:
+def iter_plan(
+    source: Source, *, problems: list[Problem], excluded: list[Problem] | None = None
+) -> Iterator[Record]:
     """The records to parse, in scan order, one at a time. Everything the scan found
-    unbuildable goes to ``problems``."""
+    unbuildable goes to ``problems``; the records ``source.exclude`` leaves out go to
+    ``excluded`` (default: ``problems`` too), see :func:`leave_out`."""
     rows = iter_records(
         source.root, layout=source.layout, labels=source.labels, problems=problems, fs=source.fs
     )
-    for row in rows:
-        record = plan_row(row, problems, source.layout.kinds, source.fs)
-        if record is not None:
-            yield record
+    planned = (plan_row(row, problems, source.layout.kinds, source.fs) for row in rows)
+    records = (record for record in planned if record is not None)
+    if source.exclude is None:
+        yield from records
+        return
+    yield from leave_out(records, source.exclude, problems if excluded is None else excluded)
+
+
+def excluded_row(record: Record, exclusion: Exclusion) -> Problem:
+    """The :func:`daskmri.dropped` entry of a record that ``exclusion`` leaves out."""
+    ids = (record.patient_id, record.original_id, record.instance)
+    return Problem(record.image_path, exclusion.reason, *ids)
+
+
+def leave_out(
+    records: Iterable[Record], exclusion: Exclusion, excluded: list[Problem]
+) -> Iterator[Record]:
+    """``records`` less those ``exclusion`` names, each of those appended to
+    ``excluded`` (a :class:`~daskmri.Problem` with the exclusion's reason).
+
+    The planes a volume keeps are numbered again among themselves
+    (:attr:`~daskmri.record.VolumePlane.unit_index` and ``unit_size``), so that a
+    store places what is left of the volume as it would a smaller one; a volume is
+    held (its records, no pixels) one at a time. Their pixels are unchanged: a plane
+    is read by its own frame and slice.
+
+    Examples
+    --------
+    >>> from daskmri.record import VolumePlane
+    >>> planes = [Record("P", "", k, "a.nii", volume=VolumePlane(0, k, unit_index=k,
+    ...                  unit_size=3)) for k in range(3)]
+    >>> out = []
+    >>> kept = list(leave_out(planes, Exclusion("v.csv", frozenset({("P", 0)})), out))
+    >>> [(r.instance, r.volume.unit_index, r.volume.unit_size) for r in kept]
+    [(1, 0, 2), (2, 1, 2)]
+    >>> [(p.instance, p.reason) for p in out]
+    [(0, 'excluded by v.csv')]
+    """
+    keys = exclusion.keys
+    for _, group in itertools.groupby(records, key=_unit_or_self):
+        group = list(group)
+        kept = [record for record in group if record.key not in keys]
+        excluded += [excluded_row(r, exclusion) for r in group if r.key in keys]
+        if len(kept) < len(group) and group[0].volume is not None:
+            kept = [
+                dataclasses.replace(
+                    r, volume=dataclasses.replace(r.volume, unit_index=k, unit_size=len(kept))
+                )
+                for k, r in enumerate(kept)
+            ]
+        yield from kept
+
+
+def exclude_from(scanned: Scan, exclusion: Exclusion | None) -> Scan:
+    """A :func:`daskmri.scan` less the records ``exclusion`` names: their rows leave
+    the table and come back among the problems, with the exclusion's reason, so that
+    :func:`plan_chunks` reports them as dropped and never reads a pixel of theirs. A
+    row the scan already found unbuildable keeps its own reason.
+
+    Examples
+    --------
+    >>> import tempfile, daskmri
+    >>> root = daskmri.synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=4, shape=(16, 16))
+    >>> table, problems = exclude_from(daskmri.scan(root),
+    ...                                Exclusion("v.csv", frozenset({("SYN0001", 3)})))
+    >>> table.instance.tolist(), [(p.instance, p.reason) for p in problems]
+    ([2, 4], [(3, 'excluded by v.csv')])
+    """
+    table, problems = scanned
+    if exclusion is None:
+        return scanned
+    ids = zip(table["patient_id"].tolist(), table["instance"].tolist(), strict=True)
+    hit = np.array([(str(p), int(i)) in exclusion.keys for p, i in ids], dtype=bool)
+    hit &= table["problem"].isna().to_numpy()
+    gone = table[hit]
+    rows = gone[["patient_id", "original_id", "instance", "image_path"]].itertuples(index=False)
+    left = tuple(Problem(path, exclusion.reason, p, o, int(i)) for p, o, i, path in rows)
+    exclusion.report_unmatched(len(left))
+    kept = table[~hit].reset_index(drop=True)
+    kept.attrs = dict(table.attrs)
+    return Scan(kept, (*problems, *left))
 
 
 def infer_shape(
@@ -308,6 +396,32 @@ def record_fingerprint(record: Record, root: str) -> int:
     return _hash64(f"{ids}\0{files}")
 
 
+def fingerprint_layout(layout: Layout | VolumeLayout) -> dict:
+    """What the input fingerprint hashes of a layout: its :meth:`~daskmri.Layout.to_dict`
+    less ``contains``, a declaration for the QC (:mod:`daskmri.qc`) that changes no
+    stored byte, so a new ``contains`` alone leaves a store fresh.
+
+    Examples
+    --------
+    >>> from daskmri import SUNNYBROOK
+    >>> "contains" in SUNNYBROOK.to_dict(), "contains" in fingerprint_layout(SUNNYBROOK)
+    (True, False)
+    """
+    values = layout.to_dict()
+    values.pop("contains", None)
+    return values
+
+
+def fingerprint_settings(source: Source, matched: Exclusion | None) -> dict:
+    """The settings the input fingerprint hashes: the layout (less ``contains``), the
+    labels and, when a record was left out, the excluded keys' fingerprint (not the
+    file's name); a store built without ``exclude`` hashes as before."""
+    settings = {"layout": fingerprint_layout(source.layout), "labels": source.labels}
+    if matched is not None and matched.keys:
+        settings["exclude"] = matched.fingerprint()
+    return settings
+
+
 class InputHash:
     """The fingerprint of everything a build reads, fed one record at a time."""
 
@@ -343,6 +457,10 @@ class Inputs:
     #: so that an update can keep the added records of one volume together (4 bytes a
     #: record). None: every record is a unit of its own.
     units: np.ndarray | None = None
+    #: The :func:`daskmri.dropped` rows of the records ``exclude=`` left out.
+    excluded: tuple[dict, ...] = ()
+    #: The exclusion, restricted to the records it left out (None without ``exclude=``).
+    exclusion: Exclusion | None = None
 
 
 #: Receives the planned records in batches with their fingerprints, as the scan goes.
@@ -363,13 +481,14 @@ def plan_inputs(
     build of a small folder needs no second scan."""
     root = source.root
     problems: list[Problem] = []
+    excluded: list[Problem] = []
     keys, fingerprints = array("Q"), array("Q")
     digest = InputHash()
     found: list[tuple[str, int]] = []
     pending: list[Record] = []
     kept: list[Record] | None = [] if keep > 0 else None
     units, unit, number = array("I"), None, 0
-    for record in iter_plan(source, problems=problems):
+    for record in iter_plan(source, problems=problems, excluded=excluded):
         if record.unit is None or record.unit != unit:
             number += 1
         unit = record.unit
@@ -391,12 +510,16 @@ def plan_inputs(
     if sink is not None and pending:
         sink(pending, fingerprints[-len(pending) :].tolist())
     dropped = tuple(p.row() for p in problems)
+    matched = None
+    if source.exclude is not None:
+        matched = source.exclude.only((p.patient_id, p.instance) for p in excluded)
+        source.exclude.report_unmatched(len(matched.keys))
     return Inputs(
         root=root,
         keys=np.array(keys, dtype=np.uint64),
         fingerprints=np.array(fingerprints, dtype=np.uint64),
         fingerprint=digest.hexdigest(
-            settings={"layout": source.layout.to_dict(), "labels": source.labels},
+            settings=fingerprint_settings(source, matched),
             problems=dropped,
             link_stat=_link_stat(source),
         ),
@@ -404,6 +527,8 @@ def plan_inputs(
         names=tuple(found) if names else None,
         records=None if kept is None else tuple(kept),
         units=np.array(units, dtype=np.uint32),
+        excluded=tuple(p.row() for p in excluded),
+        exclusion=matched,
     )
 
 

@@ -25,6 +25,7 @@ from .parse import DefaultReader, Dropping
 from .record import Parsed, Record
 from .sources.dicom_contours import SUNNYBROOK, Layout
 from .sources.volumes import VolumeLayout
+from .verdicts import Exclusion, as_exclusion
 
 __all__ = ["ON_ERROR", "SCHEDULERS", "Compute", "Parsing", "Source", "check_chunk_size"]
 
@@ -37,8 +38,9 @@ ON_ERROR = ("raise", "drop")
 
 @dataclass(frozen=True)
 class Source:
-    """A dataset folder (absolute path), its :class:`~daskmri.Layout`, and which
-    slices to keep (``labels``, see :func:`daskmri.scan`).
+    """A dataset folder (absolute path), its :class:`~daskmri.Layout`, which slices
+    to keep (``labels``, see :func:`daskmri.scan`) and which records to leave out
+    (``exclude``: a :class:`~daskmri.verdicts.Exclusion`, or None).
 
     Examples
     --------
@@ -55,6 +57,8 @@ class Source:
     labels: str = "any"
     #: Where the root is: the local disk, or the store of a root at a URL.
     fs: FileSystem = field(default=LOCAL, repr=False, compare=False)
+    #: The records a verdicts file leaves out (``exclude=``), or None.
+    exclude: Exclusion | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.layout, (Layout, VolumeLayout)):
@@ -71,12 +75,17 @@ class Source:
         layout: Layout | VolumeLayout | None = None,
         labels: str = "any",
         options: dict | None = None,
+        *,
+        exclude: object = None,
     ) -> Source:
         """The source at ``root``: a local folder, or an fsspec URL whose filesystem
-        takes ``options`` (``source_options=``)."""
+        takes ``options`` (``source_options=``), less the records ``exclude`` names
+        (a verdicts file's path or an :class:`~daskmri.verdicts.Exclusion`, read here:
+        a bad file fails before any work)."""
         layout = SUNNYBROOK if layout is None else layout
+        exclusion = as_exclusion(exclude)
         fs, root = split_root(root, options)
-        return cls(root, layout, labels, fs)
+        return cls(root, layout, labels, fs, exclusion)
 
 
 def check_chunk_size(chunk_size: int) -> None:

@@ -27,7 +27,15 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["COLUMNS", "EXCLUDE", "KEEP", "Exclusion", "read_verdicts", "write_verdicts"]
+__all__ = [
+    "COLUMNS",
+    "EXCLUDE",
+    "KEEP",
+    "Exclusion",
+    "as_exclusion",
+    "read_verdicts",
+    "write_verdicts",
+]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +109,80 @@ class Exclusion:
     def from_path(cls, path: str | os.PathLike[str]) -> Exclusion:
         """Read a verdicts file (see :func:`read_verdicts`)."""
         return cls(os.fspath(path), frozenset(read_verdicts(path)))
+
+    def only(self, keys: Iterable[tuple[str, int]]) -> Exclusion:
+        """The same exclusion restricted to ``keys``: those of the records it met.
+
+        A store and an iterator fingerprint what was actually left out, so that a
+        verdict about a record that is not there changes nothing.
+
+        Examples
+        --------
+        >>> e = Exclusion("v.csv", frozenset({("P1", 3), ("P9", 1)}))
+        >>> sorted(e.only([("P1", 3), ("P1", 4)]).keys)
+        [('P1', 3)]
+        """
+        return Exclusion(self.source, self.keys & {(str(p), int(i)) for p, i in keys})
+
+    def report_unmatched(self, matched: int) -> None:
+        """Log, at INFO, how many of the excluded keys named no record (not an error:
+        the record may have been dropped, removed or renamed since the report)."""
+        unmatched = len(self.keys) - matched
+        if unmatched > 0:
+            log.info(
+                "%s: %d excluded record(s) are not in the dataset (dropped, removed or "
+                "renamed since the report); nothing to leave out for them",
+                self.source,
+                unmatched,
+            )
+
+
+def as_exclusion(exclude: object) -> Exclusion | None:
+    """The ``exclude=`` argument as an :class:`Exclusion`: None stays None, a path is
+    read (:meth:`Exclusion.from_path`), an :class:`Exclusion` is kept.
+
+    Parameters
+    ----------
+    exclude : None, str, os.PathLike or Exclusion
+        What :func:`daskmri.load_dataset`, :func:`daskmri.build` and
+        :class:`daskmri.BatchIterator` take as ``exclude=``.
+
+    Returns
+    -------
+    Exclusion or None
+
+    Raises
+    ------
+    TypeError
+        If ``exclude`` is anything else; the message says what to pass.
+    FileNotFoundError, ValueError
+        As :func:`read_verdicts`, for a file that is missing or unreadable.
+
+    Examples
+    --------
+    >>> as_exclusion(None) is None
+    True
+    >>> as_exclusion(Exclusion("v.csv", frozenset())).reason
+    'excluded by v.csv'
+    >>> as_exclusion(["P1", 3])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: exclude= must be the path of a verdicts.csv ...
+    """
+    if exclude is None or isinstance(exclude, Exclusion):
+        return exclude
+    if isinstance(exclude, (str, os.PathLike)):
+        path = os.fspath(exclude)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"exclude={path!r}: no such verdicts file; pass the verdicts.csv that "
+                "`daskmri report` wrote (with its verdict column filled in), or exclude=None"
+            )
+        return Exclusion.from_path(path)
+    raise TypeError(
+        "exclude= must be the path of a verdicts.csv (str or os.PathLike), a "
+        f"daskmri.verdicts.Exclusion or None, got {type(exclude).__name__}: {exclude!r}"
+    )
 
 
 def _verdict(row: dict, line: int, path: str) -> bool:

@@ -32,6 +32,7 @@ from ..plan import (
     SlotCursor,
     SlotPlan,
     fill_chunks,
+    fingerprint_layout,
     infer_shape,
     iter_plan,
     plan_inputs,
@@ -42,6 +43,7 @@ from ..record import Parsed, Placeholder, Record
 from ..schema import now, provenance
 from ..settings import Compute, Parsing, Source
 from ..sources.dicom_contours import Layout
+from ..verdicts import Exclusion
 from . import format as fmt
 from .freshness import check
 from .regions import ZarrRegions
@@ -131,6 +133,7 @@ def build(
     progress: bool = False,
     source_options: dict | None = None,
     on_error: str = "raise",
+    exclude=None,
 ) -> BuildReport:
     """Parse a dataset folder into a Zarr store, written by the workers chunk by chunk.
 
@@ -176,6 +179,18 @@ def build(
     source_options : dict, optional
         fsspec options for a ``root`` at a URL (the dataset's filesystem): see
         :func:`load_dataset`.
+    exclude : str, os.PathLike or daskmri.verdicts.Exclusion, optional
+        Records to leave out, as for :func:`daskmri.load_dataset`: a ``verdicts.csv``
+        with ``exclude`` in the ``verdict`` column of each record to leave out. They
+        are never parsed, and ``daskmri.dropped(daskmri.open_dataset(store))`` lists
+        them with the reason ``"excluded by <exclude>"``. The store's input
+        fingerprint holds the excluded records (their keys, not the file's name), so
+        a store built with one exclusion is stale for another, or for none, exactly
+        as for changed files: ``"resume"`` refuses it (:class:`StaleStoreError`
+        naming the records), ``"update"`` brings it to the new exclusion (records
+        newly excluded leave the store, records no longer excluded are parsed and
+        appended), ``"overwrite"`` rebuilds it. :func:`daskmri.check` reads the
+        verdicts file again (the path the store was built with) to tell.
 
     Returns
     -------
@@ -192,7 +207,13 @@ def build(
         Nothing is written then.
     DaskmriError
         If the store was built with another ``chunk_size``, ``labels``, ``layout``
-        or ``shape``, or the files changed while the build ran.
+        or ``shape``, or the files changed while the build ran. A layout that
+        differs only in ``contains`` (the QC's declaration, which changes no stored
+        byte) is not another layout: the store keeps its records and takes the new
+        declaration.
+    FileNotFoundError, ValueError, TypeError
+        If ``exclude`` is not a readable verdicts file, as for
+        :func:`daskmri.load_dataset`; before anything is written.
     ReaderError
         If the reader raises anything but a data error, with ``on_error="raise"``;
         the chunks written so far stay, and the build resumes from them.
@@ -206,11 +227,21 @@ def build(
     10 records in ... (0 dropped); parsed 3 chunk(s) (10 records), reused 0, in ... s
     >>> daskmri.build(root, store, chunk_size=4, scheduler="sync").parsed_chunks  # nothing to do
     0
+
+    Leave out what a verdicts file excludes, in the same store:
+
+    >>> import pathlib
+    >>> verdicts = pathlib.Path(tempfile.mkdtemp()) / "verdicts.csv"
+    >>> _ = verdicts.write_text("patient_id,instance,verdict\\nSYN0001,2,exclude\\n")
+    >>> report = daskmri.build(root, store, chunk_size=4, scheduler="sync",
+    ...                        exclude=verdicts, mode="update")
+    >>> report.records, report.retired
+    (9, 1)
     """
     started = time.perf_counter()
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    source = Source.of(root, layout, labels, source_options)
+    source = Source.of(root, layout, labels, source_options, exclude=exclude)
     parsing = Parsing(
         chunk_size=chunk_size,
         limits=limits,
@@ -297,7 +328,11 @@ def _check_settings(attrs: dict, job: _Job) -> None:
         stored = layout_from_dict(json.loads(attrs.get("layout", "{}")))
     except (TypeError, ValueError, KeyError):
         stored = None
-    if stored != layout:
+    if stored is not None and fingerprint_layout(stored) == fingerprint_layout(layout):
+        if stored != layout:  # only ``contains``, the QC's declaration: no stored byte changes
+            logger.info("%s: the layout's contains= is now %s", job.spec.shown, layout.contains)
+            job.spec.group("r+").attrs.update({"layout": json.dumps(layout.to_dict())})
+    else:
         raise DaskmriError(
             f"{job.spec.shown!r} was built with another layout ({attrs.get('layout')}); pass the "
             "same layout to add to it, or mode='overwrite' to rebuild it"
@@ -379,7 +414,11 @@ def _up_to_date(job: _Job, state: StoreState, inputs: Inputs) -> BuildReport | N
         options = dict(job.spec.storage_options)
         source_options = dict(job.source.fs.options) or None
         freshness = check(
-            job.spec.url, inputs.root, storage_options=options, source_options=source_options
+            job.spec.url,
+            inputs.root,
+            storage_options=options,
+            source_options=source_options,
+            exclude=job.source.exclude,
         )
         raise StaleStoreError(f"{freshness} (or mode='overwrite' to rebuild it all)")
     if not (same_inputs and attrs.get("complete")):
@@ -488,6 +527,26 @@ def _continues(part: list[tuple[int, Record]], items: list[tuple[int, Record]]) 
     return unit is not None and items[0][1].unit == unit
 
 
+def _exclusion_attr(given: Exclusion | None, matched: Exclusion | None) -> dict | None:
+    """What a store keeps of its ``exclude=``: the name as given (the reasons' text),
+    the file's absolute path, for :func:`daskmri.check` to read again (None for an
+    :class:`~daskmri.verdicts.Exclusion` that is no file), and the keys it left out.
+
+    Examples
+    --------
+    >>> e = Exclusion("no/such.csv", frozenset({("P1", 3), ("P2", 1)}))
+    >>> _exclusion_attr(e, e.only([("P1", 3)]))
+    {'source': 'no/such.csv', 'path': None, 'keys': [['P1', 3]]}
+    >>> _exclusion_attr(None, None) is None
+    True
+    """
+    if given is None:
+        return None
+    path = os.path.abspath(given.source) if os.path.isfile(given.source) else None
+    keys = sorted(matched.keys) if matched is not None else []
+    return {"source": given.source, "path": path, "keys": [list(key) for key in keys]}
+
+
 def _finish(
     job: _Job, slots: SlotPlan, inputs: Inputs, retire: np.ndarray, waves: _Waves, *, reused: int
 ) -> BuildReport:
@@ -506,10 +565,12 @@ def _finish(
     spec.array("status")[:] = status
     for kind, flags in state.has.items():
         spec.array(f"has_{kind}")[:] = flags
-    rows = dropped_rows(dataclasses.replace(state, status=status), inputs.scan_dropped)
+    left_out = (*inputs.scan_dropped, *inputs.excluded)
+    rows = dropped_rows(dataclasses.replace(state, status=status), left_out)
     spec.group("r+").attrs.update(
         {
             "scan_dropped": json.dumps(list(inputs.scan_dropped)),
+            "exclude": json.dumps(_exclusion_attr(job.source.exclude, inputs.exclusion)),
             "dropped": json.dumps(rows),
             "input_fingerprint": inputs.fingerprint,
             "updated": now(),

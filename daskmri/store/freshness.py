@@ -3,6 +3,7 @@ fingerprints kept in it; no pixel is read."""
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 from dataclasses import dataclass
@@ -12,11 +13,21 @@ import numpy as np
 from ..layout import layout_from_dict
 from ..plan import plan_inputs
 from ..settings import Source
+from ..verdicts import Exclusion, as_exclusion, read_verdicts
 from .format import RETIRED
 from .spec import StoreSpec
 from .state import read_state
 
-__all__ = ["Freshness", "check"]
+__all__ = ["AS_BUILT", "Freshness", "check"]
+
+
+class _Default(enum.Enum):
+    AS_BUILT = "as built"
+
+
+#: :func:`check`'s default ``exclude``: the verdicts file the store was built with,
+#: read again (None is "no exclusion").
+AS_BUILT = _Default.AS_BUILT
 
 
 @dataclass(frozen=True)
@@ -24,8 +35,11 @@ class Freshness:
     """How a store compares with the files it was built from.
 
     ``changed``, ``added`` and ``removed`` list ``(patient_id, instance)`` keys;
-    ``other`` is true when something outside the records changed (the link file,
-    a file the scan reported as a problem, the layout).
+    ``excluded`` those the store holds that the verdicts file now excludes, and
+    ``included`` those it left out that the verdicts file no longer excludes (or
+    that are checked without ``exclude``); ``other`` is true when something outside
+    the records changed (the link file, a file the scan reported as a problem, the
+    layout).
     """
 
     store: str
@@ -35,10 +49,13 @@ class Freshness:
     added: tuple[tuple[str, int], ...] = ()
     removed: tuple[tuple[str, int], ...] = ()
     other: bool = False
+    excluded: tuple[tuple[str, int], ...] = ()
+    included: tuple[tuple[str, int], ...] = ()
 
     @property
     def fresh(self) -> bool:
-        return self.complete and not (self.changed or self.added or self.removed or self.other)
+        listed = self.changed or self.added or self.removed or self.excluded or self.included
+        return self.complete and not (listed or self.other)
 
     def __str__(self) -> str:
         if self.fresh:
@@ -50,6 +67,8 @@ class Freshness:
             ("changed", self.changed),
             ("added", self.added),
             ("removed", self.removed),
+            ("newly excluded", self.excluded),
+            ("no longer excluded", self.included),
         ):
             if keys:
                 shown = ", ".join(f"{p}/{i}" for p, i in keys[:5])
@@ -57,9 +76,12 @@ class Freshness:
                 parts.append(f"{len(keys)} record(s) {label} ({shown}{more})")
         if self.other:
             parts.append("the link file, the layout or a file outside the records changed")
+        same = (
+            " and the exclude= to apply (None for none)" if self.excluded or self.included else ""
+        )
         return (
             f"{self.store} is stale against {self.root}: {'; '.join(parts)}. "
-            "Bring it up to date with daskmri.build(..., mode='update') "
+            f"Bring it up to date with daskmri.build(..., mode='update'){same} "
             "(or `daskmri build ROOT --out STORE --mode update`), "
             "which re-parses only those records"
         )
@@ -71,6 +93,7 @@ def check(
     *,
     storage_options: dict | None = None,
     source_options: dict | None = None,
+    exclude=AS_BUILT,
 ) -> Freshness:
     """Compare a store with its dataset folder (by default the folder it was built from).
 
@@ -80,11 +103,23 @@ def check(
     ``storage_options`` are the store's fsspec options, ``source_options`` the
     dataset folder's, when either is at a URL.
 
+    ``exclude`` is the verdicts file to check against (a path or a
+    :class:`~daskmri.verdicts.Exclusion`; None: no exclusion). By default it is the
+    one the store was built with (``build(..., exclude=)``), read again, so that a
+    verdict changed since the build makes the store stale as a changed file does; a
+    store built without one is checked without one.
+
     Returns
     -------
     Freshness
         ``fresh`` is true when nothing changed and the build finished; ``str()``
         of it says what changed and how to fix it.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the verdicts file the store was built with is gone (and no ``exclude``
+        is given); the message says what to pass.
 
     Examples
     --------
@@ -103,7 +138,8 @@ def check(
     attrs = state.attrs
     root = attrs["source"] if root is None else os.fspath(root)
     layout = layout_from_dict(json.loads(attrs["layout"]))
-    source = Source.of(root, layout, attrs["labels"], source_options)
+    exclusion = _as_built(spec, attrs) if exclude is AS_BUILT else as_exclusion(exclude)
+    source = Source.of(root, layout, attrs["labels"], source_options, exclude=exclusion)
     inputs = plan_inputs(source, names=True)
     current = (state.status != RETIRED) & (state.fingerprint != 0)
     same = np.isin(inputs.fingerprints, state.fingerprint[current])
@@ -113,13 +149,39 @@ def check(
     added = tuple(names[i] for i in np.flatnonzero(~known))
     gone = np.flatnonzero(current & ~np.isin(state.key, inputs.keys))
     removed = tuple((str(state.patient_id[k]), int(state.instance[k])) for k in gone)
+    now = set() if exclusion is None else exclusion.keys
+    before = {
+        (str(p), int(i))
+        for p, i in (json.loads(attrs.get("exclude") or "null") or {}).get("keys", ())
+    }
+    listed = {
+        "changed": changed,
+        "added": tuple(k for k in added if k not in before),
+        "removed": tuple(k for k in removed if k not in now),
+        "excluded": tuple(k for k in removed if k in now),
+        "included": tuple(k for k in added if k in before),
+    }
     return Freshness(
         store=spec.shown,
         root=source.root,
         complete=bool(attrs.get("complete")),
-        changed=changed,
-        added=added,
-        removed=removed,
-        other=inputs.fingerprint != attrs.get("input_fingerprint")
-        and not (changed or added or removed),
+        other=inputs.fingerprint != attrs.get("input_fingerprint") and not any(listed.values()),
+        **listed,
     )
+
+
+def _as_built(spec: StoreSpec, attrs: dict) -> Exclusion | None:
+    """The exclusion a store was built with, its verdicts file read again; the keys
+    it kept when it was given no file (an :class:`~daskmri.verdicts.Exclusion`)."""
+    built = json.loads(attrs.get("exclude") or "null")
+    if not built:
+        return None
+    if built.get("path") is None:
+        return Exclusion(built["source"], frozenset((p, int(i)) for p, i in built["keys"]))
+    if not os.path.isfile(built["path"]):
+        raise FileNotFoundError(
+            f"{spec.shown} was built with exclude={built['source']!r}, and "
+            f"{built['path']} is gone; pass check(..., exclude=) the verdicts file to check "
+            "against, or exclude=None for none"
+        )
+    return Exclusion(built["source"], frozenset(read_verdicts(built["path"])))
