@@ -89,10 +89,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _cmd_scan(args: argparse.Namespace) -> int:
     from .layout import scan
+    from .plan import exclude_from
     from .record import Problem
 
     layout = args.layout
-    table, problems = scan(args.root, layout=layout, labels=args.labels)
+    table, problems = exclude_from(scan(args.root, layout=layout, labels=args.labels), args.exclude)
     columns = [f"{kind}_path" for kind in layout.kinds]
     problems = [
         *problems,
@@ -217,6 +218,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             chunk_size=args.chunk_size,
             labels=args.labels,
             progress=True,
+            exclude=args.exclude,
             **_fitting(args),
             **_where(args.scheduler),
         )
@@ -298,6 +300,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         labels=args.labels,
         mode=args.mode,
         progress=True,
+        exclude=args.exclude,
         **_fitting(args),
         **_where(args.scheduler),
     )
@@ -317,7 +320,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     from .store import check
 
-    freshness = check(args.store, args.root)
+    options = {} if args.exclude is None else {"exclude": args.exclude}
+    freshness = check(args.store, args.root, **options)
     print(freshness)
     return 0 if freshness.fresh else 1
 
@@ -362,6 +366,28 @@ def _layout_file(value: str) -> Layout | VolumeLayout:
         ) from None
 
 
+def _verdicts_file(value: str):
+    """A verdicts file (``--exclude``), read when the arguments are: a bad one fails
+    in one line before any work."""
+    from .verdicts import as_exclusion
+
+    try:
+        return as_exclusion(value)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(" ".join(str(exc).split())) from None
+
+
+def _add_exclude(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--exclude",
+        type=_verdicts_file,
+        default=None,
+        metavar="VERDICTS_CSV",
+        help=f"a verdicts.csv from `daskmri report`: {what} the records whose verdict is "
+        "'exclude' (listed as dropped, 'excluded by VERDICTS_CSV')",
+    )
+
+
 def _add_layout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layout",
@@ -399,6 +425,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("root", help="dataset folder (in the --layout layout)")
     _add_layout(p)
     p.add_argument("--max-problems", type=_count, default=20, help="problems to print")
+    _add_exclude(p, "leave out")
     p.set_defaults(func=_cmd_scan)
 
     p = sub.add_parser(
@@ -416,6 +443,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a synthetic dataset of mixed sizes and spacings, fitted with pad_or_crop",
     )
     _add_fitting(p)
+    _add_exclude(p, "leave out")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(
@@ -435,6 +463,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dropped", help="CSV of dropped records (default: beside the store)")
     _add_fitting(p)
+    _add_exclude(p, "leave out of the store")
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser(
@@ -442,6 +471,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("store", help="Zarr store made by `daskmri build`")
     p.add_argument("root", nargs="?", help="dataset folder (default: the one it was built from)")
+    p.add_argument(
+        "--exclude",
+        type=_verdicts_file,
+        default=None,
+        metavar="VERDICTS_CSV",
+        help="check against this verdicts.csv (default: the one the store was built with, "
+        "read again)",
+    )
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("synth", help="write a synthetic dataset (Sunnybrook layout, or volumes)")

@@ -33,7 +33,9 @@ import numpy as np
 from dask.optimization import cull
 
 from ..errors import DaskmriError
+from ..record import Problem, dropped_table
 from ..schema import kinds_of
+from ..verdicts import Exclusion, as_exclusion
 from .schema import BatchSchema, RankPlan, Stretch
 
 __all__ = ["BatchIterator"]
@@ -348,6 +350,18 @@ class BatchIterator:
         Seconds to wait for one chunk before giving up with an error.
     security : distributed.Security, optional
         TLS settings when ``client`` is a ``tls://`` address.
+    exclude : str, os.PathLike or daskmri.verdicts.Exclusion, optional
+        Records to leave out of every epoch: a ``verdicts.csv`` with ``exclude`` in
+        the ``verdict`` column of each record to leave out (see
+        :func:`daskmri.load_dataset`), read here, so a bad file fails at once. The
+        iterator serves ``ds`` less those records, exactly as it would serve
+        ``ds.isel(record=kept)``: the plan never indexes them, on any rank, and a
+        store chunk that holds one is still read whole (its other records are
+        served). :attr:`dropped` lists them beside the dataset's own dropped records.
+        :meth:`state_dict` records the exclusion (the keys it left out), and
+        :meth:`load_state_dict` refuses a state saved with another one. Without
+        ``exclude`` the batches are those of an iterator without it, for the same
+        seed. Records it names that ``ds`` does not hold are ignored (logged at INFO).
 
     Attributes
     ----------
@@ -355,6 +369,10 @@ class BatchIterator:
         Chunks loaded so far, and the bytes of their served variables.
     epoch_chunks : list of int
         The chunks loaded for the latest epoch, in order.
+    dropped : pandas.DataFrame
+        The records never served, as :func:`daskmri.dropped` gives them: the
+        dataset's dropped records, then those ``exclude`` left out (``path`` None:
+        the dataset does not hold it; ``reason`` ``"excluded by <exclude>"``).
 
     Raises
     ------
@@ -365,6 +383,9 @@ class BatchIterator:
         If ``client`` is for another scheduler than the one holding a persisted
         dataset, the client that persisted it is closed, or the address cannot be
         reached.
+    FileNotFoundError, TypeError
+        If ``exclude`` names no file, or is neither a path, an Exclusion nor None
+        (a malformed verdicts file raises ValueError, naming the line).
 
     Examples
     --------
@@ -383,7 +404,21 @@ class BatchIterator:
     >>> it = BatchIterator(ds, batch_size=4, seed=0, rank=1, world_size=2)
     >>> len(it), [len(b["image"]) for b in it]
     (2, [4, 1])
+
+    Leave out the records a verdicts file excludes:
+
+    >>> import pathlib
+    >>> verdicts = pathlib.Path(tempfile.mkdtemp()) / "verdicts.csv"
+    >>> _ = verdicts.write_text("patient_id,instance,verdict\\nSYN0001,2,exclude\\n")
+    >>> with BatchIterator(ds, batch_size=4, seed=0, exclude=verdicts) as it:
+    ...     served = sum(len(b["image"]) for b in it)
+    >>> served, it.dropped[["patient_id", "instance"]].values.tolist()
+    (9, [['SYN0001', 2]])
     """
+
+    #: The fingerprint of the keys ``exclude=`` left out (None: none), and their rows.
+    _exclusion: str | None = None
+    _excluded: tuple[dict, ...] = ()
 
     def __init__(
         self,
@@ -404,7 +439,9 @@ class BatchIterator:
         retries: int = 2,
         timeout: float = 300.0,
         security: Any = None,
+        exclude: Any = None,
     ) -> None:
+        exclusion = as_exclusion(exclude)  # a bad file fails before anything is planned
         variables = tuple(("image", *kinds_of(ds)) if variables is None else variables)
         missing = [v for v in (*variables, *COORDS) if v not in ds.variables]
         if missing:
@@ -418,6 +455,8 @@ class BatchIterator:
             raise ValueError(f"transform must be callable (batch, rng) -> batch, got {transform!r}")
         rank, world_size = _ranks(rank, world_size)
         seed = _seed(seed, world_size)
+        self._dataset = ds
+        ds, self._excluded, self._exclusion = _leave_out(ds, exclusion)
         self.ds, self.variables, self.transform = ds, variables, transform
         self.prefetch, self.retries, self.timeout = prefetch, retries, timeout
         self.schema = BatchSchema(
@@ -455,6 +494,22 @@ class BatchIterator:
         from ..execute import client_for_futures
 
         return client_for_futures(futures_of(self.ds), client, security=security)
+
+    @property
+    def dropped(self):
+        """The records this iterator never serves, as :func:`daskmri.dropped` lists
+        them: the dataset's dropped records (none for a dataset not made by daskmri),
+        then those ``exclude=`` left out.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``patient_id``, ``original_id``, ``instance``, ``path``, ``reason``.
+        """
+        import json
+
+        rows = json.loads(self._dataset.attrs.get("dropped", "[]"))
+        return dropped_table([*rows, *self._excluded])
 
     @property
     def seed(self) -> int:
@@ -544,6 +599,7 @@ class BatchIterator:
             "world_size": s.world_size,
             "history": [[h.world_size, h.batch_size, h.batches] for h in history],
             **self._settings(),
+            "exclude": self._exclusion,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -569,6 +625,12 @@ class BatchIterator:
             raise ValueError(
                 f"the state has format {found}, from a daskmri before 0.2.0 (this one reads "
                 f"{STATE_FORMAT}); it cannot be resumed: start a new epoch without load_state_dict"
+            )
+        if state.get("exclude") != self._exclusion:
+            raise ValueError(
+                f"the state was saved with {_shown(state.get('exclude'))}, this iterator has "
+                f"{_shown(self._exclusion)}; make it with the exclude= the saved run had (the "
+                "verdicts file as it was then), or start a new epoch without load_state_dict"
             )
         for key, value in self._settings().items():
             if key in state and state[key] != value:
@@ -643,6 +705,41 @@ class BatchIterator:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter shutdown anything may be gone
             self.close()
+
+
+def _leave_out(ds, exclusion: Exclusion | None) -> tuple[Any, tuple[dict, ...], str | None]:
+    """``ds`` less the records ``exclusion`` names (the dataset itself when it names
+    none of them: a plain dataset keeps its fast paths), their :func:`daskmri.dropped`
+    rows, and the fingerprint of the keys left out (None when none were)."""
+    if exclusion is None:
+        return ds, (), None
+    patients = np.asarray(ds["patient_id"].values).astype(str).tolist()
+    instances = np.asarray(ds["instance"].values).astype(np.int64).tolist()
+    hit = np.array(
+        [(p, i) in exclusion.keys for p, i in zip(patients, instances, strict=True)], dtype=bool
+    )
+    matched = exclusion.only((patients[k], instances[k]) for k in np.flatnonzero(hit))
+    exclusion.report_unmatched(len(matched.keys))
+    if not hit.any():
+        return ds, (), None
+    original = ds["original_id"].values if "original_id" in ds.variables else None
+    rows = tuple(
+        Problem(
+            None,
+            exclusion.reason,
+            patients[k],
+            None if original is None else str(original[k]),
+            instances[k],
+        ).row()
+        for k in np.flatnonzero(hit)
+    )
+    # Chunk by chunk, as the dataset's: dask keeps each chunk's remaining records together.
+    return ds.isel(record=np.flatnonzero(~hit)), rows, matched.fingerprint()
+
+
+def _shown(exclusion: str | None) -> str:
+    """An exclusion fingerprint in a message."""
+    return "no exclusion" if exclusion is None else f"exclusion {exclusion[:12]}"
 
 
 class _Epoch:
