@@ -377,14 +377,17 @@ def _verdicts_file(value: str):
         raise argparse.ArgumentTypeError(" ".join(str(exc).split())) from None
 
 
-def _add_exclude(parser: argparse.ArgumentParser, what: str) -> None:
+def _add_exclude(parser: argparse.ArgumentParser, what: str | None = None) -> None:
+    """``--exclude``: ``what`` the command does with the excluded records; None for
+    ``check``, which checks against the file."""
+    described = (
+        "check against this verdicts.csv (default: the one the store was built with, read again)"
+        if what is None
+        else f"a verdicts.csv from `daskmri report`: {what} the records whose verdict is "
+        "'exclude' (listed as dropped, 'excluded by VERDICTS_CSV')"
+    )
     parser.add_argument(
-        "--exclude",
-        type=_verdicts_file,
-        default=None,
-        metavar="VERDICTS_CSV",
-        help=f"a verdicts.csv from `daskmri report`: {what} the records whose verdict is "
-        "'exclude' (listed as dropped, 'excluded by VERDICTS_CSV')",
+        "--exclude", type=_verdicts_file, default=None, metavar="VERDICTS_CSV", help=described
     )
 
 
@@ -471,14 +474,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("store", help="Zarr store made by `daskmri build`")
     p.add_argument("root", nargs="?", help="dataset folder (default: the one it was built from)")
-    p.add_argument(
-        "--exclude",
-        type=_verdicts_file,
-        default=None,
-        metavar="VERDICTS_CSV",
-        help="check against this verdicts.csv (default: the one the store was built with, "
-        "read again)",
-    )
+    _add_exclude(p)
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("synth", help="write a synthetic dataset (Sunnybrook layout, or volumes)")
