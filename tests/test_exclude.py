@@ -351,6 +351,10 @@ def test_the_fingerprint_holds_the_keys_not_the_file_name(root, picked, tmp_path
     renamed = write(tmp_path / "b.csv", reversed(picked), kept=[("SYN0001", 99)])
     assert daskmri.check(store, exclude=renamed).fresh
     assert build(root, store, exclude=renamed).parsed_chunks == 0
+    # The store now follows the renamed file: its reasons name it, check reads it.
+    assert dropped_excluded(daskmri.open_dataset(store), f"excluded by {renamed}") == picked
+    first.unlink()
+    assert daskmri.check(store).fresh
 
 
 def test_check_says_what_to_do_when_the_verdicts_file_is_gone(root, picked, tmp_path):

@@ -58,7 +58,7 @@ _EXPORTS = {
         "read_attrs",
         "remove",
     ),
-    "daskmri.store.freshness": ("Freshness", "check"),
+    "daskmri.store.freshness": ("AS_BUILT", "Freshness", "check"),
     "daskmri.store.reading": ("open_dataset", "read_dropped"),
     "daskmri.store.regions": ("ZarrRegions", "write_partition"),
     "daskmri.store.spec": (

@@ -423,10 +423,28 @@ def _up_to_date(job: _Job, state: StoreState, inputs: Inputs) -> BuildReport | N
         raise StaleStoreError(f"{freshness} (or mode='overwrite' to rebuild it all)")
     if not (same_inputs and attrs.get("complete")):
         return None
+    _follow_exclusion(job, attrs, inputs)
     ok = int((state.status == fmt.OK).sum())
     dropped = len(json.loads(attrs["dropped"]))
     seconds = time.perf_counter() - job.started
     return BuildReport(job.spec.shown, ok, dropped, 0, int(state.done.sum()), 0, 0, seconds)
+
+
+def _follow_exclusion(job: _Job, attrs: dict, inputs: Inputs) -> None:
+    """Record the verdicts file of an up-to-date store's build as the store's: the same
+    excluded keys from another file (renamed, moved), so that :func:`check` reads that
+    one again and the reasons name it. Metadata only; a store built without
+    ``exclude`` that excludes nothing stays as it is."""
+    built = json.loads(attrs.get("exclude") or "null")
+    given = _exclusion_attr(job.source.exclude, inputs.exclusion)
+    if built == given or (built is None and not inputs.excluded):
+        return
+    old, new = (built or {}).get("source"), (given or {}).get("source")
+    rows = json.loads(attrs.get("dropped", "[]"))
+    for row in rows:
+        if old is not None and new is not None and row["reason"] == f"excluded by {old}":
+            row["reason"] = f"excluded by {new}"
+    job.spec.group("r+").attrs.update({"exclude": json.dumps(given), "dropped": json.dumps(rows)})
 
 
 class _Waves:

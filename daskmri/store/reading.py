@@ -217,7 +217,9 @@ def open_dataset(
         Local path or fsspec URL of the store.
     root : str or os.PathLike, optional
         The dataset folder. When given, the store is checked against it and a
-        :class:`~daskmri.errors.StaleStoreWarning` says what changed since the build.
+        :class:`~daskmri.errors.StaleStoreWarning` says what changed since the build
+        (:func:`daskmri.check`: also the verdicts file of ``build(..., exclude=)``,
+        read again).
     storage_options : dict, optional
         Passed to fsspec for a store at a URL.
     source_options : dict, optional
