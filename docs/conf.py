@@ -23,7 +23,7 @@ import daskmri  # noqa: E402
 
 project = "daskmri"
 author = "the daskmri developers"
-copyright = "the daskmri developers"  # noqa: A001 (Sphinx's name)
+copyright = "the daskmri developers"
 version = release = daskmri.__version__
 
 extensions = [
@@ -50,7 +50,23 @@ autodoc_typehints = "none"  # numpydoc's Parameters sections already give the ty
 # so leaving this on would describe every attribute twice (duplicate object warnings).
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
-numpydoc_xref_param_type = False
+# Types in Parameters and Returns link to xarray, numpy, pandas, ... through intersphinx.
+numpydoc_xref_param_type = True
+numpydoc_xref_aliases = {
+    "Dataset": "xarray.Dataset",
+    "xr.Dataset": "xarray.Dataset",
+    "DataArray": "xarray.DataArray",
+    "DataFrame": "pandas.DataFrame",
+    "pd.DataFrame": "pandas.DataFrame",
+    "ndarray": "numpy.ndarray",
+    "np.ndarray": "numpy.ndarray",
+    "Generator": "numpy.random.Generator",
+    "Client": "distributed.Client",
+    "Path": "pathlib.Path",
+    "PathLike": "os.PathLike",
+    "os.PathLike": "os.PathLike",
+}
+numpydoc_xref_ignore = {"of", "or", "optional", "default", "and", "the", "a", "an", "to"}
 numpydoc_validation_checks: set[str] = set()
 nitpicky = False
 
