@@ -301,7 +301,9 @@ def fit_mask(mask: np.ndarray, geometry: Geometry, frame: tuple[int, int]) -> np
 
 
 def to_source(array: Any, record: Any) -> np.ndarray:
-    """Map ``array`` (a mask or a predicted map in the dataset's frame) back onto the
+    """Map an array in the dataset's frame back onto its source slice's pixel grid.
+
+    Map ``array`` (a mask or a predicted map in the dataset's frame) back onto the
     pixel grid of the source slice of ``record`` (a one-record selection of the
     dataset, ``ds.isel(record=k)``, or anything with its coordinates).
 

@@ -118,6 +118,8 @@ html_theme_options = {
     "footer_end": ["sphinx-version"],
 }
 html_sidebars = {"index": [], "api": []}
+# A mode from the start: with none, the theme logs a console error on its first visit.
+html_context = {"default_mode": "light"}
 
 
 # -- The command line's help, generated from its parser -----------------------------------------

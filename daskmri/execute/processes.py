@@ -63,7 +63,9 @@ _POOLS: weakref.WeakSet = weakref.WeakSet()
 
 
 def shutdown_local_workers() -> None:
-    """Stop daskmri's local worker processes now, rather than after
+    """Stop daskmri's local worker processes now.
+
+    Stop daskmri's local worker processes now, rather than after
     :data:`IDLE_TIMEOUT` seconds idle or at interpreter exit. The next call that
     needs them starts new ones.
 
