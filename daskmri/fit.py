@@ -80,8 +80,8 @@ class Geometry:
 
     def row(self) -> tuple[float, ...]:
         """The eight values, in :data:`GEOMETRY` order."""
-        # Not dataclasses.astuple: it deep-copies each field, measured 0.1 ms a
-        # record under cProfile, for eight numbers.
+        # Not dataclasses.astuple: it deep-copies each field, a cost per record that
+        # shows in a profile of benchmarks/fit.py, for eight numbers.
         return tuple(float(getattr(self, name)) for name in GEOMETRY)
 
     @property

@@ -168,7 +168,8 @@ class ProcessWorkers:
 
     def __init__(self, workers: int | None = None, *, chunk_timeout: float = 600.0) -> None:
         # Imported here, not with the module: worker processes import this module to
-        # run tasks and have no use for dask (0.2-0.3 s each at start, measured).
+        # run tasks and have no use for dask (its import is most of a worker's start-up:
+        # see benchmarks/pool.py).
         import dask
 
         # As Dask's own pool: dask.config's num_workers, else one per core.
