@@ -12,12 +12,17 @@ distributed, numpy, pandas and pydicom resolve offline, through the inventories 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
-# The checkout's daskmri, whether or not it is installed (a fresh clone builds as is).
+# The checkout's daskmri, whether or not it is installed (a fresh clone builds as is), here
+# and in the kernel that executes the quickstart (it inherits PYTHONPATH).
 sys.path.insert(0, str(DOCS.parent))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(DOCS.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 
 import daskmri  # noqa: E402
 
@@ -127,7 +132,6 @@ def _cli_help(argv: list[str]) -> str:
     """What ``daskmri ARGV`` prints (argparse's help, at a fixed width)."""
     import contextlib
     import io
-    import os
 
     from daskmri.cli import main
 
