@@ -14,7 +14,7 @@ the build time and the read speed of the whole store through ``open_dataset``.
                                [--no-compressors]
 
 The million-record run (``--sizes 100000,1000000 --no-compressors``) is a benchmark
-run once, with its figures in the README; it is not part of the tests.
+run once, with its figures in docs/performance.md; it is not part of the tests.
 
 Writes ``scale.json`` and ``scale.png`` (with matplotlib) in ``benchmarks/results``.
 """

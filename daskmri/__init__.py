@@ -22,7 +22,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # Names resolve lazily (PEP 562): a worker process that unpickles a parse task
 # imports daskmri.parse (numpy, pydicom) without paying for xarray and pandas.
-# The pipeline, stage by stage (see the README's Development section):
+# The pipeline, stage by stage (see docs/architecture.md):
 # layout (scan) -> plan -> execute (run) -> sinks / store (sink) -> batches.
 _EXPORTS = {
     "daskmri.synth": ("synth",),

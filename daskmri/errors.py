@@ -170,7 +170,9 @@ class ContourError(RecordError):
 
 
 class RTStructError(RecordError):
-    """An RTSTRUCT file, or the slice position it needs, cannot be read: not DICOM,
+    """An RTSTRUCT file, or the slice position it needs, cannot be read.
+
+    An RTSTRUCT file, or the slice position it needs, cannot be read: not DICOM,
     truncated, not an RTSTRUCT, no structure set, a slice without its position."""
 
 
@@ -262,12 +264,16 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 class StoreError(DaskmriError):
-    """A Zarr store cannot be used as asked: not a daskmri store, unfinished, or built
+    """A Zarr store cannot be used as asked.
+
+    A Zarr store cannot be used as asked: not a daskmri store, unfinished, or built
     differently; the message says which and what to run."""
 
 
 class StaleStoreError(StoreError):
-    """The inputs changed since the store was built, and the call would mix the two;
+    """The store's input files changed since it was built.
+
+    The inputs changed since the store was built, and the call would mix the two;
     rebuild with ``mode="update"`` (re-parses only what changed) or ``mode="overwrite"``."""
 
 
@@ -276,5 +282,7 @@ class StaleStoreWarning(UserWarning):
 
 
 class WorkerStartError(DaskmriError, RuntimeError):
-    """A worker process cannot start at all (its environment is broken, say); the
+    """A worker process cannot start at all.
+
+    A worker process cannot start at all (its environment is broken, say); the
     message gives the last line it printed. Not a death caused by a record."""

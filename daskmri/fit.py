@@ -80,8 +80,8 @@ class Geometry:
 
     def row(self) -> tuple[float, ...]:
         """The eight values, in :data:`GEOMETRY` order."""
-        # Not dataclasses.astuple: it deep-copies each field, measured 0.1 ms a
-        # record under cProfile, for eight numbers.
+        # Not dataclasses.astuple: it deep-copies each field, a cost per record that
+        # shows in a profile of benchmarks/fit.py, for eight numbers.
         return tuple(float(getattr(self, name)) for name in GEOMETRY)
 
     @property
@@ -301,7 +301,9 @@ def fit_mask(mask: np.ndarray, geometry: Geometry, frame: tuple[int, int]) -> np
 
 
 def to_source(array: Any, record: Any) -> np.ndarray:
-    """Map ``array`` (a mask or a predicted map in the dataset's frame) back onto the
+    """Map an array in the dataset's frame back onto its source slice's pixel grid.
+
+    Map ``array`` (a mask or a predicted map in the dataset's frame) back onto the
     pixel grid of the source slice of ``record`` (a one-record selection of the
     dataset, ``ds.isel(record=k)``, or anything with its coordinates).
 

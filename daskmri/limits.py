@@ -12,7 +12,9 @@ __all__ = ["DEFAULT_LIMITS", "Limits", "read_bounded"]
 
 @dataclass(frozen=True)
 class Limits:
-    """Upper bounds checked *before* reading or allocating, so that a file's own
+    """Upper bounds on file sizes, pixels and contour points, checked before any read.
+
+    Upper bounds checked *before* reading or allocating, so that a file's own
     header can never make a worker allocate more than these.
 
     Parameters

@@ -73,7 +73,7 @@ def read_record(
 
     Returns
     -------
-    (image, *masks)
+    tuple of (image, mask, ...)
         float32 image after the modality rescale; a boolean mask per contour kind
         of the record (``(image, icontour, ocontour)`` in the Sunnybrook layout), or
         None where the record has no such contour; all in the frame. The tuple's

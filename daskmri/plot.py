@@ -37,7 +37,9 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 def overlay(
     image: np.ndarray, *masks: np.ndarray | dict[str, np.ndarray | None] | None
 ) -> np.ndarray:
-    """Grey image with the outlines of its masks, each kind in the colour of its
+    """A grey image with the outlines of its masks, as an RGB array.
+
+    Grey image with the outlines of its masks, each kind in the colour of its
     place (:data:`PALETTE`: red, green, blue, yellow, magenta, cyan, then again);
     earlier masks are drawn over later ones.
 
@@ -137,7 +139,9 @@ def _masks(get: dict, kinds, k: int) -> list[np.ndarray | None]:
 
 
 def show(data, records=None, *, columns: int = 4, size: float = 2.5):
-    """Overlays for a notebook: the image and the outline of each contour kind,
+    """Draw records or a batch with their contours, as a matplotlib figure.
+
+    Overlays for a notebook: the image and the outline of each contour kind,
     in the colours of :func:`overlay` (the first kind red, the second green, ...).
 
     Parameters

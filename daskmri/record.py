@@ -98,7 +98,9 @@ class RTSlice:
 
 @dataclass(frozen=True, slots=True)
 class VolumePlane:
-    """Where a record of a NIfTI source lies in its files: the dataset's ``frame``,
+    """Where a record of a NIfTI source lies in its image and label files.
+
+    Where a record of a NIfTI source lies in its files: the dataset's ``frame``,
     ``slice`` and ``phase`` of the plane, the frame's index in the image file
     (``image_frame``; 0 for a 3D file) and in the label file (``label_frame``; 0 for
     a 3D one), and ``kinds``: the label values of each kind.
@@ -192,7 +194,9 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """Something a scan found wrong outside a record (a bad link-file row, a link
+    """Something a scan found wrong, or why a record was dropped.
+
+    Something a scan found wrong outside a record (a bad link-file row, a link
     out of the root, a file name the layout does not match, ...), or why a record
     was dropped: one row of :func:`daskmri.dropped`.
 
@@ -230,7 +234,9 @@ class Problem:
 
 
 class Scan(NamedTuple):
-    """What :func:`scan` returns: the records' table and, beside it, the
+    """What :func:`scan` returns: the records' table and the problems found beside it.
+
+    What :func:`scan` returns: the records' table and, beside it, the
     :class:`Problem` values found outside any record (they stay whole
     when the table is filtered). Unpacks as ``table, problems = daskmri.scan(root)``."""
 

@@ -1,4 +1,6 @@
-"""Synthetic datasets with a known ground truth: Sunnybrook-layout DICOMs
+"""Synthetic datasets with a known ground truth.
+
+Synthetic datasets with a known ground truth: Sunnybrook-layout DICOMs
 (:func:`make_dataset`) and NIfTI volume datasets in the ACDC, M&Ms and MSD
 Task02_Heart layouts (:func:`make_volume_dataset`).
 
@@ -136,7 +138,9 @@ def slice_contours(
 
 
 def slice_pixels(*, seed: int, patient: int, instance: int, shape: tuple[int, int]) -> np.ndarray:
-    """The stored (before rescale) int16 pixels of one slice: a bright blood pool,
+    """The stored int16 pixels of one synthetic slice, before the rescale.
+
+    The stored (before rescale) int16 pixels of one slice: a bright blood pool,
     a darker myocardial ring and noise, like a short-axis cine frame.
 
     Examples
@@ -155,7 +159,9 @@ def slice_pixels(*, seed: int, patient: int, instance: int, shape: tuple[int, in
 
 
 def patient_shape(shape, patient: int) -> tuple[int, int]:
-    """The image size of 1-based ``patient`` for :func:`make_dataset`'s ``shape``:
+    """The image size of 1-based ``patient``, from :func:`make_dataset`'s ``shape``.
+
+    The image size of 1-based ``patient`` for :func:`make_dataset`'s ``shape``:
     one ``(rows, columns)`` for all, or a list of them taken in turn.
 
     Examples
@@ -169,7 +175,9 @@ def patient_shape(shape, patient: int) -> tuple[int, int]:
 
 
 def patient_spacing(spacing, patient: int) -> tuple[float, float] | None:
-    """The PixelSpacing (mm) written for 1-based ``patient``: ``spacing`` is one number,
+    """The PixelSpacing (mm) written for 1-based ``patient``.
+
+    The PixelSpacing (mm) written for 1-based ``patient``: ``spacing`` is one number,
     one ``(row, column)`` pair, None (no PixelSpacing written), or a list of these
     taken in turn.
 
@@ -191,7 +199,9 @@ def _one_spacing(value) -> bool:
 
 
 def file_dataset(sop_class_uid: str, sop_instance_uid: str) -> pydicom.Dataset:
-    """An empty DICOM file dataset of one SOP class and instance, with the file meta
+    """An empty DICOM file dataset, ready to be filled and written.
+
+    An empty DICOM file dataset of one SOP class and instance, with the file meta
     information (explicit VR little endian) and preamble that a DICOM file needs.
 
     Examples
@@ -414,7 +424,9 @@ def volume_rescale(patient: int) -> tuple[float, float] | None:
 
 
 def volume_affine(patient: int, slices: int, shape: tuple[int, int] = (64, 64)) -> np.ndarray:
-    """The RAS+ affine written for 1-based ``patient``: :data:`VOLUME_SPACING`, tilted
+    """The RAS+ affine written for 1-based ``patient``'s volumes.
+
+    The RAS+ affine written for 1-based ``patient``: :data:`VOLUME_SPACING`, tilted
     like a cardiac short-axis stack (no voxel axis along a world axis, each well
     within 45 degrees of one), centred near the world origin.
 

@@ -1,4 +1,4 @@
-"""examples/quickstart.ipynb runs top to bottom."""
+"""docs/quickstart.ipynb runs top to bottom (the docs build executes it too)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[1] / "docs" / "quickstart.ipynb"
 
 
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):

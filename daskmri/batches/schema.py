@@ -109,7 +109,9 @@ class RankPlan:
 
 @dataclass(frozen=True)
 class BatchSchema:
-    """The plan of every epoch: which records each batch of each rank holds. Pure;
+    """The order of every epoch, for every rank, planned before anything is loaded.
+
+    The plan of every epoch: which records each batch of each rank holds. Pure;
     loads nothing.
 
     Parameters

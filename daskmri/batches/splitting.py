@@ -15,7 +15,9 @@ logger = logging.getLogger(__name__)
 
 
 def split(ds, fractions: Sequence[float], *, by: str = "patient_id", seed: int = 0) -> tuple:
-    """Split ``ds`` along ``record`` into parts of about ``fractions`` of its records,
+    """Split a dataset into parts by patient, no patient in two parts.
+
+    Split ``ds`` along ``record`` into parts of about ``fractions`` of its records,
     with every value of ``by`` (every patient) in exactly one part.
 
     Patients are dealt largest first, in an order shuffled by ``seed`` among equals,

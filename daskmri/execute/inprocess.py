@@ -51,8 +51,8 @@ class InProcess:
             counting = Callback(posttask=lambda *_: progress.update(1))
         with counting:
             # The scheduler function, not its name: given a name, dask imports
-            # distributed to look for a client (0.5 s of CPU in a fresh process,
-            # measured) before it picks the same function.
+            # distributed to look for a client (a start-up cost that benchmarks/pool.py
+            # measures in a fresh process) before it picks the same function.
             get = dask.threaded.get if self.scheduler == "threads" else dask.local.get_sync
             return list(dask.compute(*tasks, scheduler=get)), Isolation()
 

@@ -63,7 +63,9 @@ _POOLS: weakref.WeakSet = weakref.WeakSet()
 
 
 def shutdown_local_workers() -> None:
-    """Stop daskmri's local worker processes now, rather than after
+    """Stop daskmri's local worker processes now.
+
+    Stop daskmri's local worker processes now, rather than after
     :data:`IDLE_TIMEOUT` seconds idle or at interpreter exit. The next call that
     needs them starts new ones.
 
@@ -166,7 +168,8 @@ class ProcessWorkers:
 
     def __init__(self, workers: int | None = None, *, chunk_timeout: float = 600.0) -> None:
         # Imported here, not with the module: worker processes import this module to
-        # run tasks and have no use for dask (0.2-0.3 s each at start, measured).
+        # run tasks and have no use for dask (its import is most of a worker's start-up:
+        # see benchmarks/pool.py).
         import dask
 
         # As Dask's own pool: dask.config's num_workers, else one per core.

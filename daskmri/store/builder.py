@@ -68,7 +68,9 @@ WAVE_CHUNKS = 64
 
 @dataclass(frozen=True)
 class BuildReport:
-    """What :func:`build` did. ``parsed_chunks`` ran in this call;
+    """What one call of :func:`build` did, and how long it took.
+
+    What :func:`build` did. ``parsed_chunks`` ran in this call;
     ``reused_chunks`` were already complete in the store and were not parsed again.
     ``isolated`` are the records that killed the worker process parsing them (now
     dropped), found in ``isolation_seconds``."""
