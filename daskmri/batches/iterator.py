@@ -135,9 +135,9 @@ class _Fetcher:
             # them; self.client may be another client of the same scheduler).
             return self.executor.submit(_gather, names, held)
         # The blocks' own tasks (or, when persisted, their futures) and one task that
-        # gathers them on the worker that holds them: no per-chunk dask array (whose
-        # compute ends in a copy of every block, measured: 2.7 s of worker CPU per
-        # epoch of 2,016 records against 0.9 s), packed when it crosses a network.
+        # gathers them on the worker that holds them: no per-chunk dask array, whose
+        # compute ends in a copy of every block (several times the worker CPU an epoch
+        # needs: benchmarks/iterate.py), packed when it crosses a network.
         graph: dict = {}
         for task_graph, _ in blocks:
             graph.update(task_graph)
@@ -158,9 +158,9 @@ class _Fetcher:
 
     def _load(self, chunk: int) -> dict:
         names = [n for n, a in self.arrays.items() if dask.is_dask_collection(a)]
-        # Computing a slice through dask.compute costs ~10 ms of graph handling per
-        # chunk, the blocks' own tasks ~0.4 ms. All the chunk's blocks in one get: a
-        # task they share (a store at a URL fetches a chunk's objects at once) runs once.
+        # A slice through dask.compute pays graph handling many times the blocks' own
+        # tasks (benchmarks/iterate.py). All the chunk's blocks in one get: a task they
+        # share (a store at a URL fetches a chunk's objects at once) runs once.
         graph: dict = {}
         keys = []
         for name in names:

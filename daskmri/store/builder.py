@@ -164,7 +164,7 @@ def build(
         date; it refuses a store whose inputs changed (:class:`StaleStoreError`).
         ``"update"`` brings such a store up to date, parsing only the records
         whose files changed or appeared; their new versions are appended (see
-        the README on record order). ``"overwrite"`` deletes what daskmri made
+        the user guide's stores page on record order). ``"overwrite"`` deletes what daskmri made
         of the store (never other files) and builds it again.
     layout, labels, chunk_size, shape, fit, spacing, limits, reader, on_error
         What to read and how, as for :func:`daskmri.load_dataset` (checked the
