@@ -352,8 +352,10 @@ def _on_cluster(numbered: Iterator, window: int, client: Any) -> Iterator:
         result = future.result()
         position = positions.pop(future.key)
         future.release()  # its bytes are the client's now; the worker may drop them
-        submit()
+        del future
         yield position, result
+        # Only now: the result handed on was one of the window.
+        submit()
 
 
 @contextlib.contextmanager
