@@ -426,6 +426,22 @@ def _add_scheduler(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report", help="write the QC report: HTML pages of every record's outlines and flags"
+    )
+    p.add_argument(
+        "source", metavar="ROOT_OR_STORE", help="a store of `daskmri build`, or a dataset folder"
+    )
+    p.add_argument("--out", required=True, help="folder: new, empty, or an earlier report")
+    p.add_argument("--size", type=_int_from(16), default=160, help="thumbnail size in pixels")
+    _add_scheduler(p)
+    p.add_argument("--chunk-size", type=_positive, default=64, help="records per chunk (a folder)")
+    _add_layout(p)
+    _add_fitting(p)
+    p.set_defaults(func=_cmd_report)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="daskmri",
@@ -484,19 +500,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("root", nargs="?", help="dataset folder (default: the one it was built from)")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser(
-        "report", help="write the QC report: HTML pages of every record's outlines and flags"
-    )
-    p.add_argument(
-        "source", metavar="ROOT_OR_STORE", help="a store of `daskmri build`, or a dataset folder"
-    )
-    p.add_argument("--out", required=True, help="folder: new, empty, or an earlier report")
-    p.add_argument("--size", type=_int_from(16), default=160, help="thumbnail size in pixels")
-    _add_scheduler(p)
-    p.add_argument("--chunk-size", type=_positive, default=64, help="records per chunk (a folder)")
-    _add_layout(p)
-    _add_fitting(p)
-    p.set_defaults(func=_cmd_report)
+    _add_report(sub)
 
     p = sub.add_parser("synth", help="write a synthetic dataset (Sunnybrook layout, or volumes)")
     p.add_argument("out", help="folder to write")

@@ -158,9 +158,10 @@ def thumbnail(
     if factor > 1:
         image = _blocks_of(image, factor, None).mean(axis=(1, 3))
         masks = {
-            kind: None if mask is None else _blocks_of(np.asarray(mask, bool), factor, 0).any((1, 3))
+            kind: None if mask is None else _blocks_of(np.asarray(mask, bool), factor, 0)
             for kind, mask in masks.items()
         }
+        masks = {kind: None if m is None else m.any(axis=(1, 3)) for kind, m in masks.items()}
     return overlay(image, masks)
 
 

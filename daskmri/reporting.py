@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +44,9 @@ from .plot import PALETTE, shrink_factor
 from .qc import IDENTITY, MAD_SCALE, area_outliers, report_tasks
 from .schema import dropped, kinds_of
 from .verdicts import write_verdicts
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 __all__ = ["MARKER", "ReportSummary", "completed", "flag_words", "report"]
 
@@ -650,7 +653,7 @@ def _index_page(summaries: list[dict], plan: _Plan, threshold: float) -> str:
 
 
 def report(
-    ds,
+    ds: xr.Dataset,
     out: str | os.PathLike[str],
     *,
     size: int = 160,
