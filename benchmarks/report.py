@@ -105,7 +105,7 @@ def plot(rows: list[dict], path: Path, cores: int) -> None:
     right.set(xlabel="records", ylabel="MiB", title="client RSS (psutil, sampled)")
     right.legend()
     for ax in (left, right):
-        ax.set_xscale("log")
+        ax.set_xlim(left=0)
         ax.set_ylim(bottom=0)
     fig.suptitle(f"QC report of the real sample replicated, {cores} cores")
     fig.tight_layout()
