@@ -30,6 +30,7 @@ _EXPORTS = {
     "daskmri.batches.splitting": ("split",),
     "daskmri.schema": ("dropped",),
     "daskmri.dataset": ("load_dataset",),
+    "daskmri.reporting": ("report", "ReportSummary"),
     "daskmri.store": ("build", "BuildReport", "open_dataset", "check", "Freshness"),
     "daskmri.errors": (
         "StoreError",

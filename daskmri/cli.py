@@ -1,4 +1,5 @@
-"""The ``daskmri`` command line: ``scan``, ``demo``, ``build``, ``check`` and ``synth``.
+"""The ``daskmri`` command line: ``scan``, ``demo``, ``build``, ``check``, ``report`` and
+``synth``.
 
 Run ``daskmri --help`` or ``daskmri COMMAND --help``. :func:`main` takes
 ``argv`` so that it can be tested in-process.
@@ -317,6 +318,45 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_dataset(args: argparse.Namespace):
+    """The dataset of ``daskmri report``: the store ``args.source`` opens, else the
+    dataset folder it names, loaded."""
+    from .dataset import load_dataset
+    from .errors import StoreError
+    from .store import open_dataset
+
+    try:
+        return open_dataset(args.source)
+    except StoreError:
+        if (Path(args.source) / "zarr.json").is_file():
+            raise  # a store, but not one to open (unfinished, too old): its message says why
+    return load_dataset(
+        args.source,
+        layout=args.layout,
+        chunk_size=args.chunk_size,
+        labels=args.labels,
+        progress=True,
+        **_fitting(args),
+        **_where(args.scheduler),
+    )
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .reporting import report
+
+    ds = _report_dataset(args)
+    summary = report(ds, args.out, size=args.size, progress=True)
+    print(f"records:     {summary.records} ({summary.patients} patients)")
+    print(f"flagged:     {summary.flagged}")
+    print(f"dropped:     {summary.dropped}")
+    if summary.carried:
+        print(f"verdicts:    {summary.carried} carried over from the report it replaced")
+    print(f"time:        {summary.seconds:.2f} s")
+    print(f"verdicts:    {summary.verdicts.resolve()}")
+    print(f"report:      {summary.index.resolve()}")
+    return 0
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from .store import check
 
@@ -415,6 +455,22 @@ def _add_scheduler(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report", help="write the QC report: HTML pages of every record's outlines and flags"
+    )
+    p.add_argument(
+        "source", metavar="ROOT_OR_STORE", help="a store of `daskmri build`, or a dataset folder"
+    )
+    p.add_argument("--out", required=True, help="folder: new, empty, or an earlier report")
+    p.add_argument("--size", type=_int_from(16), default=160, help="thumbnail size in pixels")
+    _add_scheduler(p)
+    p.add_argument("--chunk-size", type=_positive, default=64, help="records per chunk (a folder)")
+    _add_layout(p)
+    _add_fitting(p)
+    p.set_defaults(func=_cmd_report)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="daskmri",
@@ -476,6 +532,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("root", nargs="?", help="dataset folder (default: the one it was built from)")
     _add_exclude(p)
     p.set_defaults(func=_cmd_check)
+
+    _add_report(sub)
 
     p = sub.add_parser("synth", help="write a synthetic dataset (Sunnybrook layout, or volumes)")
     p.add_argument("out", help="folder to write")

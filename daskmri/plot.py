@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._png import write_png, written_by_daskmri
+from ._png import png_bytes, write_png, written_by_daskmri
 
-__all__ = ["overlay", "overlay_grid", "show", "write_png", "written_by_daskmri"]
+__all__ = [
+    "overlay",
+    "overlay_grid",
+    "png_bytes",
+    "show",
+    "thumbnail",
+    "write_png",
+    "written_by_daskmri",
+]
 
 #: The outline colour of each mask, in the order given (then again): red, green,
 #: blue, yellow, magenta, cyan.
@@ -87,6 +95,76 @@ def overlay(
         if mask is not None:
             rgb[_outline(np.asarray(mask, dtype=bool))] = colour
     return rgb
+
+
+def shrink_factor(shape: tuple[int, ...], size: int) -> int:
+    """The whole factor that brings the longer side of ``shape`` to ``size`` or less.
+
+    Examples
+    --------
+    >>> shrink_factor((256, 216), 160), shrink_factor((64, 64), 160)
+    (2, 1)
+    """
+    return max(1, -(-max(shape) // size))
+
+
+def _blocks_of(plane: np.ndarray, factor: int, fill) -> np.ndarray:
+    """``plane`` padded to a multiple of ``factor``, as ``(rows, factor, columns, factor)``."""
+    rows, columns = -(-plane.shape[0] // factor), -(-plane.shape[1] // factor)
+    pad = ((0, rows * factor - plane.shape[0]), (0, columns * factor - plane.shape[1]))
+    padded = np.pad(plane, pad, mode="edge") if fill is None else np.pad(plane, pad)
+    return padded.reshape(rows, factor, columns, factor)
+
+
+def thumbnail(
+    image: np.ndarray, masks: dict[str, np.ndarray | None], *, size: int = 160
+) -> np.ndarray:
+    """A small :func:`overlay` of one record: the image shrunk, each kind's outline on it.
+
+    The image is shrunk by a whole factor (:func:`shrink_factor`) to at most
+    ``size`` pixels on its longer side: each block of ``factor x factor`` pixels
+    becomes their mean (the last blocks padded with the edge's values), and a
+    mask's block is inside when any of its pixels is, so that a thin structure
+    stays visible. The outlines are drawn on the shrunk masks, one pixel wide.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        One 2D image.
+    masks : dict of str to numpy.ndarray or None
+        Each kind's mask (None: none), in the layout's order, as :func:`overlay`.
+    size : int
+        The longest side of the thumbnail, in pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(rows, columns, 3)`` uint8 RGB.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not 2D.
+
+    Examples
+    --------
+    >>> mask = np.zeros((8, 8), bool); mask[2:6, 2:6] = True
+    >>> rgb = thumbnail(np.zeros((8, 8)), {"lv": mask}, size=4)
+    >>> rgb.shape, rgb[1, 1].tolist()
+    ((4, 4, 3), [255, 64, 64])
+    """
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 2:
+        raise ValueError(f"thumbnail takes a 2D image, got shape {image.shape}")
+    factor = shrink_factor(image.shape, size)
+    if factor > 1:
+        image = _blocks_of(image, factor, None).mean(axis=(1, 3))
+        masks = {
+            kind: None if mask is None else _blocks_of(np.asarray(mask, bool), factor, 0)
+            for kind, mask in masks.items()
+        }
+        masks = {kind: None if m is None else m.any(axis=(1, 3)) for kind, m in masks.items()}
+    return overlay(image, masks)
 
 
 def overlay_grid(ds, records=None, *, columns: int = 4) -> np.ndarray:

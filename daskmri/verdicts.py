@@ -23,8 +23,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import operator
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 __all__ = [
@@ -261,16 +262,33 @@ def read_verdicts(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
     return excluded
 
 
-def write_verdicts(rows: Iterable[dict], path: str | os.PathLike[str]) -> int:
+def _key(row: dict) -> tuple[str, int] | None:
+    """A row's ``(patient_id, instance)``; None without a whole-number instance."""
+    try:
+        return str(row.get("patient_id", "")), operator.index(row.get("instance"))
+    except TypeError:
+        return None
+
+
+def write_verdicts(
+    rows: Iterable[dict],
+    path: str | os.PathLike[str],
+    *,
+    verdicts: Mapping[tuple[str, int], str] | None = None,
+) -> int:
     """Write ``verdicts.csv``: one row per record, the ``verdict`` column empty.
 
     Parameters
     ----------
     rows : iterable of dict
         One dict per record with the keys of :data:`COLUMNS` it has (missing ones
-        are written empty); a ``verdict`` key is ignored.
+        are written empty); a ``verdict`` key is ignored. Rows are written as they
+        come, so a generator keeps only one row in memory.
     path : str or os.PathLike
         The file to write.
+    verdicts : mapping, optional
+        Verdicts a person already gave, by ``(patient_id, instance)``: carried into
+        the rows of those records (the report keeps an edited file's verdicts).
 
     Returns
     -------
@@ -285,12 +303,18 @@ def write_verdicts(rows: Iterable[dict], path: str | os.PathLike[str]) -> int:
     1
     >>> path.read_text().splitlines()[1]
     'P1,2,,,,,empty lv,,'
+    >>> write_verdicts([{"patient_id": "P1", "instance": 2}], path, verdicts={("P1", 2): "exclude"})
+    1
+    >>> read_verdicts(path)
+    [('P1', 2)]
     """
     count = 0
+    given = verdicts or {}
     with open(path, "w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({**{name: row.get(name, "") for name in COLUMNS}, "verdict": ""})
+            verdict = given.get(_key(row), "") if given else ""
+            writer.writerow({**{name: row.get(name, "") for name in COLUMNS}, "verdict": verdict})
             count += 1
     return count

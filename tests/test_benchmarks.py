@@ -152,3 +152,19 @@ def test_objectstore_benchmark_runs_against_the_s3_server(tmp_path):
         assert row["records_per_s"] > 0 and row["x_local"] > 0
     sections = {row["section"] for row in report["rows"]}
     assert {"scan", "load_dataset (sync)", "build (2 processes)"} <= sections
+
+
+REPORT = COMPARE.with_name("report.py")
+
+
+@pytest.mark.slow
+def test_report_benchmark_runs_and_writes_a_table_json_and_plot(real_root, tmp_path):
+    out = run_script(
+        REPORT,
+        *("--data", str(real_root), "--sizes", "60", "--out", str(tmp_path)),
+        *("--plot", str(tmp_path / "report.png")),
+    )
+    table = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| records | patients | chunks | report s")
+    rows = json.loads((tmp_path / "report.json").read_text())["rows"]
+    assert rows[0]["records"] >= 60 and rows[0]["rss_peak_mib"] >= rows[0]["rss_before_mib"]
