@@ -13,9 +13,10 @@ other columns are for the person reading the file; only ``patient_id``,
 ``instance`` and ``verdict`` are read back.
 
 Columns, in order: ``patient_id``, ``instance``, ``frame``, ``slice`` and
-``phase`` (empty for DICOM sources), ``path`` (the record's image file), ``flags`` (the QC flags
-in words, ``"; "``-separated, empty when none), ``dropped`` (why the record was
-dropped, empty when it was kept) and ``verdict``.
+``phase`` (empty for DICOM sources), ``path`` (the file of a dropped record; a
+dataset does not keep its kept records' paths), ``flags`` (the QC flags in words,
+``"; "``-separated, empty when none), ``dropped`` (why the record was dropped,
+empty when it was kept) and ``verdict``.
 """
 
 from __future__ import annotations
