@@ -70,6 +70,9 @@ numpydoc_xref_aliases = {
     "Path": "pathlib.Path",
     "PathLike": "os.PathLike",
     "os.PathLike": "os.PathLike",
+    # numpydoc's own alias, python:None, would show as that text: the generated Python
+    # inventory holds no py:data entry for None.
+    "None": ":obj:`None`",
 }
 numpydoc_xref_ignore = {"of", "or", "optional", "default", "and", "the", "a", "an", "to"}
 numpydoc_validation_checks: set[str] = set()
