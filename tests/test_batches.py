@@ -368,8 +368,8 @@ class TestWarmStart:
         assert it._warm is None
         for _ in it:
             break
-        gc.collect()
-        assert it._warm is None and not prefetch_threads()
+        gc.collect()  # garbage only tells the threads to stop (never waits): they end soon
+        assert it._warm is None and wait_for(lambda: not prefetch_threads())
 
 
 class TestRelease:
@@ -378,8 +378,8 @@ class TestRelease:
         for _ in it:
             assert prefetch_threads()
             break
-        gc.collect()
-        assert not prefetch_threads()
+        gc.collect()  # garbage only tells the threads to stop (never waits): they end soon
+        assert wait_for(lambda: not prefetch_threads())
 
         def train():
             for _ in it:
@@ -387,8 +387,8 @@ class TestRelease:
 
         with pytest.raises(RuntimeError):
             train()
-        gc.collect()
-        assert not prefetch_threads()
+        gc.collect()  # garbage only tells the threads to stop (never waits): they end soon
+        assert wait_for(lambda: not prefetch_threads())
 
         with BatchIterator(zarr_ds, batch_size=2, seed=0) as it:
             epoch = iter(it)

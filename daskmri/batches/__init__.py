@@ -3,7 +3,13 @@
 =================  ==============================================================
 ``schema.py``      :class:`BatchSchema`: every epoch's order, rank shares, padding,
                    stretches of an epoch served by other configurations (pure)
-``iterator.py``    :class:`BatchIterator`: the plan loaded, chunks fetched ahead
+``iterator.py``    :class:`BatchIterator`: arguments resolved, epochs made and asked
+``epoch.py``       ``Epoch``: one pass, a state machine with its batch thread
+``loading.py``     an epoch's plan loaded: chunks fetched ahead, batches assembled
+``fetching.py``    ``Fetcher.submit(chunk)``, whatever the backend
+``wire.py``        a chunk's arrays across the wire (blosc), run on workers
+``ranks.py``       rank, world size and the shared seed
+``rng.py``         the random streams by name (``Stream``, ``generator``)
 ``splitting.py``   :func:`split`: parts of a dataset, whole patients apiece
 =================  ==============================================================
 """

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .rng import Stream, generator
+
 __all__ = ["BatchSchema", "RankPlan", "Stretch"]
 
 
@@ -227,7 +229,7 @@ class BatchSchema:
         """The chunks in visiting order (empty chunks hold nothing and are skipped)."""
         order = np.arange(len(self.chunks))
         if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch, 0]).permutation(order)
+            order = generator(self.seed, epoch, Stream.ORDER).permutation(order)
         return order[np.asarray(self.chunks, dtype=np.int64)[order] > 0]
 
     def base(self, epoch: int) -> np.ndarray:
@@ -240,7 +242,7 @@ class BatchSchema:
             int(sizes.sum())
         )
         if self.shuffle:
-            noise = np.random.default_rng([self.seed, epoch, 1]).random(len(records))
+            noise = generator(self.seed, epoch, Stream.NOISE).random(len(records))
             records = records[np.lexsort((noise, group))]
         return records
 
@@ -284,7 +286,9 @@ class BatchSchema:
             len(records), stretch.world_size, stretch.batch_size, rank
         )
         share = records[start : start + length]
-        share, steps = self._deal(share, [self.seed, epoch, 2, generation, rank])
+        share, steps = self._deal(
+            share, generator(self.seed, epoch, Stream.RANK_SHARE, generation, rank)
+        )
         if padded > length:
             # A repeat of the rank's own last record: its chunk is still at hand.
             filler = share[-1] if length else records[rank % len(records)]
@@ -294,9 +298,9 @@ class BatchSchema:
         padding = np.arange(padded) >= length
         return RankPlan(share, padding, self.chunk_of(share), steps, stretch.batch_size)
 
-    def _deal(self, share: np.ndarray, key: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def _deal(self, share: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Deal each chunk of ``share`` (consecutive runs) out over ``span`` steps and
-        shuffle each step: the serving order, and each record's step."""
+        shuffle each step with ``rng``: the serving order, and each record's step."""
         chunks = self.chunk_of(share)
         new = np.ones(len(share), dtype=bool)
         new[1:] = chunks[1:] != chunks[:-1]
@@ -307,7 +311,7 @@ class BatchSchema:
         steps = (piece + _part_of(within, size, self.span)).astype(np.int32)
         if not self.shuffle:
             return share, steps
-        noise = np.random.default_rng(key).random(len(share))
+        noise = rng.random(len(share))
         order = np.lexsort((noise, steps))
         return share[order], steps[order]
 

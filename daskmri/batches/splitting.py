@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .rng import split_generator
+
 __all__ = ["split"]
 
 logger = logging.getLogger(__name__)
@@ -102,7 +104,7 @@ def _deal(sizes: np.ndarray, fractions: np.ndarray, seed: int) -> np.ndarray:
     [0, 1, 1]
     """
     targets = fractions * sizes.sum()
-    shuffled = np.random.default_rng(seed).permutation(len(sizes))
+    shuffled = split_generator(seed).permutation(len(sizes))
     order = shuffled[np.argsort(-sizes[shuffled], kind="stable")]
     filled = np.zeros(len(fractions))
     part_of = np.empty(len(sizes), dtype=np.int64)
