@@ -678,7 +678,9 @@ def main() -> None:
     try:
         raw = {}
         for size in (int(s) for s in args.sizes.split(",")):
+            began = time.perf_counter()
             raw[size] = measure_size(args, sides, data, size, work)
+            print(f"  {size}: {time.perf_counter() - began:.0f} s", flush=True)
     finally:
         if remove_old is not None:
             remove_old()

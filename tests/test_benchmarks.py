@@ -293,7 +293,7 @@ def test_gpu_benchmark_runs_a_tiny_cpu_version(tmp_path):
     assert report["device"] == "CPU" and len(table) - 1 == len(report["rows"]) >= 1
     assert report["rows"][0]["mode"] == "compact=False"
     for row in report["rows"]:
-        assert row["steps"] == 3 and row["images"] == 12 and row["images_per_s"] > 0
+        assert row["steps"] == 3 and 3 <= row["images"] <= 12 and row["images_per_s"] > 0
         assert 0 <= row["stall"] <= 1 and row["step_ms_mean"] > 0
 
 
