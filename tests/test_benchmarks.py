@@ -303,3 +303,35 @@ def test_gpu_benchmark_exits_cleanly_without_a_gpu(tmp_path):
         pytest.skip("a CUDA device is present: the benchmark would run")
     out = run_script(GPU, "--out", str(tmp_path))
     assert "no CUDA device" in out.stdout and not (tmp_path / "gpu.json").exists()
+
+
+def test_gpu_benchmark_widens_a_compact_batch_like_the_contract():
+    """benchmarks/gpu.py's own widening (used until TorchBatches takes device=): the
+    float32 image bit for bit as the contract's numpy formula, and the bits as masks."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    bench = load_benchmark(GPU)
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 4096, size=(2, 8, 8), dtype=np.uint16)
+    slope, intercept = np.array([0.7, 2.0]), np.array([-1024.0, 3.5])
+    masks = {"a": rng.random((2, 8, 8)) > 0.5, "b": rng.random((2, 8, 8)) > 0.5}
+    labels = masks["a"].astype(np.uint8) | (masks["b"].astype(np.uint8) << 1)
+    batch = {
+        name: torch.from_numpy(value)
+        for name, value in (
+            ("pixels", pixels), ("slope", slope), ("intercept", intercept), ("labels", labels)
+        )
+    }  # fmt: skip
+    image, target = bench.widen_on_device(batch, ["b", "a"], ("a", "b"))
+    wide = (pixels.astype(np.float64) * slope[:, None, None] + intercept[:, None, None]).astype(
+        np.float32
+    )
+    assert image.shape == (2, 1, 8, 8) and target.shape == (2, 2, 8, 8)
+    assert np.array_equal(image[:, 0].numpy().view(np.uint32), wide.view(np.uint32))
+    assert np.array_equal(target[:, 0].numpy(), masks["b"].astype(np.float32))
+    assert np.array_equal(target[:, 1].numpy(), masks["a"].astype(np.float32))
+    today = {"image": torch.from_numpy(wide), "a": torch.from_numpy(masks["a"]),
+             "b": torch.from_numpy(masks["b"])}  # fmt: skip
+    image2, target2 = bench.widen_on_device(today, ["b", "a"], ("a", "b"))
+    assert torch.equal(image2, image) and torch.equal(target2, target)
