@@ -4,9 +4,15 @@ The old side is a checkout of the commit before issue 26 (``--old PATH``; withou
 the script makes a detached ``git worktree`` of ``--old-commit`` in a temporary folder
 and removes it at the end), the new side this checkout (``--new PATH``)::
 
-    python benchmarks/compact.py [--old PATH] [--new PATH] [--sizes 2016,20000]
+    python benchmarks/compact.py [--old PATH] [--new PATH] [--sizes 2016,20000:1]
                                  [--repeats 5] [--data ROOT] [--out DIR] [--plot PNG]
+    python benchmarks/compact.py --sizes 2016,20000 --repeats 5   # issue 26's full run
     python benchmarks/compact.py --quick   # tiny sizes, 1 repeat: a smoke run
+
+``--sizes`` takes ``RECORDS[:REPEATS]`` (``--repeats`` where no count is given). The
+default, 2,016 records 5 times and 20,048 once, takes about 25 minutes on a 2-core
+machine; 5 repeats of both about an hour (one repeat of both, old and new, took 14
+minutes there, 12 of them for the 20,048 records).
 
 The real sample is replicated (hard links, ``common.replicate``) to each size. Every
 measurement runs in a fresh interpreter whose ``PYTHONPATH`` is the side under test
@@ -412,12 +418,12 @@ def memory_guard(records: int) -> str | None:
     return None
 
 
-def measure_size(args, sides: dict, data: Path, size: int, work: Path) -> dict:
+def measure_size(args, sides: dict, data: Path, size: int, repeats: int, work: Path) -> dict:
     """Every kind for one size: repeats x sides, interleaved; raw rows by side."""
     root = replicate(data, size, work / "real")
     warm = replicate(data, WARM_RECORDS, work / "warm")
     raw = {name: {k: [] for k in KINDS} for name in sides}
-    for r in range(args.repeats):
+    for r in range(repeats):
         order = list(sides) if r % 2 == 0 else list(reversed(sides))
         check = "1" if r == 0 else "0"
         stores = {name: work / f"{name}-{size}-{r}.zarr" for name in sides}
@@ -540,10 +546,10 @@ UNITS = {
 
 def table(rows: list[dict]) -> None:
     print(
-        "| records | row | old wall s | new wall s | old CPU s | new CPU s "
+        "| records | row | runs | old wall s | new wall s | old CPU s | new CPU s "
         "| old per record | new per record | new/old | goal | met |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for r in rows:
         unit, scale = UNITS[r["metric"]]
         old, new = r["old"] or {}, r["new"] or {}
@@ -555,8 +561,10 @@ def table(rows: list[dict]) -> None:
         met = {True: "yes", False: "**no**", None: r.get("note", "-")}[r["met"]]
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
         records = (r["old"] or r["new"] or {}).get("records", r["size"])
+        runs = min([side["repeats"] for side in (old, new) if side] or [0])
         print(
-            f"| {records:,} | {r['row']} | {fig(old, 'wall', '.2f')} | {fig(new, 'wall', '.2f')} "
+            f"| {records:,} | {r['row']} | {runs} | {fig(old, 'wall', '.2f')} "
+            f"| {fig(new, 'wall', '.2f')} "
             f"| {fig(old, 'cpu', '.2f')} | {fig(new, 'cpu', '.2f')} "
             f"| {fig(old, 'per_record', ',.1f', scale, ' ' + unit)} "
             f"| {fig(new, 'per_record', ',.1f', scale, ' ' + unit)} | {ratio} | {goal} | {met} |"
@@ -648,8 +656,10 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--old-commit", default=OLD_COMMIT)
     parser.add_argument("--new", type=Path, default=HERE.parent)
-    parser.add_argument("--sizes", default="2016,20000", help="records, comma-separated")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--sizes", default="2016,20000:1", help="RECORDS[:REPEATS], comma-separated"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="where --sizes gives none")
     parser.add_argument("--quick", action="store_true", help="60 records, 1 repeat")
     parser.add_argument("--data", type=Path, default=REAL_DATA)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per child")
@@ -658,6 +668,10 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.repeats = "60", 1
+    args.plan = {}
+    for item in args.sizes.split(","):
+        size, _, repeats = item.partition(":")
+        args.plan[int(size)] = int(repeats or args.repeats)
     return args
 
 
@@ -677,9 +691,9 @@ def main() -> None:
     started = time.perf_counter()
     try:
         raw = {}
-        for size in (int(s) for s in args.sizes.split(",")):
+        for size, repeats in args.plan.items():
             began = time.perf_counter()
-            raw[size] = measure_size(args, sides, data, size, work)
+            raw[size] = measure_size(args, sides, data, size, repeats, work)
             print(f"  {size}: {time.perf_counter() - began:.0f} s", flush=True)
     finally:
         if remove_old is not None:
@@ -691,7 +705,7 @@ def main() -> None:
         f"\n{datetime.date.today()}, {info['cpu_count']} cores, "
         f"{info['memory_bytes'] / 2**30:.0f} GiB, Python {info['python']}, dask {info['dask']}; "
         f"old {sides['old']} ({commit_of(sides['old'])}), new {sides['new']} "
-        f"({commit_of(sides['new'])}); median of {args.repeats}; {took:.0f} s in all\n"
+        f"({commit_of(sides['new'])}); repeats by size {args.plan} (medians); {took:.0f} s in all\n"
     )
     table(rows)
     print_checksums(sums)
@@ -699,7 +713,7 @@ def main() -> None:
     report = {
         "date": str(datetime.date.today()),
         "machine": info,
-        "repeats": args.repeats,
+        "repeats": {str(size): n for size, n in args.plan.items()},
         "sides": {k: {"path": str(v), "commit": commit_of(v)} for k, v in sides.items()},
         "seconds": took,
         "rows": rows,

@@ -199,10 +199,10 @@ def test_compact_benchmark_runs_old_against_new(real_root, tmp_path):
         timeout=900,
     )
     table = [line for line in out.stdout.splitlines() if line.startswith("| ")]
-    assert table[0].startswith("| records | row | old wall s | new wall s | old CPU s")
+    assert table[0].startswith("| records | row | runs | old wall s | new wall s | old CPU s")
     report = json.loads((tmp_path / "compact.json").read_text())
     bench = load_benchmark(COMPACT)
-    assert report["repeats"] == 1 and len(report["rows"]) == len(bench.ROWS)
+    assert report["repeats"] == {"60": 1} and len(report["rows"]) == len(bench.ROWS)
     for side in report["raw"]["60"].values():
         for kind, rows in side.items():
             assert len(rows) == 1 and "error" not in rows[0], (kind, rows)
