@@ -335,3 +335,46 @@ def test_gpu_benchmark_widens_a_compact_batch_like_the_contract():
              "b": torch.from_numpy(masks["b"])}  # fmt: skip
     image2, target2 = bench.widen_on_device(today, ["b", "a"], ("a", "b"))
     assert torch.equal(image2, image) and torch.equal(target2, target)
+
+
+def test_compact_benchmark_checksums_agree_across_batch_kinds(tmp_path):
+    """compact.py's checksums of a dataset, of today's batches and of compact batches
+    (made here from today's, as the contract defines them) are one and the same."""
+    import numpy as np
+
+    import daskmri
+
+    bench = load_benchmark(COMPACT)
+    root = daskmri.synth.make_dataset(tmp_path / "data", patients=2, slices=9, shape=(16, 16))
+    ds = daskmri.load_dataset(root, scheduler="sync", chunk_size=4)
+    kinds = bench.kinds_of(ds)
+
+    class Compact:
+        """Today's batches as compact ones: float32 pixels, slope 1, intercept 0, and
+        the kinds' bits in reverse order (so the order is followed, not assumed)."""
+
+        def __init__(self, it) -> None:
+            self.it, self.kinds = it, tuple(reversed(kinds))
+
+        def __iter__(self):
+            for batch in self.it:
+                n = len(batch["image"])
+                labels = np.zeros(batch["image"].shape, np.uint8)
+                for bit, kind in enumerate(self.kinds):
+                    labels |= batch[kind].astype(np.uint8) << bit
+                yield {"pixels": batch["image"], "slope": np.ones(n), "labels": labels,
+                       "intercept": np.zeros(n), "patient_id": batch["patient_id"],
+                       "instance": batch["instance"], "padding": batch["padding"]}  # fmt: skip
+
+    it = daskmri.BatchIterator(ds, batch_size=3, seed=0)
+    reference = bench.dataset_checksum(ds)
+    assert reference["records"] == ds.sizes["record"] > 0
+    assert bench.served_checksum(it, kinds, False) == reference
+    assert bench.served_checksum(Compact(it), kinds, True) == reference
+    it.close()
+    assert bench.held_bytes(ds) == sum(v.nbytes for v in ds.variables.values())
+    # In the compact format the derived image and masks are not held.
+    compact = ds.assign(pixels=ds.image.astype(np.uint16))
+    derived = ds.image.nbytes + sum(ds[k].nbytes for k in kinds)
+    held = sum(v.nbytes for v in compact.variables.values()) - derived
+    assert bench.held_bytes(compact) == held < bench.held_bytes(ds)
