@@ -168,3 +168,213 @@ def test_report_benchmark_runs_and_writes_a_table_json_and_plot(real_root, tmp_p
     assert table[0].startswith("| records | patients | chunks | report s")
     rows = json.loads((tmp_path / "report.json").read_text())["rows"]
     assert rows[0]["records"] >= 60 and rows[0]["rss_peak_mib"] >= rows[0]["rss_before_mib"]
+
+
+COMPACT = COMPARE.with_name("compact.py")
+REPO = COMPARE.parents[1]
+
+
+def load_benchmark(path: Path):
+    """A benchmark script as a module (it imports benchmarks/common.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+@pytest.mark.slow
+def test_compact_benchmark_runs_old_against_new(real_root, tmp_path):
+    """benchmarks/compact.py --quick with this checkout on both sides: every row
+    measured, the same bytes and checksums on both sides (the same code)."""
+    out = run_script(
+        COMPACT,
+        *("--quick", "--old", str(REPO), "--new", str(REPO), "--data", str(real_root)),
+        *("--out", str(tmp_path), "--plot", str(tmp_path / "compact.png")),
+        timeout=900,
+    )
+    table = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| records | row | runs | old wall s | new wall s | old CPU s")
+    report = json.loads((tmp_path / "compact.json").read_text())
+    bench = load_benchmark(COMPACT)
+    assert report["repeats"] == {"60": 1} and len(report["rows"]) == len(bench.ROWS)
+    for side in report["raw"]["60"].values():
+        for kind, rows in side.items():
+            assert len(rows) == 1 and "error" not in rows[0], (kind, rows)
+            assert Path(rows[0]["daskmri"]).is_relative_to(REPO)
+    by = {row["row"]: row for row in report["rows"]}
+    # The same code on both sides: the same stored and held bytes, to the byte.
+    assert by["store bytes per record (du)"]["ratio"] == 1.0
+    assert by["in-memory dataset bytes per record"]["ratio"] == 1.0
+    assert by["build CPU per record"]["old"]["cpu"] > 0
+    for row in report["rows"]:
+        if row["row"].endswith("default"):
+            assert row["old"]["per_record"] > 0 and row["new"]["per_record"] > 0
+    checks = [c for c in report["checksums"] if c["checksum"] is not None]
+    assert {c["what"] for c in checks} >= {"load_dataset", "open_dataset"}
+    assert all(c["verdict"] == "equal" for c in checks), checks
+    assert checks[0]["checksum"]["records"] == by["build CPU per record"]["old"]["records"]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert (tmp_path / "compact.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compact_benchmark_refuses_a_side_that_is_not_imported(tmp_path):
+    """A child whose PYTHONPATH holds no daskmri must not be measured as that side."""
+    bench = load_benchmark(COMPACT)
+    row = bench.run_child(tmp_path, ["store", str(tmp_path / "none.zarr"), "0"], timeout=120)
+    assert "error" in row and ("not from" in row["error"] or "daskmri" in row["error"])
+
+
+def test_compact_benchmark_counts_the_cpu_of_child_processes():
+    """Timed: a child's CPU counts once it is reaped, as local worker processes do."""
+    bench = load_benchmark(COMPACT)
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass"
+    with bench.Timed() as timed:
+        subprocess.run([sys.executable, "-c", spin], check=True)
+    assert timed.cpu >= 0.35 and timed.wall >= 0.35
+
+
+def test_compact_benchmark_checksum_sees_one_changed_value(tmp_path):
+    """The checksum covers every float32 value and mask: one flipped bit changes it,
+    and a compact batch widened with the contract's formula hashes like today's."""
+    import numpy as np
+
+    bench = load_benchmark(COMPACT)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 4096, size=(3, 8, 8), dtype=np.uint16)
+    slope, intercept = np.array([1.0, 2.0, 0.5]), np.array([0.0, -1024.0, 3.0])
+    image = (pixels.astype(np.float64) * slope[:, None, None] + intercept[:, None, None]).astype(
+        np.float32
+    )
+    masks = {"a": rng.random((3, 8, 8)) > 0.5, "b": rng.random((3, 8, 8)) > 0.5}
+    labels = (masks["a"].astype(np.uint8) << 1) | masks["b"].astype(np.uint8)  # order (b, a)
+    batch = {"pixels": pixels, "slope": slope, "intercept": intercept, "labels": labels}
+    wide, unpacked = bench.widen_batch(batch, ["a", "b"], ("b", "a"))
+    assert np.array_equal(wide.view(np.uint32), image.view(np.uint32))
+    assert all(np.array_equal(u, masks[k]) for u, k in zip(unpacked, "ab", strict=True))
+
+    def digest(img, a, b):
+        records = {("p", i): bench.record_digest(img[i], [a[i], b[i]]) for i in range(3)}
+        return bench.final_digest(records)
+
+    reference = digest(image, masks["a"], masks["b"])
+    assert digest(wide, *unpacked) == reference
+    flipped = image.copy()
+    flipped.view(np.uint32)[2, 7, 7] ^= 1
+    assert digest(flipped, masks["a"], masks["b"]) != reference
+    other = masks["b"].copy()
+    other[0, 0, 0] = ~other[0, 0, 0]
+    assert digest(image, masks["a"], other) != reference
+
+
+GPU = COMPARE.with_name("gpu.py")
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_a_tiny_cpu_version(tmp_path):
+    pytest.importorskip("torch")
+    out = run_script(
+        GPU,
+        *("--device", "cpu", "--data", str(tmp_path / "none"), "--synthetic", "20"),
+        *("--shape", "32", "--steps", "3", "--warmup", "1", "--batch-size", "4"),
+        *("--width", "4", "--out", str(tmp_path)),
+    )
+    table = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| mode | transfer | images/s | stall")
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    assert report["device"] == "CPU" and len(table) - 1 == len(report["rows"]) >= 1
+    assert report["rows"][0]["mode"] == "compact=False"
+    for row in report["rows"]:
+        assert row["steps"] == 3 and 3 <= row["images"] <= 12 and row["images_per_s"] > 0
+        assert 0 <= row["stall"] <= 1 and row["step_ms_mean"] > 0
+
+
+def test_gpu_benchmark_exits_cleanly_without_a_gpu(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the benchmark would run")
+    out = run_script(GPU, "--out", str(tmp_path))
+    assert "no CUDA device" in out.stdout and not (tmp_path / "gpu.json").exists()
+
+
+def test_gpu_benchmark_widens_a_compact_batch_like_the_contract():
+    """benchmarks/gpu.py's own widening (used until TorchBatches takes device=): the
+    float32 image bit for bit as the contract's numpy formula, and the bits as masks."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    bench = load_benchmark(GPU)
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 4096, size=(2, 8, 8), dtype=np.uint16)
+    slope, intercept = np.array([0.7, 2.0]), np.array([-1024.0, 3.5])
+    masks = {"a": rng.random((2, 8, 8)) > 0.5, "b": rng.random((2, 8, 8)) > 0.5}
+    labels = masks["a"].astype(np.uint8) | (masks["b"].astype(np.uint8) << 1)
+    batch = {
+        name: torch.from_numpy(value)
+        for name, value in (
+            ("pixels", pixels), ("slope", slope), ("intercept", intercept), ("labels", labels)
+        )
+    }  # fmt: skip
+    image, target = bench.widen_on_device(batch, ["b", "a"], ("a", "b"))
+    wide = (pixels.astype(np.float64) * slope[:, None, None] + intercept[:, None, None]).astype(
+        np.float32
+    )
+    assert image.shape == (2, 1, 8, 8) and target.shape == (2, 2, 8, 8)
+    assert np.array_equal(image[:, 0].numpy().view(np.uint32), wide.view(np.uint32))
+    assert np.array_equal(target[:, 0].numpy(), masks["b"].astype(np.float32))
+    assert np.array_equal(target[:, 1].numpy(), masks["a"].astype(np.float32))
+    today = {"image": torch.from_numpy(wide), "a": torch.from_numpy(masks["a"]),
+             "b": torch.from_numpy(masks["b"])}  # fmt: skip
+    image2, target2 = bench.widen_on_device(today, ["b", "a"], ("a", "b"))
+    assert torch.equal(image2, image) and torch.equal(target2, target)
+
+
+def test_compact_benchmark_checksums_agree_across_batch_kinds(tmp_path):
+    """compact.py's checksums of a dataset, of today's batches and of compact batches
+    (made here from today's, as the contract defines them) are one and the same."""
+    import numpy as np
+
+    import daskmri
+
+    bench = load_benchmark(COMPACT)
+    root = daskmri.synth.make_dataset(tmp_path / "data", patients=2, slices=9, shape=(16, 16))
+    ds = daskmri.load_dataset(root, scheduler="sync", chunk_size=4)
+    kinds = bench.kinds_of(ds)
+
+    class Compact:
+        """Today's batches as compact ones: float32 pixels, slope 1, intercept 0, and
+        the kinds' bits in reverse order (so the order is followed, not assumed)."""
+
+        def __init__(self, it) -> None:
+            self.it, self.kinds = it, tuple(reversed(kinds))
+
+        def __iter__(self):
+            for batch in self.it:
+                n = len(batch["image"])
+                labels = np.zeros(batch["image"].shape, np.uint8)
+                for bit, kind in enumerate(self.kinds):
+                    labels |= batch[kind].astype(np.uint8) << bit
+                yield {"pixels": batch["image"], "slope": np.ones(n), "labels": labels,
+                       "intercept": np.zeros(n), "patient_id": batch["patient_id"],
+                       "instance": batch["instance"], "padding": batch["padding"]}  # fmt: skip
+
+    it = daskmri.BatchIterator(ds, batch_size=3, seed=0)
+    reference = bench.dataset_checksum(ds)
+    assert reference["records"] == ds.sizes["record"] > 0
+    assert bench.served_checksum(it, kinds, False) == reference
+    assert bench.served_checksum(Compact(it), kinds, True) == reference
+    it.close()
+    assert bench.held_bytes(ds) == sum(v.nbytes for v in ds.variables.values())
+    # In the compact format the derived image and masks are not held.
+    compact = ds.assign(pixels=ds.image.astype(np.uint16))
+    derived = ds.image.nbytes + sum(ds[k].nbytes for k in kinds)
+    held = sum(v.nbytes for v in compact.variables.values()) - derived
+    assert bench.held_bytes(compact) == held < bench.held_bytes(ds)
