@@ -221,7 +221,7 @@ def with_derived(
     Returns
     -------
     xarray.Dataset
-        A new dataset, the derived variables placed before the ``has_`` flags.
+        A new dataset: the derived variables first, then those of ``ds``.
 
     Examples
     --------
@@ -256,10 +256,9 @@ def with_derived(
     for k, kind in enumerate(kinds):
         mask = labels.map_blocks(bit, k, dtype=bool, meta=np.empty((0, 0, 0), bool))
         derived[kind] = (dims, mask, {"long_name": long_name(kind)})
-    held = [name for name in ds.data_vars if not name.startswith("has_")]
-    flags = [name for name in ds.data_vars if name.startswith("has_")]
-    out = ds[held].assign(derived)
-    return out.assign({name: ds[name] for name in flags})
+    # The served variables first, as before the compact form (image, then the masks).
+    out = ds.drop_vars(list(ds.data_vars)).assign(derived)
+    return out.assign({name: ds[name] for name in ds.data_vars})
 
 
 def dropped(ds: xr.Dataset) -> pd.DataFrame:

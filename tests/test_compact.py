@@ -125,8 +125,15 @@ def test_padding_widens_to_exactly_zero_or_is_refused():
 
 @pytest.mark.parametrize(
     ("n_kinds", "dtype"),
-    [(1, "uint8"), (8, "uint8"), (9, "uint16"), (16, "uint16"), (17, "uint32"), (33, "uint64")]
-    + [(64, "uint64")],
+    [
+        (1, "uint8"),
+        (8, "uint8"),
+        (9, "uint16"),
+        (16, "uint16"),
+        (17, "uint32"),
+        (33, "uint64"),
+        (64, "uint64"),
+    ],
 )
 def test_labels_round_trip_in_every_width(n_kinds, dtype):
     rng = np.random.default_rng(n_kinds)
@@ -187,7 +194,7 @@ def test_every_real_dicom_widens_to_todays_float32(real_root):
             today = read_dicom(record.image_path)
             assert np.array_equal(bits(derived[k]), bits(today)), record.image_path
             assert np.array_equal(bits(today), bits(pydicom_image(record.image_path)))
-            image, compact, _ = read_slice_compact(record.image_path)
+            _, compact, _ = read_slice_compact(record.image_path)
             assert not compact.is_fallback and np.array_equal(bits(compact.image()), bits(today))
     assert dtypes <= set(INTEGERS)
 
@@ -362,7 +369,7 @@ def test_update_with_a_modality_lut_record_retypes_the_store_to_float32(damaged_
     daskmri.build(damaged_root, store, chunk_size=3, scheduler="sync")
     assert daskmri.open_dataset(store).pixels.dtype == np.int16
     modality_lut_copy(damaged_root / "dicoms" / "SYN0001" / "4.dcm")
-    image, compact, _ = read_slice_compact(damaged_root / "dicoms" / "SYN0001" / "4.dcm")
+    _, compact, _ = read_slice_compact(damaged_root / "dicoms" / "SYN0001" / "4.dcm")
     assert compact.is_fallback
     report = daskmri.build(damaged_root, store, chunk_size=3, scheduler="sync", mode="update")
     ds = daskmri.open_dataset(store)

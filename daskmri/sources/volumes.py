@@ -453,6 +453,19 @@ def plane_geometry(record: Record) -> tuple[int, int, tuple[float, float]]:
     return shape[orientation.row_axis], shape[orientation.column_axis], orientation.pixel_spacing
 
 
+def plane_dtype(record: Record) -> np.dtype:
+    """The dtype of a volume record's compact pixels as its image's header declares it
+    (the first bytes of the file): its integer type, or float32 for float voxels.
+
+    Raises
+    ------
+    daskmri.errors.VolumeError
+        If the header cannot be read.
+    """
+    dtype = np.dtype(_header(record.fs, record.image_path).get_data_dtype())
+    return dtype.newbyteorder("=") if dtype.kind in "iu" else np.dtype(np.float32)
+
+
 def _header(fs: FileSystem, path: str) -> Any:
     head = fs.head(path, HEAD_BYTES)
     if head[:2] == b"\x1f\x8b":

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from ..compact import common_dtype
-from ..errors import DaskmriError, StaleStoreError
+from ..dicom import read_slice_compact
+from ..errors import DATA_ERRORS, DaskmriError, StaleStoreError
 from ..execute import Executor, Isolation, client_for, executor_for, progress_bar
 from ..layout import layout_from_dict
 from ..limits import Limits
-from ..parse import DefaultReader, parse_chunk
 from ..plan import (
     Inputs,
     SlotCursor,
@@ -45,6 +45,7 @@ from ..record import Parsed, Placeholder, Record
 from ..schema import now, provenance
 from ..settings import Compute, Parsing, Source
 from ..sources.dicom_contours import Layout
+from ..sources.volumes import plane_dtype
 from ..verdicts import Exclusion
 from . import format as fmt
 from .freshness import check
@@ -425,23 +426,25 @@ GUESS_TRIES = 8
 
 
 def _guess_dtype(job: _Job, records: list[Record], shape: tuple[int, int]) -> str:
-    """The pixels' dtype a new store starts with: that of the first record the default
-    reader parses (so a dataset of one integer type is never retyped), float32 for a
-    custom reader or ``spacing=`` (their records are float32), or when none of the first
-    records parses. A record found later that does not fit retypes the store once
-    (:func:`_retyped`)."""
+    """The pixels' dtype a new store starts with: that of the first record whose image
+    header reads (a DICOM's stored integers, checked against its float32 image; a
+    volume's declared voxel type), so that a dataset of one integer type is never
+    retyped; float32 for a custom reader or ``spacing=`` (their records are float32),
+    or when none of the first records reads. A record found later that does not fit
+    retypes the store once (:func:`_retyped`)."""
     parsing = job.parsing
     if parsing.reader is not None or parsing.spacing is not None:
         return "float32"
-    reader = DefaultReader(parsing.limits, shape, parsing.fit, None)
-    kinds = job.source.layout.kinds
     for record in records[:GUESS_TRIES]:
         try:
-            result = parse_chunk([record], shape=shape, reader=reader, kinds=kinds)
-        except Exception:  # a bug surfaces in the build itself, naming the record
-            break
-        if len(result.kept):
-            return result.dtype
+            if record.volume is not None:
+                return plane_dtype(record).name
+            _, compact, _ = read_slice_compact(
+                record.image_path, limits=parsing.limits, fs=record.fs
+            )
+            return compact.pixels.dtype.name
+        except DATA_ERRORS:  # the build drops this record, with the reason
+            continue
     return "float32"
 
 
