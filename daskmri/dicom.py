@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .compact import Compact, verified
 from .errors import DicomError, one_line
 from .filesystem import LOCAL, FileSystem
 from .limits import DEFAULT_LIMITS, Limits, read_bounded
@@ -43,6 +44,7 @@ __all__ = [
     "read_dicom_geometry",
     "read_dicom_shape",
     "read_slice",
+    "read_slice_compact",
     "read_text_tags",
 ]
 
@@ -648,15 +650,60 @@ def read_slice(
     DicomError
         As :func:`read_dicom`.
     """
+    image, _, spacing = read_slice_compact(path, limits=limits, fs=fs)
+    return image, spacing
+
+
+def read_slice_compact(
+    path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS, fs: FileSystem = LOCAL
+) -> tuple[np.ndarray, Compact, tuple[float, float] | None]:
+    """:func:`read_slice`'s float32 image and spacing, with the slice's compact form.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A DICOM Part 10 file holding one grey-level frame.
+    limits : Limits
+        As for :func:`read_dicom`.
+    fs : FileSystem
+        Where ``path`` is.
+
+    Returns
+    -------
+    image : numpy.ndarray
+        float32, exactly :func:`read_dicom`'s.
+    compact : daskmri.compact.Compact
+        The stored integers with RescaleSlope and RescaleIntercept (1 and 0 when the
+        file lacks either, as the rescale is then not applied), which widen to
+        ``image`` bit for bit; the float32 fallback where they would not, or where a
+        Modality LUT (not a linear rescale) maps the values.
+    spacing : (row_mm, column_mm) or None
+        The PixelSpacing.
+
+    Raises
+    ------
+    DicomError
+        As :func:`read_dicom`.
+
+    Examples
+    --------
+    >>> from daskmri import synth
+    >>> import tempfile
+    >>> root = synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=2, shape=(32, 48))
+    >>> image, compact, _ = read_slice_compact(root / "dicoms" / "SYN0001" / "1.dcm")
+    >>> compact.pixels.dtype, np.array_equal(compact.image(), image)
+    (dtype('int16'), True)
+    """
     path = os.fspath(path)
     raw = _read_bytes(path, limits, fs)
     ds, syntax, walked = _header(path, raw)
-    return _pixels(path, raw, ds, syntax, walked, limits), ds.get("PixelSpacing")
+    image, compact = _pixels(path, raw, ds, syntax, walked, limits)
+    return image, compact, ds.get("PixelSpacing")
 
 
 def _pixels(
     path: str, raw: bytes, ds: _Header, syntax: object, walked: bool, limits: Limits
-) -> np.ndarray:
+) -> tuple[np.ndarray, Compact]:
     rows, cols, bits = _geometry(path, ds, limits)
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
@@ -671,13 +718,14 @@ def _pixels(
         # pydicom decodes and rescales, so the result is pydicom's by construction.
         return _pydicom_pixels(path, raw, syntax)
     pixels = _native_pixels(ds, rows, cols, bits)
+    slope, intercept = 1.0, 0.0
     if "RescaleSlope" in ds and "RescaleIntercept" in ds:  # both, as pydicom requires
-        # float64 first, as pydicom's apply_modality_lut does, so the float32 result
-        # is bit-identical to it even where float32 arithmetic would round differently.
-        scaled = pixels.astype(np.float64) * ds.RescaleSlope
-        scaled += ds.RescaleIntercept
-        return scaled.astype(np.float32)
-    return pixels.astype(np.float32)
+        slope, intercept = ds.RescaleSlope, ds.RescaleIntercept
+    # widen computes in float64 first, as pydicom's apply_modality_lut does, so the
+    # float32 result is bit-identical to it even where float32 arithmetic would round
+    # differently; and the image is widen(compact) by construction.
+    compact = Compact(pixels, slope, intercept)
+    return compact.image(), compact
 
 
 def _check_size(path: str, data: bytes | memoryview, rows: int, cols: int, bits: int) -> None:
@@ -712,20 +760,35 @@ def _native_pixels(ds: _Header, rows: int, cols: int, bits: int) -> np.ndarray:
     return pixels
 
 
-def _pydicom_pixels(path: str, raw: bytes, syntax: object) -> np.ndarray:
-    """pydicom's own result: ``apply_modality_lut(ds.pixel_array, ds)`` as float32."""
+def _pydicom_pixels(path: str, raw: bytes, syntax: object) -> tuple[np.ndarray, Compact]:
+    """pydicom's own result: ``apply_modality_lut(ds.pixel_array, ds)`` as float32, and
+    the decoded integers with the linear rescale where they widen to it exactly."""
     from pydicom.pixels import apply_modality_lut
 
     full = _parse(path, raw, None)
     pixels = _decoded_pixels(path, full, syntax)
     try:
-        return apply_modality_lut(pixels, full).astype(np.float32)
+        image = apply_modality_lut(pixels, full).astype(np.float32)
     except Exception as exc:  # an empty or damaged rescale, a damaged Modality LUT
         raise DicomError(
             path,
             f"damaged modality rescale: RescaleSlope/RescaleIntercept or the Modality LUT "
             f"cannot be applied ({one_line(exc)})",
         ) from exc
+    return image, verified(image, _linear_candidate(full, pixels))
+
+
+def _linear_candidate(ds: pydicom.Dataset, pixels: np.ndarray) -> Compact | None:
+    """The decoded integers with the file's linear rescale; None where a Modality LUT
+    maps them, or they are not integers."""
+    if pixels.dtype.kind not in "iu" or "ModalityLUTSequence" in ds:
+        return None
+    try:
+        if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+            return Compact(pixels, float(ds.RescaleSlope), float(ds.RescaleIntercept))
+    except (TypeError, ValueError):  # verified() refuses what is not pydicom's result
+        return None
+    return Compact(pixels, 1.0, 0.0)
 
 
 def _no_decoder(syntax: object) -> str | None:

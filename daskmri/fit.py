@@ -33,6 +33,7 @@ __all__ = [
     "GEOMETRY",
     "Geometry",
     "check_resampled",
+    "fit_compact",
     "fit_image",
     "fit_mask",
     "paste",
@@ -141,9 +142,11 @@ def place(
     return Geometry(rows, columns, *offsets, *scale, *spacing_mm)
 
 
-def paste(array: np.ndarray, row_offset: int, column_offset: int, frame) -> np.ndarray:
+def paste(
+    array: np.ndarray, row_offset: int, column_offset: int, frame, *, fill: Any = 0
+) -> np.ndarray:
     """``array`` in a new ``frame``-sized array of its dtype, its pixel (0, 0) at
-    ``(row_offset, column_offset)``; what falls outside is cut, the rest is 0.
+    ``(row_offset, column_offset)``; what falls outside is cut, the rest is ``fill``.
 
     Examples
     --------
@@ -152,7 +155,8 @@ def paste(array: np.ndarray, row_offset: int, column_offset: int, frame) -> np.n
            [1, 0, 0],
            [1, 0, 0]])
     """
-    out = np.zeros(tuple(int(n) for n in frame), dtype=array.dtype)
+    frame = tuple(int(n) for n in frame)
+    out = np.zeros(frame, array.dtype) if fill == 0 else np.full(frame, fill, array.dtype)
     (fr, sr), (fc, sc) = (
         _overlap(row_offset, array.shape[0], out.shape[0]),
         _overlap(column_offset, array.shape[1], out.shape[1]),
@@ -217,6 +221,32 @@ def fit_image(image: np.ndarray, geometry: Geometry, frame: tuple[int, int]) -> 
     out = np.zeros(tuple(int(n) for n in frame), dtype=np.float32)
     out[fr, fc] = resample(image, geometry, sr, sc)
     return out
+
+
+def fit_compact(compact: Any, image: np.ndarray, geometry: Geometry, frame) -> Any:
+    """A slice's compact form (:class:`daskmri.compact.Compact`) placed in the frame
+    as :func:`fit_image` placed its float32 ``image``: None where it cannot be (a
+    resampled slice is float32; padding needs an integer that widens to exactly 0.0),
+    else checked against ``image`` bit for bit (:func:`daskmri.compact.verified`).
+
+    Examples
+    --------
+    >>> from daskmri.compact import Compact
+    >>> c = Compact(np.array([[12]], np.int16), 0.5, -3.0)
+    >>> g = place((1, 1), (1, 3))
+    >>> fit_compact(c, fit_image(c.image(), g, (1, 3)), g, (1, 3)).pixels
+    array([[ 6, 12,  6]], dtype=int16)
+    """
+    from .compact import padding, verified
+
+    if compact is None or geometry.scaled:
+        return None
+    fill = padding(compact)
+    if fill is None:
+        return None
+    pixels = paste(compact.pixels, geometry.row_offset, geometry.column_offset, frame, fill=fill)
+    found = verified(image, type(compact)(pixels, compact.slope, compact.intercept))
+    return None if found.is_fallback else found
 
 
 def place_in_frame(path: str, source, frame, source_spacing, fit: str, spacing) -> Geometry:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .compact import Compact, common_dtype, label_dtype, pack_labels, to_dtype, verified
 from .errors import DATA_ERRORS, DaskmriError, ReaderError, RecordError, one_line
 from .fit import GEOMETRY, Geometry, paste, place, shape_error
 from .limits import DEFAULT_LIMITS, Limits
@@ -101,18 +102,22 @@ def read_record(
     return fitted
 
 
+#: The widest pixels a :class:`Slots` buffer holds (float32, or an integer of up to
+#: 32 bits); a chunk of wider ones (64-bit NIfTI voxels) returns its arrays instead.
+SLOT_ITEMSIZE = 4
+
+
 @dataclass(frozen=True)
 class Slots:
-    """A file-backed buffer with one slot per planned record, shared by processes.
+    """A file-backed buffer with room for every planned record, shared by processes.
 
-    The arrays ``image`` (float32) and one bool mask per contour kind (``kinds`` of
-    them), each ``(n, rows, columns)``, lie back to back in a file in ``/dev/shm``
-    (memory, not disk). Each chunk task opens the file and writes its records into
-    their own slots (with ``pwrite``); the caller maps it, so the pixels are never
-    pickled back to it.
-
-    Use :meth:`create`, then :meth:`map` in the caller, which also unlinks the file:
-    the mapping keeps the memory alive for as long as the arrays are referenced.
+    Each chunk's compact arrays (:class:`ChunkResult`: its kept records' ``pixels``, in
+    the chunk's own dtype, then their ``labels``) lie back to back in the chunk's own
+    region of a file in ``/dev/shm`` (memory, not disk): a region has room for
+    :data:`SLOT_ITEMSIZE` bytes of pixels and a label word per pixel of each of its
+    records, and the file is sparse, so only what is written takes memory. Each chunk
+    task opens the file and writes its region (with ``pwrite``); the caller maps each
+    region (:meth:`map`), so the pixels are never pickled back to it.
     """
 
     path: str
@@ -125,8 +130,13 @@ class Slots:
         return self.shape[0] * self.shape[1]
 
     @property
+    def stride(self) -> int:
+        """The bytes of room per record."""
+        return self._plane * (SLOT_ITEMSIZE + label_dtype(self.kinds).itemsize)
+
+    @property
     def nbytes(self) -> int:
-        return self.n * self._plane * (4 + self.kinds)
+        return self.n * self.stride
 
     @classmethod
     def create(
@@ -137,60 +147,70 @@ class Slots:
         Examples
         --------
         >>> slots = Slots.create(2, (3, 4))
-        >>> image, inner, outer = slots.map()
-        >>> image.shape, inner.dtype
-        ((2, 3, 4), dtype('bool'))
+        >>> fd = os.open(slots.path, os.O_WRONLY)
+        >>> slots.write(fd, 0, np.ones((2, 3, 4), np.int16), np.ones((2, 3, 4), np.uint8))
+        >>> os.close(fd)
+        >>> pixels, labels = slots.map([(0, 2, "int16")])[0]
+        >>> slots.unlink()
+        >>> pixels.shape, pixels.dtype, int(labels.sum())
+        ((2, 3, 4), dtype('int16'), 24)
         """
         if n == 0:
             return None
-        needed = n * shape[0] * shape[1] * (4 + kinds)
+        made = cls("", n, (int(shape[0]), int(shape[1])), kinds)
         try:
             stat = os.statvfs(folder)
         except OSError:
             return None
         # Leave headroom: other programs use this memory-backed folder too.
-        if stat.f_bavail * stat.f_frsize < needed * 1.25:
+        if stat.f_bavail * stat.f_frsize < made.nbytes * 1.25:
             return None
         path = os.path.join(folder, f"daskmri-{uuid.uuid4().hex}.slots")
         with open(path, "wb") as fh:
-            fh.truncate(needed)  # sparse: pages are only used as slots are written
-        return cls(path, n, (int(shape[0]), int(shape[1])), kinds)
+            fh.truncate(made.nbytes)  # sparse: pages are only used as regions are written
+        return dataclasses.replace(made, path=path)
 
-    def map(self, *, unlink: bool = True) -> tuple[np.ndarray, ...]:
-        """Map the file and return ``(image, *masks)`` views of it."""
+    def holds(self, dtype: np.dtype) -> bool:
+        """Whether pixels of ``dtype`` fit a region."""
+        return np.dtype(dtype).itemsize <= SLOT_ITEMSIZE
+
+    def map(self, regions: Sequence[tuple[int, int, str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(pixels, labels)`` views of each region ``(start, count, dtype)``: the
+        ``count`` records a chunk starting at slot ``start`` wrote, its pixels of
+        ``dtype``. Each region is its own mapping, so the holes between them stay
+        unmapped (and take no memory)."""
         fd = os.open(self.path, os.O_RDWR)
         try:
-            # MAP_POPULATE: the slots are already written, so map every page in one go
-            # rather than taking a page fault per 4 KiB on first use.
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            buffer = mmap.mmap(fd, self.nbytes, flags=flags)
+            return [self._map(fd, *region) for region in regions]
         finally:
             os.close(fd)
-        if unlink:
-            self.unlink()
-        plane, n = self._plane, self.n
-        dims = (n, *self.shape)
-        image = np.frombuffer(buffer, np.float32, n * plane, 0).reshape(dims)
-        masks = [
-            np.frombuffer(buffer, np.bool_, n * plane, (4 + k) * n * plane).reshape(dims)
-            for k in range(self.kinds)
-        ]
-        return (image, *masks)
 
-    def write(self, fd: int, slot: int, image: np.ndarray, masks: Sequence) -> None:
-        """Write one record into its slot through ``fd`` (open on :attr:`path`).
+    def _map(self, fd: int, start: int, count: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+        labels = label_dtype(self.kinds)
+        dims = (count, *self.shape)
+        size = count * self._plane * (np.dtype(dtype).itemsize + labels.itemsize)
+        offset = start * self.stride
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        # MAP_POPULATE: the region is already written, so map every page in one go
+        # rather than taking a page fault per 4 KiB on first use.
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        buffer = mmap.mmap(fd, offset - base + size, flags=flags, offset=base)
+        at = offset - base
+        pixels = np.frombuffer(buffer, dtype, count * self._plane, at).reshape(dims)
+        at += pixels.nbytes
+        return pixels, np.frombuffer(buffer, labels, count * self._plane, at).reshape(dims)
+
+    def write(self, fd: int, start: int, pixels: np.ndarray, labels: np.ndarray) -> None:
+        """Write one chunk's kept records into its region through ``fd`` (open on
+        :attr:`path`): ``pixels`` (a dtype :meth:`holds`), then ``labels``.
 
         ``pwrite`` rather than stores into a mapping: the kernel then fills whole
         pages at once instead of faulting them in one by one, measured 2.2x faster.
-        Absent masks (None) are not written; a fresh file reads as zeros there.
         """
-        plane, n = self._plane, self.n
+        offset = start * self.stride
         try:
-            os.pwrite(fd, np.ascontiguousarray(image, np.float32), 4 * plane * slot)
-            for k, mask in enumerate(masks):
-                if mask is not None:
-                    offset = (4 + k) * n * plane + plane * slot
-                    os.pwrite(fd, np.ascontiguousarray(mask, np.bool_), offset)
+            os.pwrite(fd, np.ascontiguousarray(pixels), offset)
+            os.pwrite(fd, np.ascontiguousarray(labels), offset + pixels.nbytes)
         except OSError as exc:  # not the record's fault: the shared memory is full
             raise DaskmriError(
                 f"cannot write the shared slots {self.path} ({exc.strerror or exc}): free "
@@ -215,29 +235,43 @@ def _zeros(shape: tuple[int, ...], dtype: type) -> np.ndarray:
     return np.frombuffer(bytearray(count * np.dtype(dtype).itemsize), dtype).reshape(shape)
 
 
+#: The arrays of a chunk that hold its records (:class:`ChunkResult`), as a dataset or a
+#: store holds them (see :mod:`daskmri.compact`).
+COMPACT = ("pixels", "slope", "intercept", "labels")
+
+
 @dataclass
 class ChunkResult:
-    """What one chunk task returns: the survivors' pixels (``image`` and one array
-    per contour kind in ``masks``; None when they were written to :class:`Slots`),
-    which records survived, which of them have each kind (``has``), and why the
-    rest failed."""
+    """What one chunk task returns: the survivors' compact arrays (``pixels`` in the
+    chunk's own ``dtype``, ``labels`` one bit per contour kind; both None when they were
+    written to :class:`Slots`, or in a :meth:`summary`), their rescale (``slope``,
+    ``intercept``: small, always there), which records survived, which of them have
+    each kind (``has``), and why the rest failed."""
 
-    image: np.ndarray | None
-    masks: dict[str, np.ndarray] | None
+    pixels: np.ndarray | None
+    labels: np.ndarray | None
+    slope: np.ndarray
+    intercept: np.ndarray
     kept: np.ndarray
     has: dict[str, np.ndarray]
     dropped: list[dict]
     #: Where each kept record's source slice sits in the frame: one row of the
     #: :data:`daskmri.fit.GEOMETRY` values per kept record.
     geometry: np.ndarray = field(default_factory=lambda: np.zeros((0, len(GEOMETRY))))
+    #: The pixels' dtype (:func:`daskmri.compact.common_dtype` of its records).
+    dtype: str = "float32"
+    #: Whether the pixels went into the shared :class:`Slots`.
+    in_slots: bool = False
 
     def array(self, name: str) -> np.ndarray:
-        """The pixels of variable ``name``: ``"image"`` or a contour kind."""
-        return self.image if name == "image" else self.masks[name]
+        """The array ``name``: one of :data:`COMPACT`."""
+        if name not in COMPACT:
+            raise KeyError(f"a chunk holds {COMPACT}, not {name!r}")
+        return getattr(self, name)
 
     def summary(self) -> ChunkResult:
-        """The same result without pixels: what travels to the client."""
-        return dataclasses.replace(self, image=None, masks=None)
+        """The same result without pixels and labels: what travels to the client."""
+        return dataclasses.replace(self, pixels=None, labels=None)
 
 
 def parse_chunk(
@@ -251,12 +285,18 @@ def parse_chunk(
     compact: bool = True,
     fit: str = "drop",
 ) -> ChunkResult:
-    """Parse one chunk of records; a record whose data is bad is dropped.
+    """Parse one chunk of records into their compact form; a record whose data is bad
+    is dropped.
 
     A data error (:data:`~daskmri.errors.DATA_ERRORS`: a damaged or unreadable file)
     drops its record with the reason; anything else the reader raises is a bug and
     is raised as a :class:`~daskmri.errors.ReaderError` naming the record (wrap the
     reader in :class:`Dropping` to drop those too).
+
+    Each record's image is kept as the source's integers and rescale where they widen
+    to the reader's float32 image bit for bit (checked here, record by record:
+    :func:`daskmri.compact.verified`), else as that float32 image; the chunk's pixels
+    take the dtype that holds all of its records (:func:`daskmri.compact.common_dtype`).
 
     Parameters
     ----------
@@ -267,20 +307,26 @@ def parse_chunk(
     reader : callable
         ``reader(record) -> (image, *masks)``: one mask (or None) per kind.
     kinds : sequence of str
-        The layout's contour kinds, in order.
+        The layout's contour kinds, in order (bit ``k`` of ``labels`` is ``kinds[k]``).
     slots : Slots, optional
-        Write pixels into slots ``start .. start + len(records)`` of this buffer
-        instead of returning them (slots of dropped records are left as they are).
+        Write the kept records' pixels and labels into the region of this buffer that
+        starts at slot ``start``, instead of returning them (unless their dtype is
+        wider than the buffer :meth:`~Slots.holds`).
     start : int
         First slot of this chunk.
     compact : bool
-        Return only the kept records' pixels (the default). With False the arrays
-        keep one entry per record, zeros where a record was dropped, as a store
-        region with one slot per planned record needs.
+        Return only the kept records (the default). With False the arrays keep one
+        entry per record, zeros (slope 1) where a record was dropped, as a store region
+        with one slot per planned record needs.
     fit : {"drop", "pad_or_crop"}
         What to do with an image of another size that a custom reader returns:
         drop its record, or centre it and its masks in the frame (an integer shift,
         so the masks stay exact).
+
+    Returns
+    -------
+    ChunkResult
+        The compact arrays and the tables of the chunk.
 
     Raises
     ------
@@ -297,49 +343,57 @@ def parse_chunk(
     >>> plan = plan_chunks(daskmri.scan(root))
     >>> kinds = daskmri.SUNNYBROOK.kinds
     >>> result = parse_chunk(plan.chunks[0], shape=(32, 32), reader=read_record, kinds=kinds)
-    >>> result.image.shape, sorted(result.masks), result.dropped
-    ((3, 32, 32), ['icontour', 'ocontour'], [])
-
+    >>> result.pixels.shape, result.dtype, result.labels.dtype, result.dropped
+    ((3, 32, 32), 'int16', dtype('uint8'), [])
     """
     n, kinds = len(records), tuple(kinds)
     records = fetched(records)
-    fd = None
-    if slots is not None:
-        fd = os.open(slots.path, os.O_WRONLY)
-    else:
-        image = _zeros((n, *shape), np.float32)
-        masks = {kind: _zeros((n, *shape), np.bool_) for kind in kinds}
+    labels = _zeros((n, *shape), label_dtype(len(kinds)))
     has = np.zeros((n, len(kinds)), dtype=bool)
-    ok = np.zeros(n, dtype=bool)
+    found: list[Compact | None] = [None] * n
     geometry = np.zeros((n, len(GEOMETRY)))
     failures: list[dict] = []
-    try:
-        for k, (record, got) in enumerate(_outcomes(records, reader)):
-            read = _read_one(record, got, shape, fit, kinds)
-            if isinstance(read, dict):
-                failures.append(read)
-                continue
-            pixels, found, where = read
-            geometry[k] = where.row()
-            if fd is not None:
-                slots.write(fd, start + k, pixels, found)
-            else:
-                image[k] = pixels
-                for kind, mask in zip(kinds, found, strict=True):
-                    if mask is not None:  # absent masks stay as allocated: zeros
-                        masks[kind][k] = mask
-            has[k] = [mask is not None for mask in found]
-            ok[k] = True
-    finally:
-        if fd is not None:
-            os.close(fd)
+    for k, (record, got) in enumerate(_outcomes(records, reader)):
+        read = _read_one(record, got, shape, fit, kinds)
+        if isinstance(read, dict):
+            failures.append(read)
+            continue
+        found[k], masks, where = read
+        geometry[k] = where.row()
+        labels[k] = pack_labels(dict(zip(kinds, masks, strict=True)), kinds, shape=shape)
+        has[k] = [mask is not None for mask in masks]
+    ok = np.array([c is not None for c in found], dtype=bool)
     kept = np.flatnonzero(ok)
     flags = {kind: has[kept, j] for j, kind in enumerate(kinds)}
-    if slots is not None:
-        return ChunkResult(None, None, kept, flags, failures, geometry[kept])
+    taken = kept if compact else np.arange(n)
+    pixels, slope, intercept = _stacked([found[k] for k in taken], shape)
     if compact and len(kept) < n:
-        image, masks = image[kept], {kind: mask[kept] for kind, mask in masks.items()}
-    return ChunkResult(image, masks, kept, flags, failures, geometry[kept])
+        labels = labels[kept]
+    result = ChunkResult(
+        pixels, labels, slope, intercept, kept, flags, failures, geometry[kept], str(pixels.dtype)
+    )
+    if slots is not None and slots.holds(pixels.dtype):
+        fd = os.open(slots.path, os.O_WRONLY)
+        try:
+            slots.write(fd, start, pixels, labels)
+        finally:
+            os.close(fd)
+        return dataclasses.replace(result.summary(), in_slots=True)
+    return result
+
+
+def _stacked(compacts: Sequence[Compact | None], shape: tuple[int, int]) -> tuple:
+    """``(pixels, slope, intercept)`` of records (None: a dropped one, zeros with slope
+    1) in the dtype that holds them all."""
+    dtype = common_dtype(c.pixels.dtype for c in compacts if c is not None)
+    pixels = _zeros((len(compacts), *shape), dtype)
+    slope, intercept = np.ones(len(compacts)), np.zeros(len(compacts))
+    for k, c in enumerate(compacts):
+        if c is None:
+            continue
+        values, s, i = to_dtype(c.pixels[None], [c.slope], [c.intercept], dtype)
+        pixels[k], slope[k], intercept[k] = values[0], s[0], i[0]
+    return pixels, slope, intercept
 
 
 def _unread(record: Record) -> Parsed:
@@ -484,7 +538,8 @@ class Dropping:
 def _in_frame(
     record: Record, parsed: Parsed, shape: tuple[int, int], fit: str, kinds: tuple[str, ...]
 ) -> tuple:
-    """A reader's ``(image, *masks)`` checked against the frame, and their
+    """A reader's ``(image, *masks)`` checked against the frame: the image's compact
+    form (verified against the float32 image, else that image), the masks, and the
     :class:`~daskmri.fit.Geometry`: the default reader's, or that of a custom reader's
     image (centred in the frame with ``fit="pad_or_crop"``)."""
     if len(parsed) != 1 + len(kinds):
@@ -495,9 +550,10 @@ def _in_frame(
         )
     pixels, *masks = parsed
     geometry = getattr(parsed, "geometry", None)
+    candidate = getattr(parsed, "compact", None)
     if pixels.shape != shape and geometry is None and fit == "pad_or_crop" and pixels.ndim == 2:
         _check_masks(record, masks, pixels.shape, kinds)
-        geometry = place(pixels.shape, shape)
+        geometry, candidate = place(pixels.shape, shape), None
         pixels, *masks = (
             None if a is None else paste(a, geometry.row_offset, geometry.column_offset, shape)
             for a in (pixels, *masks)
@@ -505,7 +561,10 @@ def _in_frame(
     if pixels.shape != shape:
         raise shape_error(record.image_path, pixels.shape, shape)
     _check_masks(record, masks, shape, kinds)
-    return pixels, masks, geometry or Geometry(*shape)
+    # The image as a dataset holds it (float32), and its compact form only where that
+    # widens back to it bit for bit.
+    found = verified(np.asarray(pixels, dtype=np.float32), candidate)
+    return found, masks, geometry or Geometry(*shape)
 
 
 def _check_masks(record: Record, masks: Sequence, shape: tuple[int, ...], kinds) -> None:

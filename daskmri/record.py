@@ -42,28 +42,46 @@ Parsed = tuple["np.ndarray | None", ...]
 class Fitted(tuple):
     """What the default reader returns: ``(image, *masks)`` in the dataset's frame,
     as any reader does, plus ``geometry``: where the source slice sits in the frame
-    (a :class:`daskmri.fit.Geometry`). It unpacks as the plain tuple."""
+    (a :class:`daskmri.fit.Geometry`), and ``compact``: the image's compact form (a
+    :class:`daskmri.compact.Compact` that widens to ``image`` bit for bit), or None
+    where there is none (the record is then kept as float32). It unpacks as the plain
+    tuple."""
 
     geometry: object
+    compact: object
 
-    def __new__(cls, image, *masks, geometry) -> Fitted:
+    def __new__(cls, image, *masks, geometry, compact=None) -> Fitted:
         fitted = super().__new__(cls, (image, *masks))
         fitted.geometry = geometry
+        fitted.compact = compact
         return fitted
 
     def __reduce__(self) -> tuple:
-        return (_fitted, (tuple(self), self.geometry))
+        return (_fitted, (tuple(self), self.geometry, self.compact))
 
 
-def _fitted(values: tuple, geometry) -> Fitted:
-    return Fitted(*values, geometry=geometry)
+def _fitted(values: tuple, geometry, compact=None) -> Fitted:
+    return Fitted(*values, geometry=geometry, compact=compact)
 
 
 #: Names a kind cannot take: the dataset's dimensions, coordinates and other variables
 #: (a mask named ``x`` would become the ``x`` coordinate and be lost), the store's arrays,
 #: the ``labels=`` words and the batches' ``padding`` flags.
 RESERVED = frozenset(
-    {"image", "any", "all", "status", "key", "fingerprint", "geometry", "done"}
+    {
+        "image",
+        "pixels",
+        "slope",
+        "intercept",
+        "labels",
+        "any",
+        "all",
+        "status",
+        "key",
+        "fingerprint",
+        "geometry",
+        "done",
+    }
     | {"patient_id", "original_id", "instance", "record", "dicom", "problem"}
     | {"frame", "slice", "phase", "volume", "rtstruct"}
     | {"x", "y", "padding", *GEOMETRY}

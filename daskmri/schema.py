@@ -19,10 +19,32 @@ if TYPE_CHECKING:
     import pandas as pd
     import xarray as xr
 
-__all__ = ["dropped", "kinds_of", "now", "pixels", "provenance", "to_dataset"]
+__all__ = [
+    "COMPACT",
+    "dropped",
+    "kinds_of",
+    "now",
+    "pixels",
+    "provenance",
+    "to_dataset",
+    "with_derived",
+]
 
 #: The image's ``long_name``; a mask's is :func:`long_name` of its kind.
 IMAGE_LONG_NAME = "pixel value after the source's rescale (DICOM modality LUT, NIfTI scaling)"
+
+#: The variables that hold a dataset's pixels and masks (see :mod:`daskmri.compact`);
+#: ``image`` and the masks are derived from them, lazily (:func:`with_derived`).
+COMPACT = ("pixels", "slope", "intercept", "labels")
+
+#: The ``long_name`` of each compact variable.
+COMPACT_LONG_NAMES = {
+    "pixels": "stored pixel value (the source's integers, or float32 where a record "
+    "is not integer data); image = pixels * slope + intercept, in float64, as float32",
+    "slope": "the record's rescale slope",
+    "intercept": "the record's rescale intercept",
+    "labels": "bit k set where the pixel is inside contour kind k (attrs['kinds'] order)",
+}
 
 
 def long_name(kind: str) -> str:
@@ -122,6 +144,8 @@ def plane_coords(attrs: dict, columns: dict) -> dict[str, np.ndarray]:
 def to_dataset(
     arrays: dict,
     *,
+    slope: np.ndarray,
+    intercept: np.ndarray,
     has: dict[str, np.ndarray],
     patient_id: np.ndarray,
     original_id: np.ndarray,
@@ -129,12 +153,17 @@ def to_dataset(
     attrs: dict,
     geometry: np.ndarray | None = None,
     planes: dict[str, np.ndarray] | None = None,
+    derived: bool = True,
+    chunks: tuple[int, ...] | None = None,
+    sources: dict | None = None,
 ) -> xr.Dataset:
-    """The daskmri dataset from its pixel ``arrays`` (``image`` and one mask per
-    contour kind, each ``(record, y, x)``) and its per-record tables: ``has`` says
-    which records have each kind; ``geometry`` holds one row of
-    :data:`daskmri.fit.GEOMETRY` values per record; ``planes`` the volume planes'
-    coordinates (:func:`plane_coords`)."""
+    """The daskmri dataset from its compact ``arrays`` (``pixels`` and ``labels``, each
+    ``(record, y, x)``), each record's ``slope`` and ``intercept``, and its per-record
+    tables: ``has`` says which records have each kind (in the bit order of
+    ``labels``); ``geometry`` holds one row of :data:`daskmri.fit.GEOMETRY` values per
+    record; ``planes`` the volume planes' coordinates (:func:`plane_coords`). With
+    ``derived``, ``image`` and the masks too (:func:`with_derived`, from ``sources``
+    when given, ``chunks`` along ``record`` where they are not dask arrays)."""
     import xarray as xr
 
     n = len(instance)
@@ -144,7 +173,11 @@ def to_dataset(
         for j, name in enumerate(GEOMETRY)
     }
     ds = xr.Dataset(
-        {name: (("record", "y", "x"), arrays[name]) for name in pixels(tuple(has))}
+        {name: (("record", "y", "x"), arrays[name]) for name in ("pixels", "labels")}
+        | {
+            "slope": ("record", np.asarray(slope, dtype=np.float64)),
+            "intercept": ("record", np.asarray(intercept, dtype=np.float64)),
+        }
         | {f"has_{kind}": ("record", np.asarray(flags, dtype=bool)) for kind, flags in has.items()},
         coords={
             "patient_id": ("record", np.array(patient_id, dtype=str)),
@@ -155,9 +188,77 @@ def to_dataset(
         | where,
         attrs=attrs,
     )
-    for name in pixels(tuple(has)):
-        ds[name].attrs.update(long_name=IMAGE_LONG_NAME if name == "image" else long_name(name))
-    return ds
+    for name in COMPACT:
+        ds[name].attrs.update(long_name=COMPACT_LONG_NAMES[name])
+    if not derived:
+        return ds
+    return with_derived(ds, tuple(has), chunks=chunks, sources=sources or arrays)
+
+
+def with_derived(
+    ds: xr.Dataset,
+    kinds: tuple[str, ...] | None = None,
+    *,
+    chunks: tuple[int, ...] | None = None,
+    sources: dict | None = None,
+) -> xr.Dataset:
+    """``ds`` with ``image`` (float32) and one bool mask per kind, derived lazily from
+    its compact variables: nothing is computed until they are read.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A dataset with ``pixels``, ``slope``, ``intercept`` and ``labels``.
+    kinds : tuple of str, optional
+        The kinds in bit order; default ``ds.attrs["kinds"]``.
+    chunks : tuple of int, optional
+        The ``record`` chunks of the derived variables where ``pixels`` is not a dask
+        array (lazily indexed by xarray's backend); default 64 records.
+    sources : dict, optional
+        The ``pixels`` and ``labels`` arrays to derive from, when ``ds`` holds them
+        lazily indexed (reading its ``.data`` would load them); default ``ds``'s.
+
+    Returns
+    -------
+    xarray.Dataset
+        A new dataset: the derived variables first, then those of ``ds``.
+
+    Examples
+    --------
+    >>> import tempfile, daskmri
+    >>> root = daskmri.synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=3, shape=(16, 16))
+    >>> ds = daskmri.load_dataset(root, scheduler="sync")
+    >>> ds.pixels.dtype, ds.image.dtype, ds.icontour.dtype
+    (dtype('int16'), dtype('float32'), dtype('bool'))
+    """
+    import dask.array as da
+
+    from .compact import bit, widen
+
+    kinds = tuple(json.loads(ds.attrs["kinds"])) if kinds is None else tuple(kinds)
+    sources = sources or {name: ds[name].data for name in ("pixels", "labels")}
+    pixels = sources["pixels"]
+    if not isinstance(pixels, da.Array):
+        pixels = da.from_array(pixels, chunks=(chunks or 64, -1, -1), meta=np.empty((0, 0, 0)))
+    labels = sources["labels"]
+    if not isinstance(labels, da.Array):
+        labels = da.from_array(labels, chunks=(pixels.chunks[0], -1, -1), meta=np.empty((0, 0, 0)))
+    rescale = [
+        da.from_array(np.asarray(ds[name].values), chunks=(pixels.chunks[0],))
+        for name in ("slope", "intercept")
+    ]
+    image = da.blockwise(
+        widen, "rij", pixels, "rij", rescale[0], "r", rescale[1], "r",
+        dtype=np.float32, meta=np.empty((0, 0, 0), np.float32),
+    )  # fmt: skip
+    dims = ("record", "y", "x")
+    derived = {"image": (dims, image, {"long_name": IMAGE_LONG_NAME})}
+    for k, kind in enumerate(kinds):
+        mask = labels.map_blocks(bit, k, dtype=bool, meta=np.empty((0, 0, 0), bool))
+        derived[kind] = (dims, mask, {"long_name": long_name(kind)})
+    # The served variables first, as before the compact form (image, then the masks).
+    out = ds.drop_vars(list(ds.data_vars)).assign(derived)
+    return out.assign({name: ds[name] for name in ds.data_vars})
 
 
 def dropped(ds: xr.Dataset) -> pd.DataFrame:

@@ -1,13 +1,16 @@
 """Stage 5, sink, in memory: where the chunks' pixels go when the dataset is not
 written to a store (for that sink, Zarr regions, see :mod:`daskmri.store`).
 
-- :class:`LocalMemory`: this machine. Local worker processes write pixels straight
-  into shared slots (:class:`~daskmri.parse.Slots`, in ``/dev/shm``) and send back
-  summaries; in-process tasks return their arrays as they are. No copy either way.
+- :class:`LocalMemory`: this machine. Local worker processes write their chunks'
+  compact arrays straight into shared slots (:class:`~daskmri.parse.Slots`, in
+  ``/dev/shm``) and send back summaries; in-process tasks return their arrays as they
+  are. No copy either way.
 - :class:`ClusterMemory`: a cluster's workers keep the pixels of the chunks they
   parsed; the result is persisted there and only summaries reach the client.
 
-Both turn the chunk results into the same ``xarray.Dataset`` (:func:`assemble`).
+Both turn the chunk results into the same ``xarray.Dataset`` (:func:`assemble`), which
+holds the compact arrays only (:mod:`daskmri.compact`); ``image`` and the masks are
+derived from them lazily (:func:`daskmri.schema.with_derived`).
 """
 
 from __future__ import annotations
@@ -21,16 +24,17 @@ import dask
 import dask.array as da
 import numpy as np
 
+from .compact import FALLBACK, common_dtype, label_dtype, widen
 from .parse import ChunkResult, Slots, parse_partition
 from .plan import ChunkPlan
-from .schema import pixels, plane_coords, to_dataset
+from .schema import COMPACT, plane_coords, to_dataset, with_derived
 
 __all__ = ["ClusterMemory", "LocalMemory", "assemble", "memory_sink"]
 
 
 class LocalMemory:
     """Chunks held in this process's memory. With ``shared`` (local worker
-    processes), in slots of a shared buffer when ``/dev/shm`` has the room."""
+    processes), in regions of a shared buffer when ``/dev/shm`` has the room."""
 
     def __init__(
         self,
@@ -43,7 +47,7 @@ class LocalMemory:
     ) -> None:
         self.shape, self.fit, self.kinds = shape, fit, kinds
         self.slots = Slots.create(n_records, shape, kinds=len(kinds)) if shared else None
-        self._views: tuple[np.ndarray, ...] | None = None
+        self._views: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @property
     def task(self) -> Callable:
@@ -51,22 +55,30 @@ class LocalMemory:
             parse_partition, shape=self.shape, slots=self.slots, fit=self.fit, kinds=self.kinds
         )
 
-    def summaries(self, results: list) -> list[ChunkResult]:
+    def summaries(self, results: list, starts: list[int]) -> list[ChunkResult]:
+        summaries = [result[0] for result in results]
         if self.slots is not None:
-            self._views = self.slots.map()  # also removes the file: the mapping stays
-        return [result[0] for result in results]
+            regions = [
+                (k, (start, len(s.kept), s.dtype))
+                for k, (s, start) in enumerate(zip(summaries, starts, strict=True))
+                if s.in_slots and len(s.kept)
+            ]
+            views = self.slots.map([region for _, region in regions])
+            self._views = {k: view for (k, _), view in zip(regions, views, strict=True)}
+            self.slots.unlink()  # the mappings keep the memory alive
+        return summaries
 
-    def block(self, result: Any, name: str, summary: ChunkResult, slots: slice) -> da.Array:
-        """The pixels ``name`` of one chunk: a view of the shared slots (the slots of
-        dropped records skipped by a copy), or the chunk's own array."""
-        if self._views is None:
-            return _wrap(result[0].array(name))
-        view = self._views[list(pixels(self.kinds)).index(name)][slots]
-        kept = summary.kept
-        return _wrap(view if len(kept) == slots.stop - slots.start else view[kept])
+    def blocks(self, result: Any, k: int, summary: ChunkResult) -> tuple[da.Array, da.Array]:
+        """The ``pixels`` and ``labels`` of chunk ``k``: views of its region of the shared
+        slots, or the chunk's own arrays."""
+        if summary.in_slots:
+            pixels, labels = self._views[k]
+        else:
+            pixels, labels = result[0].pixels, result[0].labels
+        return _wrap(pixels), _wrap(labels)
 
     def finish(self, ds: Any, results: list) -> Any:
-        return ds
+        return with_derived(ds)
 
     def close(self) -> None:
         if self.slots is not None:
@@ -100,25 +112,28 @@ class ClusterMemory:
             parse_partition, shape=self.shape, slots=None, fit=self.fit, kinds=self.kinds
         )
 
-    def summaries(self, results: list) -> list[ChunkResult]:
+    def summaries(self, results: list, starts: list[int]) -> list[ChunkResult]:
         return self.client.gather(self.client.map(_first_summary, results))
 
-    def block(self, result: Any, name: str, summary: ChunkResult, slots: slice) -> da.Array:
-        value = dask.delayed(_field)(result, name)
-        return da.from_delayed(value, (len(summary.kept), *self.shape), pixels(self.kinds)[name])
+    def blocks(self, result: Any, k: int, summary: ChunkResult) -> tuple[da.Array, da.Array]:
+        dims = (len(summary.kept), *self.shape)
+        pixels = da.from_delayed(dask.delayed(_field)(result, "pixels"), dims, summary.dtype)
+        labels = dask.delayed(_field)(result, "labels")
+        return pixels, da.from_delayed(labels, dims, label_dtype(len(self.kinds)))
 
     def finish(self, ds: Any, results: list) -> Any:
         from distributed import futures_of, wait
 
-        # Persist the per-variable pieces, then drop the whole-chunk results: each
-        # chunk's pixels are then held once, on the worker that parsed them.
+        # Persist the compact arrays, then drop the whole-chunk results: each chunk's
+        # pixels are then held once, on the worker that parsed them. The image and the
+        # masks are derived from them afterwards, so they are never held.
         ds = self.client.persist(ds)
         # As the current client: wait() would otherwise look for a default one, and
         # the caller's client need not be the default.
         with self.client.as_current():
             wait(futures_of(ds))
         results.clear()
-        return ds
+        return with_derived(ds)
 
     def close(self) -> None:
         """The pixels belong to the dataset now."""
@@ -148,37 +163,59 @@ def _wrap(array: np.ndarray) -> da.Array:
     )
 
 
+def _in_dtype(pixels: da.Array, summary: ChunkResult, dtype: np.dtype) -> tuple:
+    """One chunk's pixels in the dataset's ``dtype``, lazily (a cast, or a widening to
+    float32: then slope 1 and intercept 0), with its slope and intercept."""
+    slope, intercept = summary.slope, summary.intercept
+    if pixels.dtype == dtype:
+        return pixels, slope, intercept
+    if dtype == FALLBACK:
+        meta = np.empty((0, 0, 0), np.float32)
+        pixels = pixels.map_blocks(widen, slope, intercept, dtype=np.float32, meta=meta)
+        return pixels, np.ones_like(slope), np.zeros_like(intercept)
+    return pixels.astype(dtype), slope, intercept
+
+
 def assemble(plan: ChunkPlan, sink: Any, results: list, *, shape: tuple[int, int], attrs: dict):
     """The dataset of a run: the kept records of every chunk, in plan order, with
-    the scan's and the chunks' drops in ``attrs["dropped"]``."""
+    the scan's and the chunks' drops in ``attrs["dropped"]``. Its pixels take the
+    dtype that holds every chunk's (:func:`daskmri.compact.common_dtype`): a chunk of
+    another dtype is brought to it lazily."""
     import json
 
-    summaries = sink.summaries(results)
-    dtypes = pixels(sink.kinds)
-    pieces: dict[str, list] = {name: [] for name in dtypes}
+    starts = np.cumsum([0] + [len(chunk) for chunk in plan.chunks])[:-1].tolist()
+    summaries = sink.summaries(results, starts)
+    dtype = common_dtype(s.dtype for s in summaries if len(s.kept))
+    pieces: dict[str, list] = {name: [] for name in COMPACT}
     kept = [[chunk[k] for k in s.kept] for chunk, s in zip(plan.chunks, summaries, strict=True)]
     dropped = list(plan.dropped)
-    start = 0
-    for chunk, summary, result in zip(plan.chunks, summaries, results, strict=True):
-        slots, start = slice(start, start + len(chunk)), start + len(chunk)
+    for k, (summary, result) in enumerate(zip(summaries, results, strict=True)):
         dropped.extend(summary.dropped)
         if len(summary.kept):
-            for name in dtypes:
-                pieces[name].append(sink.block(result, name, summary, slots))
+            pixels, labels = sink.blocks(result, k, summary)
+            pixels, slope, intercept = _in_dtype(pixels, summary, dtype)
+            for name, part in zip(COMPACT, (pixels, slope, intercept, labels), strict=True):
+                pieces[name].append(part)
+    empty = {"pixels": dtype, "labels": label_dtype(len(sink.kinds))}
     arrays = {
-        name: da.concatenate(parts) if parts else da.zeros((0, *shape), dtypes[name], chunks=-1)
-        for name, parts in pieces.items()
+        name: da.concatenate(pieces[name])
+        if pieces[name]
+        else da.zeros((0, *shape), empty[name], chunks=-1)
+        for name in empty
     }
     records = [record for chunk in kept for record in chunk]
     ds = to_dataset(
         arrays,
-        has={kind: _joined([s.has[kind] for s in summaries]) for kind in sink.kinds},
+        slope=_joined(pieces["slope"], np.float64),
+        intercept=_joined(pieces["intercept"], np.float64),
+        has={kind: _joined([s.has[kind] for s in summaries], bool) for kind in sink.kinds},
         geometry=np.concatenate([s.geometry for s in summaries]) if summaries else None,
         patient_id=[r.patient_id for r in records],
         original_id=[r.original_id for r in records],
         instance=[r.instance for r in records],
         planes=plane_coords(attrs, _plane_columns(records)),
         attrs=attrs | {"dropped": json.dumps(dropped)},
+        derived=False,
     )
     return sink.finish(ds, results)
 
@@ -188,5 +225,5 @@ def _plane_columns(records: list) -> dict[str, list]:
     return {name: [getattr(p, name) for p in planes] for name in ("frame", "slice", "phase")}
 
 
-def _joined(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros(0, bool)
+def _joined(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)

@@ -116,7 +116,10 @@ class TestExact:
 
         ds = daskmri.load_dataset(synth_root, chunk_size=5, client=client)
         futures = futures_of(ds)
-        assert len(futures) == 3 * len(ds.image.chunks[0])  # persisted on the cluster
+        # The compact arrays (pixels, labels) are persisted on the cluster, a future per
+        # chunk each; the image and masks are derived from them, never held.
+        assert len(futures) == 2 * len(ds.image.chunks[0])
+        assert {f.key for f in futures} == {f.key for f in futures_of(ds[["pixels", "labels"]])}
         assert all(f.status == "finished" for f in futures)
         with raise_if_dask_computes():
             ds.isel(record=slice(2, 9)).image.mean()  # stays lazy
@@ -331,10 +334,14 @@ def test_local_build_writes_shared_slots_and_leaves_no_files(synth_root):
     before = slot_files()
     ds = daskmri.load_dataset(synth_root, chunk_size=5, scheduler="processes")
     assert slot_files() == before
-    # The pixels live in the shared mapping, not in per-chunk arrays.
-    chunks = [getattr(v, "value", v) for v in dict(ds.image.data.dask).values()]
+    # The compact pixels and labels live in the shared mapping, not in per-chunk arrays.
+    chunks = [
+        getattr(v, "value", v)
+        for name in ("pixels", "labels")
+        for v in dict(ds[name].data.dask).values()
+    ]
     chunks = [c for c in chunks if isinstance(c, np.ndarray)]
-    assert len(chunks) == len(ds.image.chunks[0])
+    assert len(chunks) == 2 * len(ds.image.chunks[0])
     for chunk in chunks:
         base = chunk
         while isinstance(base, np.ndarray) and base.base is not None:

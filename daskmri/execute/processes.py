@@ -160,7 +160,7 @@ class ProcessWorkers:
     >>> task = functools.partial(parse_partition, shape=(16, 16), slots=None, kinds=kinds)
     >>> with ProcessWorkers(1) as workers:
     ...     results, isolation = workers.run(task, parts, daskmri.read_record)
-    >>> results[0][0].image.shape, isolation.records
+    >>> results[0][0].pixels.shape, isolation.records
     ((3, 16, 16), ())
     """
 

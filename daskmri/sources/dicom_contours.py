@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..contours import polygon_mask, read_contour
-from ..dicom import read_slice
+from ..dicom import read_slice_compact
 from ..errors import LayoutError, RecordError
 from ..filesystem import FileSystem, TooLarge
-from ..fit import Geometry, check_resampled, fit_image, place_in_frame
+from ..fit import Geometry, check_resampled, fit_compact, fit_image, place_in_frame
 from ..limits import Limits
 from ..record import RESERVED, Fitted, Problem, Record, RTSlice
 from . import dicom_rtstruct
@@ -477,14 +477,17 @@ def read(
     """
     if record.image_path is None:
         raise RecordError("", f"instance {record.instance} has contours but no DICOM")
-    image, source_spacing = read_slice(record.image_path, limits=limits, fs=record.fs)
+    image, compact, source_spacing = read_slice_compact(
+        record.image_path, limits=limits, fs=record.fs
+    )
     frame = image.shape if shape is None else shape
     geometry = place_in_frame(record.image_path, image.shape, frame, source_spacing, fit, spacing)
     check_resampled(record.image_path, geometry, source_spacing, limits)
     if geometry.scaled or image.shape != tuple(frame):
         image = fit_image(image, geometry, frame)
+        compact = fit_compact(compact, image, geometry, frame)
     masks = [_mask(record, kind, path, geometry, frame, limits) for kind, path in record.contours]
-    return Fitted(image, *masks, geometry=geometry)
+    return Fitted(image, *masks, geometry=geometry, compact=compact)
 
 
 def _mask(record: Record, kind: str, path, geometry: Geometry, frame, limits: Limits):

@@ -58,8 +58,10 @@ __all__ = [
     "plane_affine",
     "plane_orientation",
     "read_frames",
+    "read_raw_frames",
     "read_volume",
     "same_grid",
+    "scaled",
     "to_planes",
 ]
 
@@ -535,17 +537,39 @@ def read_frames(image: Any, path: str, frames: Sequence[int] | None = None) -> n
     daskmri.errors.VolumeError
         When the voxels cannot be read.
     """
+    raw, slope, inter = read_raw_frames(image, path, frames)
+    return scaled(raw, slope, inter)
+
+
+def scaled(raw: np.ndarray, slope: float, inter: float) -> np.ndarray:
+    """nibabel's values of stored voxels ``raw`` with the scaling ``slope`` and
+    ``inter`` (:func:`read_raw_frames`): float64 for a float type or a scaling, else
+    the integers as they are."""
     from nibabel.volumeutils import apply_read_scaling
 
+    if raw.dtype.kind == "f" or slope != 1 or inter != 0:
+        return apply_read_scaling(raw, np.float64(slope), np.float64(inter))
+    return np.array(raw)
+
+
+def read_raw_frames(
+    image: Any, path: str, frames: Sequence[int] | None = None
+) -> tuple[np.ndarray, float, float]:
+    """The stored voxels of ``image`` (as :func:`read_frames`, unscaled) and the
+    scaling nibabel applies to them: ``(raw, scl_slope, scl_inter)``, 1 and 0 where
+    the header has none.
+
+    Raises
+    ------
+    daskmri.errors.VolumeError
+        When the voxels cannot be read.
+    """
     proxy = image.dataobj
     try:
         raw = np.asanyarray(proxy.get_unscaled())
         raw = raw[..., None] if raw.ndim == 3 else raw
         raw = raw if frames is None else raw[..., list(frames)]
-        slope, inter = proxy.slope, proxy.inter
-        if raw.dtype.kind == "f" or slope != 1 or inter != 0:
-            return apply_read_scaling(raw, np.float64(slope), np.float64(inter))
-        return np.array(raw)
+        return raw, float(proxy.slope), float(proxy.inter)
     except _data_errors() as exc:
         _raise_unless_data(exc)
         raise VolumeError(path, f"cannot read the voxels: {one_line(exc)}") from exc

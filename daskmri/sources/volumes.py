@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from ..compact import Compact, widen
 from ..errors import DATA_ERRORS, LayoutError, RecordError, VolumeError
 from ..filesystem import LOCAL, FileSystem
-from ..fit import check_resampled, fit_image, fit_mask, place_in_frame
+from ..fit import check_resampled, fit_compact, fit_image, fit_mask, place_in_frame
 from ..limits import DEFAULT_LIMITS, Limits
 from ..record import Fitted, Problem, Record, VolumePlane
 from .names import check_contains, check_kind_name
@@ -44,7 +45,9 @@ from .nifti import (
     open_image,
     plane_orientation,
     read_frames,
+    read_raw_frames,
     same_grid,
+    scaled,
     to_planes,
 )
 from .walk import walk
@@ -450,6 +453,19 @@ def plane_geometry(record: Record) -> tuple[int, int, tuple[float, float]]:
     return shape[orientation.row_axis], shape[orientation.column_axis], orientation.pixel_spacing
 
 
+def plane_dtype(record: Record) -> np.dtype:
+    """The dtype of a volume record's compact pixels as its image's header declares it
+    (the first bytes of the file): its integer type, or float32 for float voxels.
+
+    Raises
+    ------
+    daskmri.errors.VolumeError
+        If the header cannot be read.
+    """
+    dtype = np.dtype(_header(record.fs, record.image_path).get_data_dtype())
+    return dtype.newbyteorder("=") if dtype.kind in "iu" else np.dtype(np.float32)
+
+
 def _header(fs: FileSystem, path: str) -> Any:
     head = fs.head(path, HEAD_BYTES)
     if head[:2] == b"\x1f\x8b":
@@ -672,12 +688,15 @@ def iter_records(
 @dataclass(frozen=True)
 class Plane:
     """One record's plane as :func:`read_unit` gives it: the float32 image, one mask
-    per kind (None for a record of an unlabelled frame), and the pixel spacing
-    ``(row_mm, column_mm)`` from the affine, in the convention's order."""
+    per kind (None for a record of an unlabelled frame), the pixel spacing
+    ``(row_mm, column_mm)`` from the affine, in the convention's order, and the
+    image's compact form (None for float voxels, or where it would not widen to the
+    image bit for bit)."""
 
     image: np.ndarray
     masks: tuple[np.ndarray | None, ...]
     spacing: tuple[float, float]
+    compact: Compact | None = None
 
 
 def read_unit(
@@ -715,12 +734,15 @@ def read_unit(
     except ValueError as exc:
         raise VolumeError(first.image_path, str(exc)) from exc
     frames = sorted({r.volume.image_frame for r in records})
-    voxels = read_frames(image, first.image_path, frames if len(image.shape) == 4 else None)
-    view = to_planes(voxels, orientation)
+    raw, slope, inter = read_raw_frames(
+        image, first.image_path, frames if len(image.shape) == 4 else None
+    )
+    view = to_planes(scaled(raw, slope, inter), orientation)
     # One pass from the file's voxel order into C-ordered float32 planes: much faster than
     # casting first and copying each plane out (see benchmarks/volumes.py).
     planes = np.empty(view.shape, np.float32)
     planes[...] = view
+    stored = _compact_planes(raw, slope, inter, orientation, planes)
     at = {frame: k for k, frame in enumerate(frames)}
     labels = _labels(records, image, orientation, limits)
     spacing = orientation.pixel_spacing
@@ -736,8 +758,25 @@ def read_unit(
             None if label is None else np.isin(label[plane.slice], values)
             for _, values in record.volume.kinds
         )
-        out.append(Plane(pixels, masks, spacing))
+        compact = None
+        if stored is not None:
+            compact = Compact(stored[at.get(plane.image_frame, 0), plane.slice], slope, inter)
+        out.append(Plane(pixels, masks, spacing, compact))
     return out
+
+
+def _compact_planes(raw: np.ndarray, slope: float, inter: float, orientation, planes):
+    """The stored integer voxels as C-ordered planes, where they widen to the float32
+    ``planes`` bit for bit (checked once for the whole unit); None for float voxels
+    or where they do not."""
+    if raw.dtype.kind not in "iu":
+        return None
+    view = to_planes(raw, orientation)
+    stored = np.empty(view.shape, raw.dtype.newbyteorder("="))
+    stored[...] = view
+    if np.array_equal(widen(stored, slope, inter).view(np.uint32), planes.view(np.uint32)):
+        return stored
+    return None
 
 
 def _labels(records: Sequence[Record], image: Any, orientation, limits: Limits) -> dict:
@@ -829,9 +868,10 @@ def read(
         except RecordError as exc:
             out.append(exc)
             continue
-        image = plane.image
+        image, compact = plane.image, plane.compact
         if geometry.scaled or image.shape != tuple(frame):
             image = fit_image(image, geometry, frame)
+            compact = fit_compact(compact, image, geometry, frame)
         masks = [None if m is None else fit_mask(m, geometry, frame) for m in plane.masks]
-        out.append(Fitted(image, *masks, geometry=geometry))
+        out.append(Fitted(image, *masks, geometry=geometry, compact=compact))
     return out

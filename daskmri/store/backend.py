@@ -47,6 +47,17 @@ class StoreArray(BackendArray):
         return picked[0] if np.ndim(slots) == 0 else picked
 
 
+class Sliced:
+    """A :class:`StoreArray` indexed as numpy is (a tuple of slices), for dask: what
+    ``image`` and the masks are derived from."""
+
+    def __init__(self, array: StoreArray) -> None:
+        self.array, self.shape, self.dtype, self.ndim = array, array.shape, array.dtype, 3
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        return self.array._read(tuple(key))
+
+
 class DaskmriBackendEntrypoint(BackendEntrypoint):
     """Open a store made by :func:`daskmri.build` with ``xr.open_dataset``.
 
@@ -74,16 +85,16 @@ class DaskmriBackendEntrypoint(BackendEntrypoint):
     ):
         opened = open_store(StoreSpec.of(filename_or_obj, storage_options))
         slots = np.flatnonzero(opened.ok)
-        arrays = {
-            name: indexing.LazilyIndexedArray(StoreArray(opened.group[name], slots))
-            for name in opened.pixel_names
-        }
-        ds = opened.dataset(arrays)
+        held = {name: StoreArray(opened.group[name], slots) for name in opened.pixel_names}
+        arrays = {name: indexing.LazilyIndexedArray(array) for name, array in held.items()}
         record_chunks = tuple(len(keep) for keep in opened.keep_per_block if len(keep)) or (0,)
-        for name in opened.pixel_names:
-            rows, columns = opened.group[name].shape[1:]
-            chunks = {"record": record_chunks, "y": rows, "x": columns}
-            ds[name].encoding.update(preferred_chunks=chunks)
+        sources = {name: Sliced(array) for name, array in held.items()}
+        ds = opened.dataset(arrays, chunks=record_chunks, sources=sources)
+        rows, columns = opened.group["pixels"].shape[1:]
+        chunks = {"record": record_chunks, "y": rows, "x": columns}
+        for name in ds.data_vars:
+            if ds[name].dims == ("record", "y", "x"):  # held and derived alike
+                ds[name].encoding.update(preferred_chunks=chunks)
         return ds.drop_vars(drop_variables or [], errors="ignore")
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:

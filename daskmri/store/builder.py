@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DaskmriError, StaleStoreError
+from ..compact import common_dtype
+from ..dicom import read_slice_compact
+from ..errors import DATA_ERRORS, DaskmriError, StaleStoreError
 from ..execute import Executor, Isolation, client_for, executor_for, progress_bar
 from ..layout import layout_from_dict
 from ..limits import Limits
@@ -43,6 +45,7 @@ from ..record import Parsed, Placeholder, Record
 from ..schema import now, provenance
 from ..settings import Compute, Parsing, Source
 from ..sources.dicom_contours import Layout
+from ..sources.volumes import plane_dtype
 from ..verdicts import Exclusion
 from . import format as fmt
 from .freshness import check
@@ -296,14 +299,39 @@ def _build(job: _Job, client: Any) -> BuildReport:
         fmt.resize(job.spec, slots.n_slots)
     shape = (int(state.attrs["shape"][0]), int(state.attrs["shape"][1]))
     executor = executor_for(job.compute, client, slots.n_chunks)
-    waves = _Waves(job, slots, inputs, shape, executor)
+    waves = _Waves(job, slots, inputs, shape, executor, fmt.pixels_dtype(state.attrs))
     waves.named[: state.n_slots] = state.fingerprint != 0
     try:
         with progress_bar(slots.n_chunks, job.compute.progress) as bar:
             waves.run(bar)
     finally:
         executor.close()
+    wider = _retyped(job, read_state(job.spec))
+    if wider is not None:
+        # Every chunk again, into the wider pixels: resumed (never overwritten again).
+        mode = "resume" if job.mode == "overwrite" else job.mode
+        return _build(dataclasses.replace(job, mode=mode), client)
     return _finish(job, slots, inputs, diff.retire, waves, reused=int(state.done.sum()))
+
+
+def _retyped(job: _Job, state: StoreState) -> str | None:
+    """Retype the store's pixels when chunks needed a dtype it does not hold (their
+    markers say ``retype``): to the dtype that holds them all. Returns it, or None when
+    nothing needed it."""
+    if not state.retype:
+        return None
+    held = fmt.pixels_dtype(state.attrs)
+    wider = common_dtype([held, *state.retype]).name
+    logger.info(
+        "%s: records need %s pixels, the store holds %s: retyping it to %s and parsing "
+        "every chunk again",
+        job.spec.shown,
+        sorted(state.retype),
+        held.name,
+        wider,
+    )
+    fmt.retype(job.spec, wider)
+    return wider
 
 
 def _existing(job: _Job) -> dict | None:
@@ -381,14 +409,43 @@ class _NewStore:
             limits, spacing = job.parsing.limits, job.parsing.spacing
             shape = infer_shape(records, limits, spacing=spacing) if records else (0, 0)
         attrs = provenance(job.source, job.parsing)
+        attrs |= {"shape": list(shape), "compressor": job.compressor}
+        attrs["pixels_dtype"] = _guess_dtype(job, records, shape) if records else "float32"
         fmt.create(
             job.spec,
             chunk_size=job.parsing.chunk_size,
             shape=shape,
             compressor=job.compressor,
-            attrs=attrs | {"shape": list(shape), "compressor": job.compressor},
+            attrs=attrs,
         )
         self.made = True
+
+
+#: How many of the first records :func:`_guess_dtype` reads, at most.
+GUESS_TRIES = 8
+
+
+def _guess_dtype(job: _Job, records: list[Record], shape: tuple[int, int]) -> str:
+    """The pixels' dtype a new store starts with: that of the first record whose image
+    header reads (a DICOM's stored integers, checked against its float32 image; a
+    volume's declared voxel type), so that a dataset of one integer type is never
+    retyped; float32 for a custom reader or ``spacing=`` (their records are float32),
+    or when none of the first records reads. A record found later that does not fit
+    retypes the store once (:func:`_retyped`)."""
+    parsing = job.parsing
+    if parsing.reader is not None or parsing.spacing is not None:
+        return "float32"
+    for record in records[:GUESS_TRIES]:
+        try:
+            if record.volume is not None:
+                return plane_dtype(record).name
+            _, compact, _ = read_slice_compact(
+                record.image_path, limits=parsing.limits, fs=record.fs
+            )
+            return compact.pixels.dtype.name
+        except DATA_ERRORS:  # the build drops this record, with the reason
+            continue
+    return "float32"
 
 
 def _plan(job: _Job) -> Inputs:
@@ -454,7 +511,13 @@ class _Waves:
     them in waves on the executor, writing each chunk to its store region."""
 
     def __init__(
-        self, job: _Job, slots: SlotPlan, inputs: Inputs, shape: tuple[int, int], executor: Executor
+        self,
+        job: _Job,
+        slots: SlotPlan,
+        inputs: Inputs,
+        shape: tuple[int, int],
+        executor: Executor,
+        dtype: np.dtype,
     ) -> None:
         self.job, self.slots, self.inputs, self.executor = job, slots, inputs, executor
         self.sink = ZarrRegions(
@@ -463,6 +526,7 @@ class _Waves:
             job.parsing.chunk_size,
             fit=job.parsing.fit,
             kinds=job.source.layout.kinds,
+            dtype=dtype,
         )
         self.reader = job.parsing.reader_for(shape)
         self.size = max(WAVE_CHUNKS, 4 * executor.parallelism)

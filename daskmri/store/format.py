@@ -13,21 +13,40 @@ import numpy as np
 from zarr.codecs import BloscCodec, ZstdCodec
 from zarr.core.sync import sync
 
+from ..compact import label_dtype
 from ..errors import StoreError
 from ..fit import GEOMETRY
 from ..plan import record_key
 from ..record import Record
 from .spec import StoreSpec, at_once, made_by_daskmri, what_is_there, writer
 
-__all__ = ["COMPRESSORS", "DEFAULT_COMPRESSOR", "FORMAT", "create", "read_attrs", "remove"]
+__all__ = [
+    "COMPRESSORS",
+    "DEFAULT_COMPRESSOR",
+    "FORMAT",
+    "create",
+    "pixels_dtype",
+    "read_attrs",
+    "remove",
+    "retype",
+]
 
 #: Bumped when the layout of a store changes incompatibly. 2: original_id in the
 #: record fingerprints, the ``planned`` and ``build_id`` attributes. 3: the
 #: ``geometry`` of each slot (where its source slice sits in the frame). 4 (0.2.0):
 #: the ``kinds`` attribute and each done marker's ``size`` always there, the layout
 #: hashed as ``to_dict``, and each slot's ``frame``, ``slice`` and ``phase`` (volume
-#: planes); an older store is refused, not read by guesses.
-FORMAT = 4
+#: planes). 5: the compact records: ``pixels`` in the source's integer type (or
+#: float32) with each slot's ``slope`` and ``intercept``, and one ``labels`` bit array
+#: instead of ``image`` and a bool array per kind (see :mod:`daskmri.compact`). An
+#: older store is refused, not read by guesses.
+FORMAT = 5
+
+#: What each older format lacks, for the message that refuses it.
+OLDER = {
+    4: "float32 images and a bool array per kind",
+    3: "no kinds attribute, float32 images and a bool array per kind",
+}
 
 PENDING, OK, DROPPED, RETIRED = 0, 1, 2, 3
 STATUS_NAMES = {PENDING: "pending", OK: "ok", DROPPED: "dropped", RETIRED: "retired"}
@@ -70,15 +89,31 @@ def kinds_in(attrs: dict) -> tuple[str, ...]:
     return tuple(json.loads(attrs["kinds"]))
 
 
-def pixel_names(kinds: Sequence[str]) -> tuple[str, ...]:
-    """The pixel arrays of a store with these contour kinds.
+def pixel_names(kinds: Sequence[str] = ()) -> tuple[str, ...]:
+    """The ``(record, y, x)`` arrays of a store (the same whatever its kinds: every
+    kind is a bit of ``labels``).
 
     Examples
     --------
     >>> pixel_names(("icontour", "scar"))
-    ('image', 'icontour', 'scar')
+    ('pixels', 'labels')
     """
-    return ("image", *kinds)
+    return ("pixels", "labels")
+
+
+#: The per-slot arrays the chunk tasks write (chunked as the pixels), besides them.
+RESCALE = ("slope", "intercept")
+
+
+def pixels_dtype(attrs: dict) -> np.dtype:
+    """The dtype of a store's ``pixels``, from its attributes.
+
+    Examples
+    --------
+    >>> pixels_dtype({"pixels_dtype": "int16"})
+    dtype('int16')
+    """
+    return np.dtype(attrs["pixels_dtype"])
 
 
 def per_slot(kinds: Sequence[str]) -> tuple[tuple[str, object, object], ...]:
@@ -101,7 +136,7 @@ def entries(kinds: Sequence[str]) -> tuple[str, ...]:
     """What a store is made of, besides its group's metadata: :func:`remove`
     deletes these and nothing else."""
     slot_names = (name for name, _, _ in per_slot(kinds))
-    return (*pixel_names(kinds), *slot_names, "geometry", "done")
+    return (*pixel_names(kinds), *RESCALE, *slot_names, "geometry", "done")
 
 
 def create(
@@ -114,13 +149,13 @@ def create(
 ) -> None:
     """Make an empty store (no slots yet) with ``complete`` false; slots are added
     by :func:`resize` and :func:`write_slots`. The contour kinds are those of
-    ``attrs["kinds"]``."""
+    ``attrs["kinds"]``, the pixels' dtype ``attrs["pixels_dtype"]``."""
     # Never mode="w": zarr would empty the folder first. The attributes go in the
     # group's first metadata: a build killed from here on finds a daskmri store that
     # is not `planned` yet, and starts again.
     import zarr.api.asynchronous as za
 
-    arrays = _arrays(chunk_size, shape, compressor, kinds_in(attrs))
+    arrays = _arrays(chunk_size, shape, compressor, kinds_in(attrs), pixels_dtype(attrs))
 
     async def every() -> None:
         group = await za.create_group(
@@ -136,21 +171,30 @@ def create(
     sync(every())
 
 
-def _arrays(chunk_size: int, shape: tuple[int, int], compressor: str, kinds) -> list[dict]:
-    """The arguments of every array of a new store."""
+def pixels_array(chunk_size: int, shape: tuple[int, int], compressor: str, dtype) -> dict:
+    """The arguments of a store's ``pixels`` array (of ``dtype``)."""
     rows, columns = max(1, shape[0]), max(1, shape[1])
-    pixels = [("image", "float32", 0.0), *((kind, "bool", False) for kind in kinds)]
-    arrays = [
-        dict(
-            name=name,
-            shape=(0, *shape),
-            chunks=(chunk_size, rows, columns),
-            dtype=dtype,
-            fill_value=fill,
-            dimension_names=("record", "y", "x"),
-            **codecs(compressor),
-        )
-        for name, dtype, fill in pixels
+    return dict(
+        name="pixels",
+        shape=(0, *shape),
+        chunks=(chunk_size, rows, columns),
+        dtype=np.dtype(dtype).name,
+        fill_value=0,
+        dimension_names=("record", "y", "x"),
+        **codecs(compressor),
+    )
+
+
+def _arrays(chunk_size: int, shape: tuple[int, int], compressor: str, kinds, dtype) -> list[dict]:
+    """The arguments of every array of a new store."""
+    labels = pixels_array(chunk_size, shape, compressor, label_dtype(len(kinds)))
+    arrays = [pixels_array(chunk_size, shape, compressor, dtype), labels | {"name": "labels"}]
+    # Written by the chunk tasks, so chunked as the pixels: no two tasks ever write the
+    # same object. Slope 1 and intercept 0 are what a slot never written widens with.
+    arrays += [
+        dict(name=name, shape=(0,), chunks=(chunk_size,), dtype="float64", fill_value=fill)
+        | {"dimension_names": ("record",)}
+        for name, fill in zip(RESCALE, (1.0, 0.0), strict=True)
     ]
     arrays += [
         dict(name=name, shape=(0,), chunks=(TABLE_CHUNK,), dtype=dtype, fill_value=fill)
@@ -178,7 +222,7 @@ def resize(spec: StoreSpec, n_slots: int) -> None:
     attrs = dict(spec.group("r").attrs)
     chunk_size = int(attrs["chunk_size"])
     kinds = kinds_in(attrs)
-    rows = {name: n_slots for name in (*pixel_names(kinds), "geometry")}
+    rows = {name: n_slots for name in (*pixel_names(kinds), *RESCALE, "geometry")}
     rows |= {name: n_slots for name, _, _ in per_slot(kinds)}
     rows["done"] = -(-n_slots // chunk_size)
     at_once(spec, {name: _resizer(n) for name, n in rows.items()})
@@ -226,10 +270,12 @@ def read_attrs(spec: StoreSpec) -> dict:
             "at a path that does not exist yet"
         )
     if attrs["format"] != FORMAT:
+        held = OLDER.get(attrs["format"])
+        held = f": {held}" if held else ""
         raise StoreError(
             f"{spec.shown!r} was made by another version of daskmri (store format "
-            f"{attrs.get('format')}, this version reads {FORMAT}); rebuild it with "
-            "daskmri.build(root, store, mode='overwrite')"
+            f"{attrs.get('format')}{held}, this version reads {FORMAT}: compact pixels and "
+            "a label bit array); rebuild it with daskmri.build(root, store, mode='overwrite')"
         )
     return attrs
 
@@ -253,7 +299,8 @@ def remove(spec: StoreSpec) -> None:
         found = [name[4:] for name in group.array_keys() if name.startswith("has_")]
         kinds = kinds_in(dict(group.attrs)) if "kinds" in group.attrs else tuple(found)
     base = path.rstrip("/")
-    names = entries(kinds)
+    # And the pixel arrays of older formats (image, one per kind), to rebuild them.
+    names = (*entries(kinds), *(n for n in ("image", *kinds) if n not in entries(kinds)))
     # Which arrays are there: their metadata read together (a byte of each), not one
     # request after another; then removed together.
     found = fs.cat_ranges([f"{base}/{name}/zarr.json" for name in names], 0, 1, on_error="return")
@@ -261,3 +308,24 @@ def remove(spec: StoreSpec) -> None:
     if ours:
         fs.rm(ours, recursive=True)
     fs.rm(f"{base}/zarr.json")
+
+
+def retype(spec: StoreSpec, dtype) -> None:
+    """Give the store's ``pixels`` the wider ``dtype`` (a record that the one it was
+    made with does not hold): every chunk marker is cleared first, so every chunk is
+    parsed again into the new array; then ``pixels`` is made again, empty, in
+    ``dtype``. Only daskmri's own array is replaced. A build killed in between finds
+    no marker, so it parses every chunk again and meets the same need."""
+    group = spec.group("r+")
+    attrs = dict(group.attrs)
+    n_slots = group["status"].shape[0]
+    chunk_size = int(attrs["chunk_size"])
+    group.attrs.update({"complete": False})
+    done = spec.array("done")
+    done[:] = np.full(done.shape, "", dtype=object)
+    fs, path = spec.filesystem()
+    fs.rm(f"{path.rstrip('/')}/pixels", recursive=True)
+    shape = (int(attrs["shape"][0]), int(attrs["shape"][1]))
+    made = pixels_array(chunk_size, shape, attrs.get("compressor", DEFAULT_COMPRESSOR), dtype)
+    spec.group("r+").create_array(**(made | {"shape": (n_slots, *shape)}))
+    spec.group("r+").attrs.update({"pixels_dtype": np.dtype(dtype).name})

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import StaleStoreWarning, StoreError
 from ..record import dropped_table
 from ..schema import plane_coords, to_dataset
-from .format import OK, kinds_in, pixel_names
+from .format import OK, RESCALE, kinds_in, pixel_names
 from .freshness import check
 from .spec import StoreSpec
 from .state import StoreState, read_state
@@ -324,7 +324,7 @@ class OpenStore:
 
     @property
     def pixel_names(self) -> tuple[str, ...]:
-        """The store's pixel arrays: ``image`` and one per contour kind."""
+        """The store's ``(record, y, x)`` arrays: ``pixels`` and ``labels``."""
         return pixel_names(kinds_in(self.attrs))
 
     @property
@@ -337,12 +337,17 @@ class OpenStore:
         size, ok = self.state.chunk_size, self.ok
         return [np.flatnonzero(ok[s : s + size]) for s in range(0, self.state.n_slots, size)]
 
-    def dataset(self, arrays: dict) -> xr.Dataset:
-        """The dataset with these pixel ``arrays`` (one per variable, over the ``ok``
-        slots) and the store's tables and attributes."""
+    def dataset(
+        self, arrays: dict, *, chunks: tuple[int, ...] | None = None, sources: dict | None = None
+    ) -> xr.Dataset:
+        """The dataset with these ``pixels`` and ``labels`` ``arrays`` (over the ``ok``
+        slots), the store's tables (each slot's rescale too: 16 bytes a record, read
+        now) and attributes; ``image`` and the masks derived lazily."""
         state, ok = self.state, self.ok
+        rescale = {name: np.asarray(self.group[name][:], dtype=np.float64)[ok] for name in RESCALE}
         return to_dataset(
             arrays,
+            **rescale,
             has={kind: flags[ok] for kind, flags in state.has.items()},
             patient_id=state.patient_id[ok],
             original_id=state.original_id[ok],
@@ -351,6 +356,8 @@ class OpenStore:
             geometry=np.asarray(self.group["geometry"][:])[ok],
             attrs={key: self.attrs[key] for key in KEPT_ATTRS if key in self.attrs}
             | {"dropped": self.attrs.get("dropped", "[]"), "store": self.url},
+            chunks=chunks,
+            sources=sources,
         )
 
 

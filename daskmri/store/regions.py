@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import zarr
 
+from ..compact import fits, to_dtype
 from ..fit import GEOMETRY
 from ..parse import parse_chunk
 from ..record import Parsed, Record
-from .format import pixel_names
 from .spec import StoreSpec, at_once, writer
 
 __all__ = ["ZarrRegions", "write_partition"]
@@ -29,18 +29,33 @@ def write_partition(
     fit: str = "drop",
     *,
     kinds: Sequence[str],
+    dtype: str = "float32",
 ) -> list[dict]:
     """One task: parse the records and write them into their slots, then each chunk's
     ``done`` marker. The items cover one chunk's region, or several consecutive ones
     (the records of a volume that straddles chunks, read once). Rerunning it rewrites
     the same objects with the same bytes, so a retry is harmless. Returns the markers
-    (no pixels)."""
+    (no pixels).
+
+    The pixels go in the store's ``dtype``. Where a record's do not fit it (a wider
+    integer type, or float32 where the store holds integers), nothing is written but a
+    marker that says which dtype the chunk needs (``retype``): the build then retypes
+    the store (:func:`daskmri.store.format.retype`)."""
     records = [record for _, record in items]
     start = items[0][0]
     result = parse_chunk(records, shape=shape, reader=reader, kinds=kinds, compact=False, fit=fit)
+    if not fits(result.dtype, dtype):
+        return _needs(spec, start, len(records), chunk_size, result.dtype)
+    pixels, slope, intercept = to_dtype(result.pixels, result.slope, result.intercept, dtype)
     geometry = np.zeros((len(records), len(GEOMETRY)))
     geometry[result.kept] = result.geometry
-    values = {name: result.array(name) for name in pixel_names(kinds)} | {"geometry": geometry}
+    values = {
+        "pixels": pixels,
+        "labels": result.labels,
+        "slope": slope,
+        "intercept": intercept,
+        "geometry": geometry,
+    }
     ok = np.zeros(len(records), dtype=bool)
     ok[result.kept] = True
     has = {kind: np.zeros(len(records), dtype=bool) for kind in kinds}
@@ -109,6 +124,16 @@ def _whole(array):
     return array if with_config is None else with_config({"write_empty_chunks": True})
 
 
+def _needs(spec: StoreSpec, start: int, n: int, chunk_size: int, dtype: str) -> list[dict]:
+    """Markers that say the chunks of a task need pixels of ``dtype``: not done."""
+    markers = []
+    for lo in range(0, n, chunk_size):
+        marker = {"chunk": (start + lo) // chunk_size, "retype": dtype}
+        _open(spec, "done")[marker["chunk"]] = json.dumps(marker)
+        markers.append(marker)
+    return markers
+
+
 def _dropped_slots(records: Sequence[Record], kept: np.ndarray) -> list[int]:
     """The positions of the records that were not kept, in order (as ``dropped`` is)."""
     keep = set(kept.tolist())
@@ -127,9 +152,10 @@ class ZarrRegions:
         *,
         fit: str = "drop",
         kinds: Sequence[str],
+        dtype: str = "float32",
     ) -> None:
         self.spec, self.shape, self.chunk_size, self.fit = spec, shape, chunk_size, fit
-        self.kinds = tuple(kinds)
+        self.kinds, self.dtype = tuple(kinds), str(dtype)
 
     @property
     def task(self) -> Callable:
@@ -140,4 +166,5 @@ class ZarrRegions:
             chunk_size=self.chunk_size,
             fit=self.fit,
             kinds=self.kinds,
+            dtype=self.dtype,
         )

@@ -14,6 +14,7 @@ from .format import (
     DROPPED,
     MARKER_BATCH,
     OK,
+    RESCALE,
     RETIRED,
     kinds_in,
     per_slot,
@@ -49,6 +50,9 @@ class StoreState:
     instance: np.ndarray | None = None
     #: The volume planes' ``frame``, ``slice`` and ``phase`` (with ``names``).
     planes: dict[str, np.ndarray] | None = None
+    #: The pixel dtypes that chunks needed and the store does not hold (their
+    #: markers say ``retype``; those chunks are not done).
+    retype: frozenset[str] = frozenset()
 
     @property
     def n_slots(self) -> int:
@@ -65,7 +69,7 @@ def repair(spec: StoreSpec) -> None:
     build retires them."""
     group = spec.group("r")
     kinds = kinds_in(dict(group.attrs))
-    names = (*pixel_names(kinds), *(n for n, _, _ in per_slot(kinds)), "geometry")
+    names = (*pixel_names(kinds), *RESCALE, *(n for n, _, _ in per_slot(kinds)), "geometry")
     lengths = {name: group[name].shape[0] for name in names}
     if len(set(lengths.values())) > 1:
         logger.warning("per-slot arrays of %s have lengths %s; evening them", spec.shown, lengths)
@@ -88,6 +92,7 @@ def read_state(spec: StoreSpec, *, markers: bool = True, names: bool = False) ->
     chunk_size = int(attrs["chunk_size"])
     done = np.zeros(-(-len(status) // chunk_size), dtype=bool)
     dropped: dict[int, list[dict]] = {}
+    retype: set[str] = set()
     if markers:
         # In batches: a million records' markers hold ~20 MB of JSON text.
         for lo in range(0, len(done), MARKER_BATCH):
@@ -95,6 +100,9 @@ def read_state(spec: StoreSpec, *, markers: bool = True, names: bool = False) ->
             for j in np.flatnonzero(texts != ""):
                 k = lo + int(j)
                 marker = json.loads(texts[j])
+                if "retype" in marker:  # parsed, but its pixels did not fit: not done
+                    retype.add(marker["retype"])
+                    continue
                 done[k] = True
                 if marker["dropped"]:
                     dropped[k] = marker["dropped"]
@@ -115,6 +123,7 @@ def read_state(spec: StoreSpec, *, markers: bool = True, names: bool = False) ->
         has=has,
         done=done,
         dropped=dropped,
+        retype=frozenset(retype),
         **extra,
     )
 
