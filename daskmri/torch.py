@@ -145,9 +145,11 @@ def _host(batch: dict[str, np.ndarray], *, pin: bool) -> dict[str, Any]:
 
 
 def plain_widening(batch: dict[str, np.ndarray]) -> bool:
-    """Whether a compact batch's image is its pixels cast to float32, exactly: every
-    slope 1 and intercept 0, and pixels float32 (copied as they are) or integers of at
-    most 16 bits (exact in float32, so the float64 route gives the same values).
+    """Whether a compact batch's image is exactly its pixels cast to float32.
+
+    So it is when every slope is 1 and every intercept 0, and the pixels are float32
+    (copied as they are) or integers of at most 16 bits (exact in float32, so the
+    float64 route gives the same values).
 
     Parameters
     ----------
@@ -231,8 +233,9 @@ def widen_on_device(tensors: dict[str, Any], kinds: tuple[str, ...], *, plain: b
 def on_device(
     batches: Iterable[dict[str, np.ndarray]], device: Any, *, kinds: tuple[str, ...] | None = None
 ) -> Iterator[dict]:
-    """Numpy batches as tensors on ``device``; compact ones (``kinds`` given) widened
-    there by :func:`widen_on_device`.
+    """Numpy batches as tensors on ``device``, compact ones widened there.
+
+    Compact batches (``kinds`` given) are widened by :func:`widen_on_device`.
 
     On CUDA, each batch is copied into pinned memory and sent without blocking on a
     side stream (and widened on it) while the batch before it is handed out: the copy

@@ -329,8 +329,10 @@ class BatchIterator:
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        """The dataset's kinds in the order of the bits of ``labels``: kind ``k`` is
-        ``(labels >> k) & 1``."""
+        """The dataset's kinds, in the order of the bits of ``labels``.
+
+        Kind ``kinds[k]`` is ``(labels >> k) & 1``.
+        """
         return self.serving.kinds
 
     @property

@@ -30,8 +30,9 @@ IMAGE_FROM = ("pixels", "slope", "intercept")
 
 
 def holds_compact(ds) -> bool:
-    """Whether ``ds`` holds the compact variables (``pixels``, ``slope``, ``intercept``,
-    ``labels``).
+    """Whether ``ds`` holds the compact variables.
+
+    They are ``pixels``, ``slope``, ``intercept`` and ``labels``.
 
     Parameters
     ----------
@@ -53,8 +54,10 @@ def holds_compact(ds) -> bool:
 
 
 def kinds_in(ds) -> tuple[str, ...]:
-    """The kinds of ``ds`` in the order of the bits of ``labels``: ``ds.attrs["kinds"]``,
-    else (a dataset not made by daskmri) its mask variables in order.
+    """The kinds of ``ds`` in the order of the bits of ``labels``.
+
+    They are ``ds.attrs["kinds"]``, else (a dataset not made by daskmri) its mask
+    variables in order.
 
     Parameters
     ----------
@@ -79,8 +82,10 @@ def kinds_in(ds) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Serving:
-    """The variables a batch holds (``served``), those fetched for them (``fetched``),
-    and the bit order of ``labels`` (``kinds``).
+    """What an iterator fetches, and what its batches hold.
+
+    ``served``: the variables of a batch; ``fetched``: those loaded for them; ``kinds``:
+    the bit order of ``labels``; ``compact``: batches hold the compact arrays.
 
     When ``widens``, ``image`` and the masks in ``served`` are made in the batch
     thread from the fetched compact arrays by :meth:`finish`; otherwise batches are
@@ -151,8 +156,10 @@ class Serving:
         return self.fetched != self.served and not self.compact
 
     def finish(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The batch to hand out from the fetched one: ``image`` widened and the masks
-        unpacked when :attr:`widens`, the rest (coordinates) as they are.
+        """The batch to hand out, from the fetched one.
+
+        ``image`` is widened and the masks unpacked when :attr:`widens`; the rest (the
+        coordinates) stay as they are.
 
         Parameters
         ----------
