@@ -66,7 +66,8 @@ class TorchBatches(IterableDataset):
         256 x 256 record crosses as ~196 KB (int16 pixels and uint8 labels) instead
         of 393 KB (float32 and two bool masks). On CUDA each batch is copied from
         pinned memory on a side stream, one batch ahead (see :func:`on_device`). None
-        (the default): tensors that share memory with the numpy batch.
+        (the default): tensors that share memory with the numpy batch (a compact
+        iterator's stay compact).
 
     Raises
     ------
