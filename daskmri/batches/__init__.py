@@ -7,6 +7,7 @@
 ``epoch.py``       ``Epoch``: one pass, a state machine with its batch thread
 ``loading.py``     an epoch's plan loaded: chunks fetched ahead, batches assembled
 ``fetching.py``    ``Fetcher.submit(chunk)``, whatever the backend
+``serving.py``     what is fetched (compact arrays) and served (widened or not)
 ``wire.py``        a chunk's arrays across the wire (blosc), run on workers
 ``ranks.py``       rank, world size and the shared seed
 ``rng.py``         the random streams by name (``Stream``, ``generator``)

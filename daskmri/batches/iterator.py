@@ -35,13 +35,13 @@ import numpy as np
 
 from ..errors import DaskmriError
 from ..record import Problem, dropped_table
-from ..schema import kinds_of
 from ..verdicts import Exclusion, as_exclusion
 from .epoch import Cursor, Epoch
 from .fetching import COORDS, FetchSettings, remote_workers
 from .loading import FetchCounts, Loading, Transform, WarmSlot, WarmStart
 from .ranks import resolve_ranks, resolve_seed
 from .schema import BatchSchema, RankPlan, Stretch
+from .serving import Serving
 
 __all__ = ["BatchIterator", "remote_workers"]
 
@@ -91,16 +91,18 @@ class BatchIterator:
         ``batch["padding"]``.
     variables : sequence of str, optional
         Data variables to serve; default ``image`` and every mask (each variable
-        with a ``has_<name>`` flag). ``patient_id``, ``instance`` and ``padding``
-        always come along.
+        with a ``has_<name>`` flag), or with ``compact=True`` the four compact
+        arrays. ``patient_id``, ``instance`` and ``padding`` always come along.
     rank, world_size : int, optional
         Serve share ``rank`` of ``world_size`` of every epoch. Each defaults to
         ``torch.distributed``'s when a process group is initialised, else 0 and 1.
         Every rank serves the same number of batches, ``len(it)``.
     transform : callable, optional
         ``transform(batch, rng) -> batch``, run in the background thread on every
-        batch; ``rng`` is a :class:`numpy.random.Generator` seeded from
-        ``(seed, epoch, global batch index)``, so reruns and resumes are identical.
+        batch (with ``compact=True``, the compact batch as it is: ``pixels``,
+        ``slope``, ``intercept``, ``labels``); ``rng`` is a
+        :class:`numpy.random.Generator` seeded from ``(seed, epoch, global batch
+        index)``, so reruns and resumes are identical.
     client : distributed.Client or str, optional
         Fetch through this cluster (each chunk's own tasks, gathered on a worker).
         By default a dataset persisted on a cluster is fetched through that
@@ -131,6 +133,18 @@ class BatchIterator:
         :meth:`load_state_dict` refuses a state saved with another one. Without
         ``exclude`` the batches are those of an iterator without it, for the same
         seed. Records it names that ``ds`` does not hold are ignored (logged at INFO).
+    compact : bool
+        Hand out the records as the dataset holds them (issue 26's compact form):
+        ``pixels`` (the source's integers, or float32), ``slope`` and ``intercept``
+        (float64, one per record) and ``labels`` (bit ``k`` is kind
+        ``iterator.kinds[k]``), beside the coordinates, for a training step that
+        widens them where it runs (:class:`daskmri.torch.TorchBatches` with
+        ``device=``): ``image = float32(float64(pixels) * slope + intercept)``, the
+        :func:`daskmri.compact.widen` of every batch of ``compact=False``, bit for
+        bit, for the same seed. False (the default): today's float32 ``image`` and
+        bool masks; from a dataset that holds the compact arrays they are still what
+        is fetched (fewer bytes), then widened in the background thread. Not part of
+        the plan: a :meth:`state_dict` resumes under either.
 
     Attributes
     ----------
@@ -138,6 +152,8 @@ class BatchIterator:
         Chunks loaded so far, and the bytes of their served variables.
     epoch_chunks : list of int
         The chunks loaded for the latest epoch, in order.
+    kinds : tuple of str
+        The dataset's kinds, in the order of the bits of ``labels``.
     dropped : pandas.DataFrame
         The records never served, as :func:`daskmri.dropped` gives them: the
         dataset's dropped records, then those ``exclude`` left out (``path`` None:
@@ -146,8 +162,9 @@ class BatchIterator:
     Raises
     ------
     ValueError
-        If the dataset lacks a variable to serve, an argument is out of range, or
-        several ranks outside a process group have no ``seed``.
+        If the dataset lacks a variable to serve (with ``compact=True``: the compact
+        arrays), an argument is out of range, or several ranks outside a process
+        group have no ``seed``.
     DaskmriError
         If ``client`` is for another scheduler than the one holding a persisted
         dataset, the client that persisted it is closed, or the address cannot be
@@ -183,6 +200,26 @@ class BatchIterator:
     ...     served = sum(len(b["image"]) for b in it)
     >>> served, it.dropped[["patient_id", "instance"]].values.tolist()
     (9, [['SYN0001', 2]])
+
+    Compact batches, from a dataset that holds the compact arrays (here made by hand
+    in the float32 fallback form: the image itself, slope 1, intercept 0):
+
+    >>> from daskmri.compact import pack_labels, unpack_labels, widen
+    >>> kinds, n = ("icontour", "ocontour"), ds.sizes["record"]
+    >>> labels = pack_labels({k: ds[k].values for k in kinds}, kinds)
+    >>> held = ds.assign(pixels=ds["image"], slope=("record", np.ones(n)),
+    ...                  intercept=("record", np.zeros(n)), labels=(ds["image"].dims, labels))
+    >>> with BatchIterator(held, batch_size=4, seed=0, compact=True) as it:
+    ...     batch = next(iter(it))
+    >>> it.kinds, sorted(batch)  # doctest: +NORMALIZE_WHITESPACE
+    (('icontour', 'ocontour'),
+     ['instance', 'intercept', 'labels', 'padding', 'patient_id', 'pixels', 'slope'])
+    >>> today = next(iter(BatchIterator(held, batch_size=4, seed=0)))
+    >>> image = widen(batch["pixels"], batch["slope"], batch["intercept"])
+    >>> bool((image == today["image"]).all())
+    True
+    >>> bool((unpack_labels(batch["labels"], it.kinds)["ocontour"] == today["ocontour"]).all())
+    True
     """
 
     #: The fingerprint of the keys ``exclude=`` left out (None: none), and their rows.
@@ -209,14 +246,16 @@ class BatchIterator:
         timeout: float = 300.0,
         security: Any = None,
         exclude: Any = None,
+        compact: bool = False,
     ) -> None:
         exclusion = as_exclusion(exclude)  # a bad file fails before anything is planned
-        variables = tuple(("image", *kinds_of(ds)) if variables is None else variables)
-        missing = [v for v in (*variables, *COORDS) if v not in ds.variables]
+        self.serving = Serving.resolve(ds, variables, compact=bool(compact))
+        fetched, variables = self.serving.fetched, self.serving.served
+        missing = [v for v in (*fetched, *COORDS) if v not in ds.variables]
         if missing:
             raise ValueError(
                 f"the dataset has no {missing}; BatchIterator needs a daskmri dataset "
-                f"(load_dataset or open_dataset) with {list(variables) + list(COORDS)}"
+                f"(load_dataset or open_dataset) with {list(fetched) + list(COORDS)}"
             )
         if not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"prefetch must be an int >= 0, got {prefetch!r}")
@@ -229,7 +268,7 @@ class BatchIterator:
         self.ds, self.variables, self.transform = ds, variables, transform
         self.prefetch, self.retries, self.timeout = prefetch, retries, timeout
         self.schema = BatchSchema(
-            chunks=_chunks_of(ds, variables),
+            chunks=_chunks_of(ds, fetched),
             batch_size=batch_size,
             shuffle=shuffle,
             seed=seed,
@@ -257,7 +296,7 @@ class BatchIterator:
             schema=self.schema,
             fetching=FetchSettings(
                 self.ds,
-                self.variables,
+                self.serving.fetched,
                 self.schema.chunks,
                 client=self.client,
                 compress=self.compress,
@@ -269,6 +308,7 @@ class BatchIterator:
             transform=self.transform,
             counts=self._counts,
             warm=self._warm_slot,
+            serving=self.serving,
         )
         return Epoch(loading, start, started=self._threads.add)
 
@@ -281,6 +321,19 @@ class BatchIterator:
     def epoch(self, value: int) -> None:
         where = self._epoch.resume_point()
         self._epoch = self._planned(Cursor(int(value), where.history, where.position))
+
+    @property
+    def compact(self) -> bool:
+        """Whether batches hold the compact arrays (``compact=True``)."""
+        return self.serving.compact
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The dataset's kinds, in the order of the bits of ``labels``.
+
+        Kind ``kinds[k]`` is ``(labels >> k) & 1``.
+        """
+        return self.serving.kinds
 
     @property
     def chunks_fetched(self) -> int:

@@ -23,6 +23,7 @@ from ..errors import DaskmriError
 from .fetching import Fetch, Fetcher, FetchSettings, Stopped
 from .rng import Stream, generator
 from .schema import BatchSchema, Stretch
+from .serving import Serving
 
 __all__ = [
     "Ahead",
@@ -171,6 +172,8 @@ class Loading:
         Where loaded chunks are counted.
     warm : WarmSlot
         Where warm starts are left and found.
+    serving : Serving, optional
+        What a batch holds, made from the fetched arrays (None: the fetched arrays).
     """
 
     schema: BatchSchema
@@ -181,6 +184,7 @@ class Loading:
     transform: Transform | None
     counts: FetchCounts
     warm: WarmSlot
+    serving: Serving | None = None
 
 
 def load_batches(
@@ -251,6 +255,8 @@ def load_batches(
             ahead.take_until(needed)
             records, in_chunk = plan.records[where], plan.chunks[where]
             batch = assemble(ahead.loaded, in_chunk, records - schema.starts[in_chunk])
+            if loading.serving is not None:
+                batch = loading.serving.finish(batch)  # widened here, off the training loop
             batch["padding"] = plan.padding[where].copy()
             ahead.forget(c for c in list(ahead.loaded) if done_after[c] < where.stop)
             if loading.transform is not None:
