@@ -2,9 +2,10 @@
 dataset holds, compact=False widens it in the batch thread, and TorchBatches(device=)
 widens on the device; every way gives today's batches, bit for bit, for the same seed.
 
-The datasets in the compact form come from tests/compact_data.py (today's datasets,
-converted) until the loaders make them; the truth is today's dataset served today's
-way, and numpy's :func:`daskmri.compact.widen`.
+The loaders make compact datasets; "today's form" is such a dataset less its compact
+variables (its ``image`` and masks only, as a dataset made by other means would be),
+served today's way, and numpy's :func:`daskmri.compact.widen` is the reference. More
+compact forms (other rescales, dtypes, label widths) come from tests/compact_data.py.
 """
 
 from __future__ import annotations
@@ -21,10 +22,22 @@ from .compact_data import compact_form, no_rescale, stored, synth_rescale, with_
 from .test_iterator_golden import GOLDEN, digest, local_cases
 
 
+def todays_form(ds):
+    """``ds`` without its compact variables: only ``image`` and the masks, served as a
+    dataset that never had the compact form."""
+    return ds.drop_vars([name for name in COMPACT if name in ds.variables])
+
+
 @pytest.fixture(scope="module")
-def today(synth_root):
-    """The synthetic dataset in today's form, lazy, in chunks of 3."""
+def loaded(synth_root):
+    """The synthetic dataset as load_dataset makes it (compact), in chunks of 3."""
     return daskmri.load_dataset(synth_root, chunk_size=3, scheduler="sync")
+
+
+@pytest.fixture(scope="module")
+def today(loaded):
+    """The synthetic dataset in today's form, lazy, in chunks of 3."""
+    return todays_form(loaded)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +57,7 @@ def compact_store(compact, tmp_path_factory):
 def real(real_root):
     """The real Sunnybrook sample, today's form and compact (int16, no rescale), in
     chunks of 8."""
-    ds = daskmri.load_dataset(real_root, chunk_size=8, scheduler="sync")
+    ds = todays_form(daskmri.load_dataset(real_root, chunk_size=8, scheduler="sync"))
     return ds, compact_form(ds, no_rescale)
 
 
@@ -112,6 +125,20 @@ class TestIterator:
         kw = {"batch_size": 4, "seed": 7, "rank": 1, "world_size": 2}
         it = BatchIterator(compact_store, compact=compact_arg, **kw)
         assert_same(served(it, 3), served(BatchIterator(today, **kw), 3))
+
+    @pytest.mark.parametrize("compact_arg", [False, True])
+    def test_the_loaders_datasets_are_fetched_compact(
+        self, synth_root, loaded, today, tmp_path, compact_arg
+    ):
+        """load_dataset and open_dataset of a built store hold the compact arrays: the
+        iterator fetches them, and serves today's batches."""
+        daskmri.build(synth_root, tmp_path / "ds.zarr", chunk_size=3, scheduler="sync")
+        kw = {"batch_size": 4, "seed": 11, "compact": compact_arg}
+        expected = served(BatchIterator(today, batch_size=4, seed=11))
+        for ds in (loaded, daskmri.open_dataset(tmp_path / "ds.zarr")):
+            it = BatchIterator(ds, **kw)
+            assert it.serving.fetched == COMPACT
+            assert_same(served(it), expected)
 
     def test_compact_batches_hold_the_compact_arrays(self, compact):
         it = BatchIterator(compact, batch_size=4, seed=0, compact=True)
