@@ -166,18 +166,20 @@ def create_reader(store: Path) -> dict:
 
 def store_objects(slots: int, tasks: int, kinds=None) -> int:
     """Objects of a daskmri store of ``slots`` slots built by ``tasks`` tasks, each
-    task writing one object (chunk or shard) per pixel array and of ``geometry``.
+    task writing one object (chunk or shard) per pixel array, rescale array and of
+    ``geometry``.
 
     Counted from ``daskmri.store.format``: per pixel array and ``geometry``, one
     object per task; ``done``, one marker per task (chunks of 1); per-slot tables,
     one object per ``TABLE_CHUNK`` slots; one ``zarr.json`` per array and the group's.
     """
     import daskmri
-    from daskmri.store.format import TABLE_CHUNK, per_slot, pixel_names
+    from daskmri.store.format import RESCALE, TABLE_CHUNK, per_slot, pixel_names
 
     kinds = daskmri.SUNNYBROOK.kinds if kinds is None else kinds
-    pixels, tables = len(pixel_names(kinds)), len(per_slot(kinds))
-    per_task = pixels + 1 + 1  # the pixel arrays, geometry, the done marker
+    # The pixel arrays and the rescale, each chunked as the pixels.
+    pixels, tables = len(pixel_names(kinds)) + len(RESCALE), len(per_slot(kinds))
+    per_task = pixels + 1 + 1  # those arrays, geometry, the done marker
     metadata = pixels + tables + 2 + 1  # arrays, geometry and done, then the group
     return per_task * tasks + tables * -(-slots // TABLE_CHUNK) + metadata
 

@@ -141,8 +141,8 @@ class TestStorePaths:
         spec = daskmri.store.StoreSpec.of(store)
         # What remove() has done when the kill comes after its first two arrays.
         spec.group("r+").attrs.update({"complete": False, "planned": False})
-        shutil.rmtree(store / "image")
-        shutil.rmtree(store / "icontour")
+        shutil.rmtree(store / "pixels")
+        shutil.rmtree(store / "labels")
         report = daskmri.build(synth_root, store, chunk_size=4, scheduler="sync", mode="update")
         assert report.records == 16 and daskmri.check(store).fresh
         assert daskmri.open_dataset(store).image.shape[0] == 16
