@@ -15,7 +15,7 @@ import logging
 
 from ._lazy import lazy_exports
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # Library logging stays silent unless the application configures it.
 logging.getLogger(__name__).addHandler(logging.NullHandler())
