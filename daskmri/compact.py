@@ -363,6 +363,10 @@ def bit(labels: np.ndarray, k: int) -> np.ndarray:
     array([False,  True,  True])
     """
     labels = np.asarray(labels)
-    if labels.dtype == np.uint8 and k == 0:
-        return (labels & 1).view(bool)
-    return ((labels >> labels.dtype.type(k)) & labels.dtype.type(1)).astype(bool)
+    one = labels.dtype.type(1)
+    if labels.dtype.itemsize == 1:
+        # 0 or 1 in one byte is a valid bool: two passes and no cast (the masks are
+        # most of a batch thread's work when it widens, see benchmarks/compact.py).
+        out = np.right_shift(labels, labels.dtype.type(k)) if k else labels.copy()
+        return np.bitwise_and(out, one, out=out).view(bool)
+    return ((labels >> labels.dtype.type(k)) & one).astype(bool)
