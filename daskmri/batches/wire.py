@@ -48,11 +48,11 @@ def pack(names: Sequence[str], values: Sequence[np.ndarray]) -> dict[str, tuple]
     """A chunk's arrays compressed for the trip from a worker to the client (a task on
     a worker).
 
-    blosc-lz4 with byte shuffle, lossless, any numeric dtype: about 5x smaller for
-    float32 images and over 50x for masks. It costs the workers about 6 ms per 16.8
-    MB image chunk and the client 3 ms, against 13 ms to move the chunk over 10 Gb/s;
-    on one machine moving it costs less than packing. Object arrays and arrays over
-    :data:`PACK_LIMIT` cross as they are.
+    blosc-lz4 with byte shuffle, lossless, any numeric dtype: several times smaller
+    for images and far smaller for masks and label bits. Packing pays off across a
+    network; on one machine moving a chunk costs less than packing it (the figures:
+    benchmarks/iterate.py). Object arrays and arrays over :data:`PACK_LIMIT` cross as
+    they are.
 
     Parameters
     ----------
