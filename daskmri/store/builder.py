@@ -3,10 +3,11 @@ regions as the sink, and resumes or updates a store it made before.
 
 The steps, each a function below: claim the store path and connect
 (:func:`build`); open what is there (:func:`_existing`); pass 1, fingerprint every
-record, creating a new store's slots as the scan goes (:class:`_NewStore`); plan
-the slots against what the store holds (:func:`~daskmri.plan.plan_slots`); pass 2,
-stream the records again and run their chunks in waves (:class:`_Waves`); fold the
-markers in and mark the store complete (:func:`_finish`).
+record, creating a new store's slots as the scan goes (:class:`_NewStore`,
+:func:`_build_new`), or plan the slots against what an existing store holds
+(:func:`~daskmri.plan.plan_slots`); pass 2, stream the records again and run their
+chunks in waves (:class:`_Waves`); fold the markers in, a block of slots at a time,
+and mark the store complete (:func:`_finish`).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ MODES = ("resume", "update", "overwrite")
 #: the folder once; beyond, it streams the folder again. A new store's build then keeps
 #: nothing per record (the store holds the slots' keys and fingerprints), so the
 #: client's memory stays flat however large the folder is; adding to an existing store
-#: keeps about 40 bytes a record, to match the records to its slots.
+#: keeps about 60 bytes a record, to match the records to its slots.
 KEEP_RECORDS = 20_000
 
 #: Records per batch of a new store's plan (pass 1), whose identities it hands on.
@@ -154,8 +155,11 @@ def build(
 
     It is :func:`daskmri.load_dataset`'s pipeline with another sink: the client
     streams the folder twice (a plan with fingerprints, then the tasks, in waves of
-    a few dozen chunks, run by the same executors) and keeps about 16 bytes per
-    record, so its memory does not follow the dataset's size.
+    a few dozen chunks, run by the same executors). Building a new store it keeps
+    nothing per record (the store holds each slot's key and fingerprint, read back a
+    block at a time), so its memory does not follow the dataset's size; resuming or
+    updating an existing store, it keeps about 60 bytes a record to match the
+    records to the store's slots.
 
     Parameters
     ----------
