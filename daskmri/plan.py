@@ -56,6 +56,7 @@ __all__ = [
     "infer_shape",
     "iter_plan",
     "leave_out",
+    "placed_chunks",
     "plan_chunks",
     "plan_inputs",
     "plan_slots",
@@ -443,11 +444,13 @@ class InputHash:
 @dataclass(frozen=True)
 class Inputs:
     """One streaming pass over a folder: a fingerprint per planned record, and one
-    for everything. Compact (16 bytes a record) so that a million records fit."""
+    for everything. Compact (20 bytes a record) so that a million records fit; a new
+    store's build keeps none of the per-record arrays (``keys``, ``fingerprints`` and
+    ``units`` are None): the store holds them."""
 
     root: str
-    keys: np.ndarray
-    fingerprints: np.ndarray
+    keys: np.ndarray | None
+    fingerprints: np.ndarray | None
     fingerprint: str
     scan_dropped: tuple[dict, ...]
     names: tuple[tuple[str, int], ...] | None = None
@@ -475,11 +478,15 @@ def plan_inputs(
     sink: Batches | None = None,
     batch: int = 1 << 14,
     keep: int = 0,
+    compact: bool = True,
 ) -> Inputs:
     """Scan the folder once, fingerprinting each record; ``sink`` gets the records
     in batches of ``batch`` (a new store writes their identities as the scan goes).
     With at most ``keep`` records, they are kept too (``Inputs.records``), so that a
-    build of a small folder needs no second scan."""
+    build of a small folder needs no second scan. Without ``compact``, no per-record
+    array is kept either (``keys``, ``fingerprints`` and ``units`` are None; ``sink``
+    gets the fingerprints), so that the client's memory does not grow with the
+    folder."""
     root = source.root
     problems: list[Problem] = []
     excluded: list[Problem] = []
@@ -493,12 +500,14 @@ def plan_inputs(
         if record.unit is None or record.unit != unit:
             number += 1
         unit = record.unit
-        units.append(number & 0xFFFFFFFF)
+        if compact:
+            units.append(number & 0xFFFFFFFF)
         if kept is not None:
             kept.append(record)
             kept = kept if len(kept) <= keep else None  # too many: stream them again
         fingerprint = record_fingerprint(record, root)
-        keys.append(record_key(record.patient_id, record.instance))
+        if compact:
+            keys.append(record_key(record.patient_id, record.instance))
         fingerprints.append(fingerprint)
         digest.add(fingerprint)
         if names:
@@ -508,6 +517,8 @@ def plan_inputs(
             if len(pending) == batch:
                 sink(pending, fingerprints[-len(pending) :].tolist())
                 pending = []
+        if not compact and not pending:
+            del fingerprints[:]  # the sink has them: nothing per record stays here
     if sink is not None and pending:
         sink(pending, fingerprints[-len(pending) :].tolist())
     dropped = tuple(p.row() for p in problems)
@@ -517,8 +528,8 @@ def plan_inputs(
         source.exclude.report_unmatched(len(matched.keys))
     return Inputs(
         root=root,
-        keys=np.array(keys, dtype=np.uint64),
-        fingerprints=np.array(fingerprints, dtype=np.uint64),
+        keys=np.array(keys, dtype=np.uint64) if compact else None,
+        fingerprints=np.array(fingerprints, dtype=np.uint64) if compact else None,
         fingerprint=digest.hexdigest(
             settings=fingerprint_settings(source, matched),
             problems=dropped,
@@ -527,7 +538,7 @@ def plan_inputs(
         scan_dropped=dropped,
         names=tuple(found) if names else None,
         records=None if kept is None else tuple(kept),
-        units=np.array(units, dtype=np.uint32),
+        units=np.array(units, dtype=np.uint32) if compact else None,
         excluded=tuple(p.row() for p in excluded),
         exclusion=matched,
     )
@@ -730,6 +741,48 @@ def fill_chunks(
         if len(chunk) == plan.need[k]:
             yield k, gathering.pop(k)
     if gathering or seen != len(plan.target):
+        raise changed_during_build(root)
+
+
+def placed_chunks(
+    records: Iterable[Record],
+    *,
+    chunk_size: int,
+    n_slots: int,
+    expected: Callable[[int, Record], bool],
+    root: str,
+) -> Iterator[tuple[int, dict[int, Record]]]:
+    """Gather the streamed ``records`` of a new store into its chunks, placing them
+    again as its plan did (:class:`SlotCursor` from slot 0): yields ``(chunk, {slot:
+    record})`` in order as each chunk is complete. Holds one chunk, never the plan:
+    ``expected(slot, record)`` says whether the store's slot names that record.
+
+    Examples
+    --------
+    >>> records = [Record("P", "O", k, f"{k}.dcm") for k in range(5)]
+    >>> chunks = placed_chunks(records, chunk_size=2, n_slots=5, expected=lambda s, r: True,
+    ...                        root="/d")
+    >>> [(k, sorted(chunk)) for k, chunk in chunks]
+    [(0, [0, 1]), (1, [2, 3]), (2, [4])]
+
+    Raises
+    ------
+    DaskmriError
+        If the records are not those planned (the folder changed meanwhile).
+    """
+    cursor = SlotCursor(0, chunk_size=chunk_size)
+    chunk: dict[int, Record] = {}
+    for record in records:
+        slot = cursor.place(record)
+        if slot >= n_slots or not expected(slot, record):
+            raise changed_during_build(root)
+        if chunk and slot // chunk_size != next(iter(chunk)) // chunk_size:
+            yield next(iter(chunk)) // chunk_size, chunk
+            chunk = {}
+        chunk[slot] = record
+    if chunk:
+        yield next(iter(chunk)) // chunk_size, chunk
+    if cursor.pos != n_slots:
         raise changed_during_build(root)
 
 

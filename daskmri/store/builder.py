@@ -3,10 +3,11 @@ regions as the sink, and resumes or updates a store it made before.
 
 The steps, each a function below: claim the store path and connect
 (:func:`build`); open what is there (:func:`_existing`); pass 1, fingerprint every
-record, creating a new store's slots as the scan goes (:class:`_NewStore`); plan
-the slots against what the store holds (:func:`~daskmri.plan.plan_slots`); pass 2,
-stream the records again and run their chunks in waves (:class:`_Waves`); fold the
-markers in and mark the store complete (:func:`_finish`).
+record, creating a new store's slots as the scan goes (:class:`_NewStore`,
+:func:`_build_new`), or plan the slots against what an existing store holds
+(:func:`~daskmri.plan.plan_slots`); pass 2, stream the records again and run their
+chunks in waves (:class:`_Waves`); fold the markers in, a block of slots at a time,
+and mark the store complete (:func:`_finish`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ from ..plan import (
     fingerprint_layout,
     infer_shape,
     iter_plan,
+    placed_chunks,
     plan_inputs,
     plan_slots,
+    record_key,
 )
 from ..plan import runs as slot_runs
 from ..record import Parsed, Placeholder, Record
@@ -51,7 +54,16 @@ from . import format as fmt
 from .freshness import check
 from .regions import ZarrRegions
 from .spec import StoreSpec, claim
-from .state import StoreState, dropped_rows, read_state, reconcile, repair
+from .state import (
+    Folded,
+    SlotColumn,
+    StoreState,
+    block_slots,
+    fold_store,
+    read_state,
+    reconcile,
+    repair,
+)
 
 __all__ = ["MODES", "BuildReport", "build"]
 
@@ -60,9 +72,14 @@ logger = logging.getLogger(__name__)
 MODES = ("resume", "update", "overwrite")
 
 #: Up to this many records, the plan keeps them (about 0.5 KB each) and the build scans
-#: the folder once; beyond, it streams the folder again, so the client's memory stays
-#: flat (about 16 bytes a record) however large the folder is.
+#: the folder once; beyond, it streams the folder again. A new store's build then keeps
+#: nothing per record (the store holds the slots' keys and fingerprints), so the
+#: client's memory stays flat however large the folder is; adding to an existing store
+#: keeps about 60 bytes a record, to match the records to its slots.
 KEEP_RECORDS = 20_000
+
+#: Records per batch of a new store's plan (pass 1), whose identities it hands on.
+PLAN_BATCH = 1 << 14
 
 #: Chunks per wave of tasks (at least; more on a larger cluster): enough to keep the
 #: workers busy, few enough that the client holds a few thousand records at a time.
@@ -151,8 +168,11 @@ def build(
 
     It is :func:`daskmri.load_dataset`'s pipeline with another sink: the client
     streams the folder twice (a plan with fingerprints, then the tasks, in waves of
-    a few dozen chunks, run by the same executors) and keeps about 16 bytes per
-    record, so its memory does not follow the dataset's size.
+    a few dozen chunks, run by the same executors). Building a new store it keeps
+    nothing per record (the store holds each slot's key and fingerprint, read back a
+    block at a time), so its memory does not follow the dataset's size; resuming or
+    updating an existing store, it keeps about 60 bytes a record to match the
+    records to the store's slots.
 
     Parameters
     ----------
@@ -280,7 +300,9 @@ def build(
 def _build(job: _Job, client: Any) -> BuildReport:
     """:func:`build` once its arguments are checked and its client is connected."""
     attrs = _existing(job)
-    inputs = _plan(job) if attrs is None else plan_inputs(job.source, keep=KEEP_RECORDS)
+    if attrs is None:
+        return _build_new(job, client)
+    inputs = plan_inputs(job.source, keep=KEEP_RECORDS)
     state = read_state(job.spec)
     done = _up_to_date(job, state, inputs)
     if done is not None:
@@ -297,36 +319,112 @@ def _build(job: _Job, client: Any) -> BuildReport:
     )
     if slots.n_slots > state.n_slots:
         fmt.resize(job.spec, slots.n_slots)
-    shape = (int(state.attrs["shape"][0]), int(state.attrs["shape"][1]))
+    reused = int(state.done.sum())
+    named = np.zeros(slots.n_slots, dtype=bool)
+    named[: state.n_slots] = state.fingerprint != 0
+    del state  # the tables are folded again, a block at a time, at the end
     executor = executor_for(job.compute, client, slots.n_chunks)
-    waves = _Waves(job, slots, inputs, shape, executor, fmt.pixels_dtype(state.attrs))
-    waves.named[: state.n_slots] = state.fingerprint != 0
+    shape, dtype = _held(job)
+    waves = _Waves(job, shape, executor, dtype=dtype, n_slots=slots.n_slots, named=named)
+    records = inputs.records
+    if records is None:  # a large folder: streamed again rather than held
+        records = iter_plan(job.source, problems=[])
+    chunks = fill_chunks(records, inputs.keys, slots, root=inputs.root)
     try:
         with progress_bar(slots.n_chunks, job.compute.progress) as bar:
-            waves.run(bar)
+            waves.run(_naming(chunks, slots, inputs, waves.new_rows), bar)
     finally:
         executor.close()
-    wider = _retyped(job, read_state(job.spec))
-    if wider is not None:
+    return _end(job, client, inputs, diff.retire, waves, chunks=slots.n_chunks, reused=reused)
+
+
+def _build_new(job: _Job, client: Any) -> BuildReport:
+    """A new store: plan it (pass 1, which names every slot), then stream the records
+    again and run every chunk (pass 2). Nothing per record stays on the client: pass 2
+    places the records as pass 1 did and checks each against its slot's key, read from
+    the store a block at a time."""
+    new = _NewStore(job)
+    inputs = _plan(job, new)
+    executor = executor_for(job.compute, client, new.chunks)
+    # The dtype guessed from the first record (:func:`_guess_dtype`), as pass 1 made it.
+    shape, dtype = _held(job)
+    waves = _Waves(job, shape, executor, dtype=dtype, n_slots=new.cursor.pos)
+    records = inputs.records
+    if records is None:  # a large folder: streamed again rather than held
+        records = iter_plan(job.source, problems=[])
+    size = job.parsing.chunk_size
+    keys = SlotColumn(job.spec, "key", block=block_slots(size))
+    chunks = placed_chunks(
+        records,
+        chunk_size=size,
+        n_slots=new.cursor.pos,
+        expected=lambda slot, record: keys[slot] == record_key(*record.key),
+        root=inputs.root,
+    )
+    try:
+        with progress_bar(new.chunks, job.compute.progress) as bar:
+            waves.run(chunks, bar)
+    finally:
+        executor.close()
+    return _end(job, client, inputs, None, waves, chunks=new.chunks, reused=0)
+
+
+def _end(
+    job: _Job,
+    client: Any,
+    inputs: Inputs,
+    retire: np.ndarray | None,
+    waves: _Waves,
+    *,
+    chunks: int,
+    reused: int,
+) -> BuildReport:
+    """After pass 2 (of a new store or an existing one): check the markers, a block of
+    slots at a time; when chunks needed wider pixels than the store holds, retype it
+    and run every chunk again (as a resumed build of the existing store); otherwise
+    :func:`_finish`."""
+    checked = fold_store(job.spec, retire=retire, write=False)
+    if _retyped(job, checked.retype) is not None:
         # Every chunk again, into the wider pixels: resumed (never overwritten again).
         mode = "resume" if job.mode == "overwrite" else job.mode
         return _build(dataclasses.replace(job, mode=mode), client)
-    return _finish(job, slots, inputs, diff.retire, waves, reused=int(state.done.sum()))
+    return _finish(job, inputs, retire, waves, checked, chunks=chunks, reused=reused)
 
 
-def _retyped(job: _Job, state: StoreState) -> str | None:
+def _held(job: _Job) -> tuple[tuple[int, int], np.dtype]:
+    """The image shape and the pixels' dtype the store holds (its attributes)."""
+    attrs = dict(job.spec.group("r").attrs)
+    shape = attrs["shape"]
+    return (int(shape[0]), int(shape[1])), fmt.pixels_dtype(attrs)
+
+
+def _naming(
+    chunks: Any, slots: SlotPlan, inputs: Inputs, rows: list[tuple[int, Record, int]]
+) -> Any:
+    """``chunks`` as they come, each new slot's identity added to ``rows`` (written by
+    :class:`_Waves` before its pixels)."""
+    for k, chunk in chunks:
+        for slot, record in chunk.items():
+            if slots.is_new(slot):
+                i = slots.added_at(slot)
+                rows.append((slot, record, int(inputs.fingerprints[i])))
+        yield k, chunk
+
+
+def _retyped(job: _Job, needed: frozenset[str]) -> str | None:
     """Retype the store's pixels when chunks needed a dtype it does not hold (their
-    markers say ``retype``): to the dtype that holds them all. Returns it, or None when
-    nothing needed it."""
-    if not state.retype:
+    markers say ``retype``, gathered in ``needed``): to the dtype that holds them all
+    (:func:`~daskmri.store.format.retype` clears every marker first). Returns it, or
+    None when nothing needed it."""
+    if not needed:
         return None
-    held = fmt.pixels_dtype(state.attrs)
-    wider = common_dtype([held, *state.retype]).name
+    held = fmt.pixels_dtype(fmt.read_attrs(job.spec))
+    wider = common_dtype([held, *needed]).name
     logger.info(
         "%s: records need %s pixels, the store holds %s: retyping it to %s and parsing "
         "every chunk again",
         job.spec.shown,
-        sorted(state.retype),
+        sorted(needed),
         held.name,
         wider,
     )
@@ -390,14 +488,25 @@ class _NewStore:
         self.job = job
         self.cursor = SlotCursor(0, chunk_size=job.parsing.chunk_size)
         self.made = False
+        #: The chunks that hold a record (and run).
+        self.chunks = 0
+        self.identities = _Identities(job.spec)
 
     def __call__(self, records: list[Record], fingerprints: list[int]) -> None:
         if not self.made:
             self._create(records)
-        rows = [(self.cursor.place(r), r, f) for r, f in zip(records, fingerprints, strict=True)]
+        size = self.job.parsing.chunk_size
+        rows = []
+        for record, fingerprint in zip(records, fingerprints, strict=True):
+            before = self.cursor.pos
+            slot = self.cursor.place(record)
+            # Slots only grow: a record opens a chunk when it is the first one in it.
+            self.chunks += before == 0 or slot // size != (before - 1) // size
+            rows.append((slot, record, fingerprint))
         fmt.resize(self.job.spec, self.cursor.pos)
-        for start, run, run_fingerprints in slot_runs(rows):
-            fmt.write_slots(self.job.spec, start, run, run_fingerprints)
+        if rows:
+            slots = np.array([slot for slot, _, _ in rows], dtype=np.int64)
+            self.identities.add(slots, fmt.slot_values(records, fingerprints))
 
     def _create(self, records: list[Record]) -> None:
         job = self.job
@@ -448,12 +557,49 @@ def _guess_dtype(job: _Job, records: list[Record], shape: tuple[int, int]) -> st
     return "float32"
 
 
-def _plan(job: _Job) -> Inputs:
-    """Pass 1 of a new store: fingerprint every record and name its slot."""
-    new = _NewStore(job)
-    inputs = plan_inputs(job.source, sink=new, keep=KEEP_RECORDS)
+class _Identities:
+    """The slot identities of a new store (:func:`~daskmri.store.format.slot_values`),
+    gathered a table chunk at a time (:data:`~daskmri.store.format.TABLE_CHUNK` slots)
+    and written whole: writing a part of a table chunk reads and decodes the rest of
+    it first, a peak of memory that grew with the records already planned."""
+
+    def __init__(self, spec: StoreSpec) -> None:
+        self.spec, self.size, self.lo = spec, fmt.TABLE_CHUNK, 0
+        self.parts: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+
+    def add(self, slots: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        """The values of records at ``slots`` (increasing, after those added before)."""
+        while len(slots):
+            end = self.lo + self.size
+            n = int(np.searchsorted(slots, end))
+            if n:
+                self.parts.append((slots[:n], {k: v[:n] for k, v in values.items()}))
+            if n == len(slots):
+                return
+            self.flush(end)
+            slots, values = slots[n:], {k: v[n:] for k, v in values.items()}
+
+    def flush(self, stop: int) -> None:
+        """Write slots from the table chunk's first up to ``stop``, padding (no record)
+        with the fill values, and start the next table chunk from ``stop``."""
+        if self.parts and stop > self.lo:
+            dense = {}
+            for name, first in self.parts[0][1].items():
+                column = np.full(stop - self.lo, "" if first.dtype == object else 0, first.dtype)
+                for slots, values in self.parts:
+                    column[slots - self.lo] = values[name]
+                dense[name] = column
+            fmt.write_values(self.spec, self.lo, dense)
+        self.parts, self.lo = [], stop
+
+
+def _plan(job: _Job, new: _NewStore) -> Inputs:
+    """Pass 1 of a new store: fingerprint every record and name its slot (``new``);
+    no per-record array stays on the client."""
+    inputs = plan_inputs(job.source, sink=new, batch=PLAN_BATCH, keep=KEEP_RECORDS, compact=False)
     if not new.made:  # no records at all
         new([], [])
+    new.identities.flush(new.cursor.pos)
     job.spec.group("r+").attrs.update(
         {
             "input_fingerprint": inputs.fingerprint,
@@ -507,19 +653,22 @@ def _follow_exclusion(job: _Job, attrs: dict, inputs: Inputs) -> None:
 
 
 class _Waves:
-    """Pass 2: stream the records again, gather the chunks that must run, and run
-    them in waves on the executor, writing each chunk to its store region."""
+    """Pass 2: run the chunks that must run (streamed, as they are gathered) in waves
+    on the executor, writing each chunk to its store region, of a store of
+    ``n_slots`` slots. ``named`` says which slots have an identity in the store (None:
+    a new store, where only padding lacks a record)."""
 
     def __init__(
         self,
         job: _Job,
-        slots: SlotPlan,
-        inputs: Inputs,
         shape: tuple[int, int],
         executor: Executor,
+        *,
         dtype: np.dtype,
+        n_slots: int,
+        named: np.ndarray | None = None,
     ) -> None:
-        self.job, self.slots, self.inputs, self.executor = job, slots, inputs, executor
+        self.job, self.executor, self.n_slots, self.named = job, executor, n_slots, named
         self.sink = ZarrRegions(
             job.spec,
             shape,
@@ -534,20 +683,11 @@ class _Waves:
         self.new_rows: list[tuple[int, Record, int]] = []
         self.parsed_records = 0
         self.isolation = Isolation()
-        #: The slots that have an identity in the store (padding has none).
-        self.named = np.zeros(slots.n_slots, dtype=bool)
 
-    def run(self, bar: Any) -> None:
-        records = self.inputs.records
-        if records is None:  # a large folder: streamed again rather than held
-            records = iter_plan(self.job.source, problems=[])
-        chunks = fill_chunks(records, self.inputs.keys, self.slots, root=self.inputs.root)
+    def run(self, chunks: Any, bar: Any) -> None:
+        """Run ``chunks``, ``(chunk, {slot: record})`` in slot order, a wave at a time."""
         part: list[tuple[int, Record]] = []
         for k, chunk in chunks:
-            for slot, record in chunk.items():
-                if self.slots.is_new(slot):
-                    i = self.slots.added_at(slot)
-                    self.new_rows.append((slot, record, int(self.inputs.fingerprints[i])))
             items = self._items(k, chunk)
             if _continues(part, items):
                 # A volume larger than a chunk spans consecutive chunks: one task
@@ -588,9 +728,9 @@ class _Waves:
         wants any more (an update) and padding get a placeholder, retired afterwards,
         so that the region is written whole."""
         size = self.job.parsing.chunk_size
-        lo, hi = k * size, min((k + 1) * size, self.slots.n_slots)
+        lo, hi = k * size, min((k + 1) * size, self.n_slots)
         missing = [slot for slot in range(lo, hi) if slot not in records]
-        if any(self.named[missing]):
+        if self.named is not None and any(self.named[missing]):
             # Retired records keep their identity; reading it costs the client a round
             # trip per array on an object store, so padding alone is never read.
             ids = [self.job.spec.array(n)[lo:hi] for n in ("patient_id", "original_id", "instance")]
@@ -632,25 +772,25 @@ def _exclusion_attr(given: Exclusion | None, matched: Exclusion | None) -> dict 
 
 
 def _finish(
-    job: _Job, slots: SlotPlan, inputs: Inputs, retire: np.ndarray, waves: _Waves, *, reused: int
+    job: _Job,
+    inputs: Inputs,
+    retire: np.ndarray | None,
+    waves: _Waves,
+    checked: Folded,
+    *,
+    chunks: int,
+    reused: int,
 ) -> BuildReport:
-    """Fold the markers in, retire what no record wants, then mark the store complete."""
+    """Fold the markers in, retire what no record wants, then mark the store complete.
+    First checked (``checked``, :func:`_end`), then written, a block of slots at a time."""
     spec = job.spec
-    state = read_state(spec)
-    status = state.status.copy()
-    status[retire] = fmt.RETIRED
-    status[state.fingerprint == 0] = fmt.RETIRED  # padding: slots that never had a record
-    missing = np.flatnonzero((slots.need > 0) & ~state.done)
-    if len(missing):
+    missing = checked.missing
+    if missing:
         raise DaskmriError(
-            f"chunks {missing[:10].tolist()} of {spec.shown!r} were not written; "
-            "run the build again"
+            f"chunks {missing} of {spec.shown!r} were not written; run the build again"
         )
-    spec.array("status")[:] = status
-    for kind, flags in state.has.items():
-        spec.array(f"has_{kind}")[:] = flags
-    left_out = (*inputs.scan_dropped, *inputs.excluded)
-    rows = dropped_rows(dataclasses.replace(state, status=status), left_out)
+    folded = fold_store(spec, retire=retire)
+    rows = [*inputs.scan_dropped, *inputs.excluded, *folded.dropped]
     spec.group("r+").attrs.update(
         {
             "scan_dropped": json.dumps(list(inputs.scan_dropped)),
@@ -664,12 +804,12 @@ def _finish(
     )
     report = BuildReport(
         spec.shown,
-        int((status == fmt.OK).sum()),
+        folded.ok,
         len(rows),
-        slots.n_chunks,
+        chunks,
         reused,
         waves.parsed_records,
-        len(retire),
+        0 if retire is None else len(retire),
         time.perf_counter() - job.started,
         waves.isolation.records,
         waves.isolation.seconds,

@@ -240,9 +240,20 @@ def write_slots(
 ) -> None:
     """Write planned records' identities into slots ``start ..`` (client side), the
     arrays at once (a volume plane's frame, slice and phase too)."""
-    stop = start + len(records)
-    if stop == start:
-        return
+    if records:
+        write_values(spec, start, slot_values(records, fingerprints))
+
+
+def slot_values(records: Sequence[Record], fingerprints: Sequence[int]) -> dict[str, np.ndarray]:
+    """The per-slot identity values of ``records`` (what :func:`write_slots` writes),
+    by array name.
+
+    Examples
+    --------
+    >>> values = slot_values([Record("P1", "O1", 3, "a.dcm")], [7])
+    >>> values["patient_id"].tolist(), values["instance"].tolist(), values["fingerprint"].tolist()
+    (['P1'], [3], [7])
+    """
     values = {
         "patient_id": np.array([r.patient_id for r in records], dtype=object),
         "original_id": np.array([r.original_id for r in records], dtype=object),
@@ -255,6 +266,12 @@ def write_slots(
     values["frame"] = np.array([0 if p is None else p.frame for p in planes], dtype=np.int64)
     values["slice"] = np.array([0 if p is None else p.slice for p in planes], dtype=np.int64)
     values["phase"] = np.array(["" if p is None else p.phase for p in planes], dtype=object)
+    return values
+
+
+def write_values(spec: StoreSpec, start: int, values: dict[str, np.ndarray]) -> None:
+    """Write :func:`slot_values` (of any slots' records) into slots ``start ..``."""
+    stop = start + len(values["key"])
     # write_empty: a table of fill values (a slice store's frame, slice and phase) is still
     # written, so every store holds the same objects.
     at_once(

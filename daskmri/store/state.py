@@ -14,20 +14,32 @@ from .format import (
     DROPPED,
     MARKER_BATCH,
     OK,
+    PENDING,
     RESCALE,
     RETIRED,
+    TABLE_CHUNK,
     kinds_in,
     per_slot,
     pixel_names,
     read_attrs,
     resize,
 )
-from .spec import StoreSpec, at_once
+from .spec import StoreSpec, at_once, writer
 
 #: The per-slot arrays of a volume plane's coordinates.
 PLANES = ("frame", "slice", "phase")
 
-__all__ = ["Reconciled", "StoreState", "dropped_rows", "read_state", "reconcile", "repair"]
+__all__ = [
+    "Folded",
+    "Reconciled",
+    "SlotColumn",
+    "StoreState",
+    "dropped_rows",
+    "fold_store",
+    "read_state",
+    "reconcile",
+    "repair",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +163,147 @@ def dropped_rows(state: StoreState, scan_dropped: Sequence[dict]) -> list[dict]:
             if state.status[row["slot"]] == DROPPED:
                 rows.append({k: v for k, v in row.items() if k != "slot"})
     return rows
+
+
+# -- block by block: a client whose memory does not grow with the store -----------
+
+
+def block_slots(chunk_size: int) -> int:
+    """Slots read at once by :func:`fold_store` and :class:`SlotColumn`: whole record
+    chunks, about one chunk of the per-slot tables (:data:`~daskmri.store.format.TABLE_CHUNK`).
+
+    Examples
+    --------
+    >>> block_slots(64), block_slots(5) % 5, block_slots(1 << 20)
+    (131072, 0, 1048576)
+    """
+    return chunk_size * max(1, TABLE_CHUNK // chunk_size)
+
+
+class SlotColumn:
+    """One per-slot table of a store (``key``, ``fingerprint``, ...), read a block at
+    a time as slots are asked for in increasing order: a few hundred KB whatever the
+    store's size.
+
+    Examples
+    --------
+    >>> import tempfile, zarr
+    >>> spec = StoreSpec.of(tempfile.mkdtemp() + "/s.zarr")
+    >>> z = zarr.create_array(spec.url, shape=(5,), dtype="uint64", fill_value=0)
+    >>> z[:] = [10, 11, 12, 13, 14]
+    >>> column = SlotColumn(spec, "", block=2)
+    >>> [column[slot] for slot in (0, 3, 4)]
+    [10, 13, 14]
+    """
+
+    def __init__(self, spec: StoreSpec, name: str, *, block: int) -> None:
+        self.spec, self.name, self.block = spec, name, block
+        self.lo, self.values = 0, np.zeros(0)
+
+    def __getitem__(self, slot: int) -> int:
+        if not self.lo <= slot < self.lo + len(self.values):
+            self.lo = slot - slot % self.block
+            region = slice(self.lo, self.lo + self.block)
+            self.values = at_once(self.spec, {self.name: _part(region)}, mode="r")[self.name]
+        return int(self.values[slot - self.lo])
+
+
+def _part(region: slice):
+    async def read(array):
+        return await array.getitem(region)
+
+    return read
+
+
+@dataclass(frozen=True)
+class Folded:
+    """What :func:`fold_store` found: the records kept (``ok``), the dropped rows still
+    current, the chunks with a marker, the first chunks (up to ten) that hold a
+    wanted slot but no marker (a build that did not finish), and the pixel dtypes
+    that chunks needed (``retype``)."""
+
+    ok: int
+    dropped: list[dict]
+    done: int
+    missing: list[int]
+    #: The pixel dtypes that chunks needed and the store does not hold (their markers
+    #: say ``retype``; those chunks are not done, so their slots stay pending).
+    retype: frozenset[str] = frozenset()
+
+
+def fold_store(spec: StoreSpec, *, retire: np.ndarray | None = None, write: bool = True) -> Folded:
+    """Fold every chunk's marker into the store's ``status`` and ``has_*`` tables, one
+    block of slots at a time (:func:`block_slots`), retiring the slots ``retire``
+    (sorted) and the padding (slots no record ever took), and, with ``write``, write
+    them back. The client holds one block, never a table: its memory does not grow
+    with the store.
+
+    Examples
+    --------
+    >>> import tempfile, daskmri
+    >>> root = daskmri.synth.make_dataset(tempfile.mkdtemp(), patients=1, slices=4, shape=(16, 16))
+    >>> store = tempfile.mkdtemp() + "/ds.zarr"
+    >>> _ = daskmri.build(root, store, chunk_size=2, scheduler="sync")
+    >>> folded = fold_store(StoreSpec.of(store), write=False)
+    >>> folded.ok, folded.done, folded.missing, folded.retype
+    (3, 2, [], frozenset())
+    """
+    attrs = read_attrs(spec)
+    kinds, chunk_size = kinds_in(attrs), int(attrs["chunk_size"])
+    retire = np.zeros(0, dtype=np.int64) if retire is None else np.asarray(retire)
+    n_slots = spec.group("r")["status"].shape[0]
+    step = block_slots(chunk_size)
+    ok, done, rows, missing, retype = 0, 0, [], [], set()
+    for lo in range(0, n_slots, step):
+        region = slice(lo, min(lo + step, n_slots))
+        names = ["status", "fingerprint", *(f"has_{kind}" for kind in kinds)]
+        tables = at_once(spec, {name: _part(region) for name in names}, mode="r")
+        status = np.asarray(tables["status"], dtype=np.int8)
+        has = {kind: np.asarray(tables[f"has_{kind}"], dtype=bool) for kind in kinds}
+        dropped: list[dict] = []
+        done += _fold_block(spec, lo, chunk_size, status, has, dropped, retype)
+        status[retire[np.searchsorted(retire, lo) : np.searchsorted(retire, region.stop)] - lo] = (
+            RETIRED
+        )
+        status[np.asarray(tables["fingerprint"]) == 0] = RETIRED
+        pending = np.flatnonzero(status == PENDING)
+        missing += sorted({(lo + int(j)) // chunk_size for j in pending[: 10 * chunk_size]})
+        rows += [row for row in dropped if status[row["slot"] - lo] == DROPPED]
+        ok += int((status == OK).sum())
+        if write:
+            values = {"status": status} | {f"has_{kind}": has[kind] for kind in kinds}
+            at_once(spec, {name: writer(region, v) for name, v in values.items()})
+    rows = [{k: v for k, v in row.items() if k != "slot"} for row in rows]
+    return Folded(ok=ok, dropped=rows, done=done, missing=missing[:10], retype=frozenset(retype))
+
+
+def _fold_block(
+    spec: StoreSpec,
+    lo: int,
+    chunk_size: int,
+    status: np.ndarray,
+    has: dict[str, np.ndarray],
+    dropped: list[dict],
+    retype: set[str],
+) -> int:
+    """The markers of the chunks of the block of slots from ``lo`` (a chunk's first
+    slot) into its ``status`` and ``has``; their dropped rows into ``dropped``, the
+    dtypes of those whose pixels did not fit into ``retype``. Returns how many chunks
+    have a marker that says they are done."""
+    done = spec.group("r")["done"]
+    first, last = lo // chunk_size, -(-(lo + len(status)) // chunk_size)
+    found = 0
+    for k0 in range(first, last, MARKER_BATCH):
+        texts = done[k0 : min(k0 + MARKER_BATCH, last)]
+        for j in np.flatnonzero(texts != ""):
+            marker = json.loads(texts[j])
+            if "retype" in marker:  # parsed, but its pixels did not fit: not done
+                retype.add(marker["retype"])
+                continue
+            found += 1
+            dropped += marker["dropped"]
+            _fold(marker, (k0 + int(j)) * chunk_size - lo, status, has)
+    return found
 
 
 # -- reconciling a store with a new plan ----------------------------------------
