@@ -342,8 +342,9 @@ def _report_dataset(args: argparse.Namespace):
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .reporting import report
+    from .reporting import check_out, report
 
+    check_out(args.out)  # a folder it may not write is refused before the data is loaded
     ds = _report_dataset(args)
     summary = report(ds, args.out, size=args.size, progress=True)
     print(f"records:     {summary.records} ({summary.patients} patients)")

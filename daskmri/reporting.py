@@ -48,7 +48,7 @@ from .verdicts import write_verdicts
 if TYPE_CHECKING:
     import xarray as xr
 
-__all__ = ["MARKER", "ReportSummary", "completed", "flag_words", "report"]
+__all__ = ["MARKER", "ReportSummary", "check_out", "completed", "flag_words", "report"]
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,34 @@ def _earlier_files(out: Path) -> list[str]:
     if outside:
         raise _refuse(out, f"has a {MARKER} that names files outside it ({outside[0]!r})")
     return files
+
+
+def check_out(out: str | os.PathLike[str]) -> None:
+    """Refuse ``out`` now, before any work, if :func:`report` would refuse it.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        The report's folder.
+
+    Raises
+    ------
+    DaskmriError
+        If ``out`` is a file, or a folder that is neither empty nor a report daskmri
+        wrote (its marker, :data:`MARKER`, missing or unreadable).
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> mine = pathlib.Path(tempfile.mkdtemp())
+    >>> check_out(mine / "qc")  # new: fine
+    >>> _ = (mine / "notes.txt").write_text("mine")
+    >>> check_out(mine)
+    Traceback (most recent call last):
+    ...
+    daskmri.errors.DaskmriError: ... is not empty and is not a daskmri report ...
+    """
+    _earlier_files(Path(out))
 
 
 def _inside(relative: str) -> bool:

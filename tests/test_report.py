@@ -426,3 +426,15 @@ def test_the_cli_on_a_folder_and_on_a_store(planted_root, tmp_path, capsys):
     )
     assert main(["report", str(store), "--out", str(planted_root)]) == 2
     assert "not a daskmri report" in capsys.readouterr().err
+
+
+def test_the_cli_refuses_a_folder_it_may_not_write_before_loading(tmp_path, capsys):
+    """The out folder is checked first: a refused folder costs no load (the source
+    here does not even exist, and the message is about the folder)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main(["report", str(tmp_path / "no-such-data"), "--out", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert "not a daskmri report" in err and "no-such-data" not in err
+    assert (mine / "notes.txt").read_text() == "mine" and len(list(mine.iterdir())) == 1
