@@ -43,7 +43,7 @@ from .errors import DaskmriError
 from .plot import PALETTE, shrink_factor
 from .qc import IDENTITY, MAD_SCALE, area_outliers, report_tasks
 from .schema import dropped, kinds_of
-from .verdicts import write_verdicts
+from .verdicts import filled_verdicts, write_verdicts
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -242,23 +242,15 @@ def _inside(relative: str) -> bool:
 
 def _filled_verdicts(path: Path) -> dict[tuple[str, Any], str]:
     """The verdicts a person filled in ``path``, by ``(patient_id, instance)``."""
-    filled: dict[tuple[str, Any], str] = {}
     if not path.is_file():
-        return filled
+        return {}
     try:
-        with open(path, newline="", encoding="utf-8-sig") as file:
-            for row in csv.DictReader(file):
-                verdict = (row.get("verdict") or "").strip()
-                if verdict:
-                    instance = (row.get("instance") or "").strip()
-                    key = int(instance) if instance.lstrip("-").isdigit() else instance
-                    filled[((row.get("patient_id") or "").strip(), key)] = verdict
+        return filled_verdicts(path)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DaskmriError(
             f"cannot read the verdicts in {path} ({exc}); move it away to keep it, or "
             "pass another out (--out)"
         ) from None
-    return filled
 
 
 def _carried(out: Path, earlier: list[str], plan: _Plan) -> dict[tuple[str, Any], str]:

@@ -35,6 +35,7 @@ __all__ = [
     "KEEP",
     "Exclusion",
     "as_exclusion",
+    "filled_verdicts",
     "read_verdicts",
     "write_verdicts",
 ]
@@ -261,6 +262,48 @@ def read_verdicts(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
                 excluded.append((row["patient_id"].strip(), _instance(row, line, path)))
     log.debug("%s excludes %d records", path, len(excluded))
     return excluded
+
+
+def filled_verdicts(path: str | os.PathLike[str]) -> dict[tuple[str, int | str], str]:
+    """Every verdict a person wrote in a verdicts file, whatever it says.
+
+    Unlike :func:`read_verdicts`, nothing is refused: this is what a new report
+    carries over (``write_verdicts(..., verdicts=)``), so that no word a person wrote
+    is lost, a typo included.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``verdicts.csv``.
+
+    Returns
+    -------
+    dict
+        ``{(patient_id, instance): verdict}`` for every row whose ``verdict`` is not
+        empty; ``instance`` is an int when it is a whole number, else the text.
+
+    Raises
+    ------
+    OSError, UnicodeDecodeError, csv.Error
+        If the file cannot be read as CSV text.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "verdicts.csv"
+    >>> _ = path.write_text("patient_id,instance,verdict\\nP1,1,\\nP1,2, exlude \\n")
+    >>> filled_verdicts(path)
+    {('P1', 2): 'exlude'}
+    """
+    filled: dict[tuple[str, int | str], str] = {}
+    with open(path, newline="", encoding="utf-8-sig") as file:
+        for row in csv.DictReader(file):
+            verdict = (row.get("verdict") or "").strip()
+            if verdict:
+                instance = (row.get("instance") or "").strip()
+                key = int(instance) if instance.lstrip("-").isdigit() else instance
+                filled[((row.get("patient_id") or "").strip(), key)] = verdict
+    return filled
 
 
 def _key(row: dict) -> tuple[str, int] | None:
