@@ -427,7 +427,7 @@ def measure_size(args, sides: dict, data: Path, size: int, repeats: int, work: P
         order = list(sides) if r % 2 == 0 else list(reversed(sides))
         check = "1" if r == 0 else "0"
         stores = {name: work / f"{name}-{size}-{r}.zarr" for name in sides}
-        for kind in KINDS:
+        for kind in args.kinds:
             for name in order:
                 argv = {
                     "build": ["build", str(root), str(warm), str(stores[name])],
@@ -661,6 +661,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=5, help="where --sizes gives none")
     parser.add_argument("--quick", action="store_true", help="60 records, 1 repeat")
+    parser.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help=f"what to measure, comma-separated (default: all of {','.join(KINDS)}; "
+        "store needs build)",
+    )
     parser.add_argument("--data", type=Path, default=REAL_DATA)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per child")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -668,6 +674,9 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.repeats = "60", 1
+    args.kinds = [k for k in KINDS if k in args.kinds.split(",")]
+    if "store" in args.kinds and "build" not in args.kinds:
+        parser.error("--kinds store needs build (it reads the stores the builds make)")
     args.plan = {}
     for item in args.sizes.split(","):
         size, _, repeats = item.partition(":")

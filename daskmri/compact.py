@@ -291,7 +291,7 @@ def label_dtype(n_kinds: int) -> np.dtype:
 
 
 def pack_labels(
-    masks: Mapping[str, np.ndarray | None], kinds: Sequence[str], *, shape=None
+    masks: Mapping[str, np.ndarray | None], kinds: Sequence[str], *, shape=None, out=None
 ) -> np.ndarray:
     """One bit array from a bool mask per kind: bit ``k`` set where ``kinds[k]`` is.
 
@@ -303,11 +303,14 @@ def pack_labels(
         The kinds in bit order (the dataset's ``attrs["kinds"]``).
     shape : tuple of int, optional
         The shape when no mask is given.
+    out : numpy.ndarray, optional
+        Zeros of ``label_dtype(len(kinds))`` to set the bits in (a record's row of a
+        chunk's labels), instead of a new array.
 
     Returns
     -------
     numpy.ndarray
-        ``label_dtype(len(kinds))``, the masks' shape.
+        ``label_dtype(len(kinds))``, the masks' shape (``out`` when given).
 
     Raises
     ------
@@ -322,17 +325,21 @@ def pack_labels(
     """
     dtype = label_dtype(len(kinds))
     given = [m for m in (masks.get(kind) for kind in kinds) if m is not None]
-    if shape is None:
+    if shape is None and out is None:
         if not given:
             raise ValueError("pack_labels needs a mask or the shape")
         shape = np.shape(given[0])
-    out = np.zeros(shape, dtype)
+    out = np.zeros(shape, dtype) if out is None else out
     for k, kind in enumerate(kinds):
         mask = masks.get(kind)
-        if mask is not None:
-            # Boolean view as 0/1 bytes, shifted into place: no temporary of the bits' type
-            # per kind beyond one.
-            out |= np.asarray(mask, dtype=bool).astype(dtype) << dtype.type(k)
+        if mask is None:
+            continue
+        # A bool mask is 0/1 bytes: viewed as uint8 it is bit 0 already, so one byte
+        # per pixel is shifted (and only widened where the labels are wider).
+        bits = np.asarray(mask, dtype=bool).view(np.uint8)
+        if dtype.itemsize > 1:
+            bits = bits.astype(dtype)
+        np.bitwise_or(out, np.left_shift(bits, dtype.type(k)) if k else bits, out=out)
     return out
 
 

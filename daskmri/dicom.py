@@ -655,8 +655,12 @@ def read_slice(
 
 
 def read_slice_compact(
-    path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS, fs: FileSystem = LOCAL
-) -> tuple[np.ndarray, Compact, tuple[float, float] | None]:
+    path: str | os.PathLike[str],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    fs: FileSystem = LOCAL,
+    image: bool = True,
+) -> tuple[np.ndarray | None, Compact, tuple[float, float] | None]:
     """:func:`read_slice`'s float32 image and spacing, with the slice's compact form.
 
     Parameters
@@ -667,11 +671,15 @@ def read_slice_compact(
         As for :func:`read_dicom`.
     fs : FileSystem
         Where ``path`` is.
+    image : bool
+        With False, the float32 image is left out (None) where the compact form is
+        the file's own integers and rescale, which widen to it by construction: a
+        build keeps only the compact form, and the image would cost it a widening.
 
     Returns
     -------
-    image : numpy.ndarray
-        float32, exactly :func:`read_dicom`'s.
+    image : numpy.ndarray or None
+        float32, exactly :func:`read_dicom`'s (None: see ``image``).
     compact : daskmri.compact.Compact
         The stored integers with RescaleSlope and RescaleIntercept (1 and 0 when the
         file lacks either, as the rescale is then not applied), which widen to
@@ -693,17 +701,25 @@ def read_slice_compact(
     >>> image, compact, _ = read_slice_compact(root / "dicoms" / "SYN0001" / "1.dcm")
     >>> compact.pixels.dtype, np.array_equal(compact.image(), image)
     (dtype('int16'), True)
+    >>> read_slice_compact(root / "dicoms" / "SYN0001" / "1.dcm", image=False)[0] is None
+    True
     """
     path = os.fspath(path)
     raw = _read_bytes(path, limits, fs)
     ds, syntax, walked = _header(path, raw)
-    image, compact = _pixels(path, raw, ds, syntax, walked, limits)
-    return image, compact, ds.get("PixelSpacing")
+    pixels, compact = _pixels(path, raw, ds, syntax, walked, limits, image)
+    return pixels, compact, ds.get("PixelSpacing")
 
 
 def _pixels(
-    path: str, raw: bytes, ds: _Header, syntax: object, walked: bool, limits: Limits
-) -> tuple[np.ndarray, Compact]:
+    path: str,
+    raw: bytes,
+    ds: _Header,
+    syntax: object,
+    walked: bool,
+    limits: Limits,
+    image: bool = True,
+) -> tuple[np.ndarray | None, Compact]:
     rows, cols, bits = _geometry(path, ds, limits)
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
@@ -725,7 +741,7 @@ def _pixels(
     # float32 result is bit-identical to it even where float32 arithmetic would round
     # differently; and the image is widen(compact) by construction.
     compact = Compact(pixels, slope, intercept)
-    return compact.image(), compact
+    return (compact.image() if image else None), compact
 
 
 def _check_size(path: str, data: bytes | memoryview, rows: int, cols: int, bits: int) -> None:

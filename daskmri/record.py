@@ -45,7 +45,9 @@ class Fitted(tuple):
     (a :class:`daskmri.fit.Geometry`), and ``compact``: the image's compact form (a
     :class:`daskmri.compact.Compact` that widens to ``image`` bit for bit), or None
     where there is none (the record is then kept as float32). It unpacks as the plain
-    tuple."""
+    tuple. Inside a chunk task (:meth:`daskmri.parse.DefaultReader.compact_only`)
+    ``image`` may be None where ``compact`` holds the file's own integers: the
+    float32 image is then theirs, widened."""
 
     geometry: object
     compact: object

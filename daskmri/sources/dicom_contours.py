@@ -465,10 +465,15 @@ def read(
     shape: tuple[int, int] | None = None,
     fit: str = "drop",
     spacing: tuple[float, float] | None = None,
+    image: bool = True,
 ) -> Fitted:
     """One DICOM slice and its masks in the dataset's frame (:func:`daskmri.read_record`
     for a slice record): masks are rasterised in the frame from the mapped contour, by
     the mask rule, never shifted or interpolated.
+
+    With ``image=False`` the float32 image is None where the compact form is the
+    file's own integers in the frame as they are (see
+    :func:`daskmri.dicom.read_slice_compact`): what a build keeps.
 
     Raises
     ------
@@ -477,17 +482,18 @@ def read(
     """
     if record.image_path is None:
         raise RecordError("", f"instance {record.instance} has contours but no DICOM")
-    image, compact, source_spacing = read_slice_compact(
-        record.image_path, limits=limits, fs=record.fs
+    pixels, compact, source_spacing = read_slice_compact(
+        record.image_path, limits=limits, fs=record.fs, image=image
     )
-    frame = image.shape if shape is None else shape
-    geometry = place_in_frame(record.image_path, image.shape, frame, source_spacing, fit, spacing)
+    source = compact.pixels.shape
+    frame = source if shape is None else shape
+    geometry = place_in_frame(record.image_path, source, frame, source_spacing, fit, spacing)
     check_resampled(record.image_path, geometry, source_spacing, limits)
-    if geometry.scaled or image.shape != tuple(frame):
-        image = fit_image(image, geometry, frame)
-        compact = fit_compact(compact, image, geometry, frame)
+    if geometry.scaled or source != tuple(frame):
+        pixels = fit_image(compact.image() if pixels is None else pixels, geometry, frame)
+        compact = fit_compact(compact, pixels, geometry, frame)
     masks = [_mask(record, kind, path, geometry, frame, limits) for kind, path in record.contours]
-    return Fitted(image, *masks, geometry=geometry, compact=compact)
+    return Fitted(pixels, *masks, geometry=geometry, compact=compact)
 
 
 def _mask(record: Record, kind: str, path, geometry: Geometry, frame, limits: Limits):
