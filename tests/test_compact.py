@@ -34,7 +34,8 @@ from daskmri.compact import (
     widen,
 )
 from daskmri.dicom import read_dicom, read_slice_compact
-from daskmri.parse import parse_chunk, read_record
+from daskmri.parse import DefaultReader, parse_chunk, read_record
+from daskmri.plan import plan_chunks
 from daskmri.record import Record
 from daskmri.schema import COMPACT
 from daskmri.testing import assert_records_equal, eager_load, raise_if_dask_computes
@@ -406,3 +407,35 @@ def test_a_store_of_format_4_is_refused_naming_the_rebuild(synth_root, tmp_path)
     assert "daskmri.build(root, store, mode='overwrite')" in message
     daskmri.build(synth_root, store, chunk_size=4, scheduler="sync", mode="overwrite")
     assert daskmri.open_dataset(store).pixels.dtype == np.int16
+
+
+@pytest.mark.parametrize("order", ["int16 first", "uint16 first", "fallback first"])
+def test_a_chunk_of_mixed_records_is_what_each_record_reads(damaged_root, order):
+    """One chunk of int16, uint16 and Modality-LUT (float32) records, in any order,
+    through the build's reader (DefaultReader.compact_only: no float32 image, the pixels
+    copied in as read, widened when a record needs more) and through a custom reader
+    (the float32 image, verified): the same arrays, and each record's image is
+    read_dicom's bit for bit."""
+    folder = damaged_root / "dicoms" / "SYN0001"
+    unsigned_copy(folder / "2.dcm")
+    modality_lut_copy(folder / "4.dcm")
+    chunks = plan_chunks(daskmri.scan(damaged_root), chunk_size=1000).chunks
+    scanned = [r for chunk in chunks for r in chunk if r.patient_id == "SYN0001"]
+    first = {"int16 first": 1, "uint16 first": 2, "fallback first": 4}[order]
+    records = sorted(scanned, key=lambda r: r.instance != first)
+    assert {2, 4} <= {r.instance for r in records}
+    shape, kinds = read_dicom(records[0].image_path).shape, daskmri.SUNNYBROOK.kinds
+    built = parse_chunk(records, shape=shape, reader=DefaultReader(shape=shape), kinds=kinds)
+    custom = parse_chunk(records, shape=shape, reader=lambda r: read_record(r), kinds=kinds)
+    assert built.dtype == custom.dtype == "float32"  # a Modality LUT record: the fallback
+    for name in COMPACT:
+        assert np.array_equal(bits(built.array(name)), bits(custom.array(name))), name
+    derived = widen(built.pixels, built.slope, built.intercept)
+    for k, record in enumerate(records):
+        assert np.array_equal(bits(derived[k]), bits(read_dicom(record.image_path)))
+    ints = [r for r in records if r.instance != 4]
+    built = parse_chunk(ints, shape=shape, reader=DefaultReader(shape=shape), kinds=kinds)
+    assert built.dtype == "int32" and built.slope.dtype == np.float64
+    derived = widen(built.pixels, built.slope, built.intercept)
+    for k, record in enumerate(ints):
+        assert np.array_equal(bits(derived[k]), bits(read_dicom(record.image_path)))
