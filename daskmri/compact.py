@@ -82,7 +82,7 @@ class Compact:
         return widen(self.pixels, self.slope, self.intercept)
 
 
-def widen(pixels: np.ndarray, slope, intercept) -> np.ndarray:
+def widen(pixels: np.ndarray, slope, intercept, *, out: np.ndarray | None = None) -> np.ndarray:
     """The float32 image of compact ``pixels``: ``pixels * slope + intercept`` in
     float64, rounded once to float32.
 
@@ -93,13 +93,17 @@ def widen(pixels: np.ndarray, slope, intercept) -> np.ndarray:
         float32.
     slope, intercept : float or numpy.ndarray
         A number each for one record; one value per record ``(record,)`` for several.
+    out : numpy.ndarray, optional
+        A float32 array of ``pixels``' shape to write into (a record's row of a
+        batch), instead of a new one.
 
     Returns
     -------
     numpy.ndarray
-        float32, the shape of ``pixels``. Where every slope is 1 and every intercept
-        0, a plain cast (exact: an integer of up to 32 bits is exact in float64, so
-        rounding it once to float32 is what the float64 route gives).
+        float32, the shape of ``pixels`` (``out`` when given). Where every slope is 1
+        and every intercept 0, a plain cast (exact: an integer of up to 32 bits is
+        exact in float64, so rounding it once to float32 is what the float64 route
+        gives).
 
     Raises
     ------
@@ -127,11 +131,17 @@ def widen(pixels: np.ndarray, slope, intercept) -> np.ndarray:
         slope, intercept = slope.reshape(-1, 1, 1), intercept.reshape(-1, 1, 1)
     plain = pixels.dtype.itemsize <= 4 or pixels.dtype.kind == "f"
     if plain and np.all(slope == 1.0) and np.all(intercept == 0.0):
-        return pixels.astype(np.float32)
-    out = pixels.astype(np.float64)
-    out *= slope
-    out += intercept
-    return out.astype(np.float32)
+        if out is None:
+            return pixels.astype(np.float32)
+        np.copyto(out, pixels, casting="unsafe")  # the same cast as astype
+        return out
+    wide = pixels.astype(np.float64)
+    wide *= slope
+    wide += intercept
+    if out is None:
+        return wide.astype(np.float32)
+    np.copyto(out, wide, casting="same_kind")
+    return out
 
 
 def verified(image: np.ndarray, candidate: Compact | None) -> Compact:
@@ -361,19 +371,32 @@ def unpack_labels(labels: np.ndarray, kinds: Sequence[str]) -> dict[str, np.ndar
     return {kind: bit(labels, k) for k, kind in enumerate(kinds)}
 
 
-def bit(labels: np.ndarray, k: int) -> np.ndarray:
-    """The bool mask of bit ``k`` of ``labels``.
+def bit(labels: np.ndarray, k: int, *, out: np.ndarray | None = None) -> np.ndarray:
+    """The bool mask of bit ``k`` of ``labels`` (written into the bool array ``out``
+    when given).
 
     Examples
     --------
     >>> bit(np.array([1, 2, 3], np.uint8), 1)
     array([False,  True,  True])
+    >>> out = np.ones(3, bool)
+    >>> bit(np.array([1, 2, 3], np.uint8), 0, out=out) is out, out
+    (True, array([ True, False,  True]))
     """
     labels = np.asarray(labels)
     one = labels.dtype.type(1)
-    if labels.dtype.itemsize == 1:
-        # 0 or 1 in one byte is a valid bool: two passes and no cast (the masks are
-        # most of a batch thread's work when it widens, see benchmarks/compact.py).
-        out = np.right_shift(labels, labels.dtype.type(k)) if k else labels.copy()
-        return np.bitwise_and(out, one, out=out).view(bool)
-    return ((labels >> labels.dtype.type(k)) & one).astype(bool)
+    if labels.dtype.itemsize > 1:
+        found = ((labels >> labels.dtype.type(k)) & one).astype(bool)
+        if out is None:
+            return found
+        np.copyto(out, found)
+        return out
+    # 0 or 1 in one byte is a valid bool: at most two passes and no cast (the masks
+    # are most of a batch thread's work when it widens, see benchmarks/compact.py).
+    target = np.empty(labels.shape, np.uint8) if out is None else out.view(np.uint8)
+    if k:
+        np.right_shift(labels, labels.dtype.type(k), out=target)
+        np.bitwise_and(target, one, out=target)
+    else:
+        np.bitwise_and(labels, one, out=target)
+    return target.view(bool) if out is None else out

@@ -254,9 +254,12 @@ def load_batches(
                 following, warmed = _warm_start(schema, epoch + 1, fetcher), True
             ahead.take_until(needed)
             records, in_chunk = plan.records[where], plan.chunks[where]
-            batch = assemble(ahead.loaded, in_chunk, records - schema.starts[in_chunk])
-            if loading.serving is not None:
-                batch = loading.serving.finish(batch)  # widened here, off the training loop
+            rows = records - schema.starts[in_chunk]
+            if loading.serving is not None and loading.serving.widens:
+                # Widened here, off the training loop, as the records are gathered.
+                batch = loading.serving.gather(ahead.loaded, in_chunk, rows)
+            else:
+                batch = assemble(ahead.loaded, in_chunk, rows)
             batch["padding"] = plan.padding[where].copy()
             ahead.forget(c for c in list(ahead.loaded) if done_after[c] < where.stop)
             if loading.transform is not None:
