@@ -8,6 +8,8 @@ and removes it at the end), the new side this checkout (``--new PATH``)::
                                  [--repeats 5] [--data ROOT] [--out DIR] [--plot PNG]
     python benchmarks/compact.py --sizes 2016,20000 --repeats 5   # issue 26's full run
     python benchmarks/compact.py --quick   # tiny sizes, 1 repeat: a smoke run
+    python benchmarks/compact.py --kinds build,store --compressor blosc-zstd
+                                  # some rows only; the new side's store compressed otherwise
 
 ``--sizes`` takes ``RECORDS[:REPEATS]`` (``--repeats`` where no count is given). The
 default, 2,016 records 5 times and 20,048 once, takes about 25 minutes on a 2-core
@@ -254,14 +256,15 @@ def held_bytes(ds) -> int:
     return int(sum(v.nbytes for name, v in ds.variables.items() if name not in derived))
 
 
-def child_build(root: str, warm_root: str, store: str) -> dict:
+def child_build(root: str, warm_root: str, store: str, compressor: str = "") -> dict:
     import daskmri
 
+    options = {"compressor": compressor} if compressor else {}
     warm = Path(store + ".warm")
-    daskmri.build(warm_root, warm)  # starts the worker pool (imports): not timed
+    daskmri.build(warm_root, warm, **options)  # starts the worker pool (imports): not timed
     shutil.rmtree(warm)  # made just above
     with Timed() as t:
-        daskmri.build(root, store)
+        daskmri.build(root, store, **options)
     blocks, apparent = du(Path(store))
     records = daskmri.open_dataset(store).sizes["record"]
     return {
@@ -430,7 +433,8 @@ def measure_size(args, sides: dict, data: Path, size: int, repeats: int, work: P
         for kind in args.kinds:
             for name in order:
                 argv = {
-                    "build": ["build", str(root), str(warm), str(stores[name])],
+                    "build": ["build", str(root), str(warm), str(stores[name])]
+                    + ([args.compressor] if name == "new" and args.compressor else []),
                     "store": ["store", str(stores[name]), check],
                     "memory": ["memory", str(root), check],
                     "cluster": ["cluster", str(root)],
@@ -661,6 +665,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=5, help="where --sizes gives none")
     parser.add_argument("--quick", action="store_true", help="60 records, 1 repeat")
+    parser.add_argument(
+        "--compressor",
+        default="",
+        help="the new side's build(compressor=...) (default: its default); the old side "
+        "keeps its default, the baseline",
+    )
     parser.add_argument(
         "--kinds",
         default=",".join(KINDS),
