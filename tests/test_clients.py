@@ -243,3 +243,59 @@ def test_a_client_of_another_scheduler_fails_in_one_line(
             daskmri.BatchIterator(ds, batch_size=4, seed=0)
         assert "\n" not in str(info.value)
     settles(observer, before)
+
+
+def _count_scheduler_gathers(dask_scheduler) -> int:
+    """Count the scheduler's ``gather`` calls from now (a wrapper around its own
+    handler, installed once; observes the real scheduler, mocks nothing)."""
+    if not hasattr(dask_scheduler, "daskmri_gathers"):
+        original = dask_scheduler.handlers["gather"]
+
+        async def counted(*args, **kwargs):
+            dask_scheduler.daskmri_gathers += 1
+            return await original(*args, **kwargs)
+
+        dask_scheduler.handlers["gather"] = counted
+    dask_scheduler.daskmri_gathers = 0
+    return 0
+
+
+def test_persisted_chunks_come_straight_from_workers_on_this_host(
+    address, observer, synth_root, eager
+):
+    """Workers on this host: a persisted epoch gathers each chunk from its worker, not
+    by way of the scheduler (whose gather handler is never called); a client set with
+    direct_to_workers=False keeps its route. The same records either way."""
+    from distributed import Client
+
+    for direct, relayed in ((None, False), (False, True)):
+        with Client(address, timeout="30s", direct_to_workers=direct) as user:
+            ds = daskmri.load_dataset(synth_root, chunk_size=CHUNK, client=user)
+            observer.run_on_scheduler(_count_scheduler_gathers)
+            iterate(ds, user, eager)
+            gathers = observer.run_on_scheduler(
+                lambda dask_scheduler: dask_scheduler.daskmri_gathers
+            )
+            assert (gathers > 0) == relayed, (direct, gathers)
+            del ds
+
+
+@pytest.mark.parametrize(
+    ("setting", "worker", "expected"),
+    [
+        (None, "tcp://127.0.0.1:4000", True),
+        (None, "tcp://192.0.2.7:4000", None),  # another host (TEST-NET-1): the scheduler
+        (False, "tcp://127.0.0.1:4000", None),  # the user's choice stands
+        (True, "tcp://192.0.2.7:4000", None),
+    ],
+)
+def test_the_direct_route_is_chosen_only_for_workers_on_this_host(setting, worker, expected):
+    from daskmri.batches.fetching import direct_gather
+
+    class Reported:
+        direct_to_workers = setting
+
+        def scheduler_info(self, n_workers=-1):
+            return {"workers": {worker: {}}}
+
+    assert direct_gather(Reported()) is expected

@@ -45,6 +45,7 @@ __all__ = [
     "FetchSettings",
     "Fetcher",
     "Stopped",
+    "direct_gather",
     "is_future",
     "one_client",
     "remote_workers",
@@ -141,6 +142,10 @@ class FetchSettings:
         With a client: pack each chunk on its worker.
     threads : int
         Threads of the local pool.
+    direct : bool or None
+        Gather a persisted chunk from its workers straight to this process (True), by
+        way of the scheduler (False), or as the futures' client is set (None: its
+        ``direct_to_workers``, by default through the scheduler).
     """
 
     ds: Any
@@ -149,6 +154,7 @@ class FetchSettings:
     client: Any = None
     compress: bool = False
     threads: int = 1
+    direct: bool | None = None
 
     def fetcher(self) -> Fetcher:
         """A new :class:`Fetcher` (with a pool of its own; close it)."""
@@ -209,7 +215,7 @@ class Fetcher:
             # Persisted: fetch the blocks straight from the workers that hold them, with
             # no task to schedule, through the futures' own client (only it may gather
             # them; self.client may be another client of the same scheduler).
-            return self.executor.submit(_gather, self.lazy, held), False
+            return self.executor.submit(_gather, self.lazy, held, self.settings.direct), False
         # The blocks' own tasks (or, when persisted, their futures) and one task that
         # gathers them on the worker that holds them: no per-chunk dask array, whose
         # compute ends in a copy of every block (several times the worker CPU an epoch
@@ -360,9 +366,47 @@ def remote_workers(client: Any) -> bool:
     return False
 
 
-def _gather(names: list[str], futures: list) -> dict[str, np.ndarray]:
+def _gather(names: list[str], futures: list, direct: bool | None) -> dict[str, np.ndarray]:
     """A persisted chunk's blocks, gathered by the client they belong to."""
-    return dict_of(names, futures[0].client.gather(futures))
+    return dict_of(names, futures[0].client.gather(futures, direct=direct))
+
+
+def direct_gather(client: Any, *, remote: bool | None = None) -> bool | None:
+    """How a persisted chunk should reach this process from ``client``'s workers:
+    straight from them (True) where they all run on this host, else as the client is
+    set (None: its ``direct_to_workers``, by default by way of the scheduler, the one
+    address a client is sure to reach).
+
+    Through the scheduler, every chunk crosses two connections and the scheduler's
+    event loop, which on a :class:`~distributed.LocalCluster` shares this process:
+    the direct route serves a persisted epoch faster there (``benchmarks/compact.py``).
+
+    Parameters
+    ----------
+    client : distributed.Client
+        The client whose workers hold the chunks.
+    remote : bool, optional
+        :func:`remote_workers` of ``client``, when already known.
+
+    Returns
+    -------
+    bool or None
+        True, or None to leave it to the client.
+
+    Examples
+    --------
+    >>> class Local:
+    ...     direct_to_workers = None
+    ...     def scheduler_info(self, n_workers=-1):
+    ...         return {"workers": {"tcp://127.0.0.1:4000": {}}}
+    >>> direct_gather(Local())
+    True
+    """
+    if getattr(client, "direct_to_workers", None) is not None:
+        return None  # the user's own choice
+    if remote is None:
+        remote = remote_workers(client)
+    return None if remote else True
 
 
 def _done(value: Any) -> concurrent.futures.Future:

@@ -37,7 +37,7 @@ from ..errors import DaskmriError
 from ..record import Problem, dropped_table
 from ..verdicts import Exclusion, as_exclusion
 from .epoch import Cursor, Epoch
-from .fetching import COORDS, FetchSettings, remote_workers
+from .fetching import COORDS, FetchSettings, direct_gather, remote_workers
 from .loading import FetchCounts, Loading, Transform, WarmSlot, WarmStart
 from .ranks import resolve_ranks, resolve_seed
 from .schema import BatchSchema, RankPlan, Stretch
@@ -278,9 +278,9 @@ class BatchIterator:
             world_size=world_size,
         )
         self.client, self._made_client = self._client(client, security)
-        if compress is None:
-            compress = self.client is not None and remote_workers(self.client)
-        self.compress = bool(compress)
+        remote = self.client is not None and remote_workers(self.client)
+        self.compress = bool(remote if compress is None else compress)
+        self._direct = None if self.client is None else direct_gather(self.client, remote=remote)
         self._counts = FetchCounts()
         # The next epoch's first chunks, fetched while an epoch ends (see WarmStart).
         self._warm_slot = WarmSlot()
@@ -301,6 +301,7 @@ class BatchIterator:
                 client=self.client,
                 compress=self.compress,
                 threads=max(1, self.prefetch),
+                direct=self._direct,
             ),
             prefetch=self.prefetch,
             retries=self.retries,
