@@ -36,6 +36,7 @@ import numpy as np
 from ..errors import DaskmriError
 from ..record import Problem, dropped_table
 from ..verdicts import Exclusion, as_exclusion
+from .buffers import Recycler
 from .epoch import Cursor, Epoch
 from .fetching import COORDS, FetchSettings, direct_gather, remote_workers
 from .loading import FetchCounts, Loading, Transform, WarmSlot, WarmStart
@@ -281,6 +282,9 @@ class BatchIterator:
         remote = self.client is not None and remote_workers(self.client)
         self.compress = bool(remote if compress is None else compress)
         self._direct = None if self.client is None else direct_gather(self.client, remote=remote)
+        # Batches queued, being made, and held by the loop (and its transform's output):
+        # the arrays of a few of each are reused once no one holds them.
+        self._buffers = Recycler(capacity=4 * (self.prefetch + 2) * len(self.serving.served))
         self._counts = FetchCounts()
         # The next epoch's first chunks, fetched while an epoch ends (see WarmStart).
         self._warm_slot = WarmSlot()
@@ -310,6 +314,7 @@ class BatchIterator:
             counts=self._counts,
             warm=self._warm_slot,
             serving=self.serving,
+            buffers=self._buffers,
         )
         return Epoch(loading, start, started=self._threads.add)
 

@@ -15,11 +15,12 @@ import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import DaskmriError
+from .buffers import Recycler
 from .fetching import Fetch, Fetcher, FetchSettings, Stopped
 from .rng import Stream, generator
 from .schema import BatchSchema, Stretch
@@ -174,6 +175,8 @@ class Loading:
         Where warm starts are left and found.
     serving : Serving, optional
         What a batch holds, made from the fetched arrays (None: the fetched arrays).
+    buffers : Recycler
+        Where the batches' arrays come from.
     """
 
     schema: BatchSchema
@@ -185,6 +188,7 @@ class Loading:
     counts: FetchCounts
     warm: WarmSlot
     serving: Serving | None = None
+    buffers: Recycler = field(default_factory=lambda: Recycler(capacity=0))
 
 
 def load_batches(
@@ -255,11 +259,12 @@ def load_batches(
             ahead.take_until(needed)
             records, in_chunk = plan.records[where], plan.chunks[where]
             rows = records - schema.starts[in_chunk]
+            empty = loading.buffers.empty
             if loading.serving is not None and loading.serving.widens:
                 # Widened here, off the training loop, as the records are gathered.
-                batch = loading.serving.gather(ahead.loaded, in_chunk, rows)
+                batch = loading.serving.gather(ahead.loaded, in_chunk, rows, empty)
             else:
-                batch = assemble(ahead.loaded, in_chunk, rows)
+                batch = assemble(ahead.loaded, in_chunk, rows, empty)
             batch["padding"] = plan.padding[where].copy()
             ahead.forget(c for c in list(ahead.loaded) if done_after[c] < where.stop)
             if loading.transform is not None:
@@ -427,7 +432,7 @@ def take(
 
 
 def assemble(
-    loaded: dict[int, dict], chunks: np.ndarray, rows: np.ndarray
+    loaded: dict[int, dict], chunks: np.ndarray, rows: np.ndarray, empty: Callable = np.empty
 ) -> dict[str, np.ndarray]:
     """A batch: row ``rows[j]`` of loaded chunk ``chunks[j]``, for each j, copied once
     into fresh arrays that the caller may keep (any dtype and shape).
@@ -438,6 +443,10 @@ def assemble(
         ``{chunk: {name: array}}``.
     chunks, rows : numpy.ndarray
         Each record's chunk and row in it.
+    empty : callable
+        ``empty(shape, dtype)``: where the batch's arrays come from
+        (:meth:`~daskmri.batches.buffers.Recycler.empty` reuses the memory of batches
+        no one holds any more).
 
     Returns
     -------
@@ -457,8 +466,7 @@ def assemble(
     """
     first = loaded[int(chunks[0])] if len(chunks) else next(iter(loaded.values()))
     out = {
-        name: np.empty((len(rows), *values.shape[1:]), dtype=values.dtype)
-        for name, values in first.items()
+        name: empty((len(rows), *values.shape[1:]), values.dtype) for name, values in first.items()
     }
     for j, (c, r) in enumerate(zip(chunks.tolist(), rows.tolist(), strict=True)):
         chunk = loaded[c]

@@ -13,7 +13,7 @@ is served as it is.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,7 +156,11 @@ class Serving:
         return self.fetched != self.served and not self.compact
 
     def gather(
-        self, loaded: dict[int, dict], chunks: np.ndarray, rows: np.ndarray
+        self,
+        loaded: dict[int, dict],
+        chunks: np.ndarray,
+        rows: np.ndarray,
+        empty: Callable = np.empty,
     ) -> dict[str, np.ndarray]:
         """A widened batch, gathered from the loaded compact chunks in one pass:
         row ``rows[j]`` of chunk ``chunks[j]`` for each j, its ``image`` widened and its
@@ -170,6 +174,8 @@ class Serving:
             ``{chunk: {name: array}}``: the fetched variables and the coordinates.
         chunks, rows : numpy.ndarray
             Each record's chunk and row in it.
+        empty : callable
+            ``empty(shape, dtype)``: where the batch's arrays come from.
 
         Returns
         -------
@@ -193,9 +199,9 @@ class Serving:
                [[ True]]]), 'instance': array([8, 7])}
         """
         first = loaded[int(chunks[0])] if len(chunks) else next(iter(loaded.values()))
-        out = {name: self._empty(name, first, len(rows)) for name in self.served}
+        out = {name: self._empty(name, first, len(rows), empty) for name in self.served}
         out.update(
-            (name, np.empty((len(rows), *values.shape[1:]), values.dtype))
+            (name, empty((len(rows), *values.shape[1:]), values.dtype))
             for name, values in first.items()
             if name not in self.fetched
         )
@@ -212,12 +218,12 @@ class Serving:
                     target[j] = chunk[name][r]
         return out
 
-    def _empty(self, name: str, first: dict, n: int) -> np.ndarray:
+    def _empty(self, name: str, first: dict, n: int, empty: Callable) -> np.ndarray:
         """The batch's array for served variable ``name``, of ``n`` records."""
         source = "pixels" if name == "image" else "labels" if name in self.kinds else name
         dtype = np.float32 if name == "image" else bool if name in self.kinds else None
         values = first[source]
-        return np.empty((n, *values.shape[1:]), dtype or values.dtype)
+        return empty((n, *values.shape[1:]), dtype or values.dtype)
 
     def finish(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The batch to hand out, from the fetched one.
