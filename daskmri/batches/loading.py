@@ -24,7 +24,7 @@ from .buffers import Recycler
 from .fetching import Fetch, Fetcher, FetchSettings, Stopped
 from .rng import Stream, generator
 from .schema import BatchSchema, Stretch
-from .serving import Serving
+from .serving import Serving, take_rows
 
 __all__ = [
     "Ahead",
@@ -468,10 +468,7 @@ def assemble(
     out = {
         name: empty((len(rows), *values.shape[1:]), values.dtype) for name, values in first.items()
     }
-    for j, (c, r) in enumerate(zip(chunks.tolist(), rows.tolist(), strict=True)):
-        chunk = loaded[c]
-        for name, values in out.items():
-            values[j] = chunk[name][r]
+    take_rows(loaded, chunks, rows, out)
     return out
 
 

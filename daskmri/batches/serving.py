@@ -21,7 +21,7 @@ import numpy as np
 from ..compact import bit, unpack_labels, widen
 from ..schema import kinds_of
 
-__all__ = ["COMPACT", "Serving", "holds_compact", "kinds_in"]
+__all__ = ["COMPACT", "Serving", "holds_compact", "kinds_in", "take_rows"]
 
 #: The variables a dataset in the compact form holds.
 COMPACT = ("pixels", "slope", "intercept", "labels")
@@ -211,11 +211,8 @@ class Serving:
         for name in self.served:
             if name in self.kinds:
                 _bit_rows(picked, self.kinds.index(name), out[name])
-        for name in out:
-            if name != "image" and name not in self.kinds:
-                target = out[name]
-                for j, (chunk, r) in enumerate(picked):
-                    target[j] = chunk[name][r]
+        rest = [name for name in out if name != "image" and name not in self.kinds]
+        take_rows(loaded, chunks, rows, {name: out[name] for name in rest})
         return out
 
     def _empty(self, name: str, first: dict, n: int, empty: Callable) -> np.ndarray:
@@ -299,3 +296,34 @@ def _bit_rows(picked: list[tuple[dict, int]], k: int, out: np.ndarray) -> None:
             np.bitwise_and(view[j], one, out=view[j])
         else:
             np.bitwise_and(labels, one, out=view[j])
+
+
+def take_rows(
+    loaded: dict[int, dict], chunks: np.ndarray, rows: np.ndarray, out: dict[str, np.ndarray]
+) -> None:
+    """``out[name][j] = loaded[chunks[j]][name][rows[j]]`` for every j and name.
+
+    Records' values of one row each (a rescale, a coordinate) are taken a chunk at a
+    time, with one fancy index per chunk and name; larger ones (an image) record by
+    record, straight into place: a fancy index would copy them twice.
+
+    Examples
+    --------
+    >>> loaded = {0: {"v": np.array([1, 2])}, 1: {"v": np.array([3, 4])}}
+    >>> out = {"v": np.zeros(3, int)}
+    >>> take_rows(loaded, np.array([1, 0, 1]), np.array([1, 0, 0]), out)
+    >>> out["v"]
+    array([4, 1, 3])
+    """
+    small = [name for name, values in out.items() if values.ndim == 1]
+    large = [name for name in out if name not in small]
+    if small:
+        for c in np.unique(chunks).tolist():
+            at = np.flatnonzero(chunks == c)
+            picked, chunk = rows[at], loaded[c]
+            for name in small:
+                out[name][at] = chunk[name][picked]
+    for j, (c, r) in enumerate(zip(chunks.tolist(), rows.tolist(), strict=True)):
+        chunk = loaded[c]
+        for name in large:
+            out[name][j] = chunk[name][r]
