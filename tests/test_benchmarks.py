@@ -379,3 +379,41 @@ def test_compact_benchmark_checksums_agree_across_batch_kinds(tmp_path):
     assert bench.held_bytes(ds[["image", *kinds]]) == sum(
         ds[name].nbytes for name in ("image", *kinds)
     ) + sum(c.nbytes for c in ds.coords.values())
+
+
+def test_codecs_benchmark_prints_every_codec_and_checks_round_trips(real_root):
+    """benchmarks/codecs.py on the sample itself: a row per candidate, sorted by bytes,
+    the default's row among them (each round trip is checked inside the script)."""
+    out = run_script(
+        REPO / "benchmarks" / "codecs.py",
+        *("--records", "56", "--repeats", "1", "--data", str(real_root)),
+        timeout=600,
+    )
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 8
+    sizes = [float(line.split("|")[2]) for line in rows]
+    assert sizes == sorted(sizes) and all(s > 0 for s in sizes)
+    assert any("(blosc-lz4, the default)" in line for line in rows)
+
+
+def test_compact_benchmark_measures_only_the_kinds_asked(real_root, tmp_path):
+    """--kinds build: the build rows only, each side once; store needs build."""
+    args = ("--old", str(REPO), "--new", str(REPO), "--data", str(real_root))
+    run_script(
+        COMPACT,
+        *args,
+        *("--sizes", "60:1", "--kinds", "build", "--out", str(tmp_path)),
+        *("--plot", str(tmp_path / "compact.png")),
+        timeout=600,
+    )
+    raw = json.loads((tmp_path / "compact.json").read_text())["raw"]["60"]
+    for side in raw.values():
+        assert len(side["build"]) == 1 and not side["store"] and not side["memory"]
+    refused = subprocess.run(
+        [sys.executable, str(COMPACT), *args, "--kinds", "store"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode == 2 and "store needs build" in refused.stderr

@@ -9,6 +9,7 @@
 ``fetching.py``    ``Fetcher.submit(chunk)``, whatever the backend
 ``serving.py``     what is fetched (compact arrays) and served (widened or not)
 ``wire.py``        a chunk's arrays across the wire (blosc), run on workers
+``buffers.py``     ``Recycler``: batches made in the memory of batches let go
 ``ranks.py``       rank, world size and the shared seed
 ``rng.py``         the random streams by name (``Stream``, ``generator``)
 ``splitting.py``   :func:`split`: parts of a dataset, whole patients apiece

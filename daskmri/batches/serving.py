@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..compact import bit, unpack_labels, widen
+from ..compact import bit, widen
 from ..schema import kinds_of
 
 __all__ = ["COMPACT", "Serving", "holds_compact", "kinds_in", "take_rows"]
@@ -88,7 +88,7 @@ class Serving:
     the bit order of ``labels``; ``compact``: batches hold the compact arrays.
 
     When ``widens``, ``image`` and the masks in ``served`` are made in the batch
-    thread from the fetched compact arrays by :meth:`finish`; otherwise batches are
+    thread from the fetched compact arrays by :meth:`gather`; otherwise batches are
     served as fetched.
 
     Examples
@@ -162,11 +162,12 @@ class Serving:
         rows: np.ndarray,
         empty: Callable = np.empty,
     ) -> dict[str, np.ndarray]:
-        """A widened batch, gathered from the loaded compact chunks in one pass:
-        row ``rows[j]`` of chunk ``chunks[j]`` for each j, its ``image`` widened and its
-        masks unpacked straight into the batch's arrays (what :meth:`finish` gives of
-        the gathered batch, without the gathered compact copy in between: an epoch
-        from memory is bounded by the bytes its batch thread moves).
+        """A widened batch, gathered from the loaded compact chunks in one pass.
+
+        Row ``rows[j]`` of chunk ``chunks[j]`` for each j: its ``image`` widened and its
+        masks unpacked straight into the batch's arrays, with no gathered compact copy
+        in between (an epoch from memory is bounded by the bytes its batch thread
+        moves).
 
         Parameters
         ----------
@@ -221,47 +222,6 @@ class Serving:
         dtype = np.float32 if name == "image" else bool if name in self.kinds else None
         values = first[source]
         return empty((n, *values.shape[1:]), dtype or values.dtype)
-
-    def finish(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The batch to hand out, from the fetched one.
-
-        ``image`` is widened and the masks unpacked when :attr:`widens`; the rest (the
-        coordinates) stay as they are.
-
-        Parameters
-        ----------
-        batch : dict
-            The fetched variables and the coordinates, first axis the batch.
-
-        Returns
-        -------
-        dict
-            The served variables in order, then the coordinates.
-
-        Examples
-        --------
-        >>> import xarray as xr
-        >>> ds = xr.Dataset({n: ("record", np.zeros(2)) for n in (*COMPACT, "image", "i")},
-        ...                 attrs={"kinds": '["i"]'})
-        >>> serving = Serving.resolve(ds, ("image", "i"), compact=False)
-        >>> batch = {"pixels": np.array([[[2]]], np.int16), "slope": np.array([0.5]),
-        ...          "intercept": np.array([1.0]), "labels": np.array([[[1]]], np.uint8),
-        ...          "instance": np.array([7])}
-        >>> serving.finish(batch)
-        {'image': array([[[2.]]], dtype=float32), 'i': array([[[ True]]]), 'instance': array([7])}
-        """
-        if not self.widens:
-            return batch
-        wanted = [name for name in self.served if name in self.kinds]
-        masks = unpack_labels(batch["labels"], self.kinds) if wanted else {}
-        out = {}
-        for name in self.served:
-            if name == "image":
-                out[name] = widen(batch["pixels"], batch["slope"], batch["intercept"])
-            else:
-                out[name] = masks[name] if name in masks else batch[name]
-        out.update((name, value) for name, value in batch.items() if name not in self.fetched)
-        return out
 
 
 def _widen_rows(picked: list[tuple[dict, int]], out: np.ndarray) -> None:
