@@ -275,9 +275,30 @@ def _carried(out: Path, earlier: list[str], plan: _Plan) -> dict[tuple[str, Any]
     return filled
 
 
+def _linked(out: Path, relatives: Iterable[str]) -> str | None:
+    """The first folder inside ``out`` on the way to one of ``relatives`` that is a
+    symbolic link (to a folder of the user's), or None."""
+    seen: set[PurePosixPath] = set()
+    for relative in relatives:
+        for folder in reversed(PurePosixPath(relative).parents):
+            if str(folder) != "." and folder not in seen:
+                seen.add(folder)
+                if (out / folder).is_symlink():
+                    return folder.as_posix()
+    return None
+
+
 def _clear(out: Path, earlier: list[str], planned: set[str]) -> None:
     """Remove the earlier report's files (not its verdicts, replaced last), refuse to
-    write over a file it did not list, and write the new marker."""
+    write over a file it did not list, and write the new marker. Nothing is removed or
+    written through a folder the user replaced with a link: its files are the user's."""
+    link = _linked(out, [*earlier, *planned])
+    if link is not None:
+        raise _refuse(
+            out,
+            f"has {link} as a link to another folder, whose files daskmri did not write "
+            f"(remove the link, or move the folder it points to into {out})",
+        )
     folders = set()
     for relative in earlier:
         path = out / relative

@@ -301,6 +301,23 @@ def test_an_empty_folder_is_used_and_a_report_rewritten_removes_only_its_files(p
     assert broken_links(out) == []
 
 
+def test_nothing_is_removed_or_written_through_a_folder_made_a_link(planted, tmp_path):
+    """A user who replaced the report's image folder with a link to a folder of their
+    own (holding files of the report's names): the rewrite is refused before anything is
+    removed or written, and their folder is as it was."""
+    out = tmp_path / "qc"
+    daskmri.report(planted, out, scheduler="sync")
+    mine = tmp_path / "photos"
+    shutil.move(out / "img", mine)  # the user's now: the same names, their own bytes
+    for png in mine.rglob("*.png"):
+        png.write_bytes(b"the user's own picture")
+    (out / "img").symlink_to(mine, target_is_directory=True)
+    before, report_before = listing(mine), listing(out)
+    with pytest.raises(DaskmriError, match=r"has img as a link to another folder"):
+        daskmri.report(planted, out, scheduler="sync")
+    assert listing(mine) == before and listing(out) == report_before
+
+
 def test_filled_verdicts_are_carried_over_and_never_lost(planted, tmp_path):
     out = tmp_path / "qc"
     daskmri.report(planted, out, scheduler="sync")
