@@ -37,7 +37,7 @@ from ..errors import DaskmriError
 from ..record import Problem, dropped_table
 from ..verdicts import Exclusion, as_exclusion
 from .buffers import Recycler
-from .epoch import Cursor, Epoch
+from .epoch import READY_BATCHES, Cursor, Epoch
 from .fetching import COORDS, FetchSettings, direct_gather, remote_workers
 from .loading import FetchCounts, Loading, Transform, WarmSlot, WarmStart
 from .ranks import resolve_ranks, resolve_seed
@@ -282,9 +282,11 @@ class BatchIterator:
         remote = self.client is not None and remote_workers(self.client)
         self.compress = bool(remote if compress is None else compress)
         self._direct = None if self.client is None else direct_gather(self.client, remote=remote)
-        # Batches queued, being made, and held by the loop (and its transform's output):
-        # the arrays of a few of each are reused once no one holds them.
-        self._buffers = Recycler(capacity=4 * (self.prefetch + 2) * len(self.serving.served))
+        # A batch's arrays are reused once no one holds them: room for those queued
+        # (READY_BATCHES), the one being made, the one waiting to be queued, the loop's
+        # current and previous ones, and one more; beyond that, fresh arrays (a loop
+        # that keeps batches gets fresh ones, and the pool never holds more than this).
+        self._buffers = Recycler(capacity=(READY_BATCHES + 5) * len(self.serving.served))
         self._counts = FetchCounts()
         # The next epoch's first chunks, fetched while an epoch ends (see WarmStart).
         self._warm_slot = WarmSlot()
