@@ -602,3 +602,29 @@ def test_a_small_folder_is_scanned_once_a_large_one_streamed_again(
         daskmri.open_dataset(store),
         daskmri.load_dataset(synth_root, chunk_size=5, scheduler="sync"),
     )
+
+
+def test_a_store_with_other_table_chunks_is_updated_and_read_as_built(
+    damaged_root, tmp_path, monkeypatch
+):
+    """A store whose per-slot tables have other chunks than this version makes (stores
+    made before their chunk shrank to 16,384 slots): update and resume use its own, the
+    records read back equal the eager reference."""
+    from daskmri.store import format as fmt
+    from daskmri.store import state
+    from daskmri.testing import assert_records_equal, eager_load
+
+    store = tmp_path / "ds.zarr"
+    for module in (fmt, state):
+        monkeypatch.setattr(module, "TABLE_CHUNK", 32)
+    daskmri.build(damaged_root, store, chunk_size=4, scheduler="sync")
+    assert zarr.open_group(str(store))["key"].chunks == (32,)
+    for module in (fmt, state):
+        monkeypatch.setattr(module, "TABLE_CHUNK", 8)
+    shutil.rmtree(damaged_root / "dicoms" / "SYN0002")  # records retired by the update
+    report = daskmri.build(damaged_root, store, chunk_size=4, scheduler="sync", mode="update")
+    assert report.records > 0
+    assert zarr.open_group(str(store))["key"].chunks == (32,)
+    ds = daskmri.open_dataset(store)
+    assert_records_equal(ds, eager_load(damaged_root))
+    assert daskmri.build(damaged_root, store, chunk_size=4, scheduler="sync").parsed_chunks == 0

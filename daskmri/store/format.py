@@ -52,8 +52,11 @@ PENDING, OK, DROPPED, RETIRED = 0, 1, 2, 3
 STATUS_NAMES = {PENDING: "pending", OK: "ok", DROPPED: "dropped", RETIRED: "retired"}
 
 MARKER_BATCH = 4096
-#: Per-slot tables are small; a large chunk keeps them to a few objects in the store.
-TABLE_CHUNK = 1 << 17
+#: Slots per chunk of the per-slot tables: 16,384 keeps them to a few hundred objects for a
+#: million records, while the client gathers a new store's identities a table chunk at a
+#: time (about 200 bytes a record in Python): 131,072 made the client's peak memory grow
+#: from 108 to 116 MiB between 100k and 400k records, this 85 to 92 (benchmarks/scale.py).
+TABLE_CHUNK = 1 << 14
 
 #: Compressors measured by ``benchmarks/scale.py`` and ``benchmarks/compare.py``: the
 #: default, blosc-lz4, encodes and decodes a real chunk faster than blosc-zstd, for a

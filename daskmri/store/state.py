@@ -175,7 +175,7 @@ def block_slots(chunk_size: int) -> int:
     Examples
     --------
     >>> block_slots(64), block_slots(5) % 5, block_slots(1 << 20)
-    (131072, 0, 1048576)
+    (16384, 0, 1048576)
     """
     return chunk_size * max(1, TABLE_CHUNK // chunk_size)
 
